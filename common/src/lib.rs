@@ -1,0 +1,14 @@
+//! Code shared by Outlier's binaries: the JSON Lines v1 event format, the
+//! featurizer (used by the scorer and by the search service), Kafka client
+//! set-up, layered configuration, and self-observability (logs, metrics,
+//! health, shutdown).
+
+pub mod config;
+pub mod featurize;
+pub mod json;
+pub mod kafka;
+pub mod names;
+pub mod telemetry;
+
+/// Version of the Outlier build, stamped on scored events.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,184 @@
+//! Self-observability shared by every long-running binary: structured logs,
+//! a `/metrics` endpoint in the Prometheus text format, `/health` reporting
+//! each dependency, and a shutdown token fired by SIGTERM or Ctrl-C.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus::{Encoder, TextEncoder};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+/// Sets up `tracing`. `OUTLIER_LOG` filters (default `info`);
+/// `OUTLIER_LOG_FORMAT=json` switches to one JSON object per line.
+pub fn init_tracing() {
+    let filter = EnvFilter::try_from_env("OUTLIER_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn,lance=warn,lancedb=warn"));
+    let json = std::env::var("OUTLIER_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
+    let res = if json {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder.compact().try_init()
+    };
+    // A second init (tests) keeps the first subscriber.
+    let _ = res;
+}
+
+/// A cancellation token that fires on SIGTERM or SIGINT.
+pub fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutting down"),
+            _ = tokio::signal::ctrl_c() => tracing::info!(signal = "SIGINT", "shutting down"),
+        }
+        t.cancel();
+    });
+    token
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct CheckState {
+    ok: bool,
+    detail: String,
+    since_unix_s: u64,
+}
+
+/// Health of a binary's dependencies, one named check each ("kafka",
+/// "clickhouse", "lancedb"). Healthy when every check is ok.
+#[derive(Debug, Clone, Default)]
+pub struct Health {
+    checks: Arc<Mutex<BTreeMap<&'static str, CheckState>>>,
+}
+
+impl Health {
+    pub fn new(names: &[&'static str]) -> Self {
+        let h = Self::default();
+        for n in names {
+            h.set(n, false, "not checked yet");
+        }
+        h
+    }
+
+    pub fn set(&self, name: &'static str, ok: bool, detail: impl Into<String>) {
+        let detail = detail.into();
+        let mut checks = self.checks.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = checks.get(name).is_none_or(|c| c.ok != ok);
+        if changed {
+            let since_unix_s = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            checks.insert(
+                name,
+                CheckState {
+                    ok,
+                    detail,
+                    since_unix_s,
+                },
+            );
+        } else if let Some(c) = checks.get_mut(name) {
+            c.detail = detail;
+        }
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.checks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .all(|c| c.ok)
+    }
+
+    fn report(&self) -> serde_json::Value {
+        let checks = self
+            .checks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        serde_json::json!({ "healthy": checks.values().all(|c| c.ok), "checks": checks })
+    }
+}
+
+async fn metrics_handler() -> impl IntoResponse {
+    let mut buf = Vec::new();
+    let families = prometheus::gather();
+    if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {
+        return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], buf).into_response()
+}
+
+async fn health_handler(State(h): State<Health>) -> impl IntoResponse {
+    let code = if h.is_healthy() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, axum::Json(h.report()))
+}
+
+/// Serves `/metrics` and `/health` on `addr` until `shutdown` fires. Returns
+/// the bound address (useful with port 0) once listening.
+pub async fn serve_http(
+    addr: SocketAddr,
+    health: Health,
+    shutdown: CancellationToken,
+) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let app = Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/health", get(health_handler))
+        .with_state(health);
+    tokio::spawn(async move {
+        let res = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(e) = res {
+            tracing::error!(error = %e, "http server failed");
+        }
+    });
+    tracing::info!(addr = %bound, "serving /metrics and /health");
+    Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_is_the_conjunction_of_checks() {
+        let h = Health::new(&["kafka", "clickhouse"]);
+        assert!(!h.is_healthy());
+        h.set("kafka", true, "ok");
+        assert!(!h.is_healthy());
+        h.set("clickhouse", true, "ok");
+        assert!(h.is_healthy());
+        h.set("kafka", false, "broker down");
+        assert!(!h.is_healthy());
+        assert_eq!(h.report()["checks"]["kafka"]["detail"], "broker down");
+    }
+}
