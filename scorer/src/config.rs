@@ -1,0 +1,149 @@
+//! Scorer configuration (`scorer.toml`, `OUTLIER_SCORER__*`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use outlier_common::kafka::KafkaConfig;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScorerConfig {
+    pub kafka: KafkaConfig,
+    /// Consumer group; scorers in one group share the events topic's partitions.
+    pub group_id: String,
+    /// Address of `/metrics` and `/health`.
+    pub http_addr: SocketAddr,
+    pub baseline: BaselineConfig,
+    pub scoring: ScoringConfig,
+    pub batch: BatchConfig,
+}
+
+impl Default for ScorerConfig {
+    fn default() -> Self {
+        Self {
+            kafka: KafkaConfig::default(),
+            group_id: "outlier-scorer".to_string(),
+            http_addr: "127.0.0.1:9101".parse().expect("valid address"),
+            baseline: BaselineConfig::default(),
+            scoring: ScoringConfig::default(),
+            batch: BatchConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BaselineConfig {
+    /// LanceDB location: a local directory or an object-store URI (`s3://…`).
+    pub uri: String,
+    /// Persist learned behaviour at least this often.
+    pub flush_interval_ms: u64,
+    /// Forget behaviour not seen for this many days.
+    pub retention_days: u64,
+}
+
+impl Default for BaselineConfig {
+    fn default() -> Self {
+        Self {
+            uri: ".outlier/baselines".to_string(),
+            flush_interval_ms: 1000,
+            retention_days: 7,
+        }
+    }
+}
+
+/// Verdict thresholds on the anomaly score.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Thresholds {
+    pub warn: f32,
+    pub alert: f32,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Self {
+            warn: 0.5,
+            alert: 0.9,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScoringConfig {
+    /// Neighbours returned by the kNN.
+    pub k: usize,
+    /// Thresholds for workloads without their own.
+    pub thresholds: Thresholds,
+    /// Per-workload thresholds, keyed `org/workload`.
+    pub workloads: BTreeMap<String, Thresholds>,
+}
+
+impl Default for ScoringConfig {
+    fn default() -> Self {
+        Self {
+            k: 10,
+            thresholds: Thresholds::default(),
+            workloads: BTreeMap::new(),
+        }
+    }
+}
+
+impl ScoringConfig {
+    pub fn thresholds_for(&self, org: &str, workload: &str) -> Thresholds {
+        if self.workloads.is_empty() {
+            return self.thresholds;
+        }
+        self.workloads
+            .get(&format!("{org}/{workload}"))
+            .copied()
+            .unwrap_or(self.thresholds)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchConfig {
+    /// Most events scored together.
+    pub max_events: usize,
+    /// Longest wait for a batch to fill, after its first event.
+    pub max_wait_ms: u64,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            max_events: 2000,
+            max_wait_ms: 20,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_is_the_default() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../compose/scorer.toml");
+        let cfg: ScorerConfig =
+            outlier_common::config::load("OUTLIER_SCORER_EXAMPLE_TEST", Some(&path)).unwrap();
+        assert_eq!(cfg, ScorerConfig::default());
+    }
+
+    #[test]
+    fn per_workload_thresholds_apply() {
+        let mut s = ScoringConfig::default();
+        s.workloads.insert(
+            "acme/dev".into(),
+            Thresholds {
+                warn: 0.85,
+                alert: 0.95,
+            },
+        );
+        assert_eq!(s.thresholds_for("acme", "dev").warn, 0.85);
+        assert_eq!(s.thresholds_for("acme", "prod"), Thresholds::default());
+    }
+}

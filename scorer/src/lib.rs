@@ -1,0 +1,14 @@
+//! Outlier's scorer: consumes events from Kafka, embeds each one, scores it
+//! against the learned baseline of its (org, workload), and publishes the
+//! scored event. Baselines are answered from memory and persisted to LanceDB
+//! in batches.
+
+pub mod baseline;
+pub mod config;
+pub mod metrics;
+pub mod pipeline;
+pub mod score;
+pub mod store;
+
+pub use config::ScorerConfig;
+pub use pipeline::run;

@@ -1,0 +1,88 @@
+//! Scorer metrics, prefixed `outlier_scorer_`.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, exponential_buckets,
+    register_histogram, register_histogram_vec, register_int_counter, register_int_counter_vec,
+    register_int_gauge,
+};
+
+pub static EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "outlier_scorer_events_total",
+        "Events consumed, by verdict (ok/warn/alert) or `deadletter`",
+        &["result"]
+    )
+    .expect("metric registers once")
+});
+
+pub static DEADLETTER: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "outlier_scorer_deadletter_total",
+        "Records sent to the dead-letter topic, by reason",
+        &["reason"]
+    )
+    .expect("metric registers once")
+});
+
+pub static SCORE: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "outlier_scorer_anomaly_score",
+        "Anomaly scores given",
+        vec![0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0]
+    )
+    .expect("metric registers once")
+});
+
+pub static STAGE_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "outlier_scorer_batch_stage_seconds",
+        "Time per batch in each stage (score, produce, load)",
+        &["stage"],
+        exponential_buckets(0.0001, 2.5, 14).expect("valid buckets")
+    )
+    .expect("metric registers once")
+});
+
+pub static LAG_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "outlier_scorer_event_lag_seconds",
+        "Time from the event's timestamp to its scoring",
+        exponential_buckets(0.001, 3.0, 14).expect("valid buckets")
+    )
+    .expect("metric registers once")
+});
+
+pub static PRODUCE_RETRIES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "outlier_scorer_produce_retries_total",
+        "Scored records whose delivery failed and was retried"
+    )
+    .expect("metric registers once")
+});
+
+pub static WORKLOADS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "outlier_scorer_baseline_workloads",
+        "Workloads with a baseline in memory"
+    )
+    .expect("metric registers once")
+});
+
+pub static BEHAVIOURS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "outlier_scorer_baseline_behaviours",
+        "Distinct behaviours held in memory over all baselines"
+    )
+    .expect("metric registers once")
+});
+
+pub static PERSIST: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "outlier_scorer_baseline_persist_total",
+        "Baseline rows written to LanceDB, by outcome (ok/error)",
+        &["outcome"]
+    )
+    .expect("metric registers once")
+});

@@ -1,0 +1,547 @@
+//! The scorer's Kafka loop: consume a micro-batch, decode, score it on a
+//! blocking thread, publish every result, and only then store the batch's
+//! offsets (at-least-once). Undecodable records go to the dead-letter topic
+//! with a reason. Learned behaviour is persisted to LanceDB in the
+//! background, off the hot path.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::future::join_all;
+use outlier_common::featurize::embed;
+use outlier_common::kafka::{self, CommitOnRevoke, DLQ_REASON_HEADER, DLQ_SOURCE_HEADER};
+use outlier_common::names;
+use outlier_common::telemetry::{self, Health};
+use outlier_proto::{Event, ScoredEvent, Verdict};
+use prost::Message as _;
+use rdkafka::Message;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use thiserror::Error;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::baseline::{Baseline, Behaviour};
+use crate::config::ScorerConfig;
+use crate::metrics;
+use crate::score;
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, Error)]
+pub enum RunError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("baseline store: {0}")]
+    Store(#[from] StoreError),
+    #[error("http endpoint: {0}")]
+    Http(#[from] std::io::Error),
+    #[error("scoring thread panicked")]
+    ScoringPanicked,
+}
+
+/// Identifies a workload's baseline: `org\0workload` (names cannot contain
+/// control characters, so the pair is unambiguous).
+type WorkloadKey = String;
+
+fn workload_key(org: &str, workload: &str) -> WorkloadKey {
+    let mut k = String::with_capacity(org.len() + workload.len() + 1);
+    k.push_str(org);
+    k.push('\0');
+    k.push_str(workload);
+    k
+}
+
+fn split_key(k: &str) -> (&str, &str) {
+    k.split_once('\0').unwrap_or((k, ""))
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// A record to publish: scored events, alerts and dead letters.
+struct OutRecord {
+    topic: String,
+    key: Vec<u8>,
+    payload: Vec<u8>,
+    headers: Option<OwnedHeaders>,
+}
+
+struct PersistJob {
+    key: WorkloadKey,
+    rows: Vec<Behaviour>,
+}
+
+/// Runs the scorer until `shutdown` fires, then drains: the batch in hand is
+/// finished, learned behaviour is persisted, offsets are committed.
+pub async fn run(cfg: ScorerConfig, shutdown: CancellationToken) -> Result<(), RunError> {
+    let health = Health::new(&["kafka", "lancedb"]);
+    telemetry::serve_http(cfg.http_addr, health.clone(), shutdown.clone()).await?;
+
+    let store = Arc::new(Store::open(&cfg.baseline.uri).await?);
+    health.set("lancedb", true, format!("open at {}", cfg.baseline.uri));
+
+    if !cfg.kafka.wait_until_reachable(&shutdown).await {
+        return Ok(());
+    }
+    health.set("kafka", true, format!("reachable at {}", cfg.kafka.brokers));
+
+    let consumer: StreamConsumer<CommitOnRevoke> = cfg
+        .kafka
+        .consumer_config("outlier-scorer", &cfg.group_id)
+        .create_with_context(CommitOnRevoke {
+            health: health.clone(),
+        })?;
+    consumer.subscribe(&[&cfg.kafka.topics.events])?;
+    let producer: FutureProducer = cfg.kafka.producer_config("outlier-scorer").create()?;
+    tracing::info!(
+        topic = %cfg.kafka.topics.events,
+        group = %cfg.group_id,
+        baselines = %cfg.baseline.uri,
+        "scorer running"
+    );
+
+    let (persist_tx, persist_rx) = mpsc::channel::<PersistJob>(1024);
+    let persister = tokio::spawn(persist_loop(store.clone(), persist_rx, health.clone()));
+
+    let mut worker = Worker {
+        cfg: &cfg,
+        store: &store,
+        producer: &producer,
+        health: &health,
+        shutdown: &shutdown,
+        baselines: HashMap::new(),
+    };
+    let mut flush_tick = tokio::time::interval(Duration::from_millis(
+        cfg.baseline.flush_interval_ms.max(10),
+    ));
+    let mut probe_tick = tokio::time::interval(Duration::from_secs(10));
+    let mut prune_tick = tokio::time::interval(Duration::from_secs(3600));
+    let max_wait = Duration::from_millis(cfg.batch.max_wait_ms);
+
+    let result = loop {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break Ok(()),
+            _ = flush_tick.tick() => worker.flush(&persist_tx).await,
+            _ = prune_tick.tick() => worker.prune(&persist_tx).await,
+            _ = probe_tick.tick() => {
+                let k = cfg.kafka.clone();
+                let h = health.clone();
+                tokio::spawn(async move {
+                    match tokio::task::spawn_blocking(move || k.probe(Duration::from_secs(5))).await {
+                        Ok(Ok(_)) => h.set("kafka", true, "reachable"),
+                        Ok(Err(e)) => h.set("kafka", false, e.to_string()),
+                        Err(_) => {}
+                    }
+                });
+            }
+            first = consumer.recv() => {
+                let first = match first {
+                    Ok(m) => m.detach(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "kafka receive failed");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                };
+                let batch = kafka::fill_batch(&consumer, first, cfg.batch.max_events, max_wait).await;
+                match worker.process(batch).await {
+                    Ok(Some(offsets)) => kafka::store_offsets(&consumer, &offsets),
+                    Ok(None) => break Ok(()), // shut down mid-batch: offsets not stored
+                    Err(e) => break Err(e),
+                }
+            }
+        }
+    };
+
+    worker.flush(&persist_tx).await;
+    drop(persist_tx);
+    if persister.await.is_err() {
+        tracing::error!("baseline persister panicked");
+    }
+    kafka::commit_stored(&consumer);
+    tracing::info!("scorer stopped");
+    result
+}
+
+/// Persists learned behaviour in the background; retries a failed write
+/// with backoff so learned behaviour is not dropped while LanceDB is away.
+async fn persist_loop(store: Arc<Store>, mut rx: mpsc::Receiver<PersistJob>, health: Health) {
+    while let Some(job) = rx.recv().await {
+        let (org, workload) = split_key(&job.key);
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match store.persist(org, workload, &job.rows).await {
+                Ok(()) => {
+                    metrics::PERSIST
+                        .with_label_values(&["ok"])
+                        .inc_by(job.rows.len() as u64);
+                    health.set("lancedb", true, "writes succeed");
+                    break;
+                }
+                Err(e) => {
+                    metrics::PERSIST.with_label_values(&["error"]).inc();
+                    health.set("lancedb", false, e.to_string());
+                    tracing::error!(org, workload, error = %e, retry_in_ms = delay.as_millis() as u64, "baseline write failed");
+                    if rx.is_closed() && delay > Duration::from_secs(5) {
+                        tracing::error!(
+                            org,
+                            workload,
+                            rows = job.rows.len(),
+                            "giving up on baseline write at shutdown"
+                        );
+                        break;
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+}
+
+struct Worker<'a> {
+    cfg: &'a ScorerConfig,
+    store: &'a Store,
+    producer: &'a FutureProducer,
+    health: &'a Health,
+    shutdown: &'a CancellationToken,
+    baselines: HashMap<WorkloadKey, Baseline>,
+}
+
+/// A record that could not be turned into an event.
+struct DeadLetter {
+    reason: String,
+    label: &'static str,
+}
+
+fn decode(msg: &OwnedMessage) -> Result<Event, DeadLetter> {
+    let payload = msg.payload().ok_or(DeadLetter {
+        reason: "empty record".into(),
+        label: "empty",
+    })?;
+    let event = Event::decode(payload).map_err(|e| DeadLetter {
+        reason: format!("not an outlier.v1.Event: {e}"),
+        label: "decode",
+    })?;
+    for (field, value) in [("org", &event.org), ("workload", &event.workload)] {
+        names::validate(field, value).map_err(|e| DeadLetter {
+            reason: e.to_string(),
+            label: "invalid_name",
+        })?;
+    }
+    if event.detail.is_none() {
+        return Err(DeadLetter {
+            reason: "event has no exec, connect or open detail".into(),
+            label: "no_detail",
+        });
+    }
+    Ok(event)
+}
+
+impl Worker<'_> {
+    /// Scores and publishes one batch. Returns the offsets to store, or
+    /// `None` when shutdown interrupted the batch before it was delivered.
+    async fn process(
+        &mut self,
+        batch: Vec<OwnedMessage>,
+    ) -> Result<Option<BTreeMap<(String, i32), i64>>, RunError> {
+        let offsets = kafka::batch_offsets(&batch);
+        let decoded: Vec<Result<Event, DeadLetter>> = batch.iter().map(decode).collect();
+
+        // Load (once per scorer life) the baselines of workloads new to us.
+        let t = Instant::now();
+        let needed: HashSet<WorkloadKey> = decoded
+            .iter()
+            .flatten()
+            .map(|e| workload_key(&e.org, &e.workload))
+            .filter(|k| !self.baselines.contains_key(k))
+            .collect();
+        for key in needed {
+            let Some(b) = self.load(&key).await else {
+                return Ok(None);
+            };
+            self.baselines.insert(key, b);
+        }
+        metrics::WORKLOADS.set(self.baselines.len() as i64);
+        metrics::STAGE_SECONDS
+            .with_label_values(&["load"])
+            .observe(t.elapsed().as_secs_f64());
+
+        // Score on a blocking thread: CPU work stays off the reactor.
+        let t = Instant::now();
+        let baselines = std::mem::take(&mut self.baselines);
+        let scoring = self.cfg.scoring.clone();
+        let (baselines, results) =
+            tokio::task::spawn_blocking(move || score_batch(baselines, decoded, &scoring))
+                .await
+                .map_err(|_| RunError::ScoringPanicked)?;
+        self.baselines = baselines;
+        metrics::BEHAVIOURS.set(self.baselines.values().map(|b| b.len() as i64).sum());
+        metrics::STAGE_SECONDS
+            .with_label_values(&["score"])
+            .observe(t.elapsed().as_secs_f64());
+
+        // Publish everything, then wait for every acknowledgement.
+        let t = Instant::now();
+        let topics = &self.cfg.kafka.topics;
+        let mut records: Vec<OutRecord> = Vec::with_capacity(results.len());
+        for (msg, result) in batch.iter().zip(results) {
+            let key = msg.key().unwrap_or_default().to_vec();
+            match result {
+                Ok(scored) => {
+                    let verdict = scored.verdict();
+                    metrics::EVENTS.with_label_values(&[verdict.label()]).inc();
+                    metrics::SCORE.observe(f64::from(scored.anomaly_score));
+                    let lag = scored
+                        .scored_at_ns
+                        .saturating_sub(scored.event.as_ref().map_or(0, |e| e.ts_ns));
+                    metrics::LAG_SECONDS.observe(lag as f64 / 1e9);
+                    let payload = scored.encode_to_vec();
+                    if matches!(verdict, Verdict::Warn | Verdict::Alert) {
+                        records.push(OutRecord {
+                            topic: topics.alerts.clone(),
+                            key: key.clone(),
+                            payload: payload.clone(),
+                            headers: None,
+                        });
+                    }
+                    records.push(OutRecord {
+                        topic: topics.scored.clone(),
+                        key,
+                        payload,
+                        headers: None,
+                    });
+                }
+                Err(dl) => {
+                    metrics::EVENTS.with_label_values(&["deadletter"]).inc();
+                    metrics::DEADLETTER.with_label_values(&[dl.label]).inc();
+                    tracing::warn!(
+                        topic = msg.topic(), partition = msg.partition(), offset = msg.offset(),
+                        reason = %dl.reason, "record sent to dead-letter topic"
+                    );
+                    let source = format!("{}/{}/{}", msg.topic(), msg.partition(), msg.offset());
+                    let headers = OwnedHeaders::new()
+                        .insert(Header {
+                            key: DLQ_REASON_HEADER,
+                            value: Some(dl.reason.as_bytes()),
+                        })
+                        .insert(Header {
+                            key: DLQ_SOURCE_HEADER,
+                            value: Some(source.as_bytes()),
+                        });
+                    records.push(OutRecord {
+                        topic: topics.deadletter.clone(),
+                        key,
+                        payload: msg.payload().unwrap_or_default().to_vec(),
+                        headers: Some(headers),
+                    });
+                }
+            }
+        }
+        if !self.deliver(&records).await {
+            return Ok(None);
+        }
+        metrics::STAGE_SECONDS
+            .with_label_values(&["produce"])
+            .observe(t.elapsed().as_secs_f64());
+        Ok(Some(offsets))
+    }
+
+    /// Loads a baseline, retrying while LanceDB fails; `None` on shutdown.
+    async fn load(&self, key: &str) -> Option<Baseline> {
+        let (org, workload) = split_key(key);
+        let cutoff =
+            now_ns().saturating_sub(self.cfg.baseline.retention_days * 86_400 * 1_000_000_000);
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.store.load(org, workload, cutoff).await {
+                Ok(b) => {
+                    tracing::debug!(org, workload, behaviours = b.len(), "baseline loaded");
+                    return Some(b);
+                }
+                Err(e) => {
+                    self.health.set("lancedb", false, e.to_string());
+                    tracing::error!(org, workload, error = %e, "baseline load failed");
+                }
+            }
+            tokio::select! {
+                () = self.shutdown.cancelled() => return None,
+                () = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    /// Sends records and waits until Kafka has acknowledged all of them,
+    /// re-sending failures with backoff. `false` if shutdown came first.
+    async fn deliver(&self, records: &[OutRecord]) -> bool {
+        let mut todo: Vec<usize> = (0..records.len()).collect();
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let mut futures: Vec<(usize, DeliveryFuture)> = Vec::with_capacity(todo.len());
+            for &i in &todo {
+                let OutRecord {
+                    topic,
+                    key,
+                    payload,
+                    headers,
+                } = &records[i];
+                loop {
+                    let mut rec = FutureRecord::to(topic).key(key).payload(payload);
+                    if let Some(h) = headers {
+                        rec = rec.headers(h.clone());
+                    }
+                    match self.producer.send_result(rec) {
+                        Ok(f) => {
+                            futures.push((i, f));
+                            break;
+                        }
+                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                            tokio::time::sleep(Duration::from_millis(2)).await;
+                        }
+                        Err((e, _)) => {
+                            tracing::error!(topic = %topic, error = %e, "cannot queue record");
+                            break;
+                        }
+                    }
+                }
+            }
+            let queued: HashSet<usize> = futures.iter().map(|(i, _)| *i).collect();
+            let mut failed: Vec<usize> = todo
+                .iter()
+                .copied()
+                .filter(|i| !queued.contains(i))
+                .collect();
+            let (idx, futs): (Vec<usize>, Vec<DeliveryFuture>) = futures.into_iter().unzip();
+            for (i, res) in idx.into_iter().zip(join_all(futs).await) {
+                match res {
+                    Ok(Ok(_)) => {}
+                    Ok(Err((e, _))) => {
+                        tracing::warn!(error = %e, "delivery failed");
+                        failed.push(i);
+                    }
+                    Err(_) => failed.push(i),
+                }
+            }
+            if failed.is_empty() {
+                return true;
+            }
+            metrics::PRODUCE_RETRIES.inc_by(failed.len() as u64);
+            self.health.set(
+                "kafka",
+                false,
+                format!("{} records not acknowledged", failed.len()),
+            );
+            tokio::select! {
+                () = self.shutdown.cancelled() => return false,
+                () = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(10));
+            todo = failed;
+        }
+    }
+
+    /// Hands learned behaviour to the persister.
+    async fn flush(&mut self, tx: &mpsc::Sender<PersistJob>) {
+        for (key, b) in &mut self.baselines {
+            if b.has_dirty() {
+                let rows = b.take_dirty();
+                if tx
+                    .send(PersistJob {
+                        key: key.clone(),
+                        rows,
+                    })
+                    .await
+                    .is_err()
+                {
+                    tracing::error!("baseline persister is gone");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Forgets behaviour older than the retention, in memory and in LanceDB.
+    async fn prune(&mut self, _tx: &mpsc::Sender<PersistJob>) {
+        let cutoff =
+            now_ns().saturating_sub(self.cfg.baseline.retention_days * 86_400 * 1_000_000_000);
+        for (key, b) in &mut self.baselines {
+            let n = b.prune(cutoff);
+            if n > 0 {
+                let (org, workload) = split_key(key);
+                tracing::info!(org, workload, pruned = n, "pruned old behaviour");
+                if let Err(e) = self.store.prune(org, workload, cutoff).await {
+                    tracing::warn!(org, workload, error = %e, "baseline prune failed");
+                }
+            }
+        }
+    }
+}
+
+/// Scores a batch in order, learning each event after scoring it.
+fn score_batch(
+    mut baselines: HashMap<WorkloadKey, Baseline>,
+    events: Vec<Result<Event, DeadLetter>>,
+    scoring: &crate::config::ScoringConfig,
+) -> (
+    HashMap<WorkloadKey, Baseline>,
+    Vec<Result<ScoredEvent, DeadLetter>>,
+) {
+    let mut out = Vec::with_capacity(events.len());
+    for item in events {
+        let event = match item {
+            Ok(e) => e,
+            Err(dl) => {
+                out.push(Err(dl));
+                continue;
+            }
+        };
+        let key = workload_key(&event.org, &event.workload);
+        let baseline = baselines.entry(key).or_default();
+        let v = embed(&event);
+        let t = scoring.thresholds_for(&event.org, &event.workload);
+        let j = score::judge(baseline, &v, t);
+        baseline.observe(&v, event.ts_ns);
+        let explanation = score::explain(&j, &event.workload);
+        out.push(Ok(ScoredEvent {
+            anomaly_score: j.score,
+            nearest_distance: j.nearest_distance,
+            threat_category: String::new(),
+            tactic: String::new(),
+            technique: String::new(),
+            confidence: 0.0,
+            verdict: j.verdict as i32,
+            explanation,
+            contributions: Vec::new(),
+            scored_at_ns: now_ns(),
+            scorer_version: outlier_common::VERSION.to_string(),
+            baseline_size: j.baseline_size as u64,
+            event: Some(event),
+        }));
+    }
+    (baselines, out)
+}
+
+/// Exposed for benchmarks and tests: scores events against in-memory
+/// baselines exactly as the pipeline does, without Kafka.
+pub fn score_events(
+    baselines: &mut HashMap<String, Baseline>,
+    events: Vec<Event>,
+    scoring: &crate::config::ScoringConfig,
+) -> Vec<ScoredEvent> {
+    let (b, out) = score_batch(
+        std::mem::take(baselines),
+        events.into_iter().map(Ok).collect(),
+        scoring,
+    );
+    *baselines = b;
+    out.into_iter().flatten().collect()
+}

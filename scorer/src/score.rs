@@ -1,0 +1,102 @@
+//! Scoring one event against its workload's baseline (the first seed's rule):
+//! score = min(1, 2 × cosine distance to the nearest known behaviour); a
+//! workload with no baseline scores 1.0.
+
+use outlier_common::featurize::Embedding;
+use outlier_proto::Verdict;
+
+use crate::baseline::Baseline;
+use crate::config::Thresholds;
+
+/// Distance reported when there is nothing to compare with.
+pub const NO_NEIGHBOUR_DISTANCE: f32 = 2.0;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Judgement {
+    pub score: f32,
+    pub nearest_distance: f32,
+    /// Times the nearest behaviour was seen (0 when there is none).
+    pub nearest_count: u64,
+    pub baseline_size: usize,
+    pub verdict: Verdict,
+}
+
+/// Anomaly score from a nearest distance.
+pub fn score_from_distance(distance: f32) -> f32 {
+    (2.0 * distance).clamp(0.0, 1.0)
+}
+
+/// Verdict for a score under `t`.
+pub fn verdict(score: f32, t: Thresholds) -> Verdict {
+    if score >= t.alert {
+        Verdict::Alert
+    } else if score >= t.warn {
+        Verdict::Warn
+    } else {
+        Verdict::Ok
+    }
+}
+
+pub fn judge(baseline: &Baseline, v: &Embedding, t: Thresholds) -> Judgement {
+    let (score, nearest_distance, nearest_count) = match baseline.min_distance(v) {
+        Some((d, i)) => (score_from_distance(d), d, baseline.get(i).count),
+        None => (1.0, NO_NEIGHBOUR_DISTANCE, 0),
+    };
+    Judgement {
+        score,
+        nearest_distance,
+        nearest_count,
+        baseline_size: baseline.len(),
+        verdict: verdict(score, t),
+    }
+}
+
+/// One-line explanation of an anomaly judgement.
+pub fn explain(j: &Judgement, org: &str, workload: &str) -> String {
+    if j.baseline_size == 0 {
+        format!("first behaviour seen for workload {org}/{workload}")
+    } else if j.nearest_distance < 1e-4 {
+        format!(
+            "known behaviour of {org}/{workload} (seen {} times)",
+            j.nearest_count
+        )
+    } else {
+        format!(
+            "unlike the {} known behaviours of {org}/{workload}: nearest at cosine distance {:.2}",
+            j.baseline_size, j.nearest_distance
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_formula_and_verdicts() {
+        assert_eq!(score_from_distance(0.0), 0.0);
+        assert_eq!(score_from_distance(0.36), 0.72);
+        assert_eq!(score_from_distance(0.8), 1.0);
+        let t = Thresholds {
+            warn: 0.5,
+            alert: 0.9,
+        };
+        assert_eq!(verdict(0.02, t), Verdict::Ok);
+        assert_eq!(verdict(0.85, t), Verdict::Warn);
+        assert_eq!(verdict(0.94, t), Verdict::Alert);
+        let dev = Thresholds {
+            warn: 0.7,
+            alert: 0.95,
+        };
+        assert_eq!(verdict(0.85, dev), Verdict::Warn);
+        assert_eq!(verdict(0.6, dev), Verdict::Ok);
+    }
+
+    #[test]
+    fn empty_baseline_scores_one() {
+        let j = judge(&Baseline::default(), &[0.0; 128], Thresholds::default());
+        assert_eq!(j.score, 1.0);
+        assert_eq!(j.verdict, Verdict::Alert);
+        assert!(explain(&j, "b").contains("first behaviour"));
+    }
+}
