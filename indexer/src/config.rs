@@ -1,0 +1,86 @@
+//! Indexer configuration (`indexer.toml`, `OUTLIER_INDEXER__*`).
+
+use std::net::SocketAddr;
+
+use outlier_common::kafka::KafkaConfig;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IndexerConfig {
+    pub kafka: KafkaConfig,
+    /// Consumer group; indexers in one group share the scored topic.
+    pub group_id: String,
+    /// Address of `/metrics` and `/health`.
+    pub http_addr: SocketAddr,
+    pub clickhouse: ClickHouseConfig,
+    pub batch: BatchConfig,
+}
+
+impl Default for IndexerConfig {
+    fn default() -> Self {
+        Self {
+            kafka: KafkaConfig::default(),
+            group_id: "outlier-indexer".to_string(),
+            http_addr: "127.0.0.1:9102".parse().expect("valid address"),
+            clickhouse: ClickHouseConfig::default(),
+            batch: BatchConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClickHouseConfig {
+    /// HTTP endpoint of the server.
+    pub url: String,
+    pub database: String,
+    pub user: String,
+    pub password: String,
+    /// Days of events kept: a TTL where the server supports one, otherwise
+    /// the indexer drops older daily partitions itself.
+    pub retention_days: u32,
+}
+
+impl Default for ClickHouseConfig {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:8123".to_string(),
+            database: "outlier".to_string(),
+            user: "default".to_string(),
+            password: String::new(),
+            retention_days: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchConfig {
+    /// Insert when this many rows are buffered...
+    pub max_rows: usize,
+    /// ...or when the oldest buffered row has waited this long.
+    pub max_wait_ms: u64,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            max_rows: 50_000,
+            max_wait_ms: 500,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_is_the_default() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../compose/indexer.toml");
+        let cfg: IndexerConfig =
+            outlier_common::config::load("OUTLIER_INDEXER_EXAMPLE_TEST", Some(&path)).unwrap();
+        assert_eq!(cfg, IndexerConfig::default());
+    }
+}

@@ -1,0 +1,52 @@
+//! Indexer metrics, prefixed `outlier_indexer_`.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    Histogram, IntCounter, IntCounterVec, exponential_buckets, register_histogram,
+    register_int_counter, register_int_counter_vec,
+};
+
+pub static ROWS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "outlier_indexer_rows_total",
+        "Scored events handled, by outcome (inserted/deadletter)",
+        &["outcome"]
+    )
+    .expect("metric registers once")
+});
+
+pub static INSERT_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "outlier_indexer_insert_errors_total",
+        "ClickHouse inserts that failed and were retried"
+    )
+    .expect("metric registers once")
+});
+
+pub static INSERT_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "outlier_indexer_insert_seconds",
+        "Time per ClickHouse batch insert",
+        exponential_buckets(0.001, 2.5, 14).expect("valid buckets")
+    )
+    .expect("metric registers once")
+});
+
+pub static BATCH_ROWS: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "outlier_indexer_batch_rows",
+        "Rows per ClickHouse insert",
+        exponential_buckets(1.0, 4.0, 10).expect("valid buckets")
+    )
+    .expect("metric registers once")
+});
+
+pub static LAG_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "outlier_indexer_event_lag_seconds",
+        "Time from the event's timestamp to its insert into ClickHouse",
+        exponential_buckets(0.001, 3.0, 14).expect("valid buckets")
+    )
+    .expect("metric registers once")
+});

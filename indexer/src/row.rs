@@ -1,0 +1,138 @@
+//! The `security_events` row and its conversion from a scored event.
+
+use clickhouse::Row;
+use outlier_proto::{Protocol, ScoredEvent, event::Detail};
+use serde::{Deserialize, Serialize};
+
+/// One row of `security_events`. Field order is the column order of inserts.
+#[derive(Debug, Clone, Default, PartialEq, Row, Serialize, Deserialize)]
+pub struct EventRow {
+    pub event_id: String,
+    pub org: String,
+    pub workload: String,
+    pub host: String,
+    pub kind: String,
+    /// Event time, seconds (DateTime).
+    pub ts: u32,
+    /// Event time, nanoseconds.
+    pub ts_ns: u64,
+    pub pid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: String,
+    pub parent_comm: String,
+    pub exe: String,
+    pub cgroup: String,
+    pub source: String,
+    pub argv: Vec<String>,
+    pub argv_truncated: u8,
+    pub cwd: String,
+    pub remote_ip: String,
+    pub remote_port: u16,
+    pub local_port: u16,
+    pub protocol: String,
+    pub path: String,
+    pub open_flags: u32,
+    pub anomaly_score: f32,
+    pub nearest_distance: f32,
+    pub threat_category: String,
+    pub tactic: String,
+    pub technique: String,
+    pub confidence: f32,
+    pub verdict: String,
+    pub explanation: String,
+    pub scored_at_ns: u64,
+    pub scorer_version: String,
+}
+
+impl EventRow {
+    pub fn from_scored(s: &ScoredEvent) -> Self {
+        let e = s.event.clone().unwrap_or_default();
+        let mut row = EventRow {
+            kind: e.kind_name().to_string(),
+            ts: u32::try_from(e.ts_ns / 1_000_000_000).unwrap_or(u32::MAX),
+            ts_ns: e.ts_ns,
+            event_id: e.event_id,
+            org: e.org,
+            workload: e.workload,
+            host: e.host,
+            pid: e.pid,
+            ppid: e.ppid,
+            uid: e.uid,
+            gid: e.gid,
+            comm: e.comm,
+            parent_comm: e.parent_comm,
+            exe: e.exe,
+            cgroup: e.cgroup,
+            source: e.source,
+            anomaly_score: s.anomaly_score,
+            nearest_distance: s.nearest_distance,
+            threat_category: s.threat_category.clone(),
+            tactic: s.tactic.clone(),
+            technique: s.technique.clone(),
+            confidence: s.confidence,
+            verdict: s.verdict().label().to_string(),
+            explanation: s.explanation.clone(),
+            scored_at_ns: s.scored_at_ns,
+            scorer_version: s.scorer_version.clone(),
+            ..EventRow::default()
+        };
+        match e.detail {
+            Some(Detail::Exec(x)) => {
+                row.argv = x.argv;
+                row.argv_truncated = u8::from(x.argv_truncated);
+                row.cwd = x.cwd;
+            }
+            Some(Detail::Connect(c)) => {
+                row.remote_ip = c.remote_ip;
+                row.remote_port = u16::try_from(c.remote_port).unwrap_or(0);
+                row.local_port = u16::try_from(c.local_port).unwrap_or(0);
+                row.protocol = if c.protocol == Protocol::Udp as i32 {
+                    "udp"
+                } else {
+                    "tcp"
+                }
+                .to_string();
+            }
+            Some(Detail::Open(o)) => {
+                row.path = o.path;
+                row.open_flags = o.flags;
+            }
+            None => {}
+        }
+        row
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use outlier_proto::{Connect, Event, Verdict};
+
+    #[test]
+    fn connect_event_maps_to_columns() {
+        let s = ScoredEvent {
+            event: Some(Event {
+                event_id: "e".into(),
+                ts_ns: 1_763_800_000_123_456_789,
+                detail: Some(Detail::Connect(Connect {
+                    remote_ip: "::1".into(),
+                    remote_port: 4444,
+                    protocol: Protocol::Udp as i32,
+                    ..Connect::default()
+                })),
+                ..Event::default()
+            }),
+            anomaly_score: 0.5,
+            verdict: Verdict::Warn as i32,
+            ..ScoredEvent::default()
+        };
+        let r = EventRow::from_scored(&s);
+        assert_eq!(
+            (r.kind.as_str(), r.ts, r.remote_port, r.protocol.as_str()),
+            ("connect", 1_763_800_000, 4444, "udp")
+        );
+        assert_eq!(r.verdict, "warn");
+    }
+}

@@ -1,0 +1,253 @@
+//! The ClickHouse sink: a consumer group over the scored topic, batched
+//! inserts (flush by size or time), offsets stored only after ClickHouse
+//! accepted the insert. A failed insert is retried with backoff and nothing
+//! is committed meanwhile, so nothing acknowledged is lost; a replayed batch
+//! collapses into the same rows (ReplacingMergeTree on event_id).
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clickhouse::Client;
+use outlier_common::kafka::{self, CommitOnRevoke, DLQ_REASON_HEADER, DLQ_SOURCE_HEADER};
+use outlier_common::telemetry::{self, Health};
+use outlier_proto::ScoredEvent;
+use prost::Message as _;
+use rdkafka::Message;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use thiserror::Error;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::IndexerConfig;
+use crate::metrics;
+use crate::row::EventRow;
+use crate::schema;
+
+#[derive(Debug, Error)]
+pub enum RunError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("http endpoint: {0}")]
+    Http(#[from] std::io::Error),
+}
+
+/// A ClickHouse client for `cfg` (validation off: works on 18.16 too).
+pub fn client(cfg: &crate::config::ClickHouseConfig) -> Client {
+    Client::default()
+        .with_url(&cfg.url)
+        .with_user(&cfg.user)
+        .with_password(&cfg.password)
+        .with_database(&cfg.database)
+        .with_validation(false)
+}
+
+/// Runs the indexer until `shutdown` fires.
+pub async fn run(cfg: IndexerConfig, shutdown: CancellationToken) -> Result<(), RunError> {
+    let health = Health::new(&["kafka", "clickhouse"]);
+    telemetry::serve_http(cfg.http_addr, health.clone(), shutdown.clone()).await?;
+
+    // The schema must exist before anything is consumed.
+    let ch = client(&cfg.clickhouse);
+    let admin = Client::default()
+        .with_url(&cfg.clickhouse.url)
+        .with_user(&cfg.clickhouse.user)
+        .with_password(&cfg.clickhouse.password)
+        .with_validation(false);
+    let mut delay = Duration::from_millis(250);
+    let version = loop {
+        match schema::migrate(
+            &admin,
+            &cfg.clickhouse.database,
+            cfg.clickhouse.retention_days,
+        )
+        .await
+        {
+            Ok(v) => break v,
+            Err(e) => {
+                health.set("clickhouse", false, e.to_string());
+                tracing::warn!(url = %cfg.clickhouse.url, error = %e, retry_in_ms = delay.as_millis() as u64, "clickhouse unreachable or schema migration failed");
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
+    };
+    health.set(
+        "clickhouse",
+        true,
+        format!("server {}.{}", version.major, version.minor),
+    );
+    tracing::info!(
+        major = version.major,
+        minor = version.minor,
+        ttl = version.has_ttl(),
+        "clickhouse schema ready"
+    );
+
+    if !cfg.kafka.wait_until_reachable(&shutdown).await {
+        return Ok(());
+    }
+    health.set("kafka", true, format!("reachable at {}", cfg.kafka.brokers));
+    let consumer: StreamConsumer<CommitOnRevoke> = cfg
+        .kafka
+        .consumer_config("outlier-indexer", &cfg.group_id)
+        .create_with_context(CommitOnRevoke {
+            health: health.clone(),
+        })?;
+    consumer.subscribe(&[&cfg.kafka.topics.scored])?;
+    let producer: FutureProducer = cfg.kafka.producer_config("outlier-indexer").create()?;
+    tracing::info!(topic = %cfg.kafka.topics.scored, group = %cfg.group_id, "indexer running");
+
+    let max_wait = Duration::from_millis(cfg.batch.max_wait_ms);
+    let mut retention_tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            _ = retention_tick.tick(), if !version.has_ttl() => {
+                let today = schema::yyyymmdd_of_unix(SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0));
+                match schema::drop_expired_partitions(&admin, &cfg.clickhouse.database, cfg.clickhouse.retention_days, today).await {
+                    Ok(d) if !d.is_empty() => tracing::info!(partitions = ?d, "dropped expired partitions"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "retention pass failed"),
+                }
+            }
+            first = consumer.recv() => {
+                let first = match first {
+                    Ok(m) => m.detach(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "kafka receive failed");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                };
+                let batch = kafka::fill_batch(&consumer, first, cfg.batch.max_rows, max_wait).await;
+                let offsets = kafka::batch_offsets(&batch);
+                if !sink_batch(&ch, &producer, &cfg, &batch, &health, &shutdown).await {
+                    break; // shut down before the batch was safely stored
+                }
+                kafka::store_offsets(&consumer, &offsets);
+            }
+        }
+    }
+    kafka::commit_stored(&consumer);
+    tracing::info!("indexer stopped");
+    Ok(())
+}
+
+/// Inserts a batch, retrying until ClickHouse accepts it. Undecodable
+/// records go to the dead-letter topic. `false` if shutdown came first.
+async fn sink_batch(
+    ch: &Client,
+    producer: &FutureProducer,
+    cfg: &IndexerConfig,
+    batch: &[OwnedMessage],
+    health: &Health,
+    shutdown: &CancellationToken,
+) -> bool {
+    let mut rows = Vec::with_capacity(batch.len());
+    for m in batch {
+        match m.payload().map(ScoredEvent::decode) {
+            Some(Ok(s)) if s.event.is_some() => rows.push(EventRow::from_scored(&s)),
+            other => {
+                let reason = match other {
+                    Some(Err(e)) => format!("not an outlier.v1.ScoredEvent: {e}"),
+                    Some(Ok(_)) => "scored event without an event".to_string(),
+                    None => "empty record".to_string(),
+                };
+                if !dead_letter(producer, cfg, m, &reason, shutdown).await {
+                    return false;
+                }
+            }
+        }
+    }
+    if rows.is_empty() {
+        return true;
+    }
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let t = Instant::now();
+        match insert(ch, &rows).await {
+            Ok(()) => {
+                metrics::INSERT_SECONDS.observe(t.elapsed().as_secs_f64());
+                metrics::BATCH_ROWS.observe(rows.len() as f64);
+                metrics::ROWS
+                    .with_label_values(&["inserted"])
+                    .inc_by(rows.len() as u64);
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(0);
+                for r in &rows {
+                    metrics::LAG_SECONDS.observe(now.saturating_sub(r.ts_ns) as f64 / 1e9);
+                }
+                health.set("clickhouse", true, "inserts succeed");
+                return true;
+            }
+            Err(e) => {
+                metrics::INSERT_ERRORS.inc();
+                health.set("clickhouse", false, e.to_string());
+                tracing::warn!(rows = rows.len(), error = %e, retry_in_ms = delay.as_millis() as u64, "clickhouse insert failed");
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return false,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}
+
+async fn insert(ch: &Client, rows: &[EventRow]) -> Result<(), clickhouse::error::Error> {
+    let mut insert = ch.insert::<EventRow>(schema::TABLE).await?;
+    for r in rows {
+        insert.write(r).await?;
+    }
+    insert.end().await
+}
+
+async fn dead_letter(
+    producer: &FutureProducer,
+    cfg: &IndexerConfig,
+    m: &OwnedMessage,
+    reason: &str,
+    shutdown: &CancellationToken,
+) -> bool {
+    metrics::ROWS.with_label_values(&["deadletter"]).inc();
+    tracing::warn!(
+        topic = m.topic(),
+        partition = m.partition(),
+        offset = m.offset(),
+        reason,
+        "record sent to dead-letter topic"
+    );
+    let source = format!("{}/{}/{}", m.topic(), m.partition(), m.offset());
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: DLQ_REASON_HEADER,
+                value: Some(reason.as_bytes()),
+            })
+            .insert(Header {
+                key: DLQ_SOURCE_HEADER,
+                value: Some(source.as_bytes()),
+            });
+        let rec = FutureRecord::to(&cfg.kafka.topics.deadletter)
+            .key(m.key().unwrap_or_default())
+            .payload(m.payload().unwrap_or_default())
+            .headers(headers);
+        match producer.send(rec, Duration::from_secs(5)).await {
+            Ok(_) => return true,
+            Err((e, _)) => tracing::warn!(error = %e, "dead-letter delivery failed"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return false,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
+}
