@@ -1,0 +1,125 @@
+//! Helpers for Outlier's end-to-end tests. The tests run against the real
+//! Kafka and ClickHouse that `scripts/stack up --infra` (or `scripts/test`)
+//! starts on loopback; each test isolates itself with its own topics,
+//! consumer groups, ClickHouse database and LanceDB directory.
+
+use std::time::Duration;
+
+use outlier_common::kafka::{KafkaConfig, Topics};
+use outlier_indexer::IndexerConfig;
+use outlier_scorer::ScorerConfig;
+
+/// Kafka brokers of the test stack (`OUTLIER_TEST_KAFKA`, default 127.0.0.1:9092).
+pub fn kafka_brokers() -> String {
+    std::env::var("OUTLIER_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".to_string())
+}
+
+/// ClickHouse HTTP URL of the test stack (`OUTLIER_TEST_CLICKHOUSE`).
+pub fn clickhouse_url() -> String {
+    std::env::var("OUTLIER_TEST_CLICKHOUSE").unwrap_or_else(|_| "http://127.0.0.1:8123".to_string())
+}
+
+/// One isolated slice of the shared test stack.
+pub struct TestEnv {
+    pub id: String,
+    pub kafka: KafkaConfig,
+    pub database: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestEnv {
+    /// Checks the services are up (failing with what to run when they are
+    /// not) and creates this test's topics.
+    pub async fn new(name: &str) -> Self {
+        let id = format!("{name}-{}", uuid::Uuid::now_v7().simple());
+        let mut kafka = KafkaConfig {
+            brokers: kafka_brokers(),
+            ..KafkaConfig::default()
+        };
+        if let Err(e) = kafka.probe(Duration::from_secs(5)) {
+            panic!(
+                "Kafka is not reachable at {} ({e}); start the test services with `scripts/stack up --infra` or run `scripts/test`",
+                kafka.brokers
+            );
+        }
+        let ch = reqwest_ping(&clickhouse_url()).await;
+        assert!(
+            ch,
+            "ClickHouse is not reachable at {}; start the test services with `scripts/stack up --infra` or run `scripts/test`",
+            clickhouse_url()
+        );
+        kafka.topics = Topics {
+            events: format!("{id}.events"),
+            scored: format!("{id}.scored"),
+            alerts: format!("{id}.alerts"),
+            deadletter: format!("{id}.deadletter"),
+        };
+        let t = &kafka.topics;
+        kafka
+            .ensure_topics(&[
+                (&t.events, 3),
+                (&t.scored, 3),
+                (&t.alerts, 1),
+                (&t.deadletter, 1),
+            ])
+            .await
+            .expect("create test topics");
+        let database = format!("outlier_test_{}", id.replace('-', "_"));
+        Self {
+            id,
+            kafka,
+            database,
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub fn scorer_config(&self) -> ScorerConfig {
+        let mut c = ScorerConfig {
+            kafka: self.kafka.clone(),
+            group_id: format!("{}-scorer", self.id),
+            http_addr: "127.0.0.1:0".parse().expect("addr"),
+            ..ScorerConfig::default()
+        };
+        c.baseline.uri = self.dir.path().join("baselines").display().to_string();
+        c.baseline.flush_interval_ms = 200;
+        c
+    }
+
+    pub fn indexer_config(&self) -> IndexerConfig {
+        let mut c = IndexerConfig {
+            kafka: self.kafka.clone(),
+            group_id: format!("{}-indexer", self.id),
+            http_addr: "127.0.0.1:0".parse().expect("addr"),
+            ..IndexerConfig::default()
+        };
+        c.clickhouse.url = clickhouse_url();
+        c.clickhouse.database = self.database.clone();
+        c.batch.max_wait_ms = 200;
+        c
+    }
+
+    pub fn clickhouse(&self) -> clickhouse::Client {
+        clickhouse::Client::default()
+            .with_url(clickhouse_url())
+            .with_database(&self.database)
+            .with_validation(false)
+    }
+
+    /// Drops the test database (best effort).
+    pub async fn cleanup(&self) {
+        let admin = clickhouse::Client::default()
+            .with_url(clickhouse_url())
+            .with_validation(false);
+        let _ = admin
+            .query(&format!("DROP DATABASE IF EXISTS {}", self.database))
+            .execute()
+            .await;
+    }
+}
+
+async fn reqwest_ping(url: &str) -> bool {
+    let client = clickhouse::Client::default()
+        .with_url(url)
+        .with_validation(false);
+    client.query("SELECT 1").execute().await.is_ok()
+}
