@@ -52,17 +52,24 @@ pub fn judge(baseline: &Baseline, v: &Embedding, t: Thresholds) -> Judgement {
 }
 
 /// One-line explanation of an anomaly judgement.
-pub fn explain(j: &Judgement, org: &str, workload: &str) -> String {
+pub fn explain(j: &Judgement, workload: &str) -> String {
+    let times = |n: u64| {
+        if n == 1 {
+            "once".to_string()
+        } else {
+            format!("{n} times")
+        }
+    };
     if j.baseline_size == 0 {
-        format!("first behaviour seen for workload {org}/{workload}")
+        format!("first behaviour seen in workload {workload}")
     } else if j.nearest_distance < 1e-4 {
         format!(
-            "known behaviour of {org}/{workload} (seen {} times)",
-            j.nearest_count
+            "known behaviour of {workload}, seen {} before",
+            times(j.nearest_count)
         )
     } else {
         format!(
-            "unlike the {} known behaviours of {org}/{workload}: nearest at cosine distance {:.2}",
+            "unlike all {} known behaviours of {workload} (nearest at cosine distance {:.2})",
             j.baseline_size, j.nearest_distance
         )
     }
