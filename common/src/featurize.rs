@@ -15,7 +15,7 @@ use xxhash_rust::xxh3::xxh3_64_with_seed;
 /// Dimensions of an embedding.
 pub const DIM: usize = 128;
 /// Version of the featurizer; baselines built by another version are rebuilt.
-pub const FEATURIZER_VERSION: u32 = 1;
+pub const FEATURIZER_VERSION: u32 = 2;
 
 /// An L2-normalised event embedding.
 pub type Embedding = [f32; DIM];
@@ -25,11 +25,13 @@ const SEED: u64 = 0x6f75_746c_6965_7231; // "outlier1"
 // Token weights: who ran it and what kind of action it was carry as much as
 // the details; the details are spread over many tokens.
 const W_KIND: f32 = 1.0;
-const W_COMM: f32 = 1.2;
+const W_COMM: f32 = 1.0;
 const W_PARENT: f32 = 1.0;
 const W_EXE: f32 = 0.7;
 const W_USER: f32 = 0.8;
-const W_ARG: f32 = 1.0;
+/// Squared weight of all argument tokens together, however many there are.
+const ARGS_NORM2: f32 = 2.0;
+const W_CWD: f32 = 0.5;
 const W_BIGRAM: f32 = 0.6;
 const W_NET: f32 = 1.0;
 const W_PATH: f32 = 1.0;
@@ -56,16 +58,16 @@ pub fn embed(e: &Event) -> Embedding {
                 }
                 tokenize(arg, &mut words);
             }
-            // The argument tokens together weigh about as much as three
-            // identity tokens, however long the command line is.
-            let n = words.len().max(1) as f32;
-            let scale = if n > 3.0 { (3.0 / n).sqrt() } else { 1.0 };
+            // The argument tokens together weigh as much as two identity
+            // tokens, however long the command line is.
+            let scale = (ARGS_NORM2 / words.len().max(1) as f32).sqrt();
             for w in &words {
-                h.add_norm("arg", w, W_ARG * scale);
+                h.add_norm("arg", w, scale);
             }
             for pair in words.windows(2) {
                 h.add_pair("bigram", &pair[0], &pair[1], W_BIGRAM * scale);
             }
+            h.add_norm("cwd", &x.cwd, W_CWD);
             if x.argv_truncated {
                 h.add("flag", "argv_truncated", 1.0);
             }

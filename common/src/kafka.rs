@@ -60,6 +60,10 @@ impl Default for Topics {
     }
 }
 
+/// Header naming what a record on the events topic holds when it is not an
+/// event: `feedback` (an `outlier.v1.Feedback`).
+pub const RECORD_KIND_HEADER: &str = "outlier-record";
+
 /// Header carrying the reason a record went to the dead-letter topic.
 pub const DLQ_REASON_HEADER: &str = "outlier-dlq-reason";
 /// Header naming the topic/partition/offset a dead-lettered record came from.
@@ -180,6 +184,22 @@ impl KafkaConfig {
 /// health check down when the brokers are lost.
 pub struct CommitOnRevoke {
     pub health: crate::telemetry::Health,
+    /// Partitions revoked since the owner last drained the list.
+    pub revoked: std::sync::Arc<std::sync::Mutex<Vec<(String, i32)>>>,
+}
+
+impl CommitOnRevoke {
+    pub fn new(health: crate::telemetry::Health) -> Self {
+        Self {
+            health,
+            revoked: Default::default(),
+        }
+    }
+
+    /// Partitions revoked since the last call.
+    pub fn take_revoked(&self) -> Vec<(String, i32)> {
+        std::mem::take(&mut *self.revoked.lock().unwrap_or_else(|p| p.into_inner()))
+    }
 }
 
 impl rdkafka::ClientContext for CommitOnRevoke {
@@ -205,6 +225,12 @@ impl rdkafka::consumer::ConsumerContext for CommitOnRevoke {
             Rebalance::Revoke(tpl) => {
                 tracing::info!(partitions = tpl.count(), "partitions revoked");
                 commit_stored(consumer);
+                let mut revoked = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+                revoked.extend(
+                    tpl.elements()
+                        .iter()
+                        .map(|e| (e.topic().to_string(), e.partition())),
+                );
             }
             Rebalance::Assign(tpl) => {
                 tracing::info!(partitions = tpl.count(), "partitions assigned")

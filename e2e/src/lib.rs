@@ -123,3 +123,48 @@ async fn reqwest_ping(url: &str) -> bool {
         .with_validation(false);
     client.query("SELECT 1").execute().await.is_ok()
 }
+
+/// The demo/scenario fixtures (`compose/demo/*.jsonl`) with `@ORG@` and
+/// `@RUN@` filled in.
+pub fn fixture(file: &str, org: &str, run: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../compose/demo")
+        .join(file);
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .replace("@ORG@", org)
+        .replace("@RUN@", run)
+}
+
+/// Reads `topic` from the beginning with a fresh consumer group, decoding
+/// scored events, until `done` says it has seen enough or `timeout` passes.
+pub async fn read_scored(
+    kafka: &KafkaConfig,
+    topic: &str,
+    timeout: Duration,
+    mut done: impl FnMut(&[outlier_proto::ScoredEvent]) -> bool,
+) -> Vec<outlier_proto::ScoredEvent> {
+    use prost::Message as _;
+    use rdkafka::Message as _;
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    let group = format!("reader-{}", uuid::Uuid::now_v7().simple());
+    let consumer: StreamConsumer = kafka
+        .consumer_config("e2e-reader", &group)
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut out = Vec::new();
+    while !done(&out) {
+        match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Ok(Ok(m)) => {
+                if let Some(p) = m.payload() {
+                    out.push(outlier_proto::ScoredEvent::decode(p).expect("scored event"));
+                }
+            }
+            Ok(Err(e)) => panic!("kafka: {e}"),
+            Err(_) => break,
+        }
+    }
+    out
+}

@@ -94,9 +94,7 @@ pub async fn run(cfg: IndexerConfig, shutdown: CancellationToken) -> Result<(), 
     let consumer: StreamConsumer<CommitOnRevoke> = cfg
         .kafka
         .consumer_config("outlier-indexer", &cfg.group_id)
-        .create_with_context(CommitOnRevoke {
-            health: health.clone(),
-        })?;
+        .create_with_context(CommitOnRevoke::new(health.clone()))?;
     consumer.subscribe(&[&cfg.kafka.topics.scored])?;
     let producer: FutureProducer = cfg.kafka.producer_config("outlier-indexer").create()?;
     tracing::info!(topic = %cfg.kafka.topics.scored, group = %cfg.group_id, "indexer running");

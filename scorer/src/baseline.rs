@@ -1,10 +1,19 @@
 //! The in-memory baseline of one (org, workload): every distinct behaviour
 //! seen (an embedding), stored once with a count and the time it was last
-//! seen, answering exact k-nearest-neighbour queries by cosine distance.
+//! seen, answering k-nearest-neighbour queries by cosine distance.
+//!
+//! Lookups, fastest first:
+//! 1. a behaviour seen before hashes to its own entry: distance 0, O(1);
+//! 2. small baselines are scanned exactly with a SIMD batch dot product
+//!    (runtime-dispatched AVX/FMA/AVX-512 kernels from lance-linalg);
+//! 3. baselines above [`IndexParams::ivf_threshold`] get an inverted-file
+//!    index (spherical k-means, √n lists) and scan only the `nprobe` lists
+//!    nearest to the query.
 
 use std::collections::HashMap;
 
-use outlier_common::featurize::{DIM, Embedding, cosine_distance, dot};
+use lance_linalg::distance::Dot;
+use outlier_common::featurize::{DIM, Embedding};
 use xxhash_rust::xxh3::xxh3_64;
 
 /// One distinct behaviour of a workload.
@@ -25,13 +34,56 @@ pub struct Neighbour {
     pub distance: f32,
 }
 
+/// When and how a baseline switches from exact scans to an IVF index.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct IndexParams {
+    /// Baselines with at least this many behaviours get an IVF index.
+    pub ivf_threshold: usize,
+    /// Lists scanned per query.
+    pub nprobe: usize,
+}
+
+impl Default for IndexParams {
+    fn default() -> Self {
+        Self {
+            ivf_threshold: 20_000,
+            nprobe: 16,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Meta {
+    key: u64,
+    count: u64,
+    first_seen_ns: u64,
+    last_seen_ns: u64,
+}
+
+#[derive(Debug)]
+struct Ivf {
+    /// `nlist × DIM`, unit vectors.
+    centroids: Vec<f32>,
+    lists: Vec<Vec<u32>>,
+    /// Baseline size when the index was built; rebuilt at twice that.
+    built_at: usize,
+}
+
 #[derive(Debug, Default)]
 pub struct Baseline {
-    entries: Vec<Behaviour>,
+    /// `len × DIM`, row i is behaviour i.
+    vectors: Vec<f32>,
+    meta: Vec<Meta>,
     by_key: HashMap<u64, usize>,
-    /// Indices of entries changed since the last [`Baseline::take_dirty`].
+    /// Entries changed since the last [`Baseline::take_dirty`].
     dirty: Vec<usize>,
     is_dirty: Vec<bool>,
+    /// Keys forgotten since the last [`Baseline::take_forgotten`].
+    forgotten: Vec<u64>,
+    /// Events observed over the baseline's life (sum of counts).
+    events: u64,
+    ivf: Option<Ivf>,
+    params: IndexParams,
 }
 
 /// The key of a behaviour: a hash of its embedding's bytes.
@@ -44,83 +96,152 @@ pub fn behaviour_key(v: &Embedding) -> u64 {
 }
 
 impl Baseline {
+    pub fn with_params(params: IndexParams) -> Self {
+        Self {
+            params,
+            ..Self::default()
+        }
+    }
+
     /// Builds a baseline from stored behaviours (none of them dirty).
-    pub fn from_behaviours(rows: impl IntoIterator<Item = Behaviour>) -> Self {
-        let mut b = Self::default();
+    pub fn from_behaviours(rows: impl IntoIterator<Item = Behaviour>, params: IndexParams) -> Self {
+        let mut b = Self::with_params(params);
         for row in rows {
+            b.events += row.count;
             if let Some(&i) = b.by_key.get(&row.key) {
                 // Two stored rows for one key (two writers): merge them.
-                let e = &mut b.entries[i];
-                e.count += row.count;
-                e.first_seen_ns = e.first_seen_ns.min(row.first_seen_ns);
-                e.last_seen_ns = e.last_seen_ns.max(row.last_seen_ns);
+                let m = &mut b.meta[i];
+                m.count += row.count;
+                m.first_seen_ns = m.first_seen_ns.min(row.first_seen_ns);
+                m.last_seen_ns = m.last_seen_ns.max(row.last_seen_ns);
                 continue;
             }
-            b.by_key.insert(row.key, b.entries.len());
-            b.entries.push(row);
-            b.is_dirty.push(false);
+            b.push(
+                row.key,
+                &row.vector,
+                row.count,
+                row.first_seen_ns,
+                row.last_seen_ns,
+            );
         }
+        b.maybe_reindex();
         b
     }
 
+    fn push(&mut self, key: u64, v: &Embedding, count: u64, first: u64, last: u64) -> usize {
+        let i = self.meta.len();
+        self.vectors.extend_from_slice(v);
+        self.meta.push(Meta {
+            key,
+            count,
+            first_seen_ns: first,
+            last_seen_ns: last,
+        });
+        self.is_dirty.push(false);
+        self.by_key.insert(key, i);
+        i
+    }
+
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.meta.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.meta.is_empty()
     }
 
-    pub fn get(&self, index: usize) -> &Behaviour {
-        &self.entries[index]
+    /// Events observed over the baseline's life.
+    pub fn events(&self) -> u64 {
+        self.events
     }
 
-    /// The `k` behaviours nearest to `q`, nearest first (exact search).
+    /// Whether an IVF index serves queries.
+    pub fn is_indexed(&self) -> bool {
+        self.ivf.is_some()
+    }
+
+    pub fn get(&self, index: usize) -> Behaviour {
+        let m = self.meta[index];
+        let mut vector = [0f32; DIM];
+        vector.copy_from_slice(self.row(index));
+        Behaviour {
+            key: m.key,
+            vector,
+            count: m.count,
+            first_seen_ns: m.first_seen_ns,
+            last_seen_ns: m.last_seen_ns,
+        }
+    }
+
+    pub fn count_of(&self, index: usize) -> u64 {
+        self.meta[index].count
+    }
+
+    fn row(&self, i: usize) -> &[f32] {
+        &self.vectors[i * DIM..(i + 1) * DIM]
+    }
+
+    /// The `k` behaviours nearest to `q`, nearest first.
     pub fn nearest(&self, q: &Embedding, k: usize) -> Vec<Neighbour> {
-        if k == 0 {
+        let mut top = TopK::new(k);
+        if k == 0 || self.is_empty() {
             return Vec::new();
         }
-        // Top-k by similarity with a small sorted buffer: k is ~10.
-        let mut top: Vec<(f32, usize)> = Vec::with_capacity(k + 1);
-        for (i, e) in self.entries.iter().enumerate() {
-            let s = dot(q, &e.vector);
-            if top.len() == k && s <= top[k - 1].0 {
-                continue;
+        if let Some(&i) = self.by_key.get(&behaviour_key(q)) {
+            top.offer(1.0, i);
+            if k == 1 {
+                return top.into_neighbours();
             }
-            let pos = top.partition_point(|(ts, _)| *ts >= s);
-            top.insert(pos, (s, i));
-            top.truncate(k);
         }
-        top.into_iter()
-            .map(|(s, index)| Neighbour {
-                index,
-                distance: (1.0 - s).clamp(0.0, 2.0),
-            })
-            .collect()
+        match &self.ivf {
+            None => {
+                let mut sims = vec![0f32; self.len()];
+                f32::dot_batch_into(q, &self.vectors, DIM, &mut sims);
+                for (i, s) in sims.into_iter().enumerate() {
+                    top.offer(s, i);
+                }
+            }
+            Some(ivf) => {
+                let nlist = ivf.lists.len();
+                let mut csims = vec![0f32; nlist];
+                f32::dot_batch_into(q, &ivf.centroids, DIM, &mut csims);
+                let mut order: Vec<usize> = (0..nlist).collect();
+                let nprobe = self.params.nprobe.clamp(1, nlist);
+                order.select_nth_unstable_by(nprobe - 1, |a, b| csims[*b].total_cmp(&csims[*a]));
+                for &l in &order[..nprobe] {
+                    for &i in &ivf.lists[l] {
+                        let i = i as usize;
+                        top.offer(f32::dot(q, self.row(i)), i);
+                    }
+                }
+            }
+        }
+        top.into_neighbours()
+    }
+
+    /// Cosine distance from `q` to its nearest behaviour, if any.
+    pub fn min_distance(&self, q: &Embedding) -> Option<(f32, usize)> {
+        self.nearest(q, 1).first().map(|n| (n.distance, n.index))
     }
 
     /// Records that behaviour `v` happened at `ts_ns`. Returns true when it
     /// is new to the baseline.
     pub fn observe(&mut self, v: &Embedding, ts_ns: u64) -> bool {
+        self.events += 1;
         let key = behaviour_key(v);
         let (index, new) = match self.by_key.get(&key) {
             Some(&i) => {
-                let e = &mut self.entries[i];
-                e.count += 1;
-                e.last_seen_ns = e.last_seen_ns.max(ts_ns);
+                let m = &mut self.meta[i];
+                m.count += 1;
+                m.last_seen_ns = m.last_seen_ns.max(ts_ns);
                 (i, false)
             }
             None => {
-                let i = self.entries.len();
-                self.entries.push(Behaviour {
-                    key,
-                    vector: *v,
-                    count: 1,
-                    first_seen_ns: ts_ns,
-                    last_seen_ns: ts_ns,
-                });
-                self.is_dirty.push(false);
-                self.by_key.insert(key, i);
+                let i = self.push(key, v, 1, ts_ns, ts_ns);
+                if let Some(ivf) = &mut self.ivf {
+                    let l = nearest_centroid(&ivf.centroids, v);
+                    ivf.lists[l].push(i as u32);
+                }
                 (i, true)
             }
         };
@@ -128,16 +249,27 @@ impl Baseline {
             self.is_dirty[index] = true;
             self.dirty.push(index);
         }
+        if new {
+            self.maybe_reindex();
+        }
         new
+    }
+
+    /// Removes a behaviour (an operator said it is malicious). Returns
+    /// whether it was there.
+    pub fn forget(&mut self, v: &Embedding) -> bool {
+        let key = behaviour_key(v);
+        if !self.by_key.contains_key(&key) {
+            return false;
+        }
+        self.retain(|m| m.key != key);
+        self.forgotten.push(key);
+        true
     }
 
     /// Copies of the behaviours changed since the last call, to persist.
     pub fn take_dirty(&mut self) -> Vec<Behaviour> {
-        let out = self
-            .dirty
-            .iter()
-            .map(|&i| self.entries[i].clone())
-            .collect();
+        let out = self.dirty.iter().map(|&i| self.get(i)).collect();
         for &i in &self.dirty {
             self.is_dirty[i] = false;
         }
@@ -145,52 +277,159 @@ impl Baseline {
         out
     }
 
+    /// Keys forgotten since the last call, to delete from storage.
+    pub fn take_forgotten(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.forgotten)
+    }
+
     pub fn has_dirty(&self) -> bool {
-        !self.dirty.is_empty()
+        !self.dirty.is_empty() || !self.forgotten.is_empty()
     }
 
     /// Forgets behaviours last seen before `cutoff_ns`; returns how many.
     pub fn prune(&mut self, cutoff_ns: u64) -> usize {
-        let before = self.entries.len();
-        if self.entries.iter().all(|e| e.last_seen_ns >= cutoff_ns) {
+        let before = self.len();
+        if self.meta.iter().all(|m| m.last_seen_ns >= cutoff_ns) {
             return 0;
         }
-        // Keep dirty flags with their entries while compacting.
-        let entries = std::mem::take(&mut self.entries);
+        self.retain(|m| m.last_seen_ns >= cutoff_ns);
+        before - self.len()
+    }
+
+    /// Keeps the entries `keep` accepts, with their dirty flags, and
+    /// rebuilds the lookup structures.
+    fn retain(&mut self, keep: impl Fn(&Meta) -> bool) {
+        let vectors = std::mem::take(&mut self.vectors);
+        let meta = std::mem::take(&mut self.meta);
         let flags = std::mem::take(&mut self.is_dirty);
         self.by_key.clear();
         self.dirty.clear();
-        for (e, d) in entries.into_iter().zip(flags) {
-            if e.last_seen_ns < cutoff_ns {
+        self.ivf = None;
+        for (i, (m, d)) in meta.into_iter().zip(flags).enumerate() {
+            if !keep(&m) {
                 continue;
             }
-            let i = self.entries.len();
-            self.by_key.insert(e.key, i);
-            self.entries.push(e);
-            self.is_dirty.push(d);
+            let mut v = [0f32; DIM];
+            v.copy_from_slice(&vectors[i * DIM..(i + 1) * DIM]);
+            let j = self.push(m.key, &v, m.count, m.first_seen_ns, m.last_seen_ns);
             if d {
-                self.dirty.push(i);
+                self.is_dirty[j] = true;
+                self.dirty.push(j);
             }
         }
-        before - self.entries.len()
+        self.maybe_reindex();
     }
 
-    /// Cosine distance from `q` to its nearest behaviour, if any.
-    pub fn min_distance(&self, q: &Embedding) -> Option<(f32, usize)> {
-        self.nearest(q, 1).first().map(|n| (n.distance, n.index))
+    fn maybe_reindex(&mut self) {
+        let n = self.len();
+        let due = match &self.ivf {
+            None => n >= self.params.ivf_threshold,
+            Some(ivf) => n >= ivf.built_at * 2,
+        };
+        if due {
+            self.ivf = Some(build_ivf(&self.vectors, n));
+        }
     }
 }
 
-/// Distance between two stored behaviours (for tests and tools).
-pub fn distance(a: &Behaviour, b: &Behaviour) -> f32 {
-    cosine_distance(&a.vector, &b.vector)
+/// Keeps the `k` most similar candidates seen, most similar first.
+struct TopK {
+    k: usize,
+    items: Vec<(f32, usize)>,
+}
+
+impl TopK {
+    fn new(k: usize) -> Self {
+        Self {
+            k,
+            items: Vec::with_capacity(k + 1),
+        }
+    }
+
+    #[inline]
+    fn offer(&mut self, sim: f32, index: usize) {
+        if self.items.len() == self.k && sim <= self.items[self.k - 1].0 {
+            return;
+        }
+        if self.items.iter().any(|(_, i)| *i == index) {
+            return;
+        }
+        let pos = self.items.partition_point(|(s, _)| *s >= sim);
+        self.items.insert(pos, (sim, index));
+        self.items.truncate(self.k);
+    }
+
+    fn into_neighbours(self) -> Vec<Neighbour> {
+        self.items
+            .into_iter()
+            .map(|(s, index)| Neighbour {
+                index,
+                distance: (1.0 - s).clamp(0.0, 2.0),
+            })
+            .collect()
+    }
+}
+
+fn nearest_centroid(centroids: &[f32], v: &[f32]) -> usize {
+    let mut sims = vec![0f32; centroids.len() / DIM];
+    f32::dot_batch_into(v, centroids, DIM, &mut sims);
+    sims.iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map_or(0, |(i, _)| i)
+}
+
+/// Spherical k-means over `n` rows with √n lists: deterministic (seeded
+/// initial picks), a few iterations on a sample, then every row assigned.
+fn build_ivf(vectors: &[f32], n: usize) -> Ivf {
+    let nlist = ((n as f64).sqrt() as usize).max(1);
+    let sample_step = (n / 50_000).max(1);
+    let sample: Vec<usize> = (0..n).step_by(sample_step).collect();
+    // Initial centroids: evenly spaced sample rows.
+    let mut centroids = Vec::with_capacity(nlist * DIM);
+    for c in 0..nlist {
+        let i = sample[c * sample.len() / nlist];
+        centroids.extend_from_slice(&vectors[i * DIM..(i + 1) * DIM]);
+    }
+    for _ in 0..6 {
+        let mut sums = vec![0f32; nlist * DIM];
+        let mut counts = vec![0usize; nlist];
+        for &i in &sample {
+            let row = &vectors[i * DIM..(i + 1) * DIM];
+            let l = nearest_centroid(&centroids, row);
+            counts[l] += 1;
+            for (s, x) in sums[l * DIM..(l + 1) * DIM].iter_mut().zip(row) {
+                *s += x;
+            }
+        }
+        for l in 0..nlist {
+            let sum = &sums[l * DIM..(l + 1) * DIM];
+            let norm = sum.iter().map(|x| x * x).sum::<f32>().sqrt();
+            if counts[l] > 0 && norm > 0.0 {
+                for (c, s) in centroids[l * DIM..(l + 1) * DIM].iter_mut().zip(sum) {
+                    *c = s / norm;
+                }
+            }
+        }
+    }
+    let mut lists = vec![Vec::new(); nlist];
+    for i in 0..n {
+        let l = nearest_centroid(&centroids, &vectors[i * DIM..(i + 1) * DIM]);
+        lists[l].push(i as u32);
+    }
+    Ivf {
+        centroids,
+        lists,
+        built_at: n,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use outlier_common::featurize::cosine_distance;
 
-    fn unit(seed: u64) -> Embedding {
+    pub(crate) fn unit(seed: u64) -> Embedding {
         let mut v = [0f32; DIM];
         let mut x = seed
             .wrapping_mul(6364136223846793005)
@@ -213,6 +452,7 @@ mod tests {
         assert!(!b.observe(&unit(1), 20));
         assert!(b.observe(&unit(2), 30));
         assert_eq!(b.len(), 2);
+        assert_eq!(b.events(), 3);
         let e = b.get(0);
         assert_eq!((e.count, e.first_seen_ns, e.last_seen_ns), (2, 10, 20));
         let dirty = b.take_dirty();
@@ -237,12 +477,58 @@ mod tests {
         assert_eq!(got.len(), 10);
         for (g, w) in got.iter().zip(&all) {
             assert_eq!(g.index, w.1);
-            assert!((g.distance - w.0).abs() < 1e-6);
+            assert!((g.distance - w.0).abs() < 1e-5);
         }
         assert_eq!(
-            b.min_distance(&unit(5)).map(|(d, i)| (d < 1e-6, i)),
+            b.min_distance(&unit(5)).map(|(d, i)| (d < 1e-5, i)),
             Some((true, 5))
         );
+    }
+
+    #[test]
+    fn ivf_index_finds_near_neighbours() {
+        let params = IndexParams {
+            ivf_threshold: 2_000,
+            nprobe: 8,
+        };
+        let mut b = Baseline::with_params(params);
+        // Clustered data, as behaviours of a workload are: 40 themes with
+        // small variations.
+        for s in 0..4_000u64 {
+            let mut v = unit(s % 40);
+            let noise = unit(10_000 + s);
+            for (a, n) in v.iter_mut().zip(noise) {
+                *a += 0.15 * n;
+            }
+            let n = v.iter().map(|a| a * a).sum::<f32>().sqrt();
+            v.iter_mut().for_each(|a| *a /= n);
+            b.observe(&v, s);
+        }
+        assert!(b.is_indexed());
+        let mut worse = 0;
+        for s in 0..200u64 {
+            let mut q = unit(s % 40);
+            let noise = unit(50_000 + s);
+            for (a, n) in q.iter_mut().zip(noise) {
+                *a += 0.15 * n;
+            }
+            let n = q.iter().map(|a| a * a).sum::<f32>().sqrt();
+            q.iter_mut().for_each(|a| *a /= n);
+            let approx = b.min_distance(&q).unwrap().0;
+            let exact = (0..b.len())
+                .map(|i| cosine_distance(&q, &b.get(i).vector))
+                .fold(f32::MAX, f32::min);
+            assert!(approx >= exact - 1e-5);
+            if approx > exact + 0.02 {
+                worse += 1;
+            }
+        }
+        assert!(
+            worse <= 10,
+            "{worse} of 200 queries missed their nearest neighbour by > 0.02"
+        );
+        // Exact repeats are always found.
+        assert_eq!(b.min_distance(&b.get(1234).vector).unwrap().1, 1234);
     }
 
     #[test]
@@ -261,6 +547,18 @@ mod tests {
     }
 
     #[test]
+    fn forget_removes_a_behaviour_and_reports_its_key() {
+        let mut b = Baseline::default();
+        b.observe(&unit(1), 10);
+        b.observe(&unit(2), 10);
+        assert!(b.forget(&unit(1)));
+        assert!(!b.forget(&unit(1)));
+        assert_eq!(b.len(), 1);
+        assert_eq!(b.take_forgotten(), vec![behaviour_key(&unit(1))]);
+        assert!(b.min_distance(&unit(1)).unwrap().0 > 0.1);
+    }
+
+    #[test]
     fn loading_merges_duplicate_keys() {
         let v = unit(7);
         let row = |count, first, last| Behaviour {
@@ -270,8 +568,9 @@ mod tests {
             first_seen_ns: first,
             last_seen_ns: last,
         };
-        let b = Baseline::from_behaviours([row(2, 5, 50), row(3, 1, 40)]);
+        let b = Baseline::from_behaviours([row(2, 5, 50), row(3, 1, 40)], IndexParams::default());
         assert_eq!(b.len(), 1);
+        assert_eq!(b.events(), 5);
         let e = b.get(0);
         assert_eq!((e.count, e.first_seen_ns, e.last_seen_ns), (5, 1, 50));
         assert!(!b.has_dirty());

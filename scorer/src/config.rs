@@ -41,6 +41,14 @@ pub struct BaselineConfig {
     pub flush_interval_ms: u64,
     /// Forget behaviour not seen for this many days.
     pub retention_days: u64,
+    /// A workload learns every event until it has seen this many; after
+    /// that, an event that alerts is learned only once confirmed benign
+    /// (feedback), so an attacker cannot teach the baseline their behaviour.
+    pub warmup_events: u64,
+    /// Baselines with at least this many behaviours get an IVF index.
+    pub ivf_threshold: usize,
+    /// IVF lists scanned per query.
+    pub nprobe: usize,
 }
 
 impl Default for BaselineConfig {
@@ -49,6 +57,18 @@ impl Default for BaselineConfig {
             uri: ".outlier/baselines".to_string(),
             flush_interval_ms: 1000,
             retention_days: 7,
+            warmup_events: 200,
+            ivf_threshold: 20_000,
+            nprobe: 16,
+        }
+    }
+}
+
+impl BaselineConfig {
+    pub fn index_params(&self) -> crate::baseline::IndexParams {
+        crate::baseline::IndexParams {
+            ivf_threshold: self.ivf_threshold.max(1),
+            nprobe: self.nprobe.max(1),
         }
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod baseline;
 pub mod config;
+pub mod feedback;
 pub mod metrics;
 pub mod pipeline;
 pub mod score;

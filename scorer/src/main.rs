@@ -1,8 +1,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand, ValueEnum};
 use outlier_common::{config, telemetry};
+use outlier_proto::FeedbackLabel;
 use outlier_scorer::ScorerConfig;
 
 /// Outlier's scorer: scores events against learned per-workload baselines.
@@ -21,6 +22,31 @@ struct Cli {
     /// Print the effective configuration (JSON) and exit.
     #[arg(long)]
     print_config: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Tell the scorers an event is benign (learn it) or malicious (forget it).
+    Feedback {
+        /// JSON Lines v1 events (as replayed), or `-` for stdin.
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long, value_enum)]
+        label: Label,
+        /// Who says so (recorded in the scorer's log).
+        #[arg(long, default_value = "cli")]
+        actor: String,
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Label {
+    Benign,
+    Malicious,
 }
 
 #[tokio::main]
@@ -42,6 +68,44 @@ async fn main() -> ExitCode {
     }
     if cli.print_config {
         println!("{}", serde_json::to_string_pretty(&cfg).unwrap_or_default());
+        return ExitCode::SUCCESS;
+    }
+    if let Some(Command::Feedback {
+        file,
+        label,
+        actor,
+        note,
+    }) = cli.command
+    {
+        let text = if file.as_os_str() == "-" {
+            std::io::read_to_string(std::io::stdin())
+        } else {
+            std::fs::read_to_string(&file)
+        };
+        let events = match text
+            .map_err(|e| e.to_string())
+            .and_then(|t| outlier_scorer::feedback::parse_events(&t))
+        {
+            Ok(e) => e,
+            Err(e) => {
+                eprintln!("scorer: {}: {e}", file.display());
+                return ExitCode::from(2);
+            }
+        };
+        let label = match label {
+            Label::Benign => FeedbackLabel::Benign,
+            Label::Malicious => FeedbackLabel::Malicious,
+        };
+        for e in events {
+            let id = e.event_id.clone();
+            if let Err(err) =
+                outlier_scorer::feedback::publish(&cfg.kafka, e, label, &actor, &note).await
+            {
+                eprintln!("scorer: feedback on {id} not delivered: {err}");
+                return ExitCode::from(3);
+            }
+            eprintln!("scorer: feedback on {id} published");
+        }
         return ExitCode::SUCCESS;
     }
     let shutdown = telemetry::shutdown_on_signals();

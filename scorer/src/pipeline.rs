@@ -3,6 +3,17 @@
 //! offsets (at-least-once). Undecodable records go to the dead-letter topic
 //! with a reason. Learned behaviour is persisted to LanceDB in the
 //! background, off the hot path.
+//!
+//! Baseline poisoning: after a workload's warm-up (`warmup_events`), an
+//! event whose verdict is `alert` is not learned. It is learned only when an
+//! operator confirms it benign with a [`Feedback`] record on the events
+//! topic (keyed like the event, so it reaches the scorer that owns the
+//! workload, in order); `malicious` feedback removes a behaviour that was
+//! learned (say, during warm-up).
+//!
+//! Rebalances: stored offsets are committed before partitions are revoked,
+//! and the baselines of workloads on revoked partitions are persisted and
+//! dropped from memory, so the next owner loads them from LanceDB.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -10,22 +21,24 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::future::join_all;
 use outlier_common::featurize::embed;
-use outlier_common::kafka::{self, CommitOnRevoke, DLQ_REASON_HEADER, DLQ_SOURCE_HEADER};
+use outlier_common::kafka::{
+    self, CommitOnRevoke, DLQ_REASON_HEADER, DLQ_SOURCE_HEADER, RECORD_KIND_HEADER,
+};
 use outlier_common::names;
 use outlier_common::telemetry::{self, Health};
-use outlier_proto::{Event, ScoredEvent, Verdict};
+use outlier_proto::{Event, Feedback, FeedbackLabel, ScoredEvent, Verdict};
 use prost::Message as _;
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::baseline::{Baseline, Behaviour};
-use crate::config::ScorerConfig;
+use crate::config::{ScorerConfig, ScoringConfig};
 use crate::metrics;
 use crate::score;
 use crate::store::{Store, StoreError};
@@ -44,9 +57,9 @@ pub enum RunError {
 
 /// Identifies a workload's baseline: `org\0workload` (names cannot contain
 /// control characters, so the pair is unambiguous).
-type WorkloadKey = String;
+pub type WorkloadKey = String;
 
-fn workload_key(org: &str, workload: &str) -> WorkloadKey {
+pub fn workload_key(org: &str, workload: &str) -> WorkloadKey {
     let mut k = String::with_capacity(org.len() + workload.len() + 1);
     k.push_str(org);
     k.push('\0');
@@ -76,6 +89,27 @@ struct OutRecord {
 struct PersistJob {
     key: WorkloadKey,
     rows: Vec<Behaviour>,
+    deletes: Vec<u64>,
+}
+
+/// What a consumed record turned out to be.
+pub enum Input {
+    Event(Event),
+    Feedback(Feedback),
+}
+
+/// What became of a consumed record.
+pub enum Outcome {
+    Scored(Box<ScoredEvent>),
+    /// Feedback applied to a baseline; nothing to publish.
+    Applied,
+    Dead(DeadLetter),
+}
+
+/// A record that could not be used.
+pub struct DeadLetter {
+    pub reason: String,
+    pub label: &'static str,
 }
 
 /// Runs the scorer until `shutdown` fires, then drains: the batch in hand is
@@ -95,9 +129,7 @@ pub async fn run(cfg: ScorerConfig, shutdown: CancellationToken) -> Result<(), R
     let consumer: StreamConsumer<CommitOnRevoke> = cfg
         .kafka
         .consumer_config("outlier-scorer", &cfg.group_id)
-        .create_with_context(CommitOnRevoke {
-            health: health.clone(),
-        })?;
+        .create_with_context(CommitOnRevoke::new(health.clone()))?;
     consumer.subscribe(&[&cfg.kafka.topics.events])?;
     let producer: FutureProducer = cfg.kafka.producer_config("outlier-scorer").create()?;
     tracing::info!(
@@ -117,6 +149,7 @@ pub async fn run(cfg: ScorerConfig, shutdown: CancellationToken) -> Result<(), R
         health: &health,
         shutdown: &shutdown,
         baselines: HashMap::new(),
+        partition_of: HashMap::new(),
     };
     let mut flush_tick = tokio::time::interval(Duration::from_millis(
         cfg.baseline.flush_interval_ms.max(10),
@@ -126,11 +159,15 @@ pub async fn run(cfg: ScorerConfig, shutdown: CancellationToken) -> Result<(), R
     let max_wait = Duration::from_millis(cfg.batch.max_wait_ms);
 
     let result = loop {
+        let revoked = consumer.context().take_revoked();
+        if !revoked.is_empty() {
+            worker.release(&revoked, &persist_tx).await;
+        }
         tokio::select! {
             biased;
             () = shutdown.cancelled() => break Ok(()),
             _ = flush_tick.tick() => worker.flush(&persist_tx).await,
-            _ = prune_tick.tick() => worker.prune(&persist_tx).await,
+            _ = prune_tick.tick() => worker.prune().await,
             _ = probe_tick.tick() => {
                 let k = cfg.kafka.clone();
                 let h = health.clone();
@@ -178,7 +215,11 @@ async fn persist_loop(store: Arc<Store>, mut rx: mpsc::Receiver<PersistJob>, hea
         let (org, workload) = split_key(&job.key);
         let mut delay = Duration::from_millis(100);
         loop {
-            match store.persist(org, workload, &job.rows).await {
+            let res = match store.persist(org, workload, &job.rows).await {
+                Ok(()) => store.delete(org, workload, &job.deletes).await,
+                Err(e) => Err(e),
+            };
+            match res {
                 Ok(()) => {
                     metrics::PERSIST
                         .with_label_values(&["ok"])
@@ -214,23 +255,18 @@ struct Worker<'a> {
     health: &'a Health,
     shutdown: &'a CancellationToken,
     baselines: HashMap<WorkloadKey, Baseline>,
+    /// The partition each loaded workload's records arrive on.
+    partition_of: HashMap<WorkloadKey, (String, i32)>,
 }
 
-/// A record that could not be turned into an event.
-struct DeadLetter {
-    reason: String,
-    label: &'static str,
+fn is_feedback(msg: &OwnedMessage) -> bool {
+    msg.headers().is_some_and(|h| {
+        h.iter()
+            .any(|h| h.key == RECORD_KIND_HEADER && h.value == Some(b"feedback".as_slice()))
+    })
 }
 
-fn decode(msg: &OwnedMessage) -> Result<Event, DeadLetter> {
-    let payload = msg.payload().ok_or(DeadLetter {
-        reason: "empty record".into(),
-        label: "empty",
-    })?;
-    let event = Event::decode(payload).map_err(|e| DeadLetter {
-        reason: format!("not an outlier.v1.Event: {e}"),
-        label: "decode",
-    })?;
+fn check_event(event: &Event) -> Result<(), DeadLetter> {
     for (field, value) in [("org", &event.org), ("workload", &event.workload)] {
         names::validate(field, value).map_err(|e| DeadLetter {
             reason: e.to_string(),
@@ -243,7 +279,39 @@ fn decode(msg: &OwnedMessage) -> Result<Event, DeadLetter> {
             label: "no_detail",
         });
     }
-    Ok(event)
+    Ok(())
+}
+
+/// Decodes a record of the events topic.
+pub fn decode(msg: &OwnedMessage) -> Result<Input, DeadLetter> {
+    let payload = msg.payload().ok_or(DeadLetter {
+        reason: "empty record".into(),
+        label: "empty",
+    })?;
+    if is_feedback(msg) {
+        let fb = Feedback::decode(payload).map_err(|e| DeadLetter {
+            reason: format!("not an outlier.v1.Feedback: {e}"),
+            label: "decode",
+        })?;
+        let event = fb.event.as_ref().ok_or(DeadLetter {
+            reason: "feedback without an event".into(),
+            label: "no_detail",
+        })?;
+        check_event(event)?;
+        if fb.label() == FeedbackLabel::Unspecified {
+            return Err(DeadLetter {
+                reason: "feedback without a label".into(),
+                label: "no_label",
+            });
+        }
+        return Ok(Input::Feedback(fb));
+    }
+    let event = Event::decode(payload).map_err(|e| DeadLetter {
+        reason: format!("not an outlier.v1.Event: {e}"),
+        label: "decode",
+    })?;
+    check_event(&event)?;
+    Ok(Input::Event(event))
 }
 
 impl Worker<'_> {
@@ -254,16 +322,26 @@ impl Worker<'_> {
         batch: Vec<OwnedMessage>,
     ) -> Result<Option<BTreeMap<(String, i32), i64>>, RunError> {
         let offsets = kafka::batch_offsets(&batch);
-        let decoded: Vec<Result<Event, DeadLetter>> = batch.iter().map(decode).collect();
+        let decoded: Vec<Result<Input, DeadLetter>> = batch.iter().map(decode).collect();
 
-        // Load (once per scorer life) the baselines of workloads new to us.
+        // Load (once per ownership) the baselines of workloads new to us.
         let t = Instant::now();
-        let needed: HashSet<WorkloadKey> = decoded
-            .iter()
-            .flatten()
-            .map(|e| workload_key(&e.org, &e.workload))
-            .filter(|k| !self.baselines.contains_key(k))
-            .collect();
+        let mut needed = HashSet::new();
+        for (msg, input) in batch.iter().zip(&decoded) {
+            let event = match input {
+                Ok(Input::Event(e)) => e,
+                Ok(Input::Feedback(f)) => f.event.as_ref().expect("checked in decode"),
+                Err(_) => continue,
+            };
+            let key = workload_key(&event.org, &event.workload);
+            if !self.partition_of.contains_key(&key) {
+                self.partition_of
+                    .insert(key.clone(), (msg.topic().to_string(), msg.partition()));
+            }
+            if !self.baselines.contains_key(&key) {
+                needed.insert(key);
+            }
+        }
         for key in needed {
             let Some(b) = self.load(&key).await else {
                 return Ok(None);
@@ -279,10 +357,14 @@ impl Worker<'_> {
         let t = Instant::now();
         let baselines = std::mem::take(&mut self.baselines);
         let scoring = self.cfg.scoring.clone();
-        let (baselines, results) =
-            tokio::task::spawn_blocking(move || score_batch(baselines, decoded, &scoring))
-                .await
-                .map_err(|_| RunError::ScoringPanicked)?;
+        let warmup = self.cfg.baseline.warmup_events;
+        let (baselines, outcomes) = tokio::task::spawn_blocking(move || {
+            let mut baselines = baselines;
+            let outcomes = score_batch(&mut baselines, decoded, &scoring, warmup);
+            (baselines, outcomes)
+        })
+        .await
+        .map_err(|_| RunError::ScoringPanicked)?;
         self.baselines = baselines;
         metrics::BEHAVIOURS.set(self.baselines.values().map(|b| b.len() as i64).sum());
         metrics::STAGE_SECONDS
@@ -292,11 +374,11 @@ impl Worker<'_> {
         // Publish everything, then wait for every acknowledgement.
         let t = Instant::now();
         let topics = &self.cfg.kafka.topics;
-        let mut records: Vec<OutRecord> = Vec::with_capacity(results.len());
-        for (msg, result) in batch.iter().zip(results) {
+        let mut records: Vec<OutRecord> = Vec::with_capacity(outcomes.len());
+        for (msg, outcome) in batch.iter().zip(outcomes) {
             let key = msg.key().unwrap_or_default().to_vec();
-            match result {
-                Ok(scored) => {
+            match outcome {
+                Outcome::Scored(scored) => {
                     let verdict = scored.verdict();
                     metrics::EVENTS.with_label_values(&[verdict.label()]).inc();
                     metrics::SCORE.observe(f64::from(scored.anomaly_score));
@@ -320,7 +402,8 @@ impl Worker<'_> {
                         headers: None,
                     });
                 }
-                Err(dl) => {
+                Outcome::Applied => metrics::EVENTS.with_label_values(&["feedback"]).inc(),
+                Outcome::Dead(dl) => {
                     metrics::EVENTS.with_label_values(&["deadletter"]).inc();
                     metrics::DEADLETTER.with_label_values(&[dl.label]).inc();
                     tracing::warn!(
@@ -362,7 +445,11 @@ impl Worker<'_> {
             now_ns().saturating_sub(self.cfg.baseline.retention_days * 86_400 * 1_000_000_000);
         let mut delay = Duration::from_millis(100);
         loop {
-            match self.store.load(org, workload, cutoff).await {
+            match self
+                .store
+                .load(org, workload, cutoff, self.cfg.baseline.index_params())
+                .await
+            {
                 Ok(b) => {
                     tracing::debug!(org, workload, behaviours = b.len(), "baseline loaded");
                     return Some(b);
@@ -387,6 +474,7 @@ impl Worker<'_> {
         let mut delay = Duration::from_millis(100);
         loop {
             let mut futures: Vec<(usize, DeliveryFuture)> = Vec::with_capacity(todo.len());
+            let mut failed = Vec::new();
             for &i in &todo {
                 let OutRecord {
                     topic,
@@ -409,17 +497,12 @@ impl Worker<'_> {
                         }
                         Err((e, _)) => {
                             tracing::error!(topic = %topic, error = %e, "cannot queue record");
+                            failed.push(i);
                             break;
                         }
                     }
                 }
             }
-            let queued: HashSet<usize> = futures.iter().map(|(i, _)| *i).collect();
-            let mut failed: Vec<usize> = todo
-                .iter()
-                .copied()
-                .filter(|i| !queued.contains(i))
-                .collect();
             let (idx, futs): (Vec<usize>, Vec<DeliveryFuture>) = futures.into_iter().unzip();
             for (i, res) in idx.into_iter().zip(join_all(futs).await) {
                 match res {
@@ -449,19 +532,16 @@ impl Worker<'_> {
         }
     }
 
-    /// Hands learned behaviour to the persister.
+    /// Hands learned (and forgotten) behaviour to the persister.
     async fn flush(&mut self, tx: &mpsc::Sender<PersistJob>) {
         for (key, b) in &mut self.baselines {
             if b.has_dirty() {
-                let rows = b.take_dirty();
-                if tx
-                    .send(PersistJob {
-                        key: key.clone(),
-                        rows,
-                    })
-                    .await
-                    .is_err()
-                {
+                let job = PersistJob {
+                    key: key.clone(),
+                    rows: b.take_dirty(),
+                    deletes: b.take_forgotten(),
+                };
+                if tx.send(job).await.is_err() {
                     tracing::error!("baseline persister is gone");
                     return;
                 }
@@ -469,8 +549,34 @@ impl Worker<'_> {
         }
     }
 
+    /// Persists and unloads the workloads of revoked partitions: their next
+    /// owner loads them from LanceDB.
+    async fn release(&mut self, revoked: &[(String, i32)], tx: &mpsc::Sender<PersistJob>) {
+        let gone: Vec<WorkloadKey> = self
+            .partition_of
+            .iter()
+            .filter(|(_, tp)| revoked.contains(tp))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in gone {
+            self.partition_of.remove(&key);
+            if let Some(mut b) = self.baselines.remove(&key) {
+                let job = PersistJob {
+                    key: key.clone(),
+                    rows: b.take_dirty(),
+                    deletes: b.take_forgotten(),
+                };
+                if (!job.rows.is_empty() || !job.deletes.is_empty()) && tx.send(job).await.is_err()
+                {
+                    tracing::error!("baseline persister is gone");
+                }
+            }
+        }
+        metrics::WORKLOADS.set(self.baselines.len() as i64);
+    }
+
     /// Forgets behaviour older than the retention, in memory and in LanceDB.
-    async fn prune(&mut self, _tx: &mpsc::Sender<PersistJob>) {
+    async fn prune(&mut self) {
         let cutoff =
             now_ns().saturating_sub(self.cfg.baseline.retention_days * 86_400 * 1_000_000_000);
         for (key, b) in &mut self.baselines {
@@ -486,62 +592,84 @@ impl Worker<'_> {
     }
 }
 
-/// Scores a batch in order, learning each event after scoring it.
-fn score_batch(
-    mut baselines: HashMap<WorkloadKey, Baseline>,
-    events: Vec<Result<Event, DeadLetter>>,
-    scoring: &crate::config::ScoringConfig,
-) -> (
-    HashMap<WorkloadKey, Baseline>,
-    Vec<Result<ScoredEvent, DeadLetter>>,
-) {
-    let mut out = Vec::with_capacity(events.len());
-    for item in events {
-        let event = match item {
-            Ok(e) => e,
-            Err(dl) => {
-                out.push(Err(dl));
-                continue;
-            }
-        };
-        let key = workload_key(&event.org, &event.workload);
-        let baseline = baselines.entry(key).or_default();
-        let v = embed(&event);
-        let t = scoring.thresholds_for(&event.org, &event.workload);
-        let j = score::judge(baseline, &v, t);
+/// Scores one event against its workload's baseline and learns it unless
+/// it alerted after warm-up. This is the whole per-event hot path.
+pub fn score_event(
+    baselines: &mut HashMap<WorkloadKey, Baseline>,
+    event: Event,
+    scoring: &ScoringConfig,
+    warmup_events: u64,
+) -> ScoredEvent {
+    let key = workload_key(&event.org, &event.workload);
+    let baseline = baselines.entry(key).or_default();
+    let v = embed(&event);
+    let t = scoring.thresholds_for(&event.org, &event.workload);
+    let j = score::judge(baseline, &v, t);
+    let learned = j.verdict != Verdict::Alert || baseline.events() < warmup_events;
+    if learned {
         baseline.observe(&v, event.ts_ns);
-        let explanation = score::explain(&j, &event.workload);
-        out.push(Ok(ScoredEvent {
-            anomaly_score: j.score,
-            nearest_distance: j.nearest_distance,
-            threat_category: String::new(),
-            tactic: String::new(),
-            technique: String::new(),
-            confidence: 0.0,
-            verdict: j.verdict as i32,
-            explanation,
-            contributions: Vec::new(),
-            scored_at_ns: now_ns(),
-            scorer_version: outlier_common::VERSION.to_string(),
-            baseline_size: j.baseline_size as u64,
-            event: Some(event),
-        }));
     }
-    (baselines, out)
+    let mut explanation = score::explain(&j, &event.workload);
+    if !learned {
+        explanation.push_str("; not learned until confirmed benign");
+    }
+    ScoredEvent {
+        anomaly_score: j.score,
+        nearest_distance: j.nearest_distance,
+        threat_category: String::new(),
+        tactic: String::new(),
+        technique: String::new(),
+        confidence: 0.0,
+        verdict: j.verdict as i32,
+        explanation,
+        contributions: Vec::new(),
+        scored_at_ns: now_ns(),
+        scorer_version: outlier_common::VERSION.to_string(),
+        baseline_size: j.baseline_size as u64,
+        learned,
+        event: Some(event),
+    }
 }
 
-/// Exposed for benchmarks and tests: scores events against in-memory
-/// baselines exactly as the pipeline does, without Kafka.
-pub fn score_events(
-    baselines: &mut HashMap<String, Baseline>,
-    events: Vec<Event>,
-    scoring: &crate::config::ScoringConfig,
-) -> Vec<ScoredEvent> {
-    let (b, out) = score_batch(
-        std::mem::take(baselines),
-        events.into_iter().map(Ok).collect(),
-        scoring,
-    );
-    *baselines = b;
-    out.into_iter().flatten().collect()
+/// Applies an operator's verdict to the workload's baseline.
+pub fn apply_feedback(baselines: &mut HashMap<WorkloadKey, Baseline>, fb: &Feedback) {
+    let Some(event) = &fb.event else { return };
+    let baseline = baselines
+        .entry(workload_key(&event.org, &event.workload))
+        .or_default();
+    let v = embed(event);
+    match fb.label() {
+        FeedbackLabel::Benign => {
+            // Seen now, as far as retention goes: the confirmation is recent.
+            baseline.observe(&v, event.ts_ns.max(fb.ts_ns));
+            tracing::info!(org = %event.org, workload = %event.workload, event_id = %event.event_id, actor = %fb.actor, "behaviour confirmed benign: learned");
+        }
+        FeedbackLabel::Malicious => {
+            let removed = baseline.forget(&v);
+            tracing::info!(org = %event.org, workload = %event.workload, event_id = %event.event_id, actor = %fb.actor, removed, "behaviour confirmed malicious: forgotten");
+        }
+        FeedbackLabel::Unspecified => {}
+    }
+}
+
+/// Scores a batch in order.
+fn score_batch(
+    baselines: &mut HashMap<WorkloadKey, Baseline>,
+    inputs: Vec<Result<Input, DeadLetter>>,
+    scoring: &ScoringConfig,
+    warmup_events: u64,
+) -> Vec<Outcome> {
+    inputs
+        .into_iter()
+        .map(|input| match input {
+            Ok(Input::Event(e)) => {
+                Outcome::Scored(Box::new(score_event(baselines, e, scoring, warmup_events)))
+            }
+            Ok(Input::Feedback(fb)) => {
+                apply_feedback(baselines, &fb);
+                Outcome::Applied
+            }
+            Err(dl) => Outcome::Dead(dl),
+        })
+        .collect()
 }

@@ -21,7 +21,7 @@ use outlier_common::names::storage_name;
 use thiserror::Error;
 use tokio::sync::Mutex;
 
-use crate::baseline::{Baseline, Behaviour};
+use crate::baseline::{Baseline, Behaviour, IndexParams};
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -89,17 +89,35 @@ impl Store {
         org: &str,
         workload: &str,
         cutoff_ns: u64,
+        params: IndexParams,
     ) -> Result<Baseline, StoreError> {
         let name = storage_name(org, workload);
         let Some(table) = self.table(&name).await? else {
-            return Ok(Baseline::default());
+            return Ok(Baseline::with_params(params));
         };
         let mut stream = table.query().execute().await?;
         let mut rows = Vec::new();
         while let Some(batch) = stream.try_next().await? {
             decode(&name, &batch, cutoff_ns, &mut rows)?;
         }
-        Ok(Baseline::from_behaviours(rows))
+        Ok(Baseline::from_behaviours(rows, params))
+    }
+
+    /// Deletes behaviours by key (they were confirmed malicious).
+    pub async fn delete(&self, org: &str, workload: &str, keys: &[u64]) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let name = storage_name(org, workload);
+        if let Some(table) = self.table(&name).await? {
+            let list = keys
+                .iter()
+                .map(|k| (*k as i64).to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
+            table.delete(format!("key IN ({list})").as_str()).await?;
+        }
+        Ok(())
     }
 
     /// Writes (inserts or updates) behaviours of a workload.
@@ -266,7 +284,11 @@ mod tests {
         let store = Store::open(dir.path().to_str().unwrap()).await.unwrap();
         let (org, wl) = ("acme/../x", "web's");
         assert!(
-            store.load(org, wl, 0).await.unwrap().is_empty(),
+            store
+                .load(org, wl, 0, IndexParams::default())
+                .await
+                .unwrap()
+                .is_empty(),
             "no table yet"
         );
 
@@ -279,7 +301,10 @@ mod tests {
 
         // A fresh store (a restarted scorer) rebuilds the same baseline.
         let store2 = Store::open(dir.path().to_str().unwrap()).await.unwrap();
-        let loaded = store2.load(org, wl, 0).await.unwrap();
+        let loaded = store2
+            .load(org, wl, 0, IndexParams::default())
+            .await
+            .unwrap();
         assert_eq!(loaded.len(), 2, "repeated behaviour stored once");
         let (d, i) = loaded.min_distance(&vec_of("nginx -s reload")).unwrap();
         assert!(d < 1e-6);
@@ -287,17 +312,39 @@ mod tests {
         assert_eq!(loaded.get(i).last_seen_ns, 300);
 
         // Rows older than the cutoff are left out on load and deleted by prune.
-        assert_eq!(store2.load(org, wl, 250).await.unwrap().len(), 1);
+        assert_eq!(
+            store2
+                .load(org, wl, 250, IndexParams::default())
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
         store2.prune(org, wl, 250).await.unwrap();
         assert_eq!(
             Store::open(dir.path().to_str().unwrap())
                 .await
                 .unwrap()
-                .load(org, wl, 0)
+                .load(org, wl, 0, IndexParams::default())
                 .await
                 .unwrap()
                 .len(),
             1
+        );
+
+        // Deleting by key (malicious feedback) removes exactly that row.
+        let doomed = loaded.get(i).key;
+        store2.delete(org, wl, &[doomed]).await.unwrap();
+        let after = Store::open(dir.path().to_str().unwrap())
+            .await
+            .unwrap()
+            .load(org, wl, 0, IndexParams::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            after.len(),
+            0,
+            "the pruned row and the deleted row are gone"
         );
 
         // Table names never contain the raw strings.

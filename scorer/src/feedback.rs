@@ -1,0 +1,68 @@
+//! Publishing an operator's verdict on an event (see [`crate::pipeline`]
+//! for what the scorer does with it).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use outlier_common::json;
+use outlier_common::kafka::{KafkaConfig, RECORD_KIND_HEADER};
+use outlier_proto::{Event, Feedback, FeedbackLabel};
+use prost::Message as _;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+/// Publishes feedback on `event` to the events topic, keyed like the event
+/// so it reaches the scorer that owns the workload, in order.
+pub async fn publish(
+    kafka: &KafkaConfig,
+    event: Event,
+    label: FeedbackLabel,
+    actor: &str,
+    note: &str,
+) -> Result<(), KafkaError> {
+    let now = now_ns();
+    let key = event.partition_key();
+    let fb = Feedback {
+        event: Some(event),
+        label: label as i32,
+        actor: actor.to_string(),
+        note: note.to_string(),
+        ts_ns: now,
+    };
+    let producer: FutureProducer = kafka.producer_config("outlier-feedback").create()?;
+    producer
+        .send(
+            FutureRecord::to(&kafka.topics.events)
+                .key(&key)
+                .payload(&fb.encode_to_vec())
+                .headers(OwnedHeaders::new().insert(Header {
+                    key: RECORD_KIND_HEADER,
+                    value: Some("feedback"),
+                })),
+            Duration::from_secs(30),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|(e, _)| e)
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// Parses the events of a JSON Lines v1 text, reporting bad lines.
+pub fn parse_events(text: &str) -> Result<Vec<Event>, String> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let e = json::parse_line(line, now_ns(), String::new)
+            .map_err(|e| format!("line {}: {e}", i + 1))?;
+        out.push(e);
+    }
+    Ok(out)
+}
