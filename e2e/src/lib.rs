@@ -95,6 +95,8 @@ impl TestEnv {
         c.clickhouse.url = clickhouse_url();
         c.clickhouse.database = self.database.clone();
         c.batch.max_wait_ms = 200;
+        c.grpc_addr = free_addr();
+        c.search.uri = self.dir.path().join("search").display().to_string();
         c
     }
 
@@ -115,6 +117,12 @@ impl TestEnv {
             .execute()
             .await;
     }
+}
+
+/// A loopback address with a port free right now.
+pub fn free_addr() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
 }
 
 async fn reqwest_ping(url: &str) -> bool {

@@ -15,6 +15,29 @@ pub struct IndexerConfig {
     pub http_addr: SocketAddr,
     pub clickhouse: ClickHouseConfig,
     pub batch: BatchConfig,
+    /// Address of the gRPC services (query, search, alert stream).
+    pub grpc_addr: SocketAddr,
+    pub search: SearchConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SearchConfig {
+    /// LanceDB location of the search index (a directory or an object-store
+    /// URI); every indexer and the search service must share it.
+    pub uri: String,
+    /// An org's table gets a vector index (IVF-PQ) once it has this many
+    /// distinct behaviours; it is rebuilt each time the table doubles.
+    pub index_min_rows: usize,
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        Self {
+            uri: ".outlier/search".to_string(),
+            index_min_rows: 100_000,
+        }
+    }
 }
 
 impl Default for IndexerConfig {
@@ -25,6 +48,8 @@ impl Default for IndexerConfig {
             http_addr: "127.0.0.1:9102".parse().expect("valid address"),
             clickhouse: ClickHouseConfig::default(),
             batch: BatchConfig::default(),
+            grpc_addr: "127.0.0.1:50051".parse().expect("valid address"),
+            search: SearchConfig::default(),
         }
     }
 }

@@ -1,10 +1,15 @@
 //! Outlier's indexer: sinks scored events from Kafka into ClickHouse
-//! `security_events` in batches, at-least-once and idempotent.
+//! `security_events` in batches, at-least-once and idempotent, keeps the
+//! search index of behaviours, and serves the gRPC query, search and alert
+//! stream services.
 
 pub mod config;
+pub mod grpc;
 pub mod metrics;
+pub mod query;
 pub mod row;
 pub mod schema;
+pub mod search_index;
 pub mod sink;
 
 pub use config::IndexerConfig;

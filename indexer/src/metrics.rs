@@ -50,3 +50,11 @@ pub static LAG_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     )
     .expect("metric registers once")
 });
+
+pub static SEARCH_UPSERTS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "outlier_indexer_search_behaviours_total",
+        "Distinct behaviours written to the search index"
+    )
+    .expect("metric registers once")
+});

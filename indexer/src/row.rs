@@ -44,6 +44,7 @@ pub struct EventRow {
     pub explanation: String,
     pub scored_at_ns: u64,
     pub scorer_version: String,
+    pub behaviour_key: u64,
 }
 
 impl EventRow {
@@ -76,6 +77,7 @@ impl EventRow {
             explanation: s.explanation.clone(),
             scored_at_ns: s.scored_at_ns,
             scorer_version: s.scorer_version.clone(),
+            behaviour_key: s.behaviour_key,
             ..EventRow::default()
         };
         match e.detail {
@@ -105,6 +107,86 @@ impl EventRow {
     }
 }
 
+impl EventRow {
+    /// The scored event a row was made from (the inverse of
+    /// [`EventRow::from_scored`]).
+    pub fn to_scored(&self) -> ScoredEvent {
+        use outlier_proto::{AddressFamily, Connect, Event, Exec, Open, Verdict};
+        let detail = match self.kind.as_str() {
+            "exec" => Some(Detail::Exec(Exec {
+                argv: self.argv.clone(),
+                argv_truncated: self.argv_truncated != 0,
+                argc: self.argv.len() as u32,
+                cwd: self.cwd.clone(),
+                retval: None,
+            })),
+            "connect" => Some(Detail::Connect(Connect {
+                family: if self.remote_ip.contains(':') {
+                    AddressFamily::Inet6
+                } else {
+                    AddressFamily::Inet
+                } as i32,
+                remote_ip: self.remote_ip.clone(),
+                remote_port: u32::from(self.remote_port),
+                local_ip: String::new(),
+                local_port: u32::from(self.local_port),
+                protocol: if self.protocol == "udp" {
+                    Protocol::Udp
+                } else {
+                    Protocol::Tcp
+                } as i32,
+                retval: None,
+            })),
+            "open" => Some(Detail::Open(Open {
+                path: self.path.clone(),
+                path_truncated: false,
+                flags: self.open_flags,
+                retval: None,
+            })),
+            _ => None,
+        };
+        let verdict = match self.verdict.as_str() {
+            "ok" => Verdict::Ok,
+            "warn" => Verdict::Warn,
+            "alert" => Verdict::Alert,
+            _ => Verdict::Unspecified,
+        };
+        ScoredEvent {
+            event: Some(Event {
+                event_id: self.event_id.clone(),
+                org: self.org.clone(),
+                workload: self.workload.clone(),
+                host: self.host.clone(),
+                ts_ns: self.ts_ns,
+                pid: self.pid,
+                ppid: self.ppid,
+                uid: self.uid,
+                gid: self.gid,
+                comm: self.comm.clone(),
+                parent_comm: self.parent_comm.clone(),
+                exe: self.exe.clone(),
+                cgroup: self.cgroup.clone(),
+                source: self.source.clone(),
+                detail,
+            }),
+            anomaly_score: self.anomaly_score,
+            nearest_distance: self.nearest_distance,
+            threat_category: self.threat_category.clone(),
+            tactic: self.tactic.clone(),
+            technique: self.technique.clone(),
+            confidence: self.confidence,
+            verdict: verdict as i32,
+            explanation: self.explanation.clone(),
+            contributions: Vec::new(),
+            scored_at_ns: self.scored_at_ns,
+            scorer_version: self.scorer_version.clone(),
+            baseline_size: 0,
+            learned: false,
+            behaviour_key: self.behaviour_key,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,6 +199,7 @@ mod tests {
                 event_id: "e".into(),
                 ts_ns: 1_763_800_000_123_456_789,
                 detail: Some(Detail::Connect(Connect {
+                    family: outlier_proto::AddressFamily::Inet6 as i32,
                     remote_ip: "::1".into(),
                     remote_port: 4444,
                     protocol: Protocol::Udp as i32,
@@ -134,5 +217,8 @@ mod tests {
             ("connect", 1_763_800_000, 4444, "udp")
         );
         assert_eq!(r.verdict, "warn");
+        let back = r.to_scored();
+        assert_eq!(back.event, s.event);
+        assert_eq!(back.verdict(), Verdict::Warn);
     }
 }

@@ -47,6 +47,7 @@ pub const COLUMNS: &[(&str, &str)] = &[
     ("explanation", "String"),
     ("scored_at_ns", "UInt64"),
     ("scorer_version", "String"),
+    ("behaviour_key", "UInt64"),
     ("inserted_at", "DateTime DEFAULT now()"),
 ];
 

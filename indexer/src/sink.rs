@@ -4,9 +4,12 @@
 //! is committed meanwhile, so nothing acknowledged is lost; a replayed batch
 //! collapses into the same rows (ReplacingMergeTree on event_id).
 
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clickhouse::Client;
+use outlier_common::featurize::{behaviour_key, embed};
 use outlier_common::kafka::{self, CommitOnRevoke, DLQ_REASON_HEADER, DLQ_SOURCE_HEADER};
 use outlier_common::telemetry::{self, Health};
 use outlier_proto::ScoredEvent;
@@ -20,16 +23,20 @@ use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::IndexerConfig;
+use crate::grpc::{self, Services};
 use crate::metrics;
 use crate::row::EventRow;
 use crate::schema;
+use crate::search_index::{self, Entry, SearchIndex, SearchIndexError};
 
 #[derive(Debug, Error)]
 pub enum RunError {
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
-    #[error("http endpoint: {0}")]
+    #[error("http or grpc endpoint: {0}")]
     Http(#[from] std::io::Error),
+    #[error("search index: {0}")]
+    Search(#[from] SearchIndexError),
 }
 
 /// A ClickHouse client for `cfg` (validation off: works on 18.16 too).
@@ -44,8 +51,14 @@ pub fn client(cfg: &crate::config::ClickHouseConfig) -> Client {
 
 /// Runs the indexer until `shutdown` fires.
 pub async fn run(cfg: IndexerConfig, shutdown: CancellationToken) -> Result<(), RunError> {
-    let health = Health::new(&["kafka", "clickhouse"]);
+    let health = Health::new(&["kafka", "clickhouse", "lancedb"]);
     telemetry::serve_http(cfg.http_addr, health.clone(), shutdown.clone()).await?;
+    let search = Arc::new(SearchIndex::open(&cfg.search.uri).await?);
+    health.set(
+        "lancedb",
+        true,
+        format!("search index at {}", cfg.search.uri),
+    );
 
     // The schema must exist before anything is consumed.
     let ch = client(&cfg.clickhouse);
@@ -87,6 +100,36 @@ pub async fn run(cfg: IndexerConfig, shutdown: CancellationToken) -> Result<(), 
         "clickhouse schema ready"
     );
 
+    grpc::serve(
+        cfg.grpc_addr,
+        Services {
+            ch: ch.clone(),
+            search: search.clone(),
+            kafka: cfg.kafka.clone(),
+            shutdown: shutdown.clone(),
+        },
+        shutdown.clone(),
+    )
+    .await?;
+    {
+        // Vector-index maintenance of the search tables, off the sink path.
+        let search = search.clone();
+        let min_rows = cfg.search.index_min_rows;
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                if let Err(e) = search.maintain(min_rows).await {
+                    tracing::warn!(error = %e, "search index maintenance failed");
+                }
+            }
+        });
+    }
+
     if !cfg.kafka.wait_until_reachable(&shutdown).await {
         return Ok(());
     }
@@ -100,6 +143,15 @@ pub async fn run(cfg: IndexerConfig, shutdown: CancellationToken) -> Result<(), 
     tracing::info!(topic = %cfg.kafka.topics.scored, group = %cfg.group_id, "indexer running");
 
     let max_wait = Duration::from_millis(cfg.batch.max_wait_ms);
+    let mut sink = Sink {
+        ch: &ch,
+        producer: &producer,
+        cfg: &cfg,
+        health: &health,
+        shutdown: &shutdown,
+        search: &search,
+        known: HashSet::new(),
+    };
     let mut retention_tick = tokio::time::interval(Duration::from_secs(3600));
     loop {
         tokio::select! {
@@ -124,7 +176,7 @@ pub async fn run(cfg: IndexerConfig, shutdown: CancellationToken) -> Result<(), 
                 };
                 let batch = kafka::fill_batch(&consumer, first, cfg.batch.max_rows, max_wait).await;
                 let offsets = kafka::batch_offsets(&batch);
-                if !sink_batch(&ch, &producer, &cfg, &batch, &health, &shutdown).await {
+                if !sink.sink_batch(&batch).await {
                     break; // shut down before the batch was safely stored
                 }
                 kafka::store_offsets(&consumer, &offsets);
@@ -136,67 +188,137 @@ pub async fn run(cfg: IndexerConfig, shutdown: CancellationToken) -> Result<(), 
     Ok(())
 }
 
-/// Inserts a batch, retrying until ClickHouse accepts it. Undecodable
-/// records go to the dead-letter topic. `false` if shutdown came first.
-async fn sink_batch(
-    ch: &Client,
-    producer: &FutureProducer,
-    cfg: &IndexerConfig,
-    batch: &[OwnedMessage],
-    health: &Health,
-    shutdown: &CancellationToken,
-) -> bool {
-    let mut rows = Vec::with_capacity(batch.len());
-    for m in batch {
-        match m.payload().map(ScoredEvent::decode) {
-            Some(Ok(s)) if s.event.is_some() => rows.push(EventRow::from_scored(&s)),
-            other => {
-                let reason = match other {
-                    Some(Err(e)) => format!("not an outlier.v1.ScoredEvent: {e}"),
-                    Some(Ok(_)) => "scored event without an event".to_string(),
-                    None => "empty record".to_string(),
-                };
-                if !dead_letter(producer, cfg, m, &reason, shutdown).await {
-                    return false;
+struct Sink<'a> {
+    ch: &'a Client,
+    producer: &'a FutureProducer,
+    cfg: &'a IndexerConfig,
+    health: &'a Health,
+    shutdown: &'a CancellationToken,
+    search: &'a SearchIndex,
+    /// Behaviours already in the search index (hashes of org and row id),
+    /// so repeated behaviour costs no embedding and no write.
+    known: HashSet<u64>,
+}
+
+/// Most behaviour ids remembered before the memory is reset.
+const KNOWN_MAX: usize = 2_000_000;
+
+impl Sink<'_> {
+    /// Inserts a batch into ClickHouse and its new behaviours into the
+    /// search index, retrying until both succeed. Undecodable records go to
+    /// the dead-letter topic. `false` if shutdown came first.
+    async fn sink_batch(&mut self, batch: &[OwnedMessage]) -> bool {
+        let mut scored = Vec::with_capacity(batch.len());
+        for m in batch {
+            match m.payload().map(ScoredEvent::decode) {
+                Some(Ok(s)) if s.event.is_some() => scored.push(s),
+                other => {
+                    let reason = match other {
+                        Some(Err(e)) => format!("not an outlier.v1.ScoredEvent: {e}"),
+                        Some(Ok(_)) => "scored event without an event".to_string(),
+                        None => "empty record".to_string(),
+                    };
+                    if !dead_letter(self.producer, self.cfg, m, &reason, self.shutdown).await {
+                        return false;
+                    }
                 }
             }
         }
-    }
-    if rows.is_empty() {
-        return true;
-    }
-    let mut delay = Duration::from_millis(100);
-    loop {
-        let t = Instant::now();
-        match insert(ch, &rows).await {
-            Ok(()) => {
-                metrics::INSERT_SECONDS.observe(t.elapsed().as_secs_f64());
-                metrics::BATCH_ROWS.observe(rows.len() as f64);
-                metrics::ROWS
-                    .with_label_values(&["inserted"])
-                    .inc_by(rows.len() as u64);
-                let now = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as u64)
-                    .unwrap_or(0);
-                for r in &rows {
-                    metrics::LAG_SECONDS.observe(now.saturating_sub(r.ts_ns) as f64 / 1e9);
+        if scored.is_empty() {
+            return true;
+        }
+        // Behaviours new to the search index, by org.
+        let mut entries: HashMap<String, Vec<Entry>> = HashMap::new();
+        let mut batch_known = HashSet::new();
+        for s in &mut scored {
+            let event = s.event.as_ref().expect("checked above");
+            let mut vector = None;
+            if s.behaviour_key == 0 {
+                let v = embed(event);
+                s.behaviour_key = behaviour_key(&v);
+                vector = Some(v);
+            }
+            let id = known_id(&event.org, &event.workload, s.behaviour_key);
+            if self.known.contains(&id) || !batch_known.insert(id) {
+                continue;
+            }
+            entries.entry(event.org.clone()).or_default().push(Entry {
+                workload: event.workload.clone(),
+                behaviour_key: s.behaviour_key,
+                vector: vector.unwrap_or_else(|| embed(event)),
+                last_seen_ns: event.ts_ns,
+            });
+        }
+        let rows: Vec<EventRow> = scored.iter().map(EventRow::from_scored).collect();
+
+        let mut delay = Duration::from_millis(100);
+        let mut inserted = false;
+        loop {
+            if !inserted {
+                let t = Instant::now();
+                match insert(self.ch, &rows).await {
+                    Ok(()) => {
+                        inserted = true;
+                        metrics::INSERT_SECONDS.observe(t.elapsed().as_secs_f64());
+                        metrics::BATCH_ROWS.observe(rows.len() as f64);
+                        metrics::ROWS
+                            .with_label_values(&["inserted"])
+                            .inc_by(rows.len() as u64);
+                        let now = SystemTime::now()
+                            .duration_since(UNIX_EPOCH)
+                            .map(|d| d.as_nanos() as u64)
+                            .unwrap_or(0);
+                        for r in &rows {
+                            metrics::LAG_SECONDS.observe(now.saturating_sub(r.ts_ns) as f64 / 1e9);
+                        }
+                        self.health.set("clickhouse", true, "inserts succeed");
+                    }
+                    Err(e) => {
+                        metrics::INSERT_ERRORS.inc();
+                        self.health.set("clickhouse", false, e.to_string());
+                        tracing::warn!(rows = rows.len(), error = %e, retry_in_ms = delay.as_millis() as u64, "clickhouse insert failed");
+                    }
                 }
-                health.set("clickhouse", true, "inserts succeed");
-                return true;
             }
-            Err(e) => {
-                metrics::INSERT_ERRORS.inc();
-                health.set("clickhouse", false, e.to_string());
-                tracing::warn!(rows = rows.len(), error = %e, retry_in_ms = delay.as_millis() as u64, "clickhouse insert failed");
+            if inserted {
+                match self.index(&entries).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        self.health.set("lancedb", false, e.to_string());
+                        tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "search index write failed");
+                    }
+                }
             }
+            tokio::select! {
+                () = self.shutdown.cancelled() => return false,
+                () = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(30));
         }
-        tokio::select! {
-            () = shutdown.cancelled() => return false,
-            () = tokio::time::sleep(delay) => {}
+        if self.known.len() + batch_known.len() > KNOWN_MAX {
+            self.known.clear();
         }
-        delay = (delay * 2).min(Duration::from_secs(30));
+        self.known.extend(batch_known);
+        true
     }
+
+    async fn index(&self, entries: &HashMap<String, Vec<Entry>>) -> Result<(), SearchIndexError> {
+        for (org, e) in entries {
+            self.search.upsert(org, e).await?;
+            metrics::SEARCH_UPSERTS.inc_by(e.len() as u64);
+        }
+        self.health
+            .set("lancedb", true, "search index writes succeed");
+        Ok(())
+    }
+}
+
+fn known_id(org: &str, workload: &str, key: u64) -> u64 {
+    let mut buf = Vec::with_capacity(org.len() + 9);
+    buf.extend_from_slice(org.as_bytes());
+    buf.push(0);
+    buf.extend_from_slice(&search_index::row_id(workload, key).to_le_bytes());
+    xxhash_rust::xxh3::xxh3_64(&buf)
 }
 
 async fn insert(ch: &Client, rows: &[EventRow]) -> Result<(), clickhouse::error::Error> {

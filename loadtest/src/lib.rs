@@ -1,4 +1,11 @@
 //! Outlier's fleet simulator and load test.
 //!
-//! Placeholder: the simulator (realistic labelled telemetry from
-//! `data/`) and the load run land with the load-test issue.
+//! - [`sim`]: realistic labelled telemetry for N hosts × M workloads, with
+//!   attacks from the training corpus injected at a chosen rate.
+//! - [`run`]: drives a running stack at a target rate and measures
+//!   throughput, end-to-end latency, loss and detection.
+//! - [`report`]: the Markdown report and its plots.
+
+pub mod report;
+pub mod run;
+pub mod sim;

@@ -14,7 +14,6 @@ use std::collections::HashMap;
 
 use lance_linalg::distance::Dot;
 use outlier_common::featurize::{DIM, Embedding};
-use xxhash_rust::xxh3::xxh3_64;
 
 /// One distinct behaviour of a workload.
 #[derive(Debug, Clone, PartialEq)]
@@ -86,14 +85,7 @@ pub struct Baseline {
     params: IndexParams,
 }
 
-/// The key of a behaviour: a hash of its embedding's bytes.
-pub fn behaviour_key(v: &Embedding) -> u64 {
-    let mut bytes = [0u8; DIM * 4];
-    for (chunk, x) in bytes.chunks_exact_mut(4).zip(v) {
-        chunk.copy_from_slice(&x.to_le_bytes());
-    }
-    xxh3_64(&bytes)
-}
+pub use outlier_common::featurize::behaviour_key;
 
 impl Baseline {
     pub fn with_params(params: IndexParams) -> Self {

@@ -627,6 +627,7 @@ pub fn score_event(
         scorer_version: outlier_common::VERSION.to_string(),
         baseline_size: j.baseline_size as u64,
         learned,
+        behaviour_key: outlier_common::featurize::behaviour_key(&v),
         event: Some(event),
     }
 }

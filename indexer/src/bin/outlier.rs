@@ -1,0 +1,409 @@
+//! `outlier`: Outlier's command line for people — search, list and follow
+//! scored events through the indexer's gRPC services.
+//!
+//!     outlier --org acme search "reverse shell bash outbound connection"
+//!     outlier --org acme events --verdict alert --since 1h
+//!     outlier --org acme alerts --follow
+//!     outlier --org acme event EVENT_ID
+
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use outlier_proto::alert_stream_client::AlertStreamClient;
+use outlier_proto::event_query_client::EventQueryClient;
+use outlier_proto::search_client::SearchClient;
+use outlier_proto::{
+    EventKind, GetEventRequest, QueryEventsRequest, ScoredEvent, SearchRequest, SortOrder,
+    StreamAlertsRequest, Verdict, event::Detail, search_request,
+};
+use serde_json::json;
+use tonic::transport::Channel;
+
+#[derive(Parser)]
+#[command(version, about = "Search, list and follow Outlier's scored events")]
+struct Cli {
+    /// The indexer's gRPC address.
+    #[arg(
+        long,
+        env = "OUTLIER_ADDR",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
+    addr: String,
+    /// Org to query: every call is scoped to one org.
+    #[arg(long, env = "OUTLIER_ORG", global = true)]
+    org: Option<String>,
+    /// Print JSON (one object per line) instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Events whose behaviour is nearest to plain words.
+    Search {
+        /// What to look for, e.g. "reverse shell bash outbound connection".
+        query: String,
+        #[arg(long, default_value_t = 10)]
+        limit: u32,
+        /// Only these workloads (repeatable).
+        #[arg(long)]
+        workload: Vec<String>,
+    },
+    /// List events by filters, newest first.
+    Events {
+        /// ok, warn or alert (repeatable).
+        #[arg(long, value_enum)]
+        verdict: Vec<VerdictArg>,
+        /// How far back: 30s, 15m, 1h, 7d.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        host: Vec<String>,
+        #[arg(long)]
+        workload: Vec<String>,
+        /// exec, connect or open (repeatable).
+        #[arg(long, value_enum)]
+        kind: Vec<KindArg>,
+        #[arg(long)]
+        min_score: Option<f32>,
+        /// Case-insensitive text in the command line, path, address or process.
+        #[arg(long)]
+        contains: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Sort by score instead of time.
+        #[arg(long)]
+        by_score: bool,
+    },
+    /// One event, in full.
+    Event { id: String },
+    /// Warn and alert verdicts as they happen.
+    Alerts {
+        /// Keep following (otherwise: the alerts of the last hour, then exit).
+        #[arg(long)]
+        follow: bool,
+        /// Resume after this cursor (printed with each alert in --json mode).
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Only alerts (not warnings).
+        #[arg(long)]
+        alerts_only: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum VerdictArg {
+    Ok,
+    Warn,
+    Alert,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum KindArg {
+    Exec,
+    Connect,
+    Open,
+}
+
+fn parse_ago(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("bad duration `{s}` (try 30s, 15m, 1h, 7d)"))?;
+    let secs = match unit {
+        "s" | "" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("bad duration unit in `{s}` (s, m, h or d)")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// What an event did, in one line.
+fn what(s: &ScoredEvent) -> String {
+    match s.event.as_ref().and_then(|e| e.detail.as_ref()) {
+        Some(Detail::Exec(x)) => x.argv.join(" "),
+        Some(Detail::Connect(c)) => format!("→ {}:{}", c.remote_ip, c.remote_port),
+        Some(Detail::Open(o)) => format!("open {}", o.path),
+        None => String::new(),
+    }
+}
+
+fn cut(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        s.chars().take(n.saturating_sub(1)).collect::<String>() + "…"
+    }
+}
+
+fn time_of(ns: u64) -> String {
+    let secs = ns / 1_000_000_000;
+    let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+    format!("{h:02}:{m:02}:{s:02}")
+}
+
+fn to_json(s: &ScoredEvent, extra: serde_json::Value) -> serde_json::Value {
+    let e = s.event.clone().unwrap_or_default();
+    let mut v = json!({
+        "event_id": e.event_id, "org": e.org, "workload": e.workload, "host": e.host,
+        "kind": e.kind_name(), "ts_ns": e.ts_ns, "pid": e.pid, "uid": e.uid,
+        "comm": e.comm, "parent_comm": e.parent_comm, "what": what(s),
+        "anomaly_score": s.anomaly_score, "verdict": s.verdict().label(),
+        "threat_category": s.threat_category, "tactic": s.tactic, "technique": s.technique,
+        "confidence": s.confidence, "explanation": s.explanation,
+    });
+    if let (Some(obj), serde_json::Value::Object(x)) = (v.as_object_mut(), extra) {
+        obj.extend(x);
+    }
+    v
+}
+
+fn print_table(rows: &[(ScoredEvent, Option<f32>)]) {
+    let sim = rows.iter().any(|(_, s)| s.is_some());
+    if sim {
+        println!(
+            "{:<6} {:<8} {:<12} {:<10} {:<8} {:<44} {:>5} {:<7} EXPLANATION",
+            "MATCH", "TIME", "WORKLOAD", "HOST", "KIND", "WHAT", "SCORE", "VERDICT"
+        );
+    } else {
+        println!(
+            "{:<8} {:<12} {:<10} {:<8} {:<44} {:>5} {:<7} EXPLANATION",
+            "TIME", "WORKLOAD", "HOST", "KIND", "WHAT", "SCORE", "VERDICT"
+        );
+    }
+    for (s, similarity) in rows {
+        let e = s.event.clone().unwrap_or_default();
+        let line = format!(
+            "{:<8} {:<12} {:<10} {:<8} {:<44} {:>5.2} {:<7} {}",
+            time_of(e.ts_ns),
+            cut(&e.workload, 12),
+            cut(&e.host, 10),
+            e.kind_name(),
+            cut(&what(s), 44),
+            s.anomaly_score,
+            s.verdict().label(),
+            cut(&s.explanation, 60)
+        );
+        match similarity {
+            Some(x) if sim => println!("{x:<6.2} {line}"),
+            _ => println!("{line}"),
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    let org = cli
+        .org
+        .clone()
+        .ok_or("an org is required: --org ORG or OUTLIER_ORG")?;
+    let channel = Channel::from_shared(cli.addr.clone())
+        .map_err(|e| format!("bad address {}: {e}", cli.addr))?
+        .connect()
+        .await
+        .map_err(|e| format!("cannot reach the indexer at {}: {e}", cli.addr))?;
+    match cli.command {
+        Command::Search {
+            query,
+            limit,
+            workload,
+        } => {
+            let resp = SearchClient::new(channel)
+                .search(SearchRequest {
+                    org,
+                    query: Some(search_request::Query::Text(query)),
+                    workloads: workload,
+                    since_ns: 0,
+                    limit,
+                })
+                .await
+                .map_err(|e| e.message().to_string())?
+                .into_inner();
+            let rows: Vec<(ScoredEvent, Option<f32>)> = resp
+                .hits
+                .into_iter()
+                .filter_map(|h| h.event.map(|e| (e, Some(h.similarity))))
+                .collect();
+            if cli.json {
+                for (e, s) in &rows {
+                    println!("{}", to_json(e, json!({ "similarity": s })));
+                }
+            } else {
+                print_table(&rows);
+            }
+        }
+        Command::Events {
+            verdict,
+            since,
+            host,
+            workload,
+            kind,
+            min_score,
+            contains,
+            limit,
+            by_score,
+        } => {
+            let since_ns = match since {
+                Some(s) => now_ns().saturating_sub(parse_ago(&s)?.as_nanos() as u64),
+                None => 0,
+            };
+            let req = QueryEventsRequest {
+                org,
+                since_ns,
+                until_ns: 0,
+                hosts: host,
+                workloads: workload,
+                kinds: kind
+                    .into_iter()
+                    .map(|k| match k {
+                        KindArg::Exec => EventKind::Exec,
+                        KindArg::Connect => EventKind::Connect,
+                        KindArg::Open => EventKind::Open,
+                    } as i32)
+                    .collect(),
+                verdicts: verdict
+                    .into_iter()
+                    .map(|v| match v {
+                        VerdictArg::Ok => Verdict::Ok,
+                        VerdictArg::Warn => Verdict::Warn,
+                        VerdictArg::Alert => Verdict::Alert,
+                    } as i32)
+                    .collect(),
+                min_score: min_score.unwrap_or(0.0),
+                text_contains: contains.unwrap_or_default(),
+                page_size: limit,
+                page_token: String::new(),
+                order: if by_score {
+                    SortOrder::ScoreDesc
+                } else {
+                    SortOrder::NewestFirst
+                } as i32,
+            };
+            let resp = EventQueryClient::new(channel)
+                .query_events(req)
+                .await
+                .map_err(|e| e.message().to_string())?
+                .into_inner();
+            if cli.json {
+                for e in &resp.events {
+                    println!("{}", to_json(e, json!({})));
+                }
+            } else {
+                print_table(
+                    &resp
+                        .events
+                        .into_iter()
+                        .map(|e| (e, None))
+                        .collect::<Vec<_>>(),
+                );
+            }
+        }
+        Command::Event { id } => {
+            let resp = EventQueryClient::new(channel)
+                .get_event(GetEventRequest { org, event_id: id })
+                .await
+                .map_err(|e| e.message().to_string())?
+                .into_inner();
+            let e = resp.event.ok_or("no event in the answer")?;
+            let v = to_json(&e, json!({}));
+            if cli.json {
+                println!("{v}");
+            } else {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            }
+        }
+        Command::Alerts {
+            follow,
+            cursor,
+            alerts_only,
+        } => {
+            let min = if alerts_only {
+                Verdict::Alert
+            } else {
+                Verdict::Warn
+            };
+            if !follow {
+                let verdicts = if alerts_only {
+                    vec![Verdict::Alert as i32]
+                } else {
+                    vec![Verdict::Warn as i32, Verdict::Alert as i32]
+                };
+                let req = QueryEventsRequest {
+                    org,
+                    since_ns: now_ns().saturating_sub(3_600_000_000_000),
+                    verdicts,
+                    page_size: 100,
+                    ..QueryEventsRequest::default()
+                };
+                let resp = EventQueryClient::new(channel)
+                    .query_events(req)
+                    .await
+                    .map_err(|e| e.message().to_string())?
+                    .into_inner();
+                if cli.json {
+                    for e in &resp.events {
+                        println!("{}", to_json(e, json!({})));
+                    }
+                } else {
+                    print_table(
+                        &resp
+                            .events
+                            .into_iter()
+                            .map(|e| (e, None))
+                            .collect::<Vec<_>>(),
+                    );
+                }
+                return Ok(());
+            }
+            let mut stream = AlertStreamClient::new(channel)
+                .stream_alerts(StreamAlertsRequest {
+                    org,
+                    resume_cursor: cursor.unwrap_or_default(),
+                    workloads: vec![],
+                    min_verdict: min as i32,
+                })
+                .await
+                .map_err(|e| e.message().to_string())?
+                .into_inner();
+            if !cli.json {
+                eprintln!("following alerts (Ctrl-C to stop)…");
+            }
+            while let Some(a) = stream
+                .message()
+                .await
+                .map_err(|e| e.message().to_string())?
+            {
+                let Some(e) = a.event else { continue };
+                if cli.json {
+                    println!("{}", to_json(&e, json!({ "cursor": a.cursor })));
+                } else {
+                    print_table(&[(e, None)]);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("outlier: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

