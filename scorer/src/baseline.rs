@@ -64,6 +64,8 @@ struct Ivf {
     /// `nlist × DIM`, unit vectors.
     centroids: Vec<f32>,
     lists: Vec<Vec<u32>>,
+    /// The vectors of each list, contiguous, for one batch kernel call per list.
+    list_vectors: Vec<Vec<f32>>,
     /// Baseline size when the index was built; rebuilt at twice that.
     built_at: usize,
 }
@@ -175,11 +177,16 @@ impl Baseline {
 
     /// The `k` behaviours nearest to `q`, nearest first.
     pub fn nearest(&self, q: &Embedding, k: usize) -> Vec<Neighbour> {
+        self.nearest_keyed(q, behaviour_key(q), k)
+    }
+
+    /// [`Baseline::nearest`] for a query whose [`behaviour_key`] is known.
+    pub fn nearest_keyed(&self, q: &Embedding, key: u64, k: usize) -> Vec<Neighbour> {
         let mut top = TopK::new(k);
         if k == 0 || self.is_empty() {
             return Vec::new();
         }
-        if let Some(&i) = self.by_key.get(&behaviour_key(q)) {
+        if let Some(&i) = self.by_key.get(&key) {
             top.offer(1.0, i);
             if k == 1 {
                 return top.into_neighbours();
@@ -200,10 +207,13 @@ impl Baseline {
                 let mut order: Vec<usize> = (0..nlist).collect();
                 let nprobe = self.params.nprobe.clamp(1, nlist);
                 order.select_nth_unstable_by(nprobe - 1, |a, b| csims[*b].total_cmp(&csims[*a]));
+                let mut sims = Vec::new();
                 for &l in &order[..nprobe] {
-                    for &i in &ivf.lists[l] {
-                        let i = i as usize;
-                        top.offer(f32::dot(q, self.row(i)), i);
+                    sims.clear();
+                    sims.resize(ivf.lists[l].len(), 0f32);
+                    f32::dot_batch_into(q, &ivf.list_vectors[l], DIM, &mut sims);
+                    for (&i, &s) in ivf.lists[l].iter().zip(&sims) {
+                        top.offer(s, i as usize);
                     }
                 }
             }
@@ -219,8 +229,12 @@ impl Baseline {
     /// Records that behaviour `v` happened at `ts_ns`. Returns true when it
     /// is new to the baseline.
     pub fn observe(&mut self, v: &Embedding, ts_ns: u64) -> bool {
+        self.observe_keyed(v, behaviour_key(v), ts_ns)
+    }
+
+    /// [`Baseline::observe`] for a behaviour whose [`behaviour_key`] is known.
+    pub fn observe_keyed(&mut self, v: &Embedding, key: u64, ts_ns: u64) -> bool {
         self.events += 1;
-        let key = behaviour_key(v);
         let (index, new) = match self.by_key.get(&key) {
             Some(&i) => {
                 let m = &mut self.meta[i];
@@ -233,6 +247,7 @@ impl Baseline {
                 if let Some(ivf) = &mut self.ivf {
                     let l = nearest_centroid(&ivf.centroids, v);
                     ivf.lists[l].push(i as u32);
+                    ivf.list_vectors[l].extend_from_slice(v);
                 }
                 (i, true)
             }
@@ -405,13 +420,17 @@ fn build_ivf(vectors: &[f32], n: usize) -> Ivf {
         }
     }
     let mut lists = vec![Vec::new(); nlist];
+    let mut list_vectors = vec![Vec::new(); nlist];
     for i in 0..n {
-        let l = nearest_centroid(&centroids, &vectors[i * DIM..(i + 1) * DIM]);
+        let row = &vectors[i * DIM..(i + 1) * DIM];
+        let l = nearest_centroid(&centroids, row);
         lists[l].push(i as u32);
+        list_vectors[l].extend_from_slice(row);
     }
     Ivf {
         centroids,
         lists,
+        list_vectors,
         built_at: n,
     }
 }

@@ -603,11 +603,12 @@ pub fn score_event(
     let key = workload_key(&event.org, &event.workload);
     let baseline = baselines.entry(key).or_default();
     let v = embed(&event);
+    let bkey = outlier_common::featurize::behaviour_key(&v);
     let t = scoring.thresholds_for(&event.org, &event.workload);
-    let j = score::judge(baseline, &v, t);
+    let j = score::judge_keyed(baseline, &v, bkey, t);
     let learned = j.verdict != Verdict::Alert || baseline.events() < warmup_events;
     if learned {
-        baseline.observe(&v, event.ts_ns);
+        baseline.observe_keyed(&v, bkey, event.ts_ns);
     }
     let mut explanation = score::explain(&j, &event.workload);
     if !learned {
@@ -627,7 +628,7 @@ pub fn score_event(
         scorer_version: outlier_common::VERSION.to_string(),
         baseline_size: j.baseline_size as u64,
         learned,
-        behaviour_key: outlier_common::featurize::behaviour_key(&v),
+        behaviour_key: bkey,
         event: Some(event),
     }
 }

@@ -38,8 +38,17 @@ pub fn verdict(score: f32, t: Thresholds) -> Verdict {
 }
 
 pub fn judge(baseline: &Baseline, v: &Embedding, t: Thresholds) -> Judgement {
-    let (score, nearest_distance, nearest_count) = match baseline.min_distance(v) {
-        Some((d, i)) => (score_from_distance(d), d, baseline.get(i).count),
+    judge_keyed(baseline, v, outlier_common::featurize::behaviour_key(v), t)
+}
+
+/// [`judge`] for an embedding whose behaviour key is known.
+pub fn judge_keyed(baseline: &Baseline, v: &Embedding, key: u64, t: Thresholds) -> Judgement {
+    let nearest = baseline
+        .nearest_keyed(v, key, 1)
+        .first()
+        .map(|n| (n.distance, n.index));
+    let (score, nearest_distance, nearest_count) = match nearest {
+        Some((d, i)) => (score_from_distance(d), d, baseline.count_of(i)),
         None => (1.0, NO_NEIGHBOUR_DISTANCE, 0),
     };
     Judgement {
