@@ -249,6 +249,35 @@ pub fn commit_stored<C: Consumer<X>, X: rdkafka::consumer::ConsumerContext>(cons
     }
 }
 
+/// Waits for the brokers, then creates an at-least-once consumer of `topic`
+/// in `group` (committing on revoke, reporting to `health`) and a producer.
+/// `None` if `shutdown` fired first.
+pub async fn at_least_once_clients(
+    kafka: &KafkaConfig,
+    client_id: &str,
+    group: &str,
+    topic: &str,
+    health: &crate::telemetry::Health,
+    shutdown: &CancellationToken,
+) -> Result<
+    Option<(
+        rdkafka::consumer::StreamConsumer<CommitOnRevoke>,
+        rdkafka::producer::FutureProducer,
+    )>,
+    KafkaError,
+> {
+    if !kafka.wait_until_reachable(shutdown).await {
+        return Ok(None);
+    }
+    health.set("kafka", true, format!("reachable at {}", kafka.brokers));
+    let consumer: rdkafka::consumer::StreamConsumer<CommitOnRevoke> = kafka
+        .consumer_config(client_id, group)
+        .create_with_context(CommitOnRevoke::new(health.clone()))?;
+    consumer.subscribe(&[topic])?;
+    let producer = kafka.producer_config(client_id).create()?;
+    Ok(Some((consumer, producer)))
+}
+
 /// Completes a micro-batch that starts with `first`: takes what arrives
 /// within `max_wait` up to `max` records. Records are detached (owned).
 ///

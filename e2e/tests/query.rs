@@ -63,6 +63,35 @@ async fn wait_indexed(q: &mut EventQueryClient<Channel>, org: &str, n: usize) {
     panic!("{n} events of {org} never became queryable");
 }
 
+/// The next streamed alert; on a time-out, fails with the live events that
+/// `topic` holds, to tell a scoring problem from a streaming one.
+async fn next_alert(
+    env: &TestEnv,
+    stream: &mut tonic::Streaming<outlier_proto::AlertEnvelope>,
+    topic: &str,
+) -> outlier_proto::AlertEnvelope {
+    match tokio::time::timeout(Duration::from_secs(30), stream.message()).await {
+        Ok(m) => m.unwrap().unwrap(),
+        Err(_) => {
+            let seen =
+                outlier_e2e::read_scored(&env.kafka, topic, Duration::from_secs(10), |_| false)
+                    .await;
+            let live: Vec<_> = seen
+                .iter()
+                .filter(|s| s.event.as_ref().unwrap().event_id.contains("live"))
+                .map(|s| {
+                    (
+                        s.event.as_ref().unwrap().event_id.clone(),
+                        s.anomaly_score,
+                        s.verdict(),
+                    )
+                })
+                .collect();
+            panic!("no alert streamed within 30 s; {topic} holds {live:?}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn query_search_and_alerts_are_org_scoped() {
     let env = TestEnv::new("query").await;
@@ -315,30 +344,7 @@ async fn query_search_and_alerts_are_org_scoped() {
     replay(novel(&a, "a-live-1", 31338).as_bytes(), &publisher)
         .await
         .unwrap();
-    let first = match tokio::time::timeout(Duration::from_secs(30), stream.message()).await {
-        Ok(m) => m.unwrap().unwrap(),
-        Err(_) => {
-            let seen = outlier_e2e::read_scored(
-                &env.kafka,
-                &env.kafka.topics.scored,
-                Duration::from_secs(10),
-                |_| false,
-            )
-            .await;
-            let live: Vec<_> = seen
-                .iter()
-                .filter(|s| s.event.as_ref().unwrap().event_id.contains("live"))
-                .map(|s| {
-                    (
-                        s.event.as_ref().unwrap().event_id.clone(),
-                        s.anomaly_score,
-                        s.verdict(),
-                    )
-                })
-                .collect();
-            panic!("no alert streamed; scored live events: {live:?}");
-        }
-    };
+    let first = next_alert(&env, &mut stream, &env.kafka.topics.scored).await;
     assert_eq!(
         first
             .event
@@ -366,33 +372,7 @@ async fn query_search_and_alerts_are_org_scoped() {
         .await
         .unwrap()
         .into_inner();
-    let next = match tokio::time::timeout(Duration::from_secs(30), resumed.message()).await {
-        Ok(m) => m.unwrap().unwrap(),
-        Err(_) => {
-            let seen = outlier_e2e::read_scored(
-                &env.kafka,
-                &env.kafka.topics.alerts,
-                Duration::from_secs(10),
-                |_| false,
-            )
-            .await;
-            let live: Vec<_> = seen
-                .iter()
-                .filter(|s| s.event.as_ref().unwrap().event_id.contains("live"))
-                .map(|s| {
-                    (
-                        s.event.as_ref().unwrap().event_id.clone(),
-                        s.anomaly_score,
-                        s.verdict(),
-                    )
-                })
-                .collect();
-            panic!(
-                "nothing after resuming at {}; alerts topic has {live:?}",
-                first.cursor
-            );
-        }
-    };
+    let next = next_alert(&env, &mut resumed, &env.kafka.topics.alerts).await;
     assert_eq!(
         next.event.unwrap().event.unwrap().event_id,
         "a-live-2",

@@ -10,12 +10,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clickhouse::Client;
 use outlier_common::featurize::{behaviour_key, embed};
-use outlier_common::kafka::{self, CommitOnRevoke, DLQ_REASON_HEADER, DLQ_SOURCE_HEADER};
+use outlier_common::kafka::{self, DLQ_REASON_HEADER, DLQ_SOURCE_HEADER};
 use outlier_common::telemetry::{self, Health};
 use outlier_proto::ScoredEvent;
 use prost::Message as _;
 use rdkafka::Message;
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -130,16 +129,18 @@ pub async fn run(cfg: IndexerConfig, shutdown: CancellationToken) -> Result<(), 
         });
     }
 
-    if !cfg.kafka.wait_until_reachable(&shutdown).await {
+    let Some((consumer, producer)) = kafka::at_least_once_clients(
+        &cfg.kafka,
+        "outlier-indexer",
+        &cfg.group_id,
+        &cfg.kafka.topics.scored,
+        &health,
+        &shutdown,
+    )
+    .await?
+    else {
         return Ok(());
-    }
-    health.set("kafka", true, format!("reachable at {}", cfg.kafka.brokers));
-    let consumer: StreamConsumer<CommitOnRevoke> = cfg
-        .kafka
-        .consumer_config("outlier-indexer", &cfg.group_id)
-        .create_with_context(CommitOnRevoke::new(health.clone()))?;
-    consumer.subscribe(&[&cfg.kafka.topics.scored])?;
-    let producer: FutureProducer = cfg.kafka.producer_config("outlier-indexer").create()?;
+    };
     tracing::info!(topic = %cfg.kafka.topics.scored, group = %cfg.group_id, "indexer running");
 
     let max_wait = Duration::from_millis(cfg.batch.max_wait_ms);

@@ -21,15 +21,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::future::join_all;
 use outlier_common::featurize::embed;
-use outlier_common::kafka::{
-    self, CommitOnRevoke, DLQ_REASON_HEADER, DLQ_SOURCE_HEADER, RECORD_KIND_HEADER,
-};
+use outlier_common::kafka::{self, DLQ_REASON_HEADER, DLQ_SOURCE_HEADER, RECORD_KIND_HEADER};
 use outlier_common::names;
 use outlier_common::telemetry::{self, Health};
 use outlier_proto::{Event, Feedback, FeedbackLabel, ScoredEvent, Verdict};
 use prost::Message as _;
 use rdkafka::Message;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
@@ -121,17 +119,18 @@ pub async fn run(cfg: ScorerConfig, shutdown: CancellationToken) -> Result<(), R
     let store = Arc::new(Store::open(&cfg.baseline.uri).await?);
     health.set("lancedb", true, format!("open at {}", cfg.baseline.uri));
 
-    if !cfg.kafka.wait_until_reachable(&shutdown).await {
+    let Some((consumer, producer)) = kafka::at_least_once_clients(
+        &cfg.kafka,
+        "outlier-scorer",
+        &cfg.group_id,
+        &cfg.kafka.topics.events,
+        &health,
+        &shutdown,
+    )
+    .await?
+    else {
         return Ok(());
-    }
-    health.set("kafka", true, format!("reachable at {}", cfg.kafka.brokers));
-
-    let consumer: StreamConsumer<CommitOnRevoke> = cfg
-        .kafka
-        .consumer_config("outlier-scorer", &cfg.group_id)
-        .create_with_context(CommitOnRevoke::new(health.clone()))?;
-    consumer.subscribe(&[&cfg.kafka.topics.events])?;
-    let producer: FutureProducer = cfg.kafka.producer_config("outlier-scorer").create()?;
+    };
     tracing::info!(
         topic = %cfg.kafka.topics.events,
         group = %cfg.group_id,

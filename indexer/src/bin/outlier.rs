@@ -204,6 +204,17 @@ fn print_table(rows: &[(ScoredEvent, Option<f32>)]) {
     }
 }
 
+/// Events as JSON lines or as a table.
+fn print_events(events: Vec<ScoredEvent>, json: bool) {
+    if json {
+        for e in &events {
+            println!("{}", to_json(e, json!({})));
+        }
+    } else {
+        print_table(&events.into_iter().map(|e| (e, None)).collect::<Vec<_>>());
+    }
+}
+
 async fn run(cli: Cli) -> Result<(), String> {
     let org = cli
         .org
@@ -296,19 +307,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .await
                 .map_err(|e| e.message().to_string())?
                 .into_inner();
-            if cli.json {
-                for e in &resp.events {
-                    println!("{}", to_json(e, json!({})));
-                }
-            } else {
-                print_table(
-                    &resp
-                        .events
-                        .into_iter()
-                        .map(|e| (e, None))
-                        .collect::<Vec<_>>(),
-                );
-            }
+            print_events(resp.events, cli.json);
         }
         Command::Event { id } => {
             let resp = EventQueryClient::new(channel)
@@ -352,19 +351,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                     .await
                     .map_err(|e| e.message().to_string())?
                     .into_inner();
-                if cli.json {
-                    for e in &resp.events {
-                        println!("{}", to_json(e, json!({})));
-                    }
-                } else {
-                    print_table(
-                        &resp
-                            .events
-                            .into_iter()
-                            .map(|e| (e, None))
-                            .collect::<Vec<_>>(),
-                    );
-                }
+                print_events(resp.events, cli.json);
                 return Ok(());
             }
             let mut stream = AlertStreamClient::new(channel)
