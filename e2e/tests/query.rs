@@ -254,7 +254,18 @@ async fn query_search_and_alerts_are_org_scoped() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(got.event.unwrap().event.unwrap().comm, "bash");
+    let got = got.event.unwrap();
+    assert_eq!(got.event.as_ref().unwrap().comm, "bash");
+    // The classifier's judgement survives Kafka, ClickHouse and gRPC: a
+    // tactic, a technique, and exact-SHAP contributions with sentences.
+    assert_ne!(got.threat_category, "benign");
+    assert!(got.technique.starts_with('T'), "{}", got.technique);
+    assert!(!got.contributions.is_empty());
+    assert!(
+        got.contributions
+            .iter()
+            .all(|c| c.shap > 0.0 && !c.sentence.is_empty() && !c.feature.is_empty())
+    );
     let err = q
         .get_event(GetEventRequest {
             org: b.clone(),

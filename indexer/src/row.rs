@@ -1,7 +1,7 @@
 //! The `security_events` row and its conversion from a scored event.
 
 use clickhouse::Row;
-use outlier_proto::{Protocol, ScoredEvent, event::Detail};
+use outlier_proto::{Contribution, Protocol, ScoredEvent, event::Detail};
 use serde::{Deserialize, Serialize};
 
 /// One row of `security_events`. Field order is the column order of inserts.
@@ -45,6 +45,10 @@ pub struct EventRow {
     pub scored_at_ns: u64,
     pub scorer_version: String,
     pub behaviour_key: u64,
+    pub contrib_features: Vec<String>,
+    pub contrib_values: Vec<f64>,
+    pub contrib_shap: Vec<f64>,
+    pub contrib_sentences: Vec<String>,
 }
 
 impl EventRow {
@@ -78,6 +82,10 @@ impl EventRow {
             scored_at_ns: s.scored_at_ns,
             scorer_version: s.scorer_version.clone(),
             behaviour_key: s.behaviour_key,
+            contrib_features: s.contributions.iter().map(|c| c.feature.clone()).collect(),
+            contrib_values: s.contributions.iter().map(|c| c.value).collect(),
+            contrib_shap: s.contributions.iter().map(|c| c.shap).collect(),
+            contrib_sentences: s.contributions.iter().map(|c| c.sentence.clone()).collect(),
             ..EventRow::default()
         };
         match e.detail {
@@ -177,7 +185,14 @@ impl EventRow {
             confidence: self.confidence,
             verdict: verdict as i32,
             explanation: self.explanation.clone(),
-            contributions: Vec::new(),
+            contributions: (0..self.contrib_features.len())
+                .map(|i| Contribution {
+                    feature: self.contrib_features[i].clone(),
+                    value: self.contrib_values.get(i).copied().unwrap_or_default(),
+                    shap: self.contrib_shap.get(i).copied().unwrap_or_default(),
+                    sentence: self.contrib_sentences.get(i).cloned().unwrap_or_default(),
+                })
+                .collect(),
             scored_at_ns: self.scored_at_ns,
             scorer_version: self.scorer_version.clone(),
             baseline_size: 0,
@@ -209,6 +224,12 @@ mod tests {
             }),
             anomaly_score: 0.5,
             verdict: Verdict::Warn as i32,
+            contributions: vec![Contribution {
+                feature: "net_port_suspicious".into(),
+                value: 1.0,
+                shap: 0.75,
+                sentence: "outbound connection to rare port 4444".into(),
+            }],
             ..ScoredEvent::default()
         };
         let r = EventRow::from_scored(&s);
@@ -220,5 +241,6 @@ mod tests {
         let back = r.to_scored();
         assert_eq!(back.event, s.event);
         assert_eq!(back.verdict(), Verdict::Warn);
+        assert_eq!(back.contributions, s.contributions);
     }
 }

@@ -48,6 +48,11 @@ pub const COLUMNS: &[(&str, &str)] = &[
     ("scored_at_ns", "UInt64"),
     ("scorer_version", "String"),
     ("behaviour_key", "UInt64"),
+    // The classifier's top contributions (exact TreeSHAP), in rank order.
+    ("contrib_features", "Array(String)"),
+    ("contrib_values", "Array(Float64)"),
+    ("contrib_shap", "Array(Float64)"),
+    ("contrib_sentences", "Array(String)"),
     ("inserted_at", "DateTime DEFAULT now()"),
 ];
 

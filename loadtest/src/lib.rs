@@ -5,7 +5,9 @@
 //! - [`run`]: drives a running stack at a target rate and measures
 //!   throughput, end-to-end latency, loss and detection.
 //! - [`report`]: the Markdown report and its plots.
+//! - [`dataset`]: the threat classifier's training data.
 
+pub mod dataset;
 pub mod report;
 pub mod run;
 pub mod sim;

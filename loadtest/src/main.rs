@@ -1,6 +1,7 @@
 //! `loadtest`: the fleet simulator and the load run.
 //!
 //!     loadtest generate --events 100000 --out fleet.jsonl
+//!     loadtest features --attack-rate 0.1 --events 300000 --out target/train
 //!     loadtest run --rate 20000 --duration 600 --report docs/loadtest
 
 use std::io::Write;
@@ -43,6 +44,14 @@ enum Command {
         out: PathBuf,
         #[arg(long, default_value = "sim")]
         org: String,
+    },
+    /// Write the classifier's training data: simulated events as feature
+    /// vectors with their labels (see scripts/train).
+    Features {
+        #[arg(long, default_value_t = 300_000)]
+        events: usize,
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Drive a running stack at a rate and report what it sustained.
     Run {
@@ -106,6 +115,20 @@ async fn main() -> anyhow::Result<()> {
                 w.write_all(b"\n")?;
             }
             w.flush()?;
+        }
+        Command::Features { events, ref out } => {
+            let w = outlier_loadtest::dataset::write(
+                sim("train".into(), "train".into()),
+                corpus,
+                events,
+                out,
+            )?;
+            println!(
+                "{} rows ({} malicious) written to {}",
+                w.rows,
+                w.malicious,
+                out.display()
+            );
         }
         Command::Run {
             rate,

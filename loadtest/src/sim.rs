@@ -213,6 +213,10 @@ struct Workload {
 #[derive(Debug, Clone)]
 struct Ctx {
     parent: &'static str,
+    /// Pid of the parent (0: the host's long-running `parent` daemon).
+    ppid: u32,
+    /// Pid of the process that connects or opens (0: the host's `comm` daemon).
+    pid: u32,
     uid: u32,
     cwd: &'static str,
     context: &'static str,
@@ -307,11 +311,29 @@ impl Simulator {
         argv: Vec<String>,
         label: &Label,
     ) {
+        self.spawn(wl, host, ctx, comm, argv, label);
+    }
+
+    /// Emits an exec and returns the new process's pid.
+    fn spawn(
+        &mut self,
+        wl: usize,
+        host: &str,
+        ctx: &Ctx,
+        comm: &str,
+        argv: Vec<String>,
+        label: &Label,
+    ) -> u32 {
         let pid = 1000 + self.rng.below(60000) as u32;
+        let ppid = if ctx.ppid != 0 {
+            ctx.ppid
+        } else {
+            daemon_pid(host, ctx.parent)
+        };
         let e = JsonEvent {
             kind: Some("exec".into()),
             pid: Some(pid),
-            ppid: Some(pid.saturating_sub(1 + self.rng.below(50) as u32)),
+            ppid: Some(ppid),
             uid: Some(ctx.uid),
             gid: Some(ctx.uid),
             comm: Some(comm.chars().take(15).collect()),
@@ -322,6 +344,15 @@ impl Simulator {
             ..JsonEvent::default()
         };
         self.emit(wl, host, e, label.clone());
+        pid
+    }
+
+    fn actor(&self, host: &str, ctx: &Ctx, comm: &str) -> u32 {
+        if ctx.pid != 0 {
+            ctx.pid
+        } else {
+            daemon_pid(host, comm)
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -337,7 +368,7 @@ impl Simulator {
     ) {
         let e = JsonEvent {
             kind: Some("connect".into()),
-            pid: Some(1000 + self.rng.below(60000) as u32),
+            pid: Some(self.actor(host, ctx, comm)),
             uid: Some(ctx.uid),
             comm: Some(comm.chars().take(15).collect()),
             parent_comm: Some(ctx.parent.to_string()),
@@ -363,7 +394,7 @@ impl Simulator {
     ) {
         let e = JsonEvent {
             kind: Some("open".into()),
-            pid: Some(1000 + self.rng.below(60000) as u32),
+            pid: Some(self.actor(host, ctx, comm)),
             uid: Some(ctx.uid),
             comm: Some(comm.chars().take(15).collect()),
             parent_comm: Some(ctx.parent.to_string()),
@@ -381,25 +412,27 @@ impl Simulator {
     fn command(&mut self, wl: usize, host: &str, ctx: &Ctx, cmdline: &str, label: &Label) {
         let segments = split_pipeline(cmdline);
         let multi = segments.len() > 1;
-        if multi {
-            self.exec(
+        let shell = multi.then(|| {
+            self.spawn(
                 wl,
                 host,
                 ctx,
                 "sh",
                 vec!["sh".into(), "-c".into(), cmdline.to_string()],
                 label,
-            );
-        }
+            )
+        });
         for seg in &segments {
             let words = shell_words(seg);
             let Some(prog) = words.first() else { continue };
             let comm = prog.rsplit('/').next().unwrap_or(prog).to_string();
-            let child = Ctx {
+            let mut child = Ctx {
                 parent: if multi { "sh" } else { ctx.parent },
+                ppid: shell.unwrap_or(ctx.ppid),
+                pid: 0,
                 ..ctx.clone()
             };
-            self.exec(wl, host, &child, &comm, words.clone(), label);
+            child.pid = self.spawn(wl, host, &child, &comm, words.clone(), label);
             for (ip, port) in addresses(&words) {
                 self.connect(wl, host, &child, &comm, ip, port, label);
             }
@@ -420,6 +453,8 @@ impl Simulator {
         };
         let admin = Ctx {
             parent: "bash",
+            ppid: 0,
+            pid: 0,
             uid: 1000,
             cwd: "/home/admin",
             context: "admin",
@@ -438,6 +473,8 @@ impl Simulator {
             let ctx = if w.kind == Kind::Batch {
                 Ctx {
                     parent: "cron",
+                    ppid: 0,
+                    pid: 0,
                     uid: 0,
                     cwd: "/",
                     context: "cron",
@@ -450,6 +487,8 @@ impl Simulator {
         }
         let svc = |parent: &'static str, uid: u32, cwd: &'static str| Ctx {
             parent,
+            ppid: 0,
+            pid: 0,
             uid,
             cwd,
             context: "daemon",
@@ -662,6 +701,8 @@ impl Simulator {
                 Kind::Web,
                 Ctx {
                     parent: "php-fpm8.2",
+                    ppid: 0,
+                    pid: 0,
                     uid: 33,
                     cwd: "/var/www/app",
                     context: "web-rce",
@@ -671,6 +712,8 @@ impl Simulator {
                 Kind::Web,
                 Ctx {
                     parent: "bash",
+                    ppid: 0,
+                    pid: 0,
                     uid: if a.elevated { 0 } else { 1000 },
                     cwd: "/home/admin",
                     context: "ssh-session",
@@ -680,6 +723,8 @@ impl Simulator {
                 Kind::Batch,
                 Ctx {
                     parent: "cron",
+                    ppid: 0,
+                    pid: 0,
                     uid: 0,
                     cwd: "/",
                     context: "cron",
@@ -689,6 +734,8 @@ impl Simulator {
                 Kind::Ci,
                 Ctx {
                     parent: "bash",
+                    ppid: 0,
+                    pid: 0,
                     uid: 1001,
                     cwd: "/home/runner/work/app",
                     context: "ci-job",
@@ -712,8 +759,8 @@ impl Simulator {
             context: ctx.context.to_string(),
         };
         // A web exploit starts with the web server spawning a shell.
-        if ctx.context == "web-rce" {
-            self.exec(
+        let ctx = if ctx.context == "web-rce" {
+            let sh = self.spawn(
                 wl,
                 &host,
                 &ctx,
@@ -721,7 +768,14 @@ impl Simulator {
                 vec!["sh".into(), "-c".into(), a.commands[0].clone()],
                 &label,
             );
-        }
+            Ctx {
+                parent: "sh",
+                ppid: sh,
+                ..ctx
+            }
+        } else {
+            ctx
+        };
         for cmd in a.commands.iter().take(12) {
             self.command(wl, &host, &ctx, cmd, &label);
         }
@@ -742,6 +796,12 @@ impl Iterator for Simulator {
         }
         self.queue.pop_front()
     }
+}
+
+/// Pid of a long-running process (`name` on `host`): stable, below 1000.
+fn daemon_pid(host: &str, name: &str) -> u32 {
+    let h = xxhash_rust::xxh3::xxh3_64(format!("{host}/{name}").as_bytes());
+    100 + (h % 900) as u32
 }
 
 fn argv(s: &str) -> Vec<String> {

@@ -2,7 +2,7 @@
 //! seed's design (a LanceDB search and a LanceDB add for every event) in the
 //! same run, for the ratio. Prints a Markdown table.
 //!
-//!     cargo bench -p outlier-scorer --bench latency
+//!     cargo bench --workspace --bench latency
 
 mod common;
 
@@ -18,7 +18,7 @@ use lancedb::query::{ExecutableQuery, QueryBase};
 use outlier_common::featurize::{DIM, embed};
 use outlier_scorer::baseline::IndexParams;
 use outlier_scorer::config::ScoringConfig;
-use outlier_scorer::pipeline::score_event;
+use outlier_scorer::pipeline::Judge;
 
 struct Stats {
     mean: Duration,
@@ -46,9 +46,29 @@ fn row(name: &str, s: &Stats) {
     );
 }
 
-fn outlier_case(name: &str, workloads: usize, behaviours: usize, n: usize) -> (Stats, Stats) {
+fn outlier_case(
+    name: &str,
+    workloads: usize,
+    behaviours: usize,
+    n: usize,
+    classifier: bool,
+) -> (Stats, Stats) {
     let scoring = ScoringConfig::default();
-    let (mut baselines, events) = common::fleet(workloads, behaviours, IndexParams::default());
+    let (baselines, events) = common::fleet(workloads, behaviours, IndexParams::default());
+    let classifier = classifier.then(|| {
+        outlier_scorer::threat::classifier(&scoring.classifier)
+            .expect("built-in model")
+            .expect("enabled by default")
+    });
+    let with = if classifier.is_some() {
+        " + classifier"
+    } else {
+        ""
+    };
+    let mut judge = Judge {
+        baselines,
+        ..Judge::new(scoring, 0, classifier)
+    };
     let mut rng = common::Rng::new(3);
     let repeats: Vec<_> = (0..n)
         .map(|_| events[rng.below(workloads)][rng.below(behaviours)].clone())
@@ -58,15 +78,15 @@ fn outlier_case(name: &str, workloads: usize, behaviours: usize, n: usize) -> (S
         let mut d = Vec::with_capacity(evs.len());
         for e in evs {
             let t = Instant::now();
-            std::hint::black_box(score_event(&mut baselines, e, &scoring, 0));
+            std::hint::black_box(judge.score(e));
             d.push(t.elapsed());
         }
         stats(d)
     };
     let r = time(repeats);
     let v = time(novel);
-    row(&format!("Outlier, {name}, repeated behaviour"), &r);
-    row(&format!("Outlier, {name}, new behaviour"), &v);
+    row(&format!("Outlier{with}, {name}, repeated behaviour"), &r);
+    row(&format!("Outlier{with}, {name}, new behaviour"), &v);
     (r, v)
 }
 
@@ -140,8 +160,21 @@ fn main() {
     // `cargo bench` passes --bench; nothing else is accepted.
     println!("| case | mean µs | p50 µs | p99 µs | events/s (1 core) |");
     println!("|---|---|---|---|---|");
-    let (_, novel_1k) = outlier_case("1,000 workloads × 1,000 behaviours", 1000, 1000, 20_000);
-    outlier_case("1 workload × 100,000 behaviours", 1, 100_000, 20_000);
+    let (_, novel_1k) = outlier_case(
+        "1,000 workloads × 1,000 behaviours",
+        1000,
+        1000,
+        20_000,
+        false,
+    );
+    outlier_case("1 workload × 100,000 behaviours", 1, 100_000, 20_000, false);
+    outlier_case(
+        "1,000 workloads × 1,000 behaviours",
+        1000,
+        1000,
+        20_000,
+        true,
+    );
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -1,5 +1,5 @@
 //! Scorer throughput, in-process (criterion): the whole per-event hot path
-//! (`score_event`: embed, kNN against the workload's baseline, verdict,
+//! (`Judge::score` without the classifier: embed, kNN against the workload's baseline, verdict,
 //! learn) for repeated behaviour (the steady state of a fleet) and for
 //! behaviour new to its workload, over two fleet shapes.
 //!
@@ -10,12 +10,15 @@ mod common;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use outlier_scorer::baseline::IndexParams;
 use outlier_scorer::config::ScoringConfig;
-use outlier_scorer::pipeline::score_event;
+use outlier_scorer::pipeline::Judge;
 
 fn bench(c: &mut Criterion) {
-    let scoring = ScoringConfig::default();
     for (name, workloads, behaviours) in [("1000x1000", 1000, 1000), ("1x100000", 1, 100_000)] {
-        let (mut baselines, events) = common::fleet(workloads, behaviours, IndexParams::default());
+        let (baselines, events) = common::fleet(workloads, behaviours, IndexParams::default());
+        let mut judge = Judge {
+            baselines,
+            ..Judge::new(ScoringConfig::default(), 0, None)
+        };
         let mut g = c.benchmark_group(format!("score_event/{name}"));
         g.throughput(Throughput::Elements(1));
         // Repeated behaviour: an event seen before in its workload.
@@ -23,7 +26,7 @@ fn bench(c: &mut Criterion) {
         g.bench_function("repeat", |b| {
             b.iter_batched(
                 || events[rng.below(workloads)][rng.below(behaviours)].clone(),
-                |e| score_event(&mut baselines, e, &scoring, 0),
+                |e| judge.score(e),
                 BatchSize::SmallInput,
             )
         });
@@ -37,7 +40,7 @@ fn bench(c: &mut Criterion) {
                     i = (i + 1) % novel.len();
                     novel[i].clone()
                 },
-                |e| score_event(&mut baselines, e, &scoring, 0),
+                |e| judge.score(e),
                 BatchSize::SmallInput,
             )
         });

@@ -73,12 +73,17 @@ impl BaselineConfig {
     }
 }
 
-/// Verdict thresholds on the anomaly score.
+/// Verdict thresholds on the anomaly score and, optionally, on the
+/// classifier's P(malicious) (default: the thresholds tuned at training).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Thresholds {
     pub warn: f32,
     pub alert: f32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classifier_warn: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classifier_alert: Option<f32>,
 }
 
 impl Default for Thresholds {
@@ -86,6 +91,36 @@ impl Default for Thresholds {
         Self {
             warn: 0.5,
             alert: 0.9,
+            classifier_warn: None,
+            classifier_alert: None,
+        }
+    }
+}
+
+/// The threat classifier (see docs/classifier.md).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClassifierConfig {
+    pub enabled: bool,
+    /// A model file from `scripts/train`; empty: the model built into the scorer.
+    pub model: String,
+    /// Behaviour the workload's baseline already knows (anomaly score below
+    /// this) is at most warned by the classifier, never alerted.
+    pub known_below: f32,
+    /// Contributions explained per flagged event.
+    pub explain_top: usize,
+    /// Hosts whose process tables and histories are kept (per generation).
+    pub max_hosts: usize,
+}
+
+impl Default for ClassifierConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            model: String::new(),
+            known_below: 0.1,
+            explain_top: 3,
+            max_hosts: 4096,
         }
     }
 }
@@ -99,6 +134,7 @@ pub struct ScoringConfig {
     pub thresholds: Thresholds,
     /// Per-workload thresholds, keyed `org/workload`.
     pub workloads: BTreeMap<String, Thresholds>,
+    pub classifier: ClassifierConfig,
 }
 
 impl Default for ScoringConfig {
@@ -107,6 +143,7 @@ impl Default for ScoringConfig {
             k: 10,
             thresholds: Thresholds::default(),
             workloads: BTreeMap::new(),
+            classifier: ClassifierConfig::default(),
         }
     }
 }
@@ -161,6 +198,7 @@ mod tests {
             Thresholds {
                 warn: 0.85,
                 alert: 0.95,
+                ..Thresholds::default()
             },
         );
         assert_eq!(s.thresholds_for("acme", "dev").warn, 0.85);

@@ -26,6 +26,15 @@ pub static DEADLETTER: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+pub static THREATS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "outlier_scorer_threat_categories_total",
+        "Events by the classifier's category (benign or ATT&CK tactic)",
+        &["category"]
+    )
+    .expect("metric registers once")
+});
+
 pub static SCORE: LazyLock<Histogram> = LazyLock::new(|| {
     register_histogram!(
         "outlier_scorer_anomaly_score",

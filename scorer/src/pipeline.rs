@@ -20,11 +20,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::future::join_all;
+use outlier_classifier::{Assessment, Classifier};
 use outlier_common::featurize::embed;
 use outlier_common::kafka::{self, DLQ_REASON_HEADER, DLQ_SOURCE_HEADER, RECORD_KIND_HEADER};
 use outlier_common::names;
 use outlier_common::telemetry::{self, Health};
-use outlier_proto::{Event, Feedback, FeedbackLabel, ScoredEvent, Verdict};
+use outlier_proto::{Contribution, Event, Feedback, FeedbackLabel, ScoredEvent, Verdict};
 use prost::Message as _;
 use rdkafka::Message;
 use rdkafka::consumer::Consumer;
@@ -51,6 +52,8 @@ pub enum RunError {
     Http(#[from] std::io::Error),
     #[error("scoring thread panicked")]
     ScoringPanicked,
+    #[error("{0}")]
+    Classifier(String),
 }
 
 /// Identifies a workload's baseline: `org\0workload` (names cannot contain
@@ -113,6 +116,8 @@ pub struct DeadLetter {
 /// Runs the scorer until `shutdown` fires, then drains: the batch in hand is
 /// finished, learned behaviour is persisted, offsets are committed.
 pub async fn run(cfg: ScorerConfig, shutdown: CancellationToken) -> Result<(), RunError> {
+    let classifier =
+        crate::threat::classifier(&cfg.scoring.classifier).map_err(RunError::Classifier)?;
     let health = Health::new(&["kafka", "lancedb"]);
     telemetry::serve_http(cfg.http_addr, health.clone(), shutdown.clone()).await?;
 
@@ -147,7 +152,7 @@ pub async fn run(cfg: ScorerConfig, shutdown: CancellationToken) -> Result<(), R
         producer: &producer,
         health: &health,
         shutdown: &shutdown,
-        baselines: HashMap::new(),
+        judge: Judge::new(cfg.scoring.clone(), cfg.baseline.warmup_events, classifier),
         partition_of: HashMap::new(),
     };
     let mut flush_tick = tokio::time::interval(Duration::from_millis(
@@ -253,7 +258,7 @@ struct Worker<'a> {
     producer: &'a FutureProducer,
     health: &'a Health,
     shutdown: &'a CancellationToken,
-    baselines: HashMap<WorkloadKey, Baseline>,
+    judge: Judge,
     /// The partition each loaded workload's records arrive on.
     partition_of: HashMap<WorkloadKey, (String, i32)>,
 }
@@ -337,7 +342,7 @@ impl Worker<'_> {
                 self.partition_of
                     .insert(key.clone(), (msg.topic().to_string(), msg.partition()));
             }
-            if !self.baselines.contains_key(&key) {
+            if !self.judge.baselines.contains_key(&key) {
                 needed.insert(key);
             }
         }
@@ -345,27 +350,24 @@ impl Worker<'_> {
             let Some(b) = self.load(&key).await else {
                 return Ok(None);
             };
-            self.baselines.insert(key, b);
+            self.judge.baselines.insert(key, b);
         }
-        metrics::WORKLOADS.set(self.baselines.len() as i64);
+        metrics::WORKLOADS.set(self.judge.baselines.len() as i64);
         metrics::STAGE_SECONDS
             .with_label_values(&["load"])
             .observe(t.elapsed().as_secs_f64());
 
         // Score on a blocking thread: CPU work stays off the reactor.
         let t = Instant::now();
-        let baselines = std::mem::take(&mut self.baselines);
-        let scoring = self.cfg.scoring.clone();
-        let warmup = self.cfg.baseline.warmup_events;
-        let (baselines, outcomes) = tokio::task::spawn_blocking(move || {
-            let mut baselines = baselines;
-            let outcomes = score_batch(&mut baselines, decoded, &scoring, warmup);
-            (baselines, outcomes)
+        let mut judge = std::mem::take(&mut self.judge);
+        let (judge, outcomes) = tokio::task::spawn_blocking(move || {
+            let outcomes = judge.score_batch(decoded);
+            (judge, outcomes)
         })
         .await
         .map_err(|_| RunError::ScoringPanicked)?;
-        self.baselines = baselines;
-        metrics::BEHAVIOURS.set(self.baselines.values().map(|b| b.len() as i64).sum());
+        self.judge = judge;
+        metrics::BEHAVIOURS.set(self.judge.baselines.values().map(|b| b.len() as i64).sum());
         metrics::STAGE_SECONDS
             .with_label_values(&["score"])
             .observe(t.elapsed().as_secs_f64());
@@ -533,7 +535,7 @@ impl Worker<'_> {
 
     /// Hands learned (and forgotten) behaviour to the persister.
     async fn flush(&mut self, tx: &mpsc::Sender<PersistJob>) {
-        for (key, b) in &mut self.baselines {
+        for (key, b) in &mut self.judge.baselines {
             if b.has_dirty() {
                 let job = PersistJob {
                     key: key.clone(),
@@ -559,7 +561,7 @@ impl Worker<'_> {
             .collect();
         for key in gone {
             self.partition_of.remove(&key);
-            if let Some(mut b) = self.baselines.remove(&key) {
+            if let Some(mut b) = self.judge.baselines.remove(&key) {
                 let job = PersistJob {
                     key: key.clone(),
                     rows: b.take_dirty(),
@@ -571,14 +573,14 @@ impl Worker<'_> {
                 }
             }
         }
-        metrics::WORKLOADS.set(self.baselines.len() as i64);
+        metrics::WORKLOADS.set(self.judge.baselines.len() as i64);
     }
 
     /// Forgets behaviour older than the retention, in memory and in LanceDB.
     async fn prune(&mut self) {
         let cutoff =
             now_ns().saturating_sub(self.cfg.baseline.retention_days * 86_400 * 1_000_000_000);
-        for (key, b) in &mut self.baselines {
+        for (key, b) in &mut self.judge.baselines {
             let n = b.prune(cutoff);
             if n > 0 {
                 let (org, workload) = split_key(key);
@@ -591,86 +593,152 @@ impl Worker<'_> {
     }
 }
 
-/// Scores one event against its workload's baseline and learns it unless
-/// it alerted after warm-up. This is the whole per-event hot path.
-pub fn score_event(
-    baselines: &mut HashMap<WorkloadKey, Baseline>,
-    event: Event,
-    scoring: &ScoringConfig,
-    warmup_events: u64,
-) -> ScoredEvent {
-    let key = workload_key(&event.org, &event.workload);
-    let baseline = baselines.entry(key).or_default();
-    let v = embed(&event);
-    let bkey = outlier_common::featurize::behaviour_key(&v);
-    let t = scoring.thresholds_for(&event.org, &event.workload);
-    let j = score::judge_keyed(baseline, &v, bkey, t);
-    let learned = j.verdict != Verdict::Alert || baseline.events() < warmup_events;
-    if learned {
-        baseline.observe_keyed(&v, bkey, event.ts_ns);
-    }
-    let mut explanation = score::explain(&j, &event.workload);
-    if !learned {
-        explanation.push_str("; not learned until confirmed benign");
-    }
-    ScoredEvent {
-        anomaly_score: j.score,
-        nearest_distance: j.nearest_distance,
-        threat_category: String::new(),
-        tactic: String::new(),
-        technique: String::new(),
-        confidence: 0.0,
-        verdict: j.verdict as i32,
-        explanation,
-        contributions: Vec::new(),
-        scored_at_ns: now_ns(),
-        scorer_version: outlier_common::VERSION.to_string(),
-        baseline_size: j.baseline_size as u64,
-        learned,
-        behaviour_key: bkey,
-        event: Some(event),
-    }
+/// Judges events: the workloads' baselines, the threat classifier with its
+/// per-host state, and the settings that combine them. Owned by one worker;
+/// moved onto a blocking thread for each batch.
+#[derive(Default)]
+pub struct Judge {
+    pub baselines: HashMap<WorkloadKey, Baseline>,
+    pub classifier: Option<Classifier>,
+    pub scoring: ScoringConfig,
+    /// Events a workload learns unconditionally (see `BaselineConfig`).
+    pub warmup_events: u64,
 }
 
-/// Applies an operator's verdict to the workload's baseline.
-pub fn apply_feedback(baselines: &mut HashMap<WorkloadKey, Baseline>, fb: &Feedback) {
-    let Some(event) = &fb.event else { return };
-    let baseline = baselines
-        .entry(workload_key(&event.org, &event.workload))
-        .or_default();
-    let v = embed(event);
-    match fb.label() {
-        FeedbackLabel::Benign => {
-            // Seen now, as far as retention goes: the confirmation is recent.
-            baseline.observe(&v, event.ts_ns.max(fb.ts_ns));
-            tracing::info!(org = %event.org, workload = %event.workload, event_id = %event.event_id, actor = %fb.actor, "behaviour confirmed benign: learned");
+impl Judge {
+    pub fn new(scoring: ScoringConfig, warmup_events: u64, classifier: Option<Classifier>) -> Self {
+        Self {
+            baselines: HashMap::new(),
+            classifier,
+            scoring,
+            warmup_events,
         }
-        FeedbackLabel::Malicious => {
-            let removed = baseline.forget(&v);
-            tracing::info!(org = %event.org, workload = %event.workload, event_id = %event.event_id, actor = %fb.actor, removed, "behaviour confirmed malicious: forgotten");
-        }
-        FeedbackLabel::Unspecified => {}
     }
-}
 
-/// Scores a batch in order.
-fn score_batch(
-    baselines: &mut HashMap<WorkloadKey, Baseline>,
-    inputs: Vec<Result<Input, DeadLetter>>,
-    scoring: &ScoringConfig,
-    warmup_events: u64,
-) -> Vec<Outcome> {
-    inputs
-        .into_iter()
-        .map(|input| match input {
-            Ok(Input::Event(e)) => {
-                Outcome::Scored(Box::new(score_event(baselines, e, scoring, warmup_events)))
+    /// Scores one event against its workload's baseline, classifies it,
+    /// combines both into the verdict, and learns the behaviour unless the
+    /// event alerted after warm-up. This is the whole per-event hot path.
+    pub fn score(&mut self, event: Event) -> ScoredEvent {
+        let key = workload_key(&event.org, &event.workload);
+        let baseline = self.baselines.entry(key).or_default();
+        let v = embed(&event);
+        let bkey = outlier_common::featurize::behaviour_key(&v);
+        let t = self.scoring.thresholds_for(&event.org, &event.workload);
+        let j = score::judge_keyed(baseline, &v, bkey, t);
+        let mut explanation = score::explain(&j, &event.workload);
+        let mut verdict = j.verdict;
+        let mut threat = None;
+        if let Some(c) = self.classifier.as_mut() {
+            let (features, p) = c.classify(&event);
+            let meta = &c.model().meta;
+            let cc = &self.scoring.classifier;
+            let warn = t.classifier_warn.unwrap_or(meta.warn_threshold);
+            let alert = t.classifier_alert.unwrap_or(meta.alert_threshold);
+            verdict = score::combine(
+                j.verdict,
+                j.score,
+                p.p_malicious,
+                warn,
+                alert,
+                cc.known_below,
+            );
+            let a = if p.p_malicious >= 0.5 {
+                c.explain(&features, &p, cc.explain_top)
+            } else {
+                c.assess(&p)
+            };
+            metrics::THREATS
+                .with_label_values(&[a.category.as_str()])
+                .inc();
+            threat = Some(a);
+        }
+        let learned = verdict != Verdict::Alert || baseline.events() < self.warmup_events;
+        if learned {
+            baseline.observe_keyed(&v, bkey, event.ts_ns);
+        }
+        if let Some(a) = threat.as_ref().filter(|a| !a.explanation.is_empty()) {
+            explanation.push_str("; ");
+            if a.category == "benign" {
+                explanation.push_str("malicious-looking (below the classifier's threshold): ");
+            } else {
+                explanation.push_str(&format!("{} ({:.0}%): ", a.category, 100.0 * a.confidence));
             }
-            Ok(Input::Feedback(fb)) => {
-                apply_feedback(baselines, &fb);
-                Outcome::Applied
+            explanation.push_str(&a.explanation);
+        }
+        if !learned {
+            explanation.push_str("; not learned until confirmed benign");
+        }
+        let threat = threat.unwrap_or_else(|| Assessment {
+            category: String::new(),
+            tactic: String::new(),
+            technique: String::new(),
+            confidence: 0.0,
+            p_malicious: 0.0,
+            contributions: Vec::new(),
+            explanation: String::new(),
+        });
+        ScoredEvent {
+            anomaly_score: j.score,
+            nearest_distance: j.nearest_distance,
+            threat_category: threat.category,
+            tactic: threat.tactic,
+            technique: threat.technique,
+            confidence: threat.confidence,
+            verdict: verdict as i32,
+            explanation,
+            contributions: threat
+                .contributions
+                .into_iter()
+                .map(|c| Contribution {
+                    feature: c.feature,
+                    value: f64::from(c.value),
+                    shap: f64::from(c.shap),
+                    sentence: c.sentence,
+                })
+                .collect(),
+            scored_at_ns: now_ns(),
+            scorer_version: outlier_common::VERSION.to_string(),
+            baseline_size: j.baseline_size as u64,
+            learned,
+            behaviour_key: bkey,
+            event: Some(event),
+        }
+    }
+
+    /// Applies an operator's verdict to the workload's baseline.
+    pub fn feedback(&mut self, fb: &Feedback) {
+        let Some(event) = &fb.event else { return };
+        let baseline = self
+            .baselines
+            .entry(workload_key(&event.org, &event.workload))
+            .or_default();
+        let v = embed(event);
+        match fb.label() {
+            FeedbackLabel::Benign => {
+                // Seen now, as far as retention goes: the confirmation is recent.
+                baseline.observe(&v, event.ts_ns.max(fb.ts_ns));
+                tracing::info!(org = %event.org, workload = %event.workload, event_id = %event.event_id, actor = %fb.actor, "behaviour confirmed benign: learned");
             }
-            Err(dl) => Outcome::Dead(dl),
-        })
-        .collect()
+            FeedbackLabel::Malicious => {
+                let removed = baseline.forget(&v);
+                tracing::info!(org = %event.org, workload = %event.workload, event_id = %event.event_id, actor = %fb.actor, removed, "behaviour confirmed malicious: forgotten");
+            }
+            FeedbackLabel::Unspecified => {}
+        }
+    }
+
+    /// Scores a batch in order.
+    pub fn score_batch(&mut self, inputs: Vec<Result<Input, DeadLetter>>) -> Vec<Outcome> {
+        inputs
+            .into_iter()
+            .map(|input| match input {
+                Ok(Input::Event(e)) => Outcome::Scored(Box::new(self.score(e))),
+                Ok(Input::Feedback(fb)) => {
+                    self.feedback(&fb);
+                    Outcome::Applied
+                }
+                Err(dl) => Outcome::Dead(dl),
+            })
+            .collect()
+    }
 }

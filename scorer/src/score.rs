@@ -37,6 +37,40 @@ pub fn verdict(score: f32, t: Thresholds) -> Verdict {
     }
 }
 
+/// The verdict from both judges (see docs/classifier.md, "Verdict").
+///
+/// - The anomaly score gives a verdict under the workload's thresholds.
+/// - The classifier gives one from P(malicious) under its thresholds.
+/// - The event gets the more severe of the two, except that behaviour the
+///   workload's baseline already knows (`anomaly < known_below`) is at most
+///   warned by the classifier: what was learned during warm-up or confirmed
+///   benign by an operator is not raised to an alert on a pattern match
+///   alone — while a new attack, by being new, keeps both judges' say.
+pub fn combine(
+    anomaly_verdict: Verdict,
+    anomaly: f32,
+    p_malicious: f32,
+    warn: f32,
+    alert: f32,
+    known_below: f32,
+) -> Verdict {
+    let mut c = if p_malicious >= alert {
+        Verdict::Alert
+    } else if p_malicious >= warn {
+        Verdict::Warn
+    } else {
+        Verdict::Ok
+    };
+    if anomaly < known_below && c == Verdict::Alert {
+        c = Verdict::Warn;
+    }
+    if (c as i32) > (anomaly_verdict as i32) {
+        c
+    } else {
+        anomaly_verdict
+    }
+}
+
 pub fn judge(baseline: &Baseline, v: &Embedding, t: Thresholds) -> Judgement {
     judge_keyed(baseline, v, outlier_common::featurize::behaviour_key(v), t)
 }
@@ -96,6 +130,7 @@ mod tests {
         let t = Thresholds {
             warn: 0.5,
             alert: 0.9,
+            ..Thresholds::default()
         };
         assert_eq!(verdict(0.02, t), Verdict::Ok);
         assert_eq!(verdict(0.85, t), Verdict::Warn);
@@ -103,9 +138,24 @@ mod tests {
         let dev = Thresholds {
             warn: 0.7,
             alert: 0.95,
+            ..Thresholds::default()
         };
         assert_eq!(verdict(0.85, dev), Verdict::Warn);
         assert_eq!(verdict(0.6, dev), Verdict::Ok);
+    }
+
+    #[test]
+    fn combined_verdict_takes_the_more_severe_but_spares_known_behaviour() {
+        use Verdict::*;
+        // Classifier alone raises a quiet anomaly score.
+        assert_eq!(combine(Ok, 0.3, 0.99, 0.9, 0.95, 0.1), Alert);
+        assert_eq!(combine(Ok, 0.3, 0.92, 0.9, 0.95, 0.1), Warn);
+        // Anomaly alone.
+        assert_eq!(combine(Alert, 1.0, 0.01, 0.9, 0.95, 0.1), Alert);
+        assert_eq!(combine(Warn, 0.8, 0.01, 0.9, 0.95, 0.1), Warn);
+        // Known behaviour: the classifier can warn, not alert.
+        assert_eq!(combine(Ok, 0.02, 0.99, 0.9, 0.95, 0.1), Warn);
+        assert_eq!(combine(Ok, 0.02, 0.5, 0.9, 0.95, 0.1), Ok);
     }
 
     #[test]

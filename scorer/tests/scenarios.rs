@@ -5,16 +5,16 @@ use std::collections::HashMap;
 
 use outlier_common::json;
 use outlier_proto::{Event, ScoredEvent, Verdict};
-use outlier_scorer::baseline::Baseline;
 use outlier_scorer::config::ScoringConfig;
-use outlier_scorer::pipeline::score_event;
+use outlier_scorer::pipeline::Judge;
 
-fn load(file: &str) -> Vec<Event> {
+/// The demo's events, one second apart; `start` continues the clock.
+fn load(file: &str, start: u64) -> Vec<Event> {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../compose/demo")
         .join(file);
     let text = std::fs::read_to_string(path).unwrap();
-    let mut t = 1_800_000_000_000_000_000u64;
+    let mut t = start;
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
@@ -27,14 +27,18 @@ fn load(file: &str) -> Vec<Event> {
 
 fn run() -> HashMap<String, ScoredEvent> {
     let scoring = ScoringConfig::default();
-    let mut baselines: HashMap<String, Baseline> = HashMap::new();
-    for e in load("baseline.jsonl") {
-        score_event(&mut baselines, e, &scoring, 200);
+    let classifier = outlier_scorer::threat::classifier(&scoring.classifier).unwrap();
+    assert!(classifier.is_some(), "the classifier is on by default");
+    let mut judge = Judge::new(scoring, 200, classifier);
+    let mut clock = 1_800_000_000_000_000_000u64;
+    for e in load("baseline.jsonl", clock) {
+        clock = e.ts_ns;
+        judge.score(e);
     }
-    load("scenarios.jsonl")
+    load("scenarios.jsonl", clock)
         .into_iter()
         .map(|e| {
-            let s = score_event(&mut baselines, e, &scoring, 200);
+            let s = judge.score(e);
             let id = s
                 .event
                 .as_ref()
@@ -43,9 +47,12 @@ fn run() -> HashMap<String, ScoredEvent> {
                 .trim_start_matches("t-")
                 .to_string();
             println!(
-                "{id:28} {:.3} {:?}  {}",
+                "{id:28} {:.3} {:?} {} {} {:.3} {}",
                 s.anomaly_score,
                 s.verdict(),
+                s.threat_category,
+                s.technique,
+                s.confidence,
                 s.explanation
             );
             (id, s)
@@ -89,4 +96,23 @@ fn the_seed_scenarios_score_as_the_seed_reports() {
         score("curl-pipe-bash-as-root")
     );
     assert_eq!(s["curl-pipe-bash-as-root"].verdict(), Verdict::Alert);
+
+    // The classifier: routine is benign; the reverse shell from the web
+    // app is called malicious on its own, with a technique and sentences.
+    assert_eq!(s["nginx-worker-restart"].threat_category, "benign");
+    let rs = &s["reverse-shell-from-web-app"];
+    assert!(
+        ["command-and-control", "execution"].contains(&rs.threat_category.as_str()),
+        "{}",
+        rs.threat_category
+    );
+    assert!(rs.technique.starts_with('T'), "{}", rs.technique);
+    assert!(rs.confidence > 0.3 && rs.confidence <= 1.0);
+    assert!(!rs.contributions.is_empty());
+    assert!(
+        rs.contributions
+            .iter()
+            .all(|c| c.shap > 0.0 && !c.sentence.is_empty())
+    );
+    assert!(rs.explanation.contains(&rs.contributions[0].sentence));
 }

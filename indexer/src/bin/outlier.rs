@@ -164,6 +164,9 @@ fn to_json(s: &ScoredEvent, extra: serde_json::Value) -> serde_json::Value {
         "anomaly_score": s.anomaly_score, "verdict": s.verdict().label(),
         "threat_category": s.threat_category, "tactic": s.tactic, "technique": s.technique,
         "confidence": s.confidence, "explanation": s.explanation,
+        "contributions": s.contributions.iter().map(|c| json!({
+            "feature": c.feature, "value": c.value, "shap": c.shap, "sentence": c.sentence,
+        })).collect::<Vec<_>>(),
     });
     if let (Some(obj), serde_json::Value::Object(x)) = (v.as_object_mut(), extra) {
         obj.extend(x);

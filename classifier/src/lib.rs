@@ -1,0 +1,204 @@
+//! Outlier's threat classifier.
+//!
+//! For every event: stateful features from the host's recent history
+//! ([`features`]), a gradient-boosted tree ensemble trained by XGBoost and
+//! evaluated in Rust ([`model`]), calibrated class probabilities over
+//! `benign` and MITRE ATT&CK tactics, and — for events worth a person's
+//! attention — exact TreeSHAP values turned into short sentences and an
+//! ATT&CK technique ([`explain`]).
+
+pub mod explain;
+pub mod features;
+pub mod lexicon;
+pub mod model;
+pub mod state;
+
+use std::sync::Arc;
+
+use outlier_proto::v1::Event;
+
+pub use features::{Extractor, Features, N_FEATURES};
+pub use model::{Model, ModelError, Prediction};
+pub use state::Limits;
+
+/// Parses a model file and checks its feature names against the extractor's.
+pub fn load_checked(text: &str) -> Result<Model, ModelError> {
+    let m = Model::from_json(text)?;
+    if m.meta.feature_names.as_slice() != features::names() {
+        let first = m
+            .meta
+            .feature_names
+            .iter()
+            .zip(features::names())
+            .position(|(a, b)| a != b)
+            .unwrap_or(m.meta.feature_names.len().min(N_FEATURES));
+        return Err(ModelError::Invalid(format!(
+            "the model was trained on other features than this build extracts (first difference at #{first}); retrain with scripts/train"
+        )));
+    }
+    if m.meta.classes.first().map(String::as_str) != Some("benign") {
+        return Err(ModelError::Invalid("class 0 must be `benign`".into()));
+    }
+    Ok(m)
+}
+
+/// One feature's share of a classification.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Contribution {
+    pub feature: String,
+    pub value: f32,
+    pub shap: f32,
+    pub sentence: String,
+}
+
+/// What the classifier says of an event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Assessment {
+    /// `benign`, or the ATT&CK tactic the event most likely serves.
+    pub category: String,
+    /// ATT&CK tactic short name (empty for benign).
+    pub tactic: String,
+    /// ATT&CK technique, when the features that drove the call point at one.
+    pub technique: String,
+    /// Calibrated probability of `category`.
+    pub confidence: f32,
+    /// 1 − P(benign).
+    pub p_malicious: f32,
+    /// Top contributions (empty unless explained).
+    pub contributions: Vec<Contribution>,
+    /// The contributions' sentences, joined.
+    pub explanation: String,
+}
+
+/// Classifier with its per-host state. One per scorer worker.
+pub struct Classifier {
+    model: Arc<Model>,
+    extractor: Extractor,
+}
+
+impl Classifier {
+    pub fn new(model: Arc<Model>, limits: Limits) -> Self {
+        Self {
+            model,
+            extractor: Extractor::new(limits),
+        }
+    }
+
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    pub fn extractor(&self) -> &Extractor {
+        &self.extractor
+    }
+
+    /// Features and class probabilities of `ev`; the host's state takes it in.
+    pub fn classify(&mut self, ev: &Event) -> (Features, Prediction) {
+        let f = self.extractor.observe(ev);
+        let p = self.model.predict(&f.values);
+        (f, p)
+    }
+
+    /// The assessment without an explanation (cheap): the most likely
+    /// malicious class when P(malicious) ≥ ½, else `benign`; the confidence
+    /// is the calibrated probability of that category. (Verdicts use the
+    /// tuned thresholds on P(malicious), not this category.)
+    pub fn assess(&self, p: &Prediction) -> Assessment {
+        let class = if p.p_malicious >= 0.5 {
+            p.threat_class
+        } else {
+            0
+        };
+        let category = self.model.meta.classes[class].clone();
+        Assessment {
+            tactic: if class == 0 {
+                String::new()
+            } else {
+                category.clone()
+            },
+            category,
+            technique: String::new(),
+            confidence: if class == 0 {
+                1.0 - p.p_malicious
+            } else {
+                p.probs[class]
+            },
+            p_malicious: p.p_malicious,
+            contributions: Vec::new(),
+            explanation: String::new(),
+        }
+    }
+
+    /// The assessment with exact SHAP contributions for the most likely
+    /// malicious class (what a person looking at a flagged event wants to
+    /// know is what made it look malicious): the `top` strongest present
+    /// features pushing towards it become sentences, and the strongest
+    /// contributor that points at an ATT&CK technique names it.
+    pub fn explain(&self, f: &Features, p: &Prediction, top: usize) -> Assessment {
+        let mut a = self.assess(p);
+        let class = p.threat_class;
+        let phi = self.model.shap(&f.values, class);
+        let names = features::names();
+        let mut order: Vec<usize> = (0..N_FEATURES)
+            .filter(|&i| phi[i] > 0.0 && explain::present(i, f.values[i]))
+            .collect();
+        order.sort_by(|&x, &y| phi[y].total_cmp(&phi[x]));
+        let technique = order
+            .iter()
+            .map(|&i| explain::technique(i, &f.context))
+            .find(|t| !t.is_empty())
+            .unwrap_or_default();
+        order.truncate(top);
+        a.contributions = order
+            .iter()
+            .map(|&i| Contribution {
+                feature: names[i].clone(),
+                value: f.values[i],
+                shap: phi[i],
+                sentence: explain::sentence(i, f.values[i], &f.context),
+            })
+            .collect();
+        if a.category != "benign" {
+            a.technique = technique.to_string();
+        }
+        let mut seen = std::collections::HashSet::new();
+        a.explanation = a
+            .contributions
+            .iter()
+            .map(|c| c.sentence.as_str())
+            .filter(|s| seen.insert(*s))
+            .collect::<Vec<_>>()
+            .join("; ");
+        a
+    }
+}
+
+/// The classes the shipped model is trained on: `benign`, then the ATT&CK
+/// tactics the training corpora cover (initial access folds into execution:
+/// on a host, the first thing an intrusion does is run something).
+pub const CLASSES: &[&str] = &[
+    "benign",
+    "execution",
+    "persistence",
+    "privilege-escalation",
+    "defense-evasion",
+    "credential-access",
+    "discovery",
+    "collection",
+    "command-and-control",
+    "exfiltration",
+    "impact",
+];
+
+/// Class index of a label's tactic (`None` for an unknown tactic).
+pub fn class_of(malicious: bool, tactic: &str) -> Option<usize> {
+    if !malicious {
+        return Some(0);
+    }
+    let t = if tactic == "initial-access" {
+        "execution"
+    } else {
+        tactic
+    };
+    CLASSES.iter().position(|c| *c == t).filter(|&i| i > 0)
+}
