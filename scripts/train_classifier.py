@@ -140,8 +140,8 @@ def main():
     ap.add_argument("--golden", type=Path, required=True)
     ap.add_argument("--report", type=Path, required=True)
     ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--rounds", type=int, default=60)
-    ap.add_argument("--depth", type=int, default=6)
+    ap.add_argument("--rounds", type=int, default=50)
+    ap.add_argument("--depth", type=int, default=5)
     args = ap.parse_args()
 
     meta, x, y, technique, attack, context, workload = load(args.data)
