@@ -203,12 +203,27 @@ pub async fn run(cfg: RunConfig, corpus: Arc<Corpus>) -> anyhow::Result<RunResul
                 if pending.is_empty() {
                     continue;
                 }
-                let ids: Vec<String> = pending.keys().cloned().collect();
+                // Probe the oldest pending sample ids, at most 64 at a time:
+                // `has` compares every row read with every id, so the probe
+                // must stay small to not load the server it measures.
+                let mut oldest: Vec<(&String, &u64)> = pending.iter().collect();
+                oldest.sort_unstable_by_key(|(_, at)| **at);
+                oldest.truncate(64);
+                let ids: Vec<String> = oldest.iter().map(|(id, _)| (*id).clone()).collect();
+                // Events carry their produce time as timestamp: bounding `ts`
+                // lets ClickHouse read only the granules of those seconds
+                // (the key is (org, ts, event_id)).
+                let secs = |ns: u64| u32::try_from(ns / 1_000_000_000).unwrap_or(u32::MAX);
+                let from = oldest.first().map_or(0, |(_, at)| secs(**at)).saturating_sub(1);
+                let to = oldest.last().map_or(0, |(_, at)| secs(**at)).saturating_add(1);
                 let found: Vec<String> = match ch
                     .query(
-                        "SELECT event_id FROM security_events WHERE org = ? AND has(?, event_id)",
+                        "SELECT event_id FROM security_events \
+                         WHERE org = ? AND ts >= toDateTime(?) AND ts <= toDateTime(?) AND has(?, event_id)",
                     )
                     .bind(&org)
+                    .bind(from)
+                    .bind(to)
                     .bind(ids)
                     .fetch_all::<IdRow>()
                     .await
