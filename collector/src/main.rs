@@ -2,8 +2,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
-use outlier_collector::config::CollectorConfig;
+use clap::{Parser, Subcommand, ValueEnum};
+use outlier_collector::config::{CollectorConfig, Mode};
 use outlier_collector::publish::Publisher;
 use outlier_collector::replay;
 use outlier_common::{config, telemetry};
@@ -19,12 +19,35 @@ struct Cli {
     /// Kafka bootstrap servers (overrides the config).
     #[arg(long)]
     brokers: Option<String>,
+    /// Print the effective configuration (JSON) and exit.
+    #[arg(long)]
+    print_config: bool,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ModeArg {
+    Auto,
+    Ebpf,
+    Procfs,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Capture this host's process executions, connections and sensitive
+    /// file opens (eBPF, or the /proc fallback) and publish them until SIGTERM.
+    Run {
+        /// Capture mode (overrides capture.mode): auto tries eBPF first.
+        #[arg(long, value_enum)]
+        mode: Option<ModeArg>,
+        /// Spool directory (overrides spool.dir).
+        #[arg(long)]
+        spool: Option<PathBuf>,
+        /// Also print every event to stdout as JSON Lines v1.
+        #[arg(long)]
+        print: bool,
+    },
     /// Publish JSON Lines v1 events from a file (or `-` for stdin) to Kafka.
     Replay {
         /// Path of the file, or `-` for standard input.
@@ -50,8 +73,39 @@ async fn main() -> ExitCode {
     if let Some(b) = cli.brokers {
         cfg.kafka.brokers = b;
     }
+    if let Some(Command::Run { mode, spool, .. }) = &cli.command {
+        if let Some(m) = mode {
+            cfg.capture.mode = match m {
+                ModeArg::Auto => Mode::Auto,
+                ModeArg::Ebpf => Mode::Ebpf,
+                ModeArg::Procfs => Mode::Procfs,
+            };
+        }
+        if let Some(s) = spool {
+            cfg.spool.dir.clone_from(s);
+        }
+    }
+    if cli.print_config {
+        println!("{}", serde_json::to_string_pretty(&cfg).unwrap_or_default());
+        return ExitCode::SUCCESS;
+    }
     match cli.command {
-        Command::Replay { file, topic } => {
+        None => {
+            eprintln!("collector: a command is needed: run or replay (see --help)");
+            ExitCode::from(2)
+        }
+        Some(Command::Run { print, .. }) => {
+            let shutdown = telemetry::shutdown_on_signals();
+            match outlier_collector::live::run(cfg, print, shutdown).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "collector failed");
+                    eprintln!("collector: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Some(Command::Replay { file, topic }) => {
             if let Some(t) = topic {
                 cfg.kafka.topics.events = t;
             }

@@ -1,0 +1,219 @@
+//! `collector run`: live capture on this host until SIGTERM.
+//!
+//! capture (eBPF ring buffer, or /proc polls) → events → spool → sender →
+//! Kafka. Capture never waits for Kafka: the spool absorbs an outage (up to
+//! its bound) and the sender drains it in order when Kafka returns.
+
+use std::time::{Duration, Instant};
+
+use outlier_common::names;
+use outlier_common::telemetry::{self, Health};
+use outlier_proto::Event;
+use prost::Message as _;
+use thiserror::Error;
+use tokio_util::sync::CancellationToken;
+
+use crate::capture::Builder;
+use crate::config::{CollectorConfig, Mode};
+use crate::ebpf::{self, Capture};
+use crate::identity::{self, Resolver, RuleError};
+use crate::metrics;
+use crate::procfs::Scanner;
+use crate::records::Raw;
+use crate::sender;
+use crate::spool::{Spool, SpoolError};
+
+#[derive(Debug, Error)]
+pub enum RunError {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Rule(#[from] RuleError),
+    #[error("spool: {0}")]
+    Spool(#[from] SpoolError),
+    #[error("eBPF capture requested but unavailable: {0}")]
+    Ebpf(#[from] ebpf::LoadError),
+    #[error("http endpoint: {0}")]
+    Http(#[from] std::io::Error),
+}
+
+enum Source {
+    Ebpf(Box<Capture>),
+    Procfs(Box<Scanner>),
+}
+
+impl Source {
+    fn name(&self) -> &'static str {
+        match self {
+            Source::Ebpf(_) => "ebpf",
+            Source::Procfs(_) => "procfs",
+        }
+    }
+}
+
+fn choose(cfg: &CollectorConfig) -> Result<Source, RunError> {
+    let procfs = || {
+        let mut s = Scanner::new();
+        let mut ignore = Vec::new();
+        s.poll(&mut ignore); // learn what already runs
+        Source::Procfs(Box::new(s))
+    };
+    match cfg.capture.mode {
+        Mode::Procfs => Ok(procfs()),
+        Mode::Ebpf => Ok(Source::Ebpf(Box::new(Capture::load(&cfg.capture)?))),
+        Mode::Auto => match Capture::load(&cfg.capture) {
+            Ok(c) => Ok(Source::Ebpf(Box::new(c))),
+            Err(e) => {
+                tracing::warn!(error = %e, "eBPF capture unavailable; using the /proc fallback");
+                Ok(procfs())
+            }
+        },
+    }
+}
+
+/// Runs live capture until `shutdown` fires; then gives the sender a few
+/// seconds to deliver what the spool holds (the rest waits for the next
+/// start).
+///
+/// `print` also writes every event to stdout as JSON Lines v1 (the replay
+/// format), for a look at what is captured.
+pub async fn run(
+    cfg: CollectorConfig,
+    print: bool,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    names::validate("identity.org", &cfg.identity.org)
+        .map_err(|e| RunError::Config(e.to_string()))?;
+    names::validate("workloads.default", &cfg.workloads.default)
+        .map_err(|e| RunError::Config(e.to_string()))?;
+    let resolver = Resolver::new(&cfg.workloads)?;
+    let host = identity::host_name(&cfg.identity);
+    names::validate("identity.host", &host).map_err(|e| RunError::Config(e.to_string()))?;
+
+    let health = Health::new(&["kafka", "capture"]);
+    telemetry::serve_http(cfg.http_addr, health.clone(), shutdown.clone()).await?;
+    let spool = Spool::open(&cfg.spool.dir, cfg.spool.max_bytes, cfg.spool.segment_bytes)?;
+    if spool.backlog() > 0 {
+        tracing::info!(
+            events = spool.backlog(),
+            "spool holds unsent events from an earlier run"
+        );
+    }
+
+    let mut source = choose(&cfg)?;
+    let mode = source.name();
+    health.set("capture", true, format!("{mode} capture running"));
+    tracing::info!(
+        mode,
+        org = %cfg.identity.org,
+        host = %host,
+        default_workload = %cfg.workloads.default,
+        spool = %cfg.spool.dir.display(),
+        brokers = %cfg.kafka.brokers,
+        "collector running"
+    );
+
+    let sender = tokio::spawn(sender::run(
+        spool.clone(),
+        cfg.kafka.clone(),
+        health.clone(),
+        shutdown.clone(),
+        Duration::from_secs(5),
+    ));
+
+    let mut builder = Builder::new(cfg.identity.org.clone(), host, mode, resolver);
+    let default_workload = cfg.workloads.default.clone();
+    let mut raws: Vec<Raw> = Vec::with_capacity(cfg.capture.batch_max);
+    let mut events: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(cfg.capture.batch_max);
+    let interval = Duration::from_millis(cfg.capture.proc_interval_ms.max(10));
+    let mut last_drops = (0, 0);
+    let mut drops_at = Instant::now();
+    let mut malformed = 0;
+
+    while !shutdown.is_cancelled() {
+        match &mut source {
+            Source::Ebpf(c) => {
+                tokio::select! {
+                    r = c.read(&mut raws, cfg.capture.batch_max, Duration::from_millis(200)) => {
+                        if let Err(e) = r {
+                            tracing::error!(error = %e, "ring buffer read failed");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                    () = shutdown.cancelled() => break,
+                }
+                if c.malformed > malformed {
+                    metrics::MALFORMED.inc_by(c.malformed - malformed);
+                    malformed = c.malformed;
+                }
+                if drops_at.elapsed() > Duration::from_secs(1) {
+                    drops_at = Instant::now();
+                    let (full, read) = c.kernel_drops();
+                    if full > last_drops.0 {
+                        tracing::warn!(
+                            lost = full - last_drops.0,
+                            "kernel ring buffer was full: records lost"
+                        );
+                    }
+                    metrics::KERNEL_DROPS
+                        .with_label_values(&["ringbuf_full"])
+                        .inc_by(full.saturating_sub(last_drops.0));
+                    metrics::KERNEL_DROPS
+                        .with_label_values(&["read_failed"])
+                        .inc_by(read.saturating_sub(last_drops.1));
+                    last_drops = (full, read);
+                }
+            }
+            Source::Procfs(s) => {
+                tokio::select! {
+                    () = tokio::time::sleep(interval) => {}
+                    () = shutdown.cancelled() => break,
+                }
+                // /proc walks are blocking work: off the reactor.
+                let mut scanner = std::mem::take(s);
+                let mut out = std::mem::take(&mut raws);
+                let (scanner, out) = tokio::task::spawn_blocking(move || {
+                    scanner.poll(&mut out);
+                    (scanner, out)
+                })
+                .await
+                .expect("procfs poll panicked");
+                *s = scanner;
+                raws = out;
+            }
+        }
+        if raws.is_empty() {
+            continue;
+        }
+        for raw in raws.drain(..) {
+            let mut ev: Event = builder.build(&raw);
+            if names::validate("workload", &ev.workload).is_err() {
+                ev.workload.clone_from(&default_workload);
+            }
+            metrics::CAPTURED
+                .with_label_values(&[ev.kind_name(), mode])
+                .inc();
+            if print {
+                let line = serde_json::to_string(&outlier_common::json::from_event(&ev))
+                    .unwrap_or_default();
+                println!("{line}");
+            }
+            events.push((ev.partition_key().into_bytes(), ev.encode_to_vec()));
+        }
+        let res = spool.append(events.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
+        events.clear();
+        if let Err(e) = res {
+            // The disk is the only place events can wait; without it they
+            // are lost, and we say so loudly.
+            tracing::error!(error = %e, "spool write failed: events lost");
+            health.set("capture", false, format!("spool write failed: {e}"));
+        }
+    }
+
+    tracing::info!("capture stopped; delivering what the spool holds");
+    if sender.await.is_err() {
+        tracing::error!("sender panicked");
+    }
+    tracing::info!("collector stopped");
+    Ok(())
+}
