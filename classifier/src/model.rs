@@ -369,7 +369,11 @@ impl Model {
             let lanes = LANES.min(n - start);
             let mut idx = [0u32; LANES];
             idx[..lanes].copy_from_slice(&f.roots[start..start + lanes]);
-            let depth = f.depth[start..start + lanes].iter().copied().max().unwrap_or(0);
+            let depth = f.depth[start..start + lanes]
+                .iter()
+                .copied()
+                .max()
+                .unwrap_or(0);
             for _ in 0..depth {
                 for i in idx.iter_mut().take(lanes) {
                     let node = f.nodes[*i as usize];

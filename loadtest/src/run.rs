@@ -214,8 +214,14 @@ pub async fn run(cfg: RunConfig, corpus: Arc<Corpus>) -> anyhow::Result<RunResul
                 // lets ClickHouse read only the granules of those seconds
                 // (the key is (org, ts, event_id)).
                 let secs = |ns: u64| u32::try_from(ns / 1_000_000_000).unwrap_or(u32::MAX);
-                let from = oldest.first().map_or(0, |(_, at)| secs(**at)).saturating_sub(1);
-                let to = oldest.last().map_or(0, |(_, at)| secs(**at)).saturating_add(1);
+                let from = oldest
+                    .first()
+                    .map_or(0, |(_, at)| secs(**at))
+                    .saturating_sub(1);
+                let to = oldest
+                    .last()
+                    .map_or(0, |(_, at)| secs(**at))
+                    .saturating_add(1);
                 let found: Vec<String> = match ch
                     .query(
                         "SELECT event_id FROM security_events \
