@@ -47,6 +47,24 @@ static EXECS: LruHashMap<u32, ExecEvent> = LruHashMap::with_max_entries(2048, 0)
 /// Open and connect records between entry and return, by thread.
 #[map]
 static OPENS: LruHashMap<u64, OpenEvent> = LruHashMap::with_max_entries(8192, 0);
+/// Opens whose path was not readable at entry (its page not yet faulted
+/// in, as for a string in a freshly exec'd program's read-only data): read
+/// again at exit, when the kernel has copied it and the page is present.
+#[map]
+static OPEN_RETRY: LruHashMap<u64, PendingOpen> = LruHashMap::with_max_entries(8192, 0);
+
+const AT_FDCWD: i32 = -100;
+
+/// What an open's exit needs to read its path again.
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct PendingOpen {
+    filename: u64,
+    flags: u32,
+    dfd: i32,
+    path_flags: u32,
+    _pad: u32,
+}
 #[map]
 static CONNECTS: LruHashMap<u64, ConnectEvent> = LruHashMap::with_max_entries(8192, 0);
 
@@ -402,15 +420,42 @@ unsafe fn open_enter(
             }
         }
     };
+    let filename = unsafe { ctx.read_at::<u64>(filename_at)? };
+    // open(2) has no directory fd: relative to the working directory.
+    let dfd = if filename_at == ARG0 {
+        AT_FDCWD
+    } else {
+        unsafe { ctx.read_at::<u64>(ARG0).unwrap_or(0) as i32 }
+    };
+    let p = PendingOpen {
+        filename,
+        flags,
+        dfd,
+        path_flags,
+        _pad: 0,
+    };
+    unsafe { open_record(&p, true) }
+}
+
+/// Reads an open's path, applies the filter, and stashes the record for
+/// the exit hook. At entry (`retry`), an unreadable path is left for the
+/// exit hook to read again; at exit it is counted as lost.
+#[inline(always)]
+unsafe fn open_record(p: &PendingOpen, retry: bool) -> Result<(), i32> {
+    let flags = p.flags;
     let write = flags & (O_WRONLY | O_RDWR | O_CREAT | O_TRUNC) != 0;
     let ev = OPEN_SCRATCH.get_ptr_mut(0).ok_or(0)?;
     let key = KEY_SCRATCH.get_ptr_mut(0).ok_or(0)?;
     unsafe {
-        let filename = ctx.read_at::<u64>(filename_at)? as *const u8;
+        let filename = p.filename as *const u8;
         let n = match bpf_probe_read_user_str_bytes(filename, &mut (*ev).path) {
             Ok(s) => s.len(),
             Err(_) => {
-                count_drop(DROP_READ_FAILED);
+                if retry {
+                    OPEN_RETRY.insert(bpf_get_current_pid_tgid(), p, 0)?;
+                } else {
+                    count_drop(DROP_READ_FAILED);
+                }
                 return Ok(());
             }
         };
@@ -433,8 +478,8 @@ unsafe fn open_enter(
         fill_header(ptr::addr_of_mut!((*ev).hdr), KIND_OPEN);
         (*ev).retval = 0;
         (*ev).flags = flags;
-        (*ev).dfd = ctx.read_at::<u64>(ARG0).unwrap_or(0) as i32;
-        (*ev).path_flags = path_flags
+        (*ev).dfd = p.dfd;
+        (*ev).path_flags = p.path_flags
             | if sensitive { OPEN_SENSITIVE } else { 0 }
             | if n >= PATH_CAP - 1 {
                 OPEN_PATH_TRUNCATED
@@ -456,6 +501,11 @@ pub fn outlier_open_exit(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 unsafe fn open_exit(ctx: &TracePointContext) -> Result<(), i32> {
     let id = bpf_get_current_pid_tgid();
+    if let Some(p) = unsafe { OPEN_RETRY.get(&id) } {
+        let p = *p;
+        let _ = OPEN_RETRY.remove(&id);
+        let _ = unsafe { open_record(&p, false) };
+    }
     let ev = OPENS.get_ptr_mut(id).ok_or(0)?;
     unsafe {
         (*ev).retval = ctx.read_at::<i64>(RET)? as i32;

@@ -62,6 +62,11 @@ pub struct CaptureConfig {
     pub ring_buffer_bytes: u32,
     /// Most records turned into events per batch.
     pub batch_max: usize,
+    /// After a batch, how long the ring buffer is left to fill before the
+    /// next read (unless the batch was full): one wake-up per this many ms
+    /// instead of one per event, which is what a quiet host's CPU goes to.
+    /// It adds at most this much latency.
+    pub batch_wait_ms: u64,
     /// How often the /proc fallback looks for new processes and connections.
     pub proc_interval_ms: u64,
 }
@@ -115,6 +120,7 @@ impl Default for CaptureConfig {
             ]),
             ring_buffer_bytes: 16 << 20,
             batch_max: 4096,
+            batch_wait_ms: 50,
             proc_interval_ms: 100,
         }
     }

@@ -255,14 +255,27 @@ impl Capture {
         })
     }
 
-    /// Waits (at most `tick`) for records, then drains up to `max` of them
-    /// into `out`. Readiness is cleared before draining, so a record that
-    /// arrives while draining wakes the next call.
+    /// Drains up to `max` records into `out`, waiting (at most `tick`) for
+    /// some only when the ring is empty. The kernel wakes a reader only
+    /// when it had caught up, so records left behind by a full batch (or
+    /// written while the reader let the ring fill) are read without
+    /// waiting for a wake-up that will not come.
     pub async fn read(&mut self, out: &mut Vec<Raw>, max: usize, tick: Duration) -> io::Result<()> {
+        if self.drain(out, max) > 0 {
+            return Ok(());
+        }
+        // Readiness was cleared before the last drain; a record committed
+        // since the ring went empty has set it again.
         tokio::select! {
             guard = self.ring.readable_mut() => guard?.clear_ready(),
             () = tokio::time::sleep(tick) => {}
         }
+        self.drain(out, max);
+        Ok(())
+    }
+
+    /// Takes up to `max` records that are in the ring now, without waiting.
+    pub fn drain(&mut self, out: &mut Vec<Raw>, max: usize) -> usize {
         let ring = self.ring.get_mut();
         let mut n = 0;
         while n < max {
@@ -276,7 +289,7 @@ impl Capture {
             }
             n += 1;
         }
-        Ok(())
+        n
     }
 
     /// Records the kernel side lost: (ring buffer full, user-memory read

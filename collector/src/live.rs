@@ -113,11 +113,13 @@ pub async fn run(
         "collector running"
     );
 
+    // The sender stops after the capture loop has spooled its last records.
+    let sender_stop = CancellationToken::new();
     let sender = tokio::spawn(sender::run(
         spool.clone(),
         cfg.kafka.clone(),
         health.clone(),
-        shutdown.clone(),
+        sender_stop.clone(),
         Duration::from_secs(5),
     ));
 
@@ -126,22 +128,43 @@ pub async fn run(
     let mut raws: Vec<Raw> = Vec::with_capacity(cfg.capture.batch_max);
     let mut events: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(cfg.capture.batch_max);
     let interval = Duration::from_millis(cfg.capture.proc_interval_ms.max(10));
+    let batch_wait = Duration::from_millis(cfg.capture.batch_wait_ms.min(1000));
+    let mut last_batch = 0;
     let mut last_drops = (0, 0);
     let mut drops_at = Instant::now();
     let mut malformed = 0;
 
-    while !shutdown.is_cancelled() {
+    // On SIGTERM the ring buffer is drained once more, so what the kernel
+    // captured before the signal is spooled (and delivered), not dropped.
+    let mut stopping = false;
+    loop {
         match &mut source {
             Source::Ebpf(c) => {
-                tokio::select! {
-                    r = c.read(&mut raws, cfg.capture.batch_max, Duration::from_millis(200)) => {
-                        if let Err(e) = r {
-                            tracing::error!(error = %e, "ring buffer read failed");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
+                // After a partial batch, let the ring fill a while before
+                // the next read: one wake-up per batch, not per event.
+                if last_batch > 0 && last_batch < cfg.capture.batch_max && !batch_wait.is_zero() {
+                    tokio::select! {
+                        () = tokio::time::sleep(batch_wait) => {}
+                        () = shutdown.cancelled() => stopping = true,
+                    }
+                }
+                if stopping {
+                    c.drain(&mut raws, usize::MAX);
+                } else {
+                    tokio::select! {
+                        r = c.read(&mut raws, cfg.capture.batch_max, Duration::from_millis(200)) => {
+                            if let Err(e) = r {
+                                tracing::error!(error = %e, "ring buffer read failed");
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                        }
+                        () = shutdown.cancelled() => {
+                            stopping = true;
+                            c.drain(&mut raws, usize::MAX);
                         }
                     }
-                    () = shutdown.cancelled() => break,
                 }
+                last_batch = raws.len();
                 if c.malformed > malformed {
                     metrics::MALFORMED.inc_by(c.malformed - malformed);
                     malformed = c.malformed;
@@ -183,6 +206,9 @@ pub async fn run(
             }
         }
         if raws.is_empty() {
+            if stopping || shutdown.is_cancelled() {
+                break;
+            }
             continue;
         }
         for raw in raws.drain(..) {
@@ -208,9 +234,13 @@ pub async fn run(
             tracing::error!(error = %e, "spool write failed: events lost");
             health.set("capture", false, format!("spool write failed: {e}"));
         }
+        if stopping || shutdown.is_cancelled() {
+            break;
+        }
     }
 
     tracing::info!("capture stopped; delivering what the spool holds");
+    sender_stop.cancel();
     if sender.await.is_err() {
         tracing::error!("sender panicked");
     }

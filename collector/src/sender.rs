@@ -30,6 +30,11 @@ pub fn producer(kafka: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
     if !kafka.properties.contains_key("message.timeout.ms") {
         c.set("message.timeout.ms", MESSAGE_TIMEOUT_MS);
     }
+    // Events arrive in batches (see `capture.batch_wait_ms`): wait a little
+    // for the next so a quiet host sends few, larger requests.
+    if !kafka.properties.contains_key("linger.ms") {
+        c.set("linger.ms", "20");
+    }
     c.create()
 }
 
