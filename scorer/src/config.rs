@@ -39,6 +39,11 @@ pub struct BaselineConfig {
     pub uri: String,
     /// Persist learned behaviour at least this often.
     pub flush_interval_ms: u64,
+    /// A behaviour seen again is written back (its count and last-seen
+    /// time) at most once per this many seconds of event time; new
+    /// behaviour is always written at the next flush. Stored last-seen
+    /// times, and so pruning after a restart, may lag by this much.
+    pub touch_interval_s: u64,
     /// Forget behaviour not seen for this many days.
     pub retention_days: u64,
     /// A workload learns every event until it has seen this many; after
@@ -56,6 +61,7 @@ impl Default for BaselineConfig {
         Self {
             uri: ".outlier/baselines".to_string(),
             flush_interval_ms: 1000,
+            touch_interval_s: 300,
             retention_days: 7,
             warmup_events: 200,
             ivf_threshold: 20_000,
@@ -167,6 +173,10 @@ pub struct BatchConfig {
     pub max_events: usize,
     /// Longest wait for a batch to fill, after its first event.
     pub max_wait_ms: u64,
+    /// Batches scored and sent but not yet acknowledged by Kafka; scoring
+    /// the next batch overlaps with waiting for the last one's acks.
+    /// Offsets are still stored in order, only once acknowledged.
+    pub max_inflight: usize,
 }
 
 impl Default for BatchConfig {
@@ -174,6 +184,7 @@ impl Default for BatchConfig {
         Self {
             max_events: 2000,
             max_wait_ms: 20,
+            max_inflight: 4,
         }
     }
 }

@@ -19,7 +19,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use futures::StreamExt;
 use futures::future::join_all;
+use futures::stream::FuturesOrdered;
 use outlier_classifier::{Assessment, Classifier};
 use outlier_common::featurize::embed;
 use outlier_common::kafka::{self, DLQ_REASON_HEADER, DLQ_SOURCE_HEADER, RECORD_KIND_HEADER};
@@ -85,6 +87,29 @@ struct OutRecord {
     key: Vec<u8>,
     payload: Vec<u8>,
     headers: Option<OwnedHeaders>,
+}
+
+/// A batch's delivery to Kafka: yields its offsets once every record is
+/// acknowledged, `None` if shutdown came first.
+type Delivery =
+    std::pin::Pin<Box<dyn Future<Output = Option<BTreeMap<(String, i32), i64>>> + Send>>;
+
+/// Waits for every delivery in flight and stores their offsets, in order.
+/// `false` if one was cut short by shutdown.
+async fn drain<X: rdkafka::consumer::ConsumerContext + 'static>(
+    inflight: &mut FuturesOrdered<Delivery>,
+    consumer: &rdkafka::consumer::StreamConsumer<X>,
+) -> bool {
+    while let Some(done) = inflight.next().await {
+        match done {
+            Some(offsets) => kafka::store_offsets(consumer, &offsets),
+            None => {
+                inflight.clear();
+                return false;
+            }
+        }
+    }
+    true
 }
 
 struct PersistJob {
@@ -162,15 +187,30 @@ pub async fn run(cfg: ScorerConfig, shutdown: CancellationToken) -> Result<(), R
     let mut prune_tick = tokio::time::interval(Duration::from_secs(3600));
     let max_wait = Duration::from_millis(cfg.batch.max_wait_ms);
 
+    // Deliveries in flight, oldest first: a batch's offsets are stored
+    // when it and every batch before it are acknowledged, so scoring the
+    // next batch overlaps with waiting for Kafka, and at-least-once holds.
+    let mut inflight: FuturesOrdered<Delivery> = FuturesOrdered::new();
+    let max_inflight = cfg.batch.max_inflight.max(1);
+
     let result = loop {
         let revoked = consumer.context().take_revoked();
         if !revoked.is_empty() {
+            // Finish what is in flight first: its offsets are stored before
+            // the revoked partitions' offsets are committed.
+            if !drain(&mut inflight, &consumer).await {
+                break Ok(());
+            }
             worker.release(&revoked, &persist_tx).await;
         }
         tokio::select! {
             biased;
             () = shutdown.cancelled() => break Ok(()),
-            _ = flush_tick.tick() => worker.flush(&persist_tx).await,
+            Some(done) = inflight.next(), if !inflight.is_empty() => match done {
+                Some(offsets) => kafka::store_offsets(&consumer, &offsets),
+                None => break Ok(()), // shut down before it was acknowledged
+            },
+            _ = flush_tick.tick() => worker.flush(&persist_tx, false).await,
             _ = prune_tick.tick() => worker.prune().await,
             _ = probe_tick.tick() => {
                 let k = cfg.kafka.clone();
@@ -183,7 +223,7 @@ pub async fn run(cfg: ScorerConfig, shutdown: CancellationToken) -> Result<(), R
                     }
                 });
             }
-            first = consumer.recv() => {
+            first = consumer.recv(), if inflight.len() < max_inflight => {
                 let first = match first {
                     Ok(m) => m.detach(),
                     Err(e) => {
@@ -194,15 +234,18 @@ pub async fn run(cfg: ScorerConfig, shutdown: CancellationToken) -> Result<(), R
                 };
                 let batch = kafka::fill_batch(&consumer, first, cfg.batch.max_events, max_wait).await;
                 match worker.process(batch).await {
-                    Ok(Some(offsets)) => kafka::store_offsets(&consumer, &offsets),
+                    Ok(Some(delivery)) => inflight.push_back(delivery),
                     Ok(None) => break Ok(()), // shut down mid-batch: offsets not stored
                     Err(e) => break Err(e),
                 }
             }
         }
     };
+    // What was scored is delivered (or, at shutdown, given up on and
+    // redone by the next owner: its offsets are not stored).
+    drain(&mut inflight, &consumer).await;
 
-    worker.flush(&persist_tx).await;
+    worker.flush(&persist_tx, true).await;
     drop(persist_tx);
     if persister.await.is_err() {
         tracing::error!("baseline persister panicked");
@@ -249,6 +292,76 @@ async fn persist_loop(store: Arc<Store>, mut rx: mpsc::Receiver<PersistJob>, hea
                 }
             }
         }
+    }
+}
+
+/// Sends records and waits until Kafka has acknowledged all of them,
+/// re-sending failures with backoff. `false` if shutdown came first.
+async fn deliver(
+    producer: &FutureProducer,
+    health: &Health,
+    shutdown: &CancellationToken,
+    records: &[OutRecord],
+) -> bool {
+    let mut todo: Vec<usize> = (0..records.len()).collect();
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let mut futures: Vec<(usize, DeliveryFuture)> = Vec::with_capacity(todo.len());
+        let mut failed = Vec::new();
+        for &i in &todo {
+            let OutRecord {
+                topic,
+                key,
+                payload,
+                headers,
+            } = &records[i];
+            loop {
+                let mut rec = FutureRecord::to(topic).key(key).payload(payload);
+                if let Some(h) = headers {
+                    rec = rec.headers(h.clone());
+                }
+                match producer.send_result(rec) {
+                    Ok(f) => {
+                        futures.push((i, f));
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                    Err((e, _)) => {
+                        tracing::error!(topic = %topic, error = %e, "cannot queue record");
+                        failed.push(i);
+                        break;
+                    }
+                }
+            }
+        }
+        let (idx, futs): (Vec<usize>, Vec<DeliveryFuture>) = futures.into_iter().unzip();
+        for (i, res) in idx.into_iter().zip(join_all(futs).await) {
+            match res {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => {
+                    tracing::warn!(error = %e, "delivery failed");
+                    failed.push(i);
+                }
+                Err(_) => failed.push(i),
+            }
+        }
+        if failed.is_empty() {
+            return true;
+        }
+        metrics::PRODUCE_RETRIES.inc_by(failed.len() as u64);
+        health.set(
+            "kafka",
+            false,
+            format!("{} records not acknowledged", failed.len()),
+        );
+        tokio::select! {
+            () = shutdown.cancelled() => return false,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
+        todo = failed;
     }
 }
 
@@ -319,12 +432,11 @@ pub fn decode(msg: &OwnedMessage) -> Result<Input, DeadLetter> {
 }
 
 impl Worker<'_> {
-    /// Scores and publishes one batch. Returns the offsets to store, or
-    /// `None` when shutdown interrupted the batch before it was delivered.
-    async fn process(
-        &mut self,
-        batch: Vec<OwnedMessage>,
-    ) -> Result<Option<BTreeMap<(String, i32), i64>>, RunError> {
+    /// Scores one batch and hands its records to the producer. Returns the
+    /// batch's delivery (which yields the offsets to store once Kafka
+    /// acknowledged every record), or `None` when shutdown interrupted the
+    /// batch before it was scored.
+    async fn process(&mut self, batch: Vec<OwnedMessage>) -> Result<Option<Delivery>, RunError> {
         let offsets = kafka::batch_offsets(&batch);
         let decoded: Vec<Result<Input, DeadLetter>> = batch.iter().map(decode).collect();
 
@@ -430,13 +542,18 @@ impl Worker<'_> {
                 }
             }
         }
-        if !self.deliver(&records).await {
-            return Ok(None);
-        }
-        metrics::STAGE_SECONDS
-            .with_label_values(&["produce"])
-            .observe(t.elapsed().as_secs_f64());
-        Ok(Some(offsets))
+        let producer = self.producer.clone();
+        let health = self.health.clone();
+        let shutdown = self.shutdown.clone();
+        Ok(Some(Box::pin(async move {
+            if !deliver(&producer, &health, &shutdown, &records).await {
+                return None;
+            }
+            metrics::STAGE_SECONDS
+                .with_label_values(&["produce"])
+                .observe(t.elapsed().as_secs_f64());
+            Some(offsets)
+        })))
     }
 
     /// Loads a baseline, retrying while LanceDB fails; `None` on shutdown.
@@ -468,80 +585,31 @@ impl Worker<'_> {
         }
     }
 
-    /// Sends records and waits until Kafka has acknowledged all of them,
-    /// re-sending failures with backoff. `false` if shutdown came first.
-    async fn deliver(&self, records: &[OutRecord]) -> bool {
-        let mut todo: Vec<usize> = (0..records.len()).collect();
-        let mut delay = Duration::from_millis(100);
-        loop {
-            let mut futures: Vec<(usize, DeliveryFuture)> = Vec::with_capacity(todo.len());
-            let mut failed = Vec::new();
-            for &i in &todo {
-                let OutRecord {
-                    topic,
-                    key,
-                    payload,
-                    headers,
-                } = &records[i];
-                loop {
-                    let mut rec = FutureRecord::to(topic).key(key).payload(payload);
-                    if let Some(h) = headers {
-                        rec = rec.headers(h.clone());
-                    }
-                    match self.producer.send_result(rec) {
-                        Ok(f) => {
-                            futures.push((i, f));
-                            break;
-                        }
-                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                            tokio::time::sleep(Duration::from_millis(2)).await;
-                        }
-                        Err((e, _)) => {
-                            tracing::error!(topic = %topic, error = %e, "cannot queue record");
-                            failed.push(i);
-                            break;
-                        }
-                    }
-                }
-            }
-            let (idx, futs): (Vec<usize>, Vec<DeliveryFuture>) = futures.into_iter().unzip();
-            for (i, res) in idx.into_iter().zip(join_all(futs).await) {
-                match res {
-                    Ok(Ok(_)) => {}
-                    Ok(Err((e, _))) => {
-                        tracing::warn!(error = %e, "delivery failed");
-                        failed.push(i);
-                    }
-                    Err(_) => failed.push(i),
-                }
-            }
-            if failed.is_empty() {
-                return true;
-            }
-            metrics::PRODUCE_RETRIES.inc_by(failed.len() as u64);
-            self.health.set(
-                "kafka",
-                false,
-                format!("{} records not acknowledged", failed.len()),
-            );
-            tokio::select! {
-                () = self.shutdown.cancelled() => return false,
-                () = tokio::time::sleep(delay) => {}
-            }
-            delay = (delay * 2).min(Duration::from_secs(10));
-            todo = failed;
-        }
-    }
-
     /// Hands learned (and forgotten) behaviour to the persister.
-    async fn flush(&mut self, tx: &mpsc::Sender<PersistJob>) {
+    /// Sends what is due to the persister: new and forgotten behaviour,
+    /// and repeats whose write-back is due (`touch_interval_s`); with
+    /// `full`, everything pending (at shutdown).
+    async fn flush(&mut self, tx: &mpsc::Sender<PersistJob>, full: bool) {
+        let touch_ns = self
+            .cfg
+            .baseline
+            .touch_interval_s
+            .saturating_mul(1_000_000_000);
         for (key, b) in &mut self.judge.baselines {
             if b.has_dirty() {
+                let rows = if full {
+                    b.take_dirty()
+                } else {
+                    b.take_dirty_due(touch_ns)
+                };
                 let job = PersistJob {
                     key: key.clone(),
-                    rows: b.take_dirty(),
+                    rows,
                     deletes: b.take_forgotten(),
                 };
+                if job.rows.is_empty() && job.deletes.is_empty() {
+                    continue;
+                }
                 if tx.send(job).await.is_err() {
                     tracing::error!("baseline persister is gone");
                     return;
@@ -642,7 +710,12 @@ impl Judge {
                 alert,
                 cc.known_below,
             );
-            let a = if p.p_malicious >= 0.5 {
+            // SHAP explanations cost ~10x the classification: computed for
+            // what is flagged (by either side) or what the classifier
+            // itself would flag, not for every event leaning malicious.
+            let flagged =
+                matches!(verdict, Verdict::Warn | Verdict::Alert) || p.p_malicious >= warn;
+            let a = if flagged && p.p_malicious >= 0.5 {
                 c.explain(&features, &p, cc.explain_top)
             } else {
                 c.assess(&p)
