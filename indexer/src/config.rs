@@ -86,6 +86,9 @@ pub struct BatchConfig {
     pub max_rows: usize,
     /// ...or when the oldest buffered row has waited this long.
     pub max_wait_ms: u64,
+    /// Batches being written at once (offsets are stored in order, each
+    /// only once its batch and every earlier one are stored).
+    pub max_inflight: usize,
 }
 
 impl Default for BatchConfig {
@@ -93,6 +96,7 @@ impl Default for BatchConfig {
         Self {
             max_rows: 50_000,
             max_wait_ms: 500,
+            max_inflight: 4,
         }
     }
 }

@@ -1,14 +1,19 @@
 //! The ClickHouse sink: a consumer group over the scored topic, batched
-//! inserts (flush by size or time), offsets stored only after ClickHouse
-//! accepted the insert. A failed insert is retried with backoff and nothing
+//! inserts (flush by size or time), several batches in flight, offsets
+//! stored in order, each only after ClickHouse accepted its batch and
+//! every batch before it. A failed insert is retried with backoff and nothing
 //! is committed meanwhile, so nothing acknowledged is lost; a replayed batch
 //! collapses into the same rows (ReplacingMergeTree on event_id).
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clickhouse::Client;
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
 use outlier_common::featurize::{behaviour_key, embed};
 use outlier_common::kafka::{self, DLQ_REASON_HEADER, DLQ_SOURCE_HEADER};
 use outlier_common::telemetry::{self, Health};
@@ -144,6 +149,7 @@ pub async fn run(cfg: IndexerConfig, shutdown: CancellationToken) -> Result<(), 
     tracing::info!(topic = %cfg.kafka.topics.scored, group = %cfg.group_id, "indexer running");
 
     let max_wait = Duration::from_millis(cfg.batch.max_wait_ms);
+    let search_lock = tokio::sync::Mutex::new(());
     let mut sink = Sink {
         ch: &ch,
         producer: &producer,
@@ -151,13 +157,24 @@ pub async fn run(cfg: IndexerConfig, shutdown: CancellationToken) -> Result<(), 
         health: &health,
         shutdown: &shutdown,
         search: &search,
+        search_lock: &search_lock,
         known: HashSet::new(),
     };
+    // Batches being written, oldest first: a batch's offsets are stored
+    // once it and every batch before it are in ClickHouse and the search
+    // index, so consuming and decoding the next batch overlaps with the
+    // inserts, and at-least-once holds.
+    let mut inflight: FuturesOrdered<Pending<'_>> = FuturesOrdered::new();
+    let max_inflight = cfg.batch.max_inflight.max(1);
     let mut retention_tick = tokio::time::interval(Duration::from_secs(3600));
     loop {
         tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
+            Some(done) = inflight.next(), if !inflight.is_empty() => match done {
+                Some(offsets) => kafka::store_offsets(&consumer, &offsets),
+                None => break, // shut down before the batch was safely stored
+            },
             _ = retention_tick.tick(), if !version.has_ttl() => {
                 let today = schema::yyyymmdd_of_unix(SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0));
                 match schema::drop_expired_partitions(&admin, &cfg.clickhouse.database, cfg.clickhouse.retention_days, today).await {
@@ -166,7 +183,7 @@ pub async fn run(cfg: IndexerConfig, shutdown: CancellationToken) -> Result<(), 
                     Err(e) => tracing::warn!(error = %e, "retention pass failed"),
                 }
             }
-            first = consumer.recv() => {
+            first = consumer.recv(), if inflight.len() < max_inflight => {
                 let first = match first {
                     Ok(m) => m.detach(),
                     Err(e) => {
@@ -177,17 +194,34 @@ pub async fn run(cfg: IndexerConfig, shutdown: CancellationToken) -> Result<(), 
                 };
                 let batch = kafka::fill_batch(&consumer, first, cfg.batch.max_rows, max_wait).await;
                 let offsets = kafka::batch_offsets(&batch);
-                if !sink.sink_batch(&batch).await {
-                    break; // shut down before the batch was safely stored
+                match sink.prepare(&batch).await {
+                    Some(write) => inflight.push_back(Box::pin(async move {
+                        write.await.then_some(offsets)
+                    })),
+                    None => break, // shut down while dead-lettering
                 }
-                kafka::store_offsets(&consumer, &offsets);
             }
         }
     }
+    // Finish the writes in flight and store their offsets, in order; at
+    // shutdown a write still retrying is given up and its batch is redone
+    // by the next owner.
+    while let Some(done) = inflight.next().await {
+        match done {
+            Some(offsets) => kafka::store_offsets(&consumer, &offsets),
+            None => break,
+        }
+    }
+    drop(inflight);
     kafka::commit_stored(&consumer);
     tracing::info!("indexer stopped");
     Ok(())
 }
+
+/// A batch being written: its offsets once it is safely stored, `None` if
+/// shutdown came first.
+type Pending<'a> = Pin<Box<dyn Future<Output = Option<Offsets>> + Send + 'a>>;
+type Offsets = std::collections::BTreeMap<(String, i32), i64>;
 
 struct Sink<'a> {
     ch: &'a Client,
@@ -196,19 +230,28 @@ struct Sink<'a> {
     health: &'a Health,
     shutdown: &'a CancellationToken,
     search: &'a SearchIndex,
-    /// Behaviours already in the search index (hashes of org and row id),
-    /// so repeated behaviour costs no embedding and no write.
+    /// One search-index write at a time: concurrent merge-inserts into one
+    /// LanceDB table would only conflict and retry.
+    search_lock: &'a tokio::sync::Mutex<()>,
+    /// Behaviours already in the search index, or on their way there
+    /// (hashes of org and row id), so repeated behaviour costs no embedding
+    /// and no write.
     known: HashSet<u64>,
 }
 
 /// Most behaviour ids remembered before the memory is reset.
 const KNOWN_MAX: usize = 2_000_000;
 
-impl Sink<'_> {
-    /// Inserts a batch into ClickHouse and its new behaviours into the
-    /// search index, retrying until both succeed. Undecodable records go to
-    /// the dead-letter topic. `false` if shutdown came first.
-    async fn sink_batch(&mut self, batch: &[OwnedMessage]) -> bool {
+impl<'a> Sink<'a> {
+    /// Decodes a batch (undecodable records go to the dead-letter topic)
+    /// and returns the write of the rest: the ClickHouse insert, then its
+    /// new behaviours into the search index, each retried until it
+    /// succeeds; the write yields `false` if shutdown came first. `None`
+    /// if shutdown came while dead-lettering.
+    async fn prepare(
+        &mut self,
+        batch: &[OwnedMessage],
+    ) -> Option<Pin<Box<dyn Future<Output = bool> + Send + 'a>>> {
         let mut scored = Vec::with_capacity(batch.len());
         for m in batch {
             match m.payload().map(ScoredEvent::decode) {
@@ -220,15 +263,15 @@ impl Sink<'_> {
                         None => "empty record".to_string(),
                     };
                     if !dead_letter(self.producer, self.cfg, m, &reason, self.shutdown).await {
-                        return false;
+                        return None;
                     }
                 }
             }
         }
-        if scored.is_empty() {
-            return true;
-        }
-        // Behaviours new to the search index, by org.
+        // Behaviours new to the search index, by org. They count as known
+        // from here on: the write below retries until it succeeds, and a
+        // shutdown before that leaves the batch's offsets unstored, so the
+        // next owner indexes them again.
         let mut entries: HashMap<String, Vec<Entry>> = HashMap::new();
         let mut batch_known = HashSet::new();
         for s in &mut scored {
@@ -250,16 +293,22 @@ impl Sink<'_> {
                 last_seen_ns: event.ts_ns,
             });
         }
+        if self.known.len() + batch_known.len() > KNOWN_MAX {
+            self.known.clear();
+        }
+        self.known.extend(batch_known);
         let rows: Vec<EventRow> = scored.iter().map(EventRow::from_scored).collect();
-
-        let mut delay = Duration::from_millis(100);
-        let mut inserted = false;
-        loop {
-            if !inserted {
+        let (ch, health, shutdown) = (self.ch, self.health, self.shutdown);
+        let (search, search_lock) = (self.search, self.search_lock);
+        Some(Box::pin(async move {
+            if rows.is_empty() {
+                return true;
+            }
+            let mut delay = Duration::from_millis(100);
+            loop {
                 let t = Instant::now();
-                match insert(self.ch, &rows).await {
+                match insert(ch, &rows).await {
                     Ok(()) => {
-                        inserted = true;
                         metrics::INSERT_SECONDS.observe(t.elapsed().as_secs_f64());
                         metrics::BATCH_ROWS.observe(rows.len() as f64);
                         metrics::ROWS
@@ -272,46 +321,61 @@ impl Sink<'_> {
                         for r in &rows {
                             metrics::LAG_SECONDS.observe(now.saturating_sub(r.ts_ns) as f64 / 1e9);
                         }
-                        self.health.set("clickhouse", true, "inserts succeed");
+                        health.set("clickhouse", true, "inserts succeed");
+                        break;
                     }
                     Err(e) => {
                         metrics::INSERT_ERRORS.inc();
-                        self.health.set("clickhouse", false, e.to_string());
+                        health.set("clickhouse", false, e.to_string());
                         tracing::warn!(rows = rows.len(), error = %e, retry_in_ms = delay.as_millis() as u64, "clickhouse insert failed");
                     }
                 }
+                if !backoff(shutdown, &mut delay).await {
+                    return false;
+                }
             }
-            if inserted {
-                match self.index(&entries).await {
-                    Ok(()) => break,
+            if entries.is_empty() {
+                return true;
+            }
+            let _one_writer = search_lock.lock().await;
+            let mut delay = Duration::from_millis(100);
+            loop {
+                match index(search, health, &entries).await {
+                    Ok(()) => return true,
                     Err(e) => {
-                        self.health.set("lancedb", false, e.to_string());
+                        health.set("lancedb", false, e.to_string());
                         tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "search index write failed");
                     }
                 }
+                if !backoff(shutdown, &mut delay).await {
+                    return false;
+                }
             }
-            tokio::select! {
-                () = self.shutdown.cancelled() => return false,
-                () = tokio::time::sleep(delay) => {}
-            }
-            delay = (delay * 2).min(Duration::from_secs(30));
-        }
-        if self.known.len() + batch_known.len() > KNOWN_MAX {
-            self.known.clear();
-        }
-        self.known.extend(batch_known);
-        true
+        }))
     }
+}
 
-    async fn index(&self, entries: &HashMap<String, Vec<Entry>>) -> Result<(), SearchIndexError> {
-        for (org, e) in entries {
-            self.search.upsert(org, e).await?;
-            metrics::SEARCH_UPSERTS.inc_by(e.len() as u64);
-        }
-        self.health
-            .set("lancedb", true, "search index writes succeed");
-        Ok(())
+/// Sleeps `delay` (doubling it, up to 30 s) unless shutdown comes first.
+async fn backoff(shutdown: &CancellationToken, delay: &mut Duration) -> bool {
+    tokio::select! {
+        () = shutdown.cancelled() => return false,
+        () = tokio::time::sleep(*delay) => {}
     }
+    *delay = (*delay * 2).min(Duration::from_secs(30));
+    true
+}
+
+async fn index(
+    search: &SearchIndex,
+    health: &Health,
+    entries: &HashMap<String, Vec<Entry>>,
+) -> Result<(), SearchIndexError> {
+    for (org, e) in entries {
+        search.upsert(org, e).await?;
+        metrics::SEARCH_UPSERTS.inc_by(e.len() as u64);
+    }
+    health.set("lancedb", true, "search index writes succeed");
+    Ok(())
 }
 
 fn known_id(org: &str, workload: &str, key: u64) -> u64 {
