@@ -334,6 +334,35 @@ pub fn store_offsets<C: Consumer<X>, X: rdkafka::consumer::ConsumerContext>(
     }
 }
 
+/// Offsets to store, by (topic, partition): the next offset to consume.
+pub type Offsets = BTreeMap<(String, i32), i64>;
+
+/// Waits for every batch still in flight, oldest first, storing each one's
+/// offsets as it completes. A batch yields `None` when shutdown cut it short:
+/// the rest are dropped unstored (their records are redone by the next
+/// owner) and this returns `false`.
+pub async fn finish_in_order<F, C, X>(
+    inflight: &mut futures::stream::FuturesOrdered<F>,
+    consumer: &C,
+) -> bool
+where
+    F: std::future::Future<Output = Option<Offsets>>,
+    C: Consumer<X>,
+    X: rdkafka::consumer::ConsumerContext,
+{
+    use futures::StreamExt as _;
+    while let Some(done) = inflight.next().await {
+        match done {
+            Some(offsets) => store_offsets(consumer, &offsets),
+            None => {
+                inflight.clear();
+                return false;
+            }
+        }
+    }
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -206,12 +206,7 @@ pub async fn run(cfg: IndexerConfig, shutdown: CancellationToken) -> Result<(), 
     // Finish the writes in flight and store their offsets, in order; at
     // shutdown a write still retrying is given up and its batch is redone
     // by the next owner.
-    while let Some(done) = inflight.next().await {
-        match done {
-            Some(offsets) => kafka::store_offsets(&consumer, &offsets),
-            None => break,
-        }
-    }
+    kafka::finish_in_order(&mut inflight, &consumer).await;
     drop(inflight);
     kafka::commit_stored(&consumer);
     tracing::info!("indexer stopped");
@@ -221,7 +216,7 @@ pub async fn run(cfg: IndexerConfig, shutdown: CancellationToken) -> Result<(), 
 /// A batch being written: its offsets once it is safely stored, `None` if
 /// shutdown came first.
 type Pending<'a> = Pin<Box<dyn Future<Output = Option<Offsets>> + Send + 'a>>;
-type Offsets = std::collections::BTreeMap<(String, i32), i64>;
+use kafka::Offsets;
 
 struct Sink<'a> {
     ch: &'a Client,

@@ -15,7 +15,7 @@
 //! and the baselines of workloads on revoked partitions are persisted and
 //! dropped from memory, so the next owner loads them from LanceDB.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -91,26 +91,7 @@ struct OutRecord {
 
 /// A batch's delivery to Kafka: yields its offsets once every record is
 /// acknowledged, `None` if shutdown came first.
-type Delivery =
-    std::pin::Pin<Box<dyn Future<Output = Option<BTreeMap<(String, i32), i64>>> + Send>>;
-
-/// Waits for every delivery in flight and stores their offsets, in order.
-/// `false` if one was cut short by shutdown.
-async fn drain<X: rdkafka::consumer::ConsumerContext + 'static>(
-    inflight: &mut FuturesOrdered<Delivery>,
-    consumer: &rdkafka::consumer::StreamConsumer<X>,
-) -> bool {
-    while let Some(done) = inflight.next().await {
-        match done {
-            Some(offsets) => kafka::store_offsets(consumer, &offsets),
-            None => {
-                inflight.clear();
-                return false;
-            }
-        }
-    }
-    true
-}
+type Delivery = std::pin::Pin<Box<dyn Future<Output = Option<kafka::Offsets>> + Send>>;
 
 struct PersistJob {
     key: WorkloadKey,
@@ -198,7 +179,7 @@ pub async fn run(cfg: ScorerConfig, shutdown: CancellationToken) -> Result<(), R
         if !revoked.is_empty() {
             // Finish what is in flight first: its offsets are stored before
             // the revoked partitions' offsets are committed.
-            if !drain(&mut inflight, &consumer).await {
+            if !kafka::finish_in_order(&mut inflight, &consumer).await {
                 break Ok(());
             }
             worker.release(&revoked, &persist_tx).await;
@@ -243,7 +224,7 @@ pub async fn run(cfg: ScorerConfig, shutdown: CancellationToken) -> Result<(), R
     };
     // What was scored is delivered (or, at shutdown, given up on and
     // redone by the next owner: its offsets are not stored).
-    drain(&mut inflight, &consumer).await;
+    kafka::finish_in_order(&mut inflight, &consumer).await;
 
     worker.flush(&persist_tx, true).await;
     drop(persist_tx);
