@@ -138,6 +138,10 @@ pub async fn run(
         };
         let res = tokio::select! {
             r = &mut front.delivery => r,
+            // Capture goes on while the oldest record waits for its
+            // acknowledgement: queue what arrived and keep the gauges live
+            // (during an outage the wait lasts the producer's timeout).
+            () = spool.appended(), if deadline.is_none() => continue,
             () = tokio::time::sleep(Duration::from_millis(100)), if deadline.is_some() => continue,
             () = shutdown.cancelled(), if deadline.is_none() => continue,
         };
