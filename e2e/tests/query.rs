@@ -312,6 +312,28 @@ async fn query_search_and_alerts_are_org_scoped() {
             .all(|h| h.event.as_ref().unwrap().event.as_ref().unwrap().org == a)
     );
     assert!(hits.windows(2).all(|w| w[0].similarity >= w[1].similarity));
+    // Only events since `since_ns`: the reverse shell happened before.
+    let later = s
+        .search(SearchRequest {
+            org: a.clone(),
+            query: Some(search_request::Query::Text(
+                "reverse shell bash outbound connection".into(),
+            )),
+            limit: 5,
+            since_ns: top.ts_ns + 1,
+            ..SearchRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .hits;
+    assert!(
+        later.iter().all(|h| {
+            let e = h.event.as_ref().unwrap().event.as_ref().unwrap();
+            e.event_id != "a-revshell" && e.ts_ns > top.ts_ns
+        }),
+        "{later:?}"
+    );
     let hits_b = s
         .search(SearchRequest {
             org: b.clone(),

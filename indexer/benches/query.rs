@@ -136,10 +136,17 @@ async fn main() {
     let batch = 50_000u64;
     let t = Instant::now();
     let mut i = 0;
+    // org-1's events, for the search index's examples below.
+    let mut org1: Vec<(u64, String)> = Vec::new();
     while i < rows_n {
         let rows: Vec<EventRow> = (i..(i + batch).min(rows_n))
             .map(|j| row(j, now_ns, &mut rng))
             .collect();
+        org1.extend(
+            rows.iter()
+                .filter(|r| r.org == "org-1")
+                .map(|r| (r.ts_ns, r.event_id.clone())),
+        );
         let mut insert = ch.insert::<EventRow>(schema::TABLE).await.unwrap();
         for r in &rows {
             insert.write(r).await.unwrap();
@@ -177,6 +184,18 @@ async fn main() {
         "| QueryEvents (org, last hour, verdict=alert, page 50) over {rows_n} rows | p50 {p50:.1} ms, p99 {p99:.1} ms |"
     );
 
+    // GetEvent: one event by id (no time given).
+    let mut d = Vec::new();
+    for k in 0..100usize {
+        let (_, id) = &org1[(k * 7919) % org1.len()];
+        let t = Instant::now();
+        let got = query::get_event(&ch, "org-1", id).await.unwrap();
+        d.push(t.elapsed());
+        assert_eq!(got.map(|r| r.event_id).as_deref(), Some(id.as_str()));
+    }
+    let (p50, p99) = pct(d);
+    println!("| GetEvent (org, id) over {rows_n} rows | p50 {p50:.1} ms, p99 {p99:.1} ms |");
+
     // 3. Search over 1M behaviour vectors of one org.
     let dir = tempfile::tempdir().unwrap();
     let idx = SearchIndex::open(dir.path().to_str().unwrap())
@@ -187,11 +206,15 @@ async fn main() {
     for chunk in (0..vectors_n).collect::<Vec<_>>().chunks(100_000) {
         let entries: Vec<Entry> = chunk
             .iter()
-            .map(|&k| Entry {
-                workload: format!("w{}", k % 50),
-                behaviour_key: k as u64,
-                vector: unit(&mut rng),
-                last_seen_ns: now_ns,
+            .map(|&k| {
+                let (ts_ns, id) = &org1[k % org1.len()];
+                Entry {
+                    workload: format!("w{}", k % 50),
+                    behaviour_key: k as u64,
+                    vector: unit(&mut rng),
+                    last_seen_ns: *ts_ns,
+                    event_id: id.clone(),
+                }
             })
             .collect();
         idx.upsert("org-1", &entries).await.unwrap();
@@ -216,12 +239,8 @@ async fn main() {
         let t = Instant::now();
         let hits = idx.search("org-1", &q, &[], 20).await.unwrap();
         dv.push(t.elapsed());
-        let keys: Vec<u64> = hits.iter().map(|h| h.behaviour_key).collect();
-        std::hint::black_box(
-            query::events_by_behaviour(&ch, "org-1", &keys, 0, 1)
-                .await
-                .unwrap(),
-        );
+        let events = query::events_of_hits(&ch, "org-1", &hits, 0).await.unwrap();
+        assert_eq!(events.len(), hits.len(), "every hit's event is found");
         df.push(t.elapsed());
     }
     let (p50, p99) = pct(dv);

@@ -2,7 +2,7 @@
 //! AlertStream, with reflection and health so `grpcurl` works. Every call
 //! is scoped by the org it names.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -116,23 +116,13 @@ impl Search for Services {
             .search(&req.org, &q, &req.workloads, limit)
             .await
             .map_err(|e| Status::unavailable(format!("search index: {e}")))?;
-        let keys: Vec<u64> = hits.iter().map(|h| h.behaviour_key).collect();
-        let rows = query::events_by_behaviour(&self.ch, &req.org, &keys, req.since_ns, 1)
+        let hits = query::events_of_hits(&self.ch, &req.org, &hits, req.since_ns)
             .await
-            .map_err(status)?;
-        let by_key: HashMap<(String, u64), ScoredEvent> = rows
-            .iter()
-            .map(|r| ((r.workload.clone(), r.behaviour_key), r.to_scored()))
-            .collect();
-        let hits = hits
+            .map_err(status)?
             .into_iter()
-            .filter_map(|h| {
-                by_key
-                    .get(&(h.workload.clone(), h.behaviour_key))
-                    .map(|e| SearchHit {
-                        event: Some(e.clone()),
-                        similarity: 1.0 - h.distance,
-                    })
+            .map(|(row, similarity)| SearchHit {
+                event: Some(row.to_scored()),
+                similarity,
             })
             .collect();
         Ok(Response::new(SearchResponse { hits }))

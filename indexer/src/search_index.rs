@@ -18,6 +18,7 @@ use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 use futures::TryStreamExt;
 use lancedb::index::Index;
 use lancedb::query::{ExecutableQuery, QueryBase, Select};
+use lancedb::table::NewColumnTransform;
 use lancedb::{Connection, DistanceType, Table};
 use outlier_common::featurize::{DIM, Embedding};
 use outlier_common::names::org_storage_name;
@@ -41,7 +42,11 @@ pub struct Entry {
     pub workload: String,
     pub behaviour_key: u64,
     pub vector: Embedding,
+    /// When `event_id` happened.
     pub last_seen_ns: u64,
+    /// An event with this behaviour (the one written last): Search shows
+    /// it, found in ClickHouse by its primary key.
+    pub event_id: String,
 }
 
 /// A behaviour found by a search.
@@ -50,6 +55,10 @@ pub struct Hit {
     pub workload: String,
     pub behaviour_key: u64,
     pub distance: f32,
+    /// An event with this behaviour and its time (empty in tables written
+    /// before examples were kept).
+    pub event_id: String,
+    pub ts_ns: u64,
 }
 
 /// Row id of a behaviour in its org's table: the same behaviour in two
@@ -84,6 +93,7 @@ fn schema() -> SchemaRef {
             false,
         ),
         Field::new("last_seen_ns", DataType::Int64, false),
+        Field::new("event_id", DataType::Utf8, true),
     ]))
 }
 
@@ -108,6 +118,17 @@ impl SearchIndex {
         }
         match self.db.open_table(name).execute().await {
             Ok(t) => {
+                // Tables written before examples were kept gain the column
+                // (empty: Search then looks their events up by behaviour).
+                if t.schema().await?.field_with_name("event_id").is_err() {
+                    t.add_columns()
+                        .transform(NewColumnTransform::AllNulls(Arc::new(Schema::new(vec![
+                            Field::new("event_id", DataType::Utf8, true),
+                        ]))))
+                        .execute()
+                        .await?;
+                    tracing::info!(table = name, "search table migrated: event_id added");
+                }
                 self.tables.lock().await.insert(name.to_string(), t.clone());
                 Ok(Some(t))
             }
@@ -144,6 +165,9 @@ impl SearchIndex {
                 ),
                 Arc::new(Int64Array::from_iter_values(
                     entries.iter().map(|e| e.last_seen_ns as i64),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    entries.iter().map(|e| e.event_id.as_str()),
                 )),
             ],
         )?;
@@ -189,7 +213,12 @@ impl SearchIndex {
             .query()
             .nearest_to(q.as_slice())?
             .distance_type(DistanceType::Cosine)
-            .select(Select::columns(&["workload", "behaviour_key"]))
+            .select(Select::columns(&[
+                "workload",
+                "behaviour_key",
+                "event_id",
+                "last_seen_ns",
+            ]))
             .limit(limit.max(1))
             .refine_factor(4)
             .nprobes(24)?;
@@ -220,11 +249,25 @@ impl SearchIndex {
                 .as_any()
                 .downcast_ref::<Float32Array>()
                 .ok_or_else(|| SearchIndexError::Schema("_distance".into()))?;
+            let id = col("event_id")?
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .ok_or_else(|| SearchIndexError::Schema("event_id".into()))?;
+            let seen = col("last_seen_ns")?
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .ok_or_else(|| SearchIndexError::Schema("last_seen_ns".into()))?;
             for i in 0..b.num_rows() {
                 hits.push(Hit {
                     workload: wl.value(i).to_string(),
                     behaviour_key: key.value(i) as u64,
                     distance: dist.value(i),
+                    event_id: if id.is_null(i) {
+                        String::new()
+                    } else {
+                        id.value(i).to_string()
+                    },
+                    ts_ns: seen.value(i) as u64,
                 });
             }
         }
@@ -315,6 +358,7 @@ mod tests {
             behaviour_key: behaviour_key(&v),
             vector: v,
             last_seen_ns: 1,
+            event_id: format!("{wl}-1"),
         };
         idx.upsert(
             "a",
@@ -341,6 +385,7 @@ mod tests {
             .unwrap();
         assert_eq!(hits[0].behaviour_key, behaviour_key(&rev));
         assert_eq!(hits.len(), 3);
+        assert_eq!((hits[0].event_id.as_str(), hits[0].ts_ns), ("web-1", 1));
         let hits = idx
             .search("a", &nginx, &["db".to_string()], 10)
             .await
@@ -359,5 +404,56 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+    }
+
+    #[tokio::test]
+    async fn tables_without_examples_are_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let uri = dir.path().to_str().unwrap();
+        // A table as written before examples were kept.
+        let nginx = ev("nginx", &["nginx: worker process"]);
+        let old = Arc::new(Schema::new(schema().fields()[..5].to_vec()));
+        let batch = RecordBatch::try_new(
+            old,
+            vec![
+                Arc::new(Int64Array::from(vec![row_id("web", 7)])),
+                Arc::new(StringArray::from(vec!["web"])),
+                Arc::new(Int64Array::from(vec![7])),
+                Arc::new(
+                    FixedSizeListArray::from_iter_primitive::<Float32Type, _, _>(
+                        [Some(nginx.iter().copied().map(Some).collect::<Vec<_>>())],
+                        DIM as i32,
+                    ),
+                ),
+                Arc::new(Int64Array::from(vec![5])),
+            ],
+        )
+        .unwrap();
+        let db = lancedb::connect(uri).execute().await.unwrap();
+        db.create_table(&org_storage_name("a"), batch)
+            .execute()
+            .await
+            .unwrap();
+
+        let idx = SearchIndex::open(uri).await.unwrap();
+        let rev = ev("bash", &["bash", "-i"]);
+        idx.upsert(
+            "a",
+            &[Entry {
+                workload: "web".into(),
+                behaviour_key: 8,
+                vector: rev,
+                last_seen_ns: 9,
+                event_id: "e9".into(),
+            }],
+        )
+        .await
+        .unwrap();
+        let hits = idx.search("a", &nginx, &[], 10).await.unwrap();
+        let got: Vec<(u64, &str, u64)> = hits
+            .iter()
+            .map(|h| (h.behaviour_key, h.event_id.as_str(), h.ts_ns))
+            .collect();
+        assert_eq!(got, vec![(7, "", 5), (8, "e9", 9)]);
     }
 }

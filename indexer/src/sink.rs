@@ -286,6 +286,7 @@ impl<'a> Sink<'a> {
                 behaviour_key: s.behaviour_key,
                 vector: vector.unwrap_or_else(|| embed(event)),
                 last_seen_ns: event.ts_ns,
+                event_id: event.event_id.clone(),
             });
         }
         if self.known.len() + batch_known.len() > KNOWN_MAX {
