@@ -430,7 +430,7 @@ mod tests {
         )
         .unwrap();
         let db = lancedb::connect(uri).execute().await.unwrap();
-        db.create_table(&org_storage_name("a"), batch)
+        db.create_table(org_storage_name("a"), batch)
             .execute()
             .await
             .unwrap();
