@@ -12,7 +12,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use outlier_common::json;
 use outlier_common::kafka::KafkaConfig;
-use outlier_proto::{ScoredEvent, Verdict};
+use outlier_proto::Verdict;
 use prost::Message as _;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -146,7 +146,7 @@ pub async fn run(cfg: RunConfig, corpus: Arc<Corpus>) -> anyhow::Result<RunResul
                         }
                         Err(_) => continue,
                     };
-                let Some(Ok(s)) = msg.payload().map(ScoredEvent::decode) else {
+                let Some(Ok(s)) = msg.payload().map(ScoredLite::decode) else {
                     continue;
                 };
                 let Some(e) = &s.event else { continue };
@@ -444,4 +444,58 @@ fn progress_bars(total: u64) -> (indicatif::ProgressBar, indicatif::ProgressBar)
             .with_prefix("scored"),
     );
     (p, s)
+}
+
+/// The fields of an `outlier.v1.ScoredEvent` the measurement reads (tags as
+/// in scored.proto / events.proto). Decoding only these skips the rest of
+/// each record (argv, explanation, contributions) without allocating: the
+/// load generator must not load the machine it measures more than it must.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ScoredLite {
+    #[prost(message, optional, tag = "1")]
+    event: Option<EventLite>,
+    #[prost(float, tag = "2")]
+    anomaly_score: f32,
+    #[prost(enumeration = "Verdict", tag = "8")]
+    verdict: i32,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct EventLite {
+    #[prost(string, tag = "1")]
+    event_id: String,
+    #[prost(string, tag = "2")]
+    org: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use outlier_proto::{Contribution, Event, ScoredEvent};
+
+    #[test]
+    fn the_lite_decode_reads_what_the_full_one_does() {
+        let full = ScoredEvent {
+            event: Some(Event {
+                event_id: "lt-1-42".into(),
+                org: "acme".into(),
+                workload: "web".into(),
+                comm: "bash".into(),
+                ..Event::default()
+            }),
+            anomaly_score: 0.75,
+            verdict: Verdict::Warn as i32,
+            explanation: "unlike all 12 known behaviours".into(),
+            contributions: vec![Contribution {
+                feature: "f".into(),
+                ..Contribution::default()
+            }],
+            ..ScoredEvent::default()
+        };
+        let lite = ScoredLite::decode(full.encode_to_vec().as_slice()).unwrap();
+        let e = lite.event.as_ref().unwrap();
+        assert_eq!((e.event_id.as_str(), e.org.as_str()), ("lt-1-42", "acme"));
+        assert_eq!(lite.anomaly_score, 0.75);
+        assert_eq!(lite.verdict(), Verdict::Warn);
+    }
 }

@@ -29,6 +29,9 @@ pub struct Behaviour {
     pub count: u64,
     pub first_seen_ns: u64,
     pub last_seen_ns: u64,
+    /// Whether a version of it is in storage already (else it is new, and
+    /// can be appended instead of merged).
+    pub stored: bool,
 }
 
 /// A neighbour found by [`Baseline::nearest`].
@@ -413,6 +416,7 @@ impl Baseline {
             count: m.count,
             first_seen_ns: m.first_seen_ns,
             last_seen_ns: m.last_seen_ns,
+            stored: m.persisted_ns != 0,
         }
     }
 
@@ -967,6 +971,7 @@ mod tests {
             count,
             first_seen_ns: first,
             last_seen_ns: last,
+            stored: true,
         };
         let b = Baseline::from_behaviours([row(2, 5, 50), row(3, 1, 40)], IndexParams::default());
         assert_eq!(b.len(), 1);

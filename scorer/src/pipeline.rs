@@ -242,8 +242,11 @@ async fn persist_loop(store: Arc<Store>, mut rx: mpsc::Receiver<PersistJob>, hea
     while let Some(job) = rx.recv().await {
         let (org, workload) = split_key(&job.key);
         let mut delay = Duration::from_millis(100);
+        // New behaviour is appended on the first attempt only: a retry may
+        // follow a write that landed, so it merges on the key instead.
+        let mut first = true;
         loop {
-            let res = match store.persist(org, workload, &job.rows).await {
+            let res = match store.persist(org, workload, &job.rows, first).await {
                 Ok(()) => store.delete(org, workload, &job.deletes).await,
                 Err(e) => Err(e),
             };
@@ -268,6 +271,7 @@ async fn persist_loop(store: Arc<Store>, mut rx: mpsc::Receiver<PersistJob>, hea
                         );
                         break;
                     }
+                    first = false;
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(10));
                 }

@@ -1,8 +1,10 @@
 //! Baseline persistence in LanceDB: one table per (org, workload), named by
 //! [`outlier_common::names::storage_name`] so no org or workload string can
-//! escape or collide. Rows are written in batches with `merge_insert` on the
-//! behaviour key, so a behaviour seen again updates its count and last-seen
-//! time instead of adding a row.
+//! escape or collide. New behaviour is appended; a behaviour seen again is
+//! written with `merge_insert` on the behaviour key, so it updates its count
+//! and last-seen time instead of adding a row. (A merge joins with the whole
+//! table, an append does not: most writes are new behaviour.) Every
+//! [`COMPACT_EVERY`] writes a table's small files are compacted.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use arrow_array::{
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 use futures::TryStreamExt;
 use lancedb::query::ExecutableQuery;
+use lancedb::table::{CompactionOptions, OptimizeAction};
 use lancedb::{Connection, Table};
 use outlier_common::featurize::{DIM, FEATURIZER_VERSION};
 use outlier_common::names::storage_name;
@@ -33,9 +36,14 @@ pub enum StoreError {
     Schema { table: String, detail: String },
 }
 
+/// Writes to one table between compactions.
+pub const COMPACT_EVERY: u32 = 50;
+
 pub struct Store {
     db: Connection,
     tables: Mutex<HashMap<String, Table>>,
+    /// Writes since the last compaction, per table.
+    writes: Mutex<HashMap<String, u32>>,
     schema: SchemaRef,
 }
 
@@ -64,6 +72,7 @@ impl Store {
         Ok(Self {
             db,
             tables: Mutex::new(HashMap::new()),
+            writes: Mutex::new(HashMap::new()),
             schema: schema(),
         })
     }
@@ -120,12 +129,16 @@ impl Store {
         Ok(())
     }
 
-    /// Writes (inserts or updates) behaviours of a workload.
+    /// Writes (inserts or updates) behaviours of a workload. With
+    /// `append_new`, behaviours not stored before are appended; without it
+    /// (a retry, when an earlier attempt may have written them) everything
+    /// is merged on the key.
     pub async fn persist(
         &self,
         org: &str,
         workload: &str,
         rows: &[Behaviour],
+        append_new: bool,
     ) -> Result<(), StoreError> {
         if rows.is_empty() {
             return Ok(());
@@ -149,16 +162,49 @@ impl Store {
                 Err(e) => return Err(e.into()),
             },
         };
-        let reader: Box<dyn RecordBatchReader + Send> = Box::new(RecordBatchIterator::new(
-            vec![Ok(batch)],
-            self.schema.clone(),
-        ));
-        let mut merge = table.merge_insert(&["key"]);
-        merge
-            .when_matched_update_all(None)
-            .when_not_matched_insert_all();
-        merge.execute(reader).await?;
+        let (new, known): (Vec<Behaviour>, Vec<Behaviour>) = if append_new {
+            rows.iter().cloned().partition(|r| !r.stored)
+        } else {
+            (Vec::new(), rows.to_vec())
+        };
+        if !new.is_empty() {
+            table.add(encode(&self.schema, &new)?).execute().await?;
+        }
+        if !known.is_empty() {
+            let reader: Box<dyn RecordBatchReader + Send> = Box::new(RecordBatchIterator::new(
+                vec![Ok(encode(&self.schema, &known)?)],
+                self.schema.clone(),
+            ));
+            let mut merge = table.merge_insert(&["key"]);
+            merge
+                .when_matched_update_all(None)
+                .when_not_matched_insert_all();
+            merge.execute(reader).await?;
+        }
+        self.maybe_compact(&name, &table).await;
         Ok(())
+    }
+
+    /// Compacts a table's small files every [`COMPACT_EVERY`] writes
+    /// (each write adds files; loads and merges read all of them). A failed
+    /// compaction is logged and retried at the next turn.
+    async fn maybe_compact(&self, name: &str, table: &Table) {
+        {
+            let mut writes = self.writes.lock().await;
+            let n = writes.entry(name.to_string()).or_default();
+            *n += 1;
+            if *n < COMPACT_EVERY {
+                return;
+            }
+            *n = 0;
+        }
+        let action = OptimizeAction::Compact {
+            options: CompactionOptions::default(),
+            remap_options: None,
+        };
+        if let Err(e) = table.optimize(action).await {
+            tracing::warn!(table = name, error = %e, "baseline compaction failed");
+        }
     }
 
     /// Deletes behaviours last seen before `cutoff_ns`.
@@ -256,6 +302,7 @@ fn decode(
             count: count.value(i) as u64,
             first_seen_ns: first.value(i) as u64,
             last_seen_ns: last.value(i) as u64,
+            stored: true,
         });
     }
     Ok(())
@@ -295,9 +342,15 @@ mod tests {
         let mut b = Baseline::default();
         b.observe(&vec_of("nginx -s reload"), 100);
         b.observe(&vec_of("logrotate /etc/logrotate.conf"), 200);
-        store.persist(org, wl, &b.take_dirty()).await.unwrap();
+        store.persist(org, wl, &b.take_dirty(), true).await.unwrap();
+        // A repeat (merged) and a new behaviour (appended) in one write; the
+        // write retried without appending (as after a failure) adds nothing.
         b.observe(&vec_of("nginx -s reload"), 300);
-        store.persist(org, wl, &b.take_dirty()).await.unwrap();
+        b.observe(&vec_of("crontab -l"), 300);
+        let rows = b.take_dirty();
+        assert_eq!(rows.iter().filter(|r| r.stored).count(), 1);
+        store.persist(org, wl, &rows, true).await.unwrap();
+        store.persist(org, wl, &rows, false).await.unwrap();
 
         // A fresh store (a restarted scorer) rebuilds the same baseline.
         let store2 = Store::open(dir.path().to_str().unwrap()).await.unwrap();
@@ -305,7 +358,7 @@ mod tests {
             .load(org, wl, 0, IndexParams::default())
             .await
             .unwrap();
-        assert_eq!(loaded.len(), 2, "repeated behaviour stored once");
+        assert_eq!(loaded.len(), 3, "repeated behaviour stored once");
         let (d, i) = loaded.min_distance(&vec_of("nginx -s reload")).unwrap();
         assert!(d < 1e-6);
         assert_eq!(loaded.get(i).count, 2);
@@ -318,7 +371,7 @@ mod tests {
                 .await
                 .unwrap()
                 .len(),
-            1
+            2
         );
         store2.prune(org, wl, 250).await.unwrap();
         assert_eq!(
@@ -329,7 +382,7 @@ mod tests {
                 .await
                 .unwrap()
                 .len(),
-            1
+            2
         );
 
         // Deleting by key (malicious feedback) removes exactly that row.
@@ -343,12 +396,49 @@ mod tests {
             .unwrap();
         assert_eq!(
             after.len(),
-            0,
+            1,
             "the pruned row and the deleted row are gone"
         );
+        assert!(after.min_distance(&vec_of("crontab -l")).unwrap().0 < 1e-6);
 
         // Table names never contain the raw strings.
         let names = store2.db.table_names().execute().await.unwrap();
         assert_eq!(names, vec![storage_name(org, wl)]);
+    }
+
+    #[tokio::test]
+    async fn appends_are_compacted_and_lose_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().to_str().unwrap()).await.unwrap();
+        let mut b = Baseline::default();
+        let n = COMPACT_EVERY as usize + 5;
+        for i in 0..n {
+            b.observe(&vec_of(&format!("job-{i} --run")), i as u64 + 1);
+            if i % 3 == 0 {
+                b.observe(&vec_of("job-0 --run"), i as u64 + 1);
+            }
+            store
+                .persist("o", "w", &b.take_dirty(), true)
+                .await
+                .unwrap();
+        }
+        let table = store.table(&storage_name("o", "w")).await.unwrap().unwrap();
+        let stats = table.stats().await.unwrap();
+        assert!(
+            stats.fragment_stats.num_fragments < 10,
+            "{} writes left {} files",
+            n,
+            stats.fragment_stats.num_fragments
+        );
+        let loaded = Store::open(dir.path().to_str().unwrap())
+            .await
+            .unwrap()
+            .load("o", "w", 0, IndexParams::default())
+            .await
+            .unwrap();
+        assert_eq!(loaded.len(), n);
+        assert_eq!(loaded.events(), b.events());
+        let (_, i) = loaded.min_distance(&vec_of("job-0 --run")).unwrap();
+        assert_eq!(loaded.get(i).count, b.get(0).count);
     }
 }
