@@ -203,43 +203,38 @@ pub async fn run(cfg: RunConfig, corpus: Arc<Corpus>) -> anyhow::Result<RunResul
                 if pending.is_empty() {
                     continue;
                 }
-                // Probe the oldest pending sample ids, at most 64 at a time:
-                // `has` compares every row read with every id, so the probe
-                // must stay small to not load the server it measures.
-                let mut oldest: Vec<(&String, &u64)> = pending.iter().collect();
-                oldest.sort_unstable_by_key(|(_, at)| **at);
-                oldest.truncate(64);
-                let ids: Vec<String> = oldest.iter().map(|(id, _)| (*id).clone()).collect();
-                // Events carry their produce time as timestamp: bounding `ts`
-                // lets ClickHouse read only the granules of those seconds
-                // (the key is (org, ts, event_id)).
+                // Probe the samples of the oldest seconds, one second per
+                // query: events carry their produce time as timestamp, and
+                // with `org`, `ts` and `event_id IN (…)` fixed ClickHouse
+                // reads only the granules holding those ids (the key is
+                // (org, ts, event_id)). A range of seconds with `has` read
+                // ~200k rows per probe, and made the probe a large share of
+                // the server's load under test.
                 let secs = |ns: u64| u32::try_from(ns / 1_000_000_000).unwrap_or(u32::MAX);
-                let from = oldest
-                    .first()
-                    .map_or(0, |(_, at)| secs(**at))
-                    .saturating_sub(1);
-                let to = oldest
-                    .last()
-                    .map_or(0, |(_, at)| secs(**at))
-                    .saturating_add(1);
-                let found: Vec<String> = match ch
-                    .query(
+                let mut by_sec: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+                for (id, at) in &pending {
+                    by_sec.entry(secs(*at)).or_default().push(id.clone());
+                }
+                let mut found: Vec<String> = Vec::new();
+                for (sec, ids) in by_sec.into_iter().take(4) {
+                    let ids = &ids[..ids.len().min(256)];
+                    let slots = vec!["?"; ids.len()].join(", ");
+                    let sql = format!(
                         "SELECT event_id FROM security_events \
-                         WHERE org = ? AND ts >= toDateTime(?) AND ts <= toDateTime(?) AND has(?, event_id)",
-                    )
-                    .bind(&org)
-                    .bind(from)
-                    .bind(to)
-                    .bind(ids)
-                    .fetch_all::<IdRow>()
-                    .await
-                {
-                    Ok(rows) => rows.into_iter().map(|r| r.event_id).collect(),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "clickhouse probe");
-                        continue;
+                         WHERE org = ? AND ts = toDateTime(?) AND event_id IN ({slots})"
+                    );
+                    let mut q = ch.query(&sql).bind(&org).bind(sec);
+                    for id in ids {
+                        q = q.bind(id.as_str());
                     }
-                };
+                    match q.fetch_all::<IdRow>().await {
+                        Ok(rows) => found.extend(rows.into_iter().map(|r| r.event_id)),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "clickhouse probe");
+                            break;
+                        }
+                    }
+                }
                 let now = now_ns();
                 for id in found {
                     if let Some(at) = pending.remove(&id) {
