@@ -1,24 +1,25 @@
 //! The search index: every distinct behaviour of an org's events (across all
 //! its workloads, alerts included) as an embedding in LanceDB, one table per
-//! org. Indexers write to it in batches (`merge_insert` on the behaviour's
-//! id, so several indexers and replays write each behaviour once); the
-//! Search service finds the behaviours nearest to a query and returns their
-//! events from ClickHouse. Tables past `index_min_rows` get an IVF-PQ
-//! vector index, rebuilt as they double.
+//! org. Indexers append the behaviours a table does not hold yet (the ids it
+//! holds are read once per process, then tracked), so a replay writes
+//! nothing twice; an append costs what it writes, where a `merge_insert`
+//! joined with the whole table. Two indexers racing may both append a
+//! behaviour: searches keep one hit per behaviour. Every [`COMPACT_EVERY`]
+//! writes a table's small files are compacted. The Search service finds the
+//! behaviours nearest to a query and returns their events from ClickHouse.
+//! Tables past `index_min_rows` get an IVF-PQ vector index, rebuilt as they
+//! double.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use arrow_array::types::Float32Type;
-use arrow_array::{
-    Array, FixedSizeListArray, Float32Array, Int64Array, RecordBatch, RecordBatchIterator,
-    RecordBatchReader, StringArray,
-};
+use arrow_array::{Array, FixedSizeListArray, Float32Array, Int64Array, RecordBatch, StringArray};
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 use futures::TryStreamExt;
 use lancedb::index::Index;
 use lancedb::query::{ExecutableQuery, QueryBase, Select};
-use lancedb::table::NewColumnTransform;
+use lancedb::table::{CompactionOptions, NewColumnTransform, OptimizeAction};
 use lancedb::{Connection, DistanceType, Table};
 use outlier_common::featurize::{DIM, Embedding};
 use outlier_common::names::org_storage_name;
@@ -71,9 +72,21 @@ pub fn row_id(workload: &str, behaviour_key: u64) -> i64 {
     xxh3_64(&buf) as i64
 }
 
+/// Writes to one table between compactions.
+pub const COMPACT_EVERY: u32 = 50;
+
+/// What this process knows a table holds.
+#[derive(Default)]
+struct Held {
+    ids: HashSet<i64>,
+    writes_since_compaction: u32,
+}
+
 pub struct SearchIndex {
     db: Connection,
     tables: Mutex<HashMap<String, Table>>,
+    /// The row ids each written table holds, read on the first write.
+    held: Mutex<HashMap<String, Held>>,
     /// Row count at the last index build, per table.
     indexed_at: Mutex<HashMap<String, usize>>,
     schema: SchemaRef,
@@ -105,8 +118,13 @@ fn sql_quote(s: &str) -> String {
 impl SearchIndex {
     pub async fn open(uri: &str) -> Result<Self, SearchIndexError> {
         Ok(Self {
-            db: lancedb::connect(uri).execute().await?,
+            // Other indexers' writes to a table show within seconds.
+            db: lancedb::connect(uri)
+                .read_consistency_interval(std::time::Duration::from_secs(5))
+                .execute()
+                .await?,
             tables: Mutex::new(HashMap::new()),
+            held: Mutex::new(HashMap::new()),
             indexed_at: Mutex::new(HashMap::new()),
             schema: schema(),
         })
@@ -137,13 +155,91 @@ impl SearchIndex {
         }
     }
 
-    /// Writes behaviours of one org (new ones inserted, known ones updated).
+    /// Writes the behaviours of one org that its table does not hold yet
+    /// (one example event each: the first written).
     pub async fn upsert(&self, org: &str, entries: &[Entry]) -> Result<(), SearchIndexError> {
         if entries.is_empty() {
             return Ok(());
         }
         let name = org_storage_name(org);
-        let batch = RecordBatch::try_new(
+        // One writer per table at a time in this process: the lock is held
+        // across the write, so what `held` says stays true.
+        let mut held = self.held.lock().await;
+        let table = match self.table(&name).await? {
+            Some(t) => t,
+            None => {
+                let mut seen = HashSet::new();
+                let first: Vec<Entry> = entries
+                    .iter()
+                    .filter(|e| seen.insert(row_id(&e.workload, e.behaviour_key)))
+                    .cloned()
+                    .collect();
+                match self
+                    .db
+                    .create_table(&name, self.batch(&first)?)
+                    .execute()
+                    .await
+                {
+                    Ok(t) => {
+                        self.tables.lock().await.insert(name.clone(), t);
+                        held.insert(
+                            name,
+                            Held {
+                                ids: seen,
+                                writes_since_compaction: 0,
+                            },
+                        );
+                        return Ok(());
+                    }
+                    Err(lancedb::Error::TableAlreadyExists { .. }) => self
+                        .table(&name)
+                        .await?
+                        .ok_or_else(|| SearchIndexError::Schema(name.clone()))?,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        };
+        if !held.contains_key(&name) {
+            let ids = read_ids(&table).await?;
+            held.insert(
+                name.clone(),
+                Held {
+                    ids,
+                    writes_since_compaction: 0,
+                },
+            );
+        }
+        let h = held.get_mut(&name).expect("inserted above");
+        let mut fresh = HashSet::new();
+        let new: Vec<Entry> = entries
+            .iter()
+            .filter(|e| {
+                let id = row_id(&e.workload, e.behaviour_key);
+                !h.ids.contains(&id) && fresh.insert(id)
+            })
+            .cloned()
+            .collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        table.add(self.batch(&new)?).execute().await?;
+        h.ids.extend(fresh);
+        h.writes_since_compaction += 1;
+        if h.writes_since_compaction >= COMPACT_EVERY {
+            h.writes_since_compaction = 0;
+            let action = OptimizeAction::Compact {
+                options: CompactionOptions::default(),
+                remap_options: None,
+            };
+            if let Err(e) = table.optimize(action).await {
+                tracing::warn!(table = %name, error = %e, "search table compaction failed");
+            }
+        }
+        Ok(())
+    }
+
+    fn batch(&self, entries: &[Entry]) -> Result<RecordBatch, SearchIndexError> {
+        Ok(RecordBatch::try_new(
             self.schema.clone(),
             vec![
                 Arc::new(Int64Array::from_iter_values(
@@ -170,31 +266,7 @@ impl SearchIndex {
                     entries.iter().map(|e| e.event_id.as_str()),
                 )),
             ],
-        )?;
-        let table = match self.table(&name).await? {
-            Some(t) => t,
-            None => match self.db.create_table(&name, batch.clone()).execute().await {
-                Ok(t) => {
-                    self.tables.lock().await.insert(name, t);
-                    return Ok(());
-                }
-                Err(lancedb::Error::TableAlreadyExists { .. }) => self
-                    .table(&name)
-                    .await?
-                    .ok_or_else(|| SearchIndexError::Schema(name.clone()))?,
-                Err(e) => return Err(e.into()),
-            },
-        };
-        let reader: Box<dyn RecordBatchReader + Send> = Box::new(RecordBatchIterator::new(
-            vec![Ok(batch)],
-            self.schema.clone(),
-        ));
-        let mut merge = table.merge_insert(&["id"]);
-        merge
-            .when_matched_update_all(None)
-            .when_not_matched_insert_all();
-        merge.execute(reader).await?;
-        Ok(())
+        )?)
     }
 
     /// The behaviours of `org` nearest to `q` (optionally only in
@@ -219,7 +291,8 @@ impl SearchIndex {
                 "event_id",
                 "last_seen_ns",
             ]))
-            .limit(limit.max(1))
+            // Room for a behaviour two indexers both appended.
+            .limit(limit.max(1) * 2)
             .refine_factor(4)
             .nprobes(24)?;
         if !workloads.is_empty() {
@@ -272,6 +345,8 @@ impl SearchIndex {
             }
         }
         hits.sort_by(|a, b| a.distance.total_cmp(&b.distance));
+        let mut seen = HashSet::new();
+        hits.retain(|h| seen.insert((h.workload.clone(), h.behaviour_key)));
         hits.truncate(limit);
         Ok(hits)
     }
@@ -323,6 +398,26 @@ impl SearchIndex {
             None => Ok(0),
         }
     }
+}
+
+/// Every row id a table holds.
+async fn read_ids(table: &Table) -> Result<HashSet<i64>, SearchIndexError> {
+    let batches: Vec<RecordBatch> = table
+        .query()
+        .select(Select::columns(&["id"]))
+        .execute()
+        .await?
+        .try_collect()
+        .await?;
+    let mut ids = HashSet::new();
+    for b in &batches {
+        let col = b
+            .column_by_name("id")
+            .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
+            .ok_or_else(|| SearchIndexError::Schema("id".into()))?;
+        ids.extend(col.values().iter().copied());
+    }
+    Ok(ids)
 }
 
 #[cfg(test)]
@@ -455,5 +550,73 @@ mod tests {
             .map(|h| (h.behaviour_key, h.event_id.as_str(), h.ts_ns))
             .collect();
         assert_eq!(got, vec![(7, "", 5), (8, "e9", 9)]);
+    }
+
+    #[tokio::test]
+    async fn appends_once_across_restarts_and_races_and_compacts() {
+        let dir = tempfile::tempdir().unwrap();
+        let uri = dir.path().to_str().unwrap();
+        // Distinct words (the featurizer folds numbers together).
+        let word = |mut i: usize| {
+            let mut w = String::from("task");
+            loop {
+                w.push((b'a' + (i % 26) as u8) as char);
+                i /= 26;
+                if i == 0 {
+                    return w;
+                }
+            }
+        };
+        let entry = |i: usize| {
+            let v = ev("job", &["job", &word(i)]);
+            Entry {
+                workload: "ci".into(),
+                behaviour_key: behaviour_key(&v),
+                vector: v,
+                last_seen_ns: i as u64,
+                event_id: format!("e{i}"),
+            }
+        };
+        let a = SearchIndex::open(uri).await.unwrap();
+        a.upsert("o", &[entry(0), entry(1), entry(1)])
+            .await
+            .unwrap();
+        // A racing indexer that has read the table's ids already...
+        let b = SearchIndex::open(uri).await.unwrap();
+        b.upsert("o", &[entry(0)]).await.unwrap();
+        // ...then both append the same new behaviour.
+        a.upsert("o", &[entry(2)]).await.unwrap();
+        b.upsert("o", &[entry(2)]).await.unwrap();
+        let d = SearchIndex::open(uri).await.unwrap();
+        assert_eq!(
+            d.count("o").await.unwrap(),
+            4,
+            "one duplicate from the race"
+        );
+        let hits = d.search("o", &entry(2).vector, &[], 10).await.unwrap();
+        assert_eq!(hits.len(), 3, "one hit per behaviour: {hits:?}");
+        assert_eq!(hits[0].event_id, "e2");
+
+        // A restarted indexer re-writing what is there adds nothing, and
+        // many small writes are compacted.
+        let c = SearchIndex::open(uri).await.unwrap();
+        c.upsert("o", &[entry(0), entry(1)]).await.unwrap();
+        assert_eq!(c.count("o").await.unwrap(), 4);
+        for i in 3..3 + COMPACT_EVERY as usize + 5 {
+            c.upsert("o", &[entry(i)]).await.unwrap();
+        }
+        // (Some of those commands embed alike: count distinct behaviours.)
+        let distinct: HashSet<u64> = (0..3 + COMPACT_EVERY as usize + 5)
+            .map(|i| entry(i).behaviour_key)
+            .collect();
+        assert!(distinct.len() > COMPACT_EVERY as usize - 5);
+        let fresh = SearchIndex::open(uri).await.unwrap();
+        assert_eq!(fresh.count("o").await.unwrap(), distinct.len() + 1);
+        assert_eq!(c.count("o").await.unwrap(), distinct.len() + 1);
+        let t = c.table(&org_storage_name("o")).await.unwrap().unwrap();
+        let frags = t.stats().await.unwrap().fragment_stats.num_fragments;
+        assert!(frags < 5, "{frags} files after compaction");
+        let hits = c.search("o", &entry(0).vector, &[], 1).await.unwrap();
+        assert_eq!((hits[0].event_id.as_str(), hits[0].ts_ns), ("e0", 0));
     }
 }
