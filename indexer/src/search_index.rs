@@ -228,7 +228,12 @@ impl SearchIndex {
         if h.writes_since_compaction >= COMPACT_EVERY {
             h.writes_since_compaction = 0;
             let action = OptimizeAction::Compact {
-                options: CompactionOptions::default(),
+                // Files of 20k rows and more are left alone: compacting into
+                // one file per table rewrote a growing table at every turn.
+                options: CompactionOptions {
+                    target_rows_per_fragment: 20_000,
+                    ..CompactionOptions::default()
+                },
                 remap_options: None,
             };
             if let Err(e) = table.optimize(action).await {

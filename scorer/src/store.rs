@@ -199,7 +199,12 @@ impl Store {
             *n = 0;
         }
         let action = OptimizeAction::Compact {
-            options: CompactionOptions::default(),
+            // Files of 20k rows and more are left alone: compacting into
+            // one file per table rewrote a growing table at every turn.
+            options: CompactionOptions {
+                target_rows_per_fragment: 20_000,
+                ..CompactionOptions::default()
+            },
             remap_options: None,
         };
         if let Err(e) = table.optimize(action).await {
