@@ -288,14 +288,7 @@ async fn query_search_and_alerts_are_org_scoped() {
     let mut hits = Vec::new();
     for _ in 0..40 {
         hits = s
-            .search(SearchRequest {
-                org: a.clone(),
-                query: Some(search_request::Query::Text(
-                    "reverse shell bash outbound connection".into(),
-                )),
-                limit: 5,
-                ..SearchRequest::default()
-            })
+            .search(reverse_shell(&a, 5, 0))
             .await
             .unwrap()
             .into_inner()
@@ -314,15 +307,7 @@ async fn query_search_and_alerts_are_org_scoped() {
     assert!(hits.windows(2).all(|w| w[0].similarity >= w[1].similarity));
     // Only events since `since_ns`: the reverse shell happened before.
     let later = s
-        .search(SearchRequest {
-            org: a.clone(),
-            query: Some(search_request::Query::Text(
-                "reverse shell bash outbound connection".into(),
-            )),
-            limit: 5,
-            since_ns: top.ts_ns + 1,
-            ..SearchRequest::default()
-        })
+        .search(reverse_shell(&a, 5, top.ts_ns + 1))
         .await
         .unwrap()
         .into_inner()
@@ -335,14 +320,7 @@ async fn query_search_and_alerts_are_org_scoped() {
         "{later:?}"
     );
     let hits_b = s
-        .search(SearchRequest {
-            org: b.clone(),
-            query: Some(search_request::Query::Text(
-                "reverse shell bash outbound connection".into(),
-            )),
-            limit: 50,
-            ..SearchRequest::default()
-        })
+        .search(reverse_shell(&b, 50, 0))
         .await
         .unwrap()
         .into_inner()
@@ -416,4 +394,17 @@ async fn query_search_and_alerts_are_org_scoped() {
     scorer.await.unwrap().unwrap();
     indexer.await.unwrap().unwrap();
     env.cleanup().await;
+}
+
+/// The first seed's search, for `org`.
+fn reverse_shell(org: &str, limit: u32, since_ns: u64) -> SearchRequest {
+    SearchRequest {
+        org: org.to_string(),
+        query: Some(search_request::Query::Text(
+            "reverse shell bash outbound connection".into(),
+        )),
+        limit,
+        since_ns,
+        ..SearchRequest::default()
+    }
 }

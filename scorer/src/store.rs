@@ -144,10 +144,14 @@ impl Store {
             return Ok(());
         }
         let name = storage_name(org, workload);
-        let batch = encode(&self.schema, rows)?;
         let table = match self.table(&name).await? {
             Some(t) => t,
-            None => match self.db.create_table(&name, batch.clone()).execute().await {
+            None => match self
+                .db
+                .create_table(&name, encode(&self.schema, rows)?)
+                .execute()
+                .await
+            {
                 Ok(t) => {
                     self.tables.lock().await.insert(name, t);
                     return Ok(());
