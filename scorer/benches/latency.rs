@@ -3,6 +3,9 @@
 //! same run, for the ratio. Prints a Markdown table.
 //!
 //!     cargo bench --workspace --bench latency
+//!
+//! `OUTLIER_BENCH_ONLY_FIRST=1` stops after the first fleet (1,000 × 1,000),
+//! for profiling.
 
 mod common;
 
@@ -167,6 +170,9 @@ fn main() {
         20_000,
         false,
     );
+    if std::env::var_os("OUTLIER_BENCH_ONLY_FIRST").is_some() {
+        return;
+    }
     outlier_case("1 workload × 100,000 behaviours", 1, 100_000, 20_000, false);
     outlier_case(
         "1,000 workloads × 1,000 behaviours",

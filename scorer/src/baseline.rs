@@ -4,13 +4,14 @@
 //!
 //! Lookups, fastest first:
 //! 1. a behaviour seen before hashes to its own entry: distance 0, O(1);
-//! 2. small baselines are scanned whole, exactly: every row is kept twice,
-//!    as f32 and as 8-bit scalar-quantised codes (a quarter of the memory
-//!    traffic, runtime-dispatched AVX2/AVX-512-VNNI u8 kernels from
-//!    lance-linalg). The scan over the codes gives each row a similarity
-//!    with a proven error bound; only rows whose upper bound reaches the
-//!    k-th best lower bound are compared again in f32, so the result is the
-//!    exact k nearest, not an approximation;
+//! 2. small baselines are scanned whole, exactly. Every row is kept twice:
+//!    as f32, and as 8-bit codes stored column by column ([`Cols`]). An
+//!    event's feature-hashed embedding sets ~20 of its 128 dimensions, and
+//!    the scan reads only those columns (a sixth of the bytes of a row-major
+//!    8-bit scan, which was bound by memory bandwidth). It gives each row a
+//!    similarity with a proven error bound; only rows whose upper bound
+//!    reaches the k-th best lower bound are compared again in f32, so the
+//!    result is the exact k nearest, not an approximation;
 //! 3. baselines above [`IndexParams::ivf_threshold`] get an inverted-file
 //!    index (spherical k-means, √n lists) and scan only the `nprobe` lists
 //!    nearest to the query, the same way.
@@ -69,153 +70,167 @@ struct Meta {
     persisted_ns: u64,
 }
 
-/// The 8-bit scalar quantisation of one row: `x[i] ≈ lo + step × code[i]`.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-struct Sq {
-    lo: f32,
-    step: f32,
-    /// Σ code[i], for the affine terms of the dot product.
-    code_sum: f32,
-    /// ‖x̂‖₁ of the reconstruction, for the error bound.
-    l1: f32,
+/// Smallest capacity of a [`Cols`], in rows; capacities double from it.
+const MIN_CAP: usize = 8;
+
+/// Rows quantised to 8 bits, symmetrically per row (`x[d] ≈ scale × code[d]`,
+/// so a zero stays exactly zero), laid out column by column: a query reads
+/// only the columns of its non-zero dimensions. Grows like a `Vec`; slots
+/// past the last row are zero.
+#[derive(Debug, Default)]
+struct Cols {
+    /// `DIM × cap`: column d is `codes[d × cap ..][.. cap]`.
+    codes: Vec<i8>,
+    /// Per row: the value of one code step.
+    scale: Vec<f32>,
+    cap: usize,
 }
 
-/// Quantises `v` into `codes` (appended).
-fn quantise(v: &[f32], codes: &mut Vec<u8>) -> Sq {
-    let lo = v.iter().copied().fold(f32::INFINITY, f32::min);
-    let hi = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let step = (hi - lo) / 255.0;
-    let (mut code_sum, mut l1) = (0f32, 0f32);
-    for &x in v {
-        let c = if step > 0.0 {
-            ((x - lo) / step).round().clamp(0.0, 255.0) as u8
-        } else {
-            0
-        };
-        codes.push(c);
-        code_sum += f32::from(c);
-        l1 += (lo + step * f32::from(c)).abs();
+impl Cols {
+    fn len(&self) -> usize {
+        self.scale.len()
     }
-    Sq {
-        lo,
-        step,
-        code_sum,
-        l1,
+
+    /// Appends a row; only its non-zero dimensions are written.
+    fn push(&mut self, v: &[f32]) {
+        let i = self.len();
+        if i == self.cap {
+            self.grow();
+        }
+        let max = v.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let scale = max / 127.0;
+        if scale > 0.0 {
+            for (d, &x) in v.iter().enumerate() {
+                if x != 0.0 {
+                    self.codes[d * self.cap + i] = (x / scale).round().clamp(-127.0, 127.0) as i8;
+                }
+            }
+        }
+        self.scale.push(scale);
+    }
+
+    fn grow(&mut self) {
+        let cap = (self.cap * 2).max(MIN_CAP);
+        let n = self.len();
+        let mut codes = vec![0i8; DIM * cap];
+        for d in 0..DIM {
+            codes[d * cap..d * cap + n].copy_from_slice(&self.codes[d * self.cap..][..n]);
+        }
+        self.codes = codes;
+        self.cap = cap;
     }
 }
 
-/// `out[j] = q · row j` over 8-bit codes, for every `DIM`-wide row of
-/// `rows`: one call per list, a loop LLVM vectorises (AVX2 `vpmaddwd` where
-/// the host has it, chosen once at run time; SSE2 otherwise).
-type DotsU8 = unsafe fn(&[i16], &[u8], usize, &mut [u32]);
+/// `out[i] = Σ w × code[d][i]` over the query's non-zero `(d, w)`, for the
+/// first `out.len()` rows (a multiple of 8, at most `cap`): 64 rows at a
+/// time, their sums kept in registers while the columns stream past.
+type ColDots = unsafe fn(&[i8], &[(u32, f32)], usize, &mut [f32]);
 
 #[inline(always)]
-fn dots_u8_portable(q: &[i16], rows: &[u8], dim: usize, out: &mut [u32]) {
-    // The query's codes come widened to i16, so each row is zero-extended
-    // once and multiplied pairwise-added (`pmaddwd`) straight from memory.
-    let q: &[i16; DIM] = q.try_into().expect("a query of DIM codes");
-    debug_assert_eq!(dim, DIM);
-    for (o, row) in out.iter_mut().zip(rows.chunks_exact(DIM)) {
-        let row: &[u8; DIM] = row.try_into().expect("rows of DIM codes");
-        let sum: i32 = q
-            .iter()
-            .zip(row)
-            .map(|(a, b)| i32::from(*a) * i32::from(*b))
-            .sum();
-        *o = sum as u32;
+fn col_block<const W: usize, const FMA: bool>(
+    codes: &[i8],
+    cap: usize,
+    nz: &[(u32, f32)],
+    base: usize,
+    out: &mut [f32],
+) {
+    let mut acc = [0f32; W];
+    for &(d, w) in nz {
+        let col: &[i8; W] = codes[d as usize * cap + base..][..W]
+            .try_into()
+            .expect("W codes");
+        for (a, &c) in acc.iter_mut().zip(col) {
+            *a = if FMA {
+                w.mul_add(f32::from(c), *a)
+            } else {
+                *a + w * f32::from(c)
+            };
+        }
+    }
+    out[base..base + W].copy_from_slice(&acc);
+}
+
+#[inline(always)]
+fn col_dots<const FMA: bool>(codes: &[i8], nz: &[(u32, f32)], cap: usize, out: &mut [f32]) {
+    let n = out.len();
+    assert!(n.is_multiple_of(8) && n <= cap && codes.len() == DIM * cap);
+    let mut base = 0;
+    while base + 64 <= n {
+        col_block::<64, FMA>(codes, cap, nz, base, out);
+        base += 64;
+    }
+    while base < n {
+        col_block::<8, FMA>(codes, cap, nz, base, out);
+        base += 8;
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 lance_core::target_kernel! {
-    #[target_features("avx2")]
-    #[candidate(DOTS_U8_AVX2: DotsU8)]
-    /// AVX2: the query's 128 i16 codes stay in eight registers; each row is
-    /// zero-extended 16 codes at a time and multiplied pairwise-added
-    /// (`vpmaddwd`) into eight i32 lanes.
-    fn dots_u8_avx2(q: &[i16], rows: &[u8], dim: usize, out: &mut [u32]) {
-        use std::arch::x86_64::{
-            __m128i, __m256i, _mm256_add_epi32, _mm256_cvtepu8_epi16, _mm256_madd_epi16,
-            _mm256_setzero_si256,
-        };
-        debug_assert_eq!(dim, DIM);
-        let q: &[i16; DIM] = q.try_into().expect("a query of DIM codes");
-        let mut qv = [_mm256_setzero_si256(); DIM / 16];
-        for (v, chunk) in qv.iter_mut().zip(q.chunks_exact(16)) {
-            let chunk: [i16; 16] = chunk.try_into().expect("16 codes");
-            *v = bytemuck::cast(chunk);
-        }
-        for (o, row) in out.iter_mut().zip(rows.chunks_exact(DIM)) {
-            let mut acc = _mm256_setzero_si256();
-            for (qj, chunk) in qv.iter().zip(row.chunks_exact(16)) {
-                let chunk: [u8; 16] = chunk.try_into().expect("16 codes");
-                let wide = _mm256_cvtepu8_epi16(bytemuck::cast::<[u8; 16], __m128i>(chunk));
-                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(wide, *qj));
-            }
-            let lanes: [i32; 8] = bytemuck::cast::<__m256i, [i32; 8]>(acc);
-            *o = lanes.iter().sum::<i32>() as u32;
-        }
+    #[target_features("avx2", "fma")]
+    #[candidate(COL_DOTS_AVX2: ColDots)]
+    /// AVX2: eight registers of eight sums; each code is sign-extended,
+    /// converted and fused-multiply-added.
+    fn col_dots_avx2(codes: &[i8], nz: &[(u32, f32)], cap: usize, out: &mut [f32]) {
+        col_dots::<true>(codes, nz, cap, out)
     }
 }
 
 lance_core::target_kernel! {
     #[target_features()]
-    #[candidate(DOTS_U8_BASE: DotsU8)]
-    fn dots_u8_base(q: &[i16], rows: &[u8], dim: usize, out: &mut [u32]) {
-        dots_u8_portable(q, rows, dim, out)
+    #[candidate(COL_DOTS_BASE: ColDots)]
+    fn col_dots_base(codes: &[i8], nz: &[(u32, f32)], cap: usize, out: &mut [f32]) {
+        col_dots::<false>(codes, nz, cap, out)
     }
 }
 
 lance_core::dispatch! {
-    static DOTS_U8: Dispatch<DotsU8> = {
+    static COL_DOTS: Dispatch<ColDots> = {
         #[cfg(target_arch = "x86_64")]
         {
-            &[DOTS_U8_AVX2, DOTS_U8_BASE]
+            &[COL_DOTS_AVX2, COL_DOTS_BASE]
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
-            &[DOTS_U8_BASE]
+            &[COL_DOTS_BASE]
         }
     };
 }
 
 /// A query prepared for the quantised scan.
-struct SqQuery<'a> {
+struct Query<'a> {
     v: &'a [f32],
-    /// The query's codes, widened for the kernel.
-    wide: Vec<i16>,
-    sq: Sq,
-    /// ‖q‖₁.
-    l1: f32,
+    /// The query's non-zero dimensions and their values.
+    nz: Vec<(u32, f32)>,
+    /// The error of a row's quantised similarity per unit of its scale.
+    err_per_scale: f32,
 }
 
-impl<'a> SqQuery<'a> {
+impl<'a> Query<'a> {
     fn new(v: &'a [f32]) -> Self {
-        let mut codes = Vec::with_capacity(DIM);
-        let sq = quantise(v, &mut codes);
+        let nz = v
+            .iter()
+            .enumerate()
+            .filter(|(_, x)| **x != 0.0)
+            .map(|(d, &x)| (d as u32, x))
+            .collect();
+        let l1: f32 = v.iter().map(|x| x.abs()).sum();
         Self {
             v,
-            wide: codes.iter().map(|&c| i16::from(c)).collect(),
-            sq,
-            l1: v.iter().map(|x| x.abs()).sum(),
+            nz,
+            // Each code is off by at most half a step, so `q·x` is off by at
+            // most `scale/2 × ‖q‖₁`; the f32 sum of ≤ 128 terms of at most
+            // `127 × |q_d|` adds < 0.001 × ‖q‖₁ steps.
+            err_per_scale: 0.502 * l1,
         }
     }
 
     /// Bounds on the similarity `q·x` of a quantised row: `(lower, upper)`.
-    ///
-    /// With `x = x̂ + e`, `|e[i]| ≤ step/2` (and the same for `q`),
-    /// `q·x − q̂·x̂ = q·e_x + e_q·x̂`, so the error is at most
-    /// `step_x/2 × ‖q‖₁ + step_q/2 × ‖x̂‖₁`; 1e-4 covers f32 rounding of the
-    /// affine terms.
+    /// 1e-5 covers the f32 rounding of the exact comparison itself.
     #[inline]
-    fn bounds(&self, dot: u32, r: &Sq) -> (f32, f32) {
-        let q = &self.sq;
-        let dot = dot as f32;
-        let approx = DIM as f32 * q.lo * r.lo
-            + q.lo * r.step * r.code_sum
-            + r.lo * q.step * q.code_sum
-            + q.step * r.step * dot;
-        let err = 0.5 * r.step * self.l1 + 0.5 * q.step * r.l1 + 1e-4;
+    fn bounds(&self, dot: f32, scale: f32) -> (f32, f32) {
+        let approx = scale * dot;
+        let err = scale * self.err_per_scale + 1e-5;
         (approx - err, approx + err)
     }
 }
@@ -223,18 +238,18 @@ impl<'a> SqQuery<'a> {
 /// The exact top-k over quantised rows: a first pass keeps the rows whose
 /// upper bound reaches the k-th best lower bound seen so far, a second
 /// compares those in f32.
-struct SqScan {
+struct Scan {
     k: usize,
     /// The k best lower bounds, best first.
     lowers: Vec<f32>,
     /// `(upper bound, row)` of the rows still in the running.
     candidates: Vec<(f32, usize)>,
     /// Scratch: the code dot products of one list, and their bounds.
-    dots: Vec<u32>,
+    dots: Vec<f32>,
     bounds: Vec<(f32, f32)>,
 }
 
-impl SqScan {
+impl Scan {
     fn new(k: usize) -> Self {
         Self {
             k,
@@ -268,16 +283,25 @@ impl SqScan {
         }
     }
 
-    fn scan(&mut self, q: &SqQuery<'_>, codes: &[u8], sq: &[Sq], row: impl Fn(usize) -> usize) {
+    fn scan(&mut self, q: &Query<'_>, cols: &Cols, row: impl Fn(usize) -> usize) {
+        let n = cols.len();
+        if n == 0 {
+            return;
+        }
         let mut dots = std::mem::take(&mut self.dots);
         dots.clear();
-        dots.resize(sq.len(), 0);
-        DOTS_U8.get().call(&q.wide, codes, DIM, &mut dots);
+        dots.resize(n.next_multiple_of(8), 0.0);
+        COL_DOTS.get().call(&cols.codes, &q.nz, cols.cap, &mut dots);
         // Bounds in one branch-free (vectorisable) pass, then the few rows
         // that can still matter are picked out.
         let mut bounds = std::mem::take(&mut self.bounds);
         bounds.clear();
-        bounds.extend(dots.iter().zip(sq).map(|(&dot, r)| q.bounds(dot, r)));
+        bounds.extend(
+            dots[..n]
+                .iter()
+                .zip(&cols.scale)
+                .map(|(&dot, &scale)| q.bounds(dot, scale)),
+        );
         let best_lower = bounds.iter().fold(f32::NEG_INFINITY, |m, b| m.max(b.0));
         if self.k == 1 && best_lower > self.threshold() {
             self.lowers.clear();
@@ -293,7 +317,7 @@ impl SqScan {
     }
 
     /// Compares the remaining candidates exactly.
-    fn finish(self, q: &SqQuery<'_>, vectors: &[f32], top: &mut TopK) {
+    fn finish(self, q: &Query<'_>, vectors: &[f32], top: &mut TopK) {
         let t = self.threshold();
         for (upper, i) in self.candidates {
             if upper >= t {
@@ -308,9 +332,8 @@ struct Ivf {
     /// `nlist × DIM`, unit vectors.
     centroids: Vec<f32>,
     lists: Vec<Vec<u32>>,
-    /// The quantised rows of each list, contiguous.
-    list_codes: Vec<Vec<u8>>,
-    list_sq: Vec<Vec<Sq>>,
+    /// The quantised rows of each list.
+    list_cols: Vec<Cols>,
     /// Baseline size when the index was built; rebuilt at twice that.
     built_at: usize,
 }
@@ -319,9 +342,9 @@ struct Ivf {
 pub struct Baseline {
     /// `len × DIM`, row i is behaviour i.
     vectors: Vec<f32>,
-    /// The same rows, quantised to 8 bits (`len × DIM`), and their scales.
-    codes: Vec<u8>,
-    sq: Vec<Sq>,
+    /// The same rows quantised, while there is no IVF index (then they are
+    /// in its lists).
+    cols: Cols,
     meta: Vec<Meta>,
     by_key: HashMap<u64, usize>,
     /// Entries changed since the last [`Baseline::take_dirty`].
@@ -374,8 +397,14 @@ impl Baseline {
     fn push(&mut self, key: u64, v: &Embedding, count: u64, first: u64, last: u64) -> usize {
         let i = self.meta.len();
         self.vectors.extend_from_slice(v);
-        let sq = quantise(v, &mut self.codes);
-        self.sq.push(sq);
+        match &mut self.ivf {
+            None => self.cols.push(v),
+            Some(ivf) => {
+                let l = nearest_centroid(&ivf.centroids, v);
+                ivf.lists[l].push(i as u32);
+                ivf.list_cols[l].push(v);
+            }
+        }
         self.meta.push(Meta {
             key,
             count,
@@ -445,10 +474,10 @@ impl Baseline {
                 return top.into_neighbours();
             }
         }
-        let query = SqQuery::new(q);
-        let mut scan = SqScan::new(k);
+        let query = Query::new(q);
+        let mut scan = Scan::new(k);
         match &self.ivf {
-            None => scan.scan(&query, &self.codes, &self.sq, |j| j),
+            None => scan.scan(&query, &self.cols, |j| j),
             Some(ivf) => {
                 let nlist = ivf.lists.len();
                 let mut csims = vec![0f32; nlist];
@@ -458,9 +487,7 @@ impl Baseline {
                 order.select_nth_unstable_by(nprobe - 1, |a, b| csims[*b].total_cmp(&csims[*a]));
                 for &l in &order[..nprobe] {
                     let ids = &ivf.lists[l];
-                    scan.scan(&query, &ivf.list_codes[l], &ivf.list_sq[l], |j| {
-                        ids[j] as usize
-                    });
+                    scan.scan(&query, &ivf.list_cols[l], |j| ids[j] as usize);
                 }
             }
         }
@@ -489,16 +516,7 @@ impl Baseline {
                 m.last_seen_ns = m.last_seen_ns.max(ts_ns);
                 (i, false)
             }
-            None => {
-                let i = self.push(key, v, 1, ts_ns, ts_ns);
-                if let Some(ivf) = &mut self.ivf {
-                    let l = nearest_centroid(&ivf.centroids, v);
-                    ivf.lists[l].push(i as u32);
-                    ivf.list_codes[l].extend_from_slice(&self.codes[i * DIM..(i + 1) * DIM]);
-                    ivf.list_sq[l].push(self.sq[i]);
-                }
-                (i, true)
-            }
+            None => (self.push(key, v, 1, ts_ns, ts_ns), true),
         };
         if !self.is_dirty[index] {
             self.is_dirty[index] = true;
@@ -579,8 +597,7 @@ impl Baseline {
     /// rebuilds the lookup structures.
     fn retain(&mut self, keep: impl Fn(&Meta) -> bool) {
         let vectors = std::mem::take(&mut self.vectors);
-        self.codes.clear();
-        self.sq.clear();
+        self.cols = Cols::default();
         let meta = std::mem::take(&mut self.meta);
         let flags = std::mem::take(&mut self.is_dirty);
         self.by_key.clear();
@@ -609,7 +626,8 @@ impl Baseline {
             Some(ivf) => n >= ivf.built_at * 2,
         };
         if due {
-            self.ivf = Some(build_ivf(&self.vectors, &self.codes, &self.sq, n));
+            self.ivf = Some(build_ivf(&self.vectors, n));
+            self.cols = Cols::default();
         }
     }
 }
@@ -663,7 +681,7 @@ fn nearest_centroid(centroids: &[f32], v: &[f32]) -> usize {
 
 /// Spherical k-means over `n` rows with √n lists: deterministic (seeded
 /// initial picks), a few iterations on a sample, then every row assigned.
-fn build_ivf(vectors: &[f32], codes: &[u8], sq: &[Sq], n: usize) -> Ivf {
+fn build_ivf(vectors: &[f32], n: usize) -> Ivf {
     let nlist = ((n as f64).sqrt() as usize).max(1);
     let sample_step = (n / 50_000).max(1);
     let sample: Vec<usize> = (0..n).step_by(sample_step).collect();
@@ -695,20 +713,17 @@ fn build_ivf(vectors: &[f32], codes: &[u8], sq: &[Sq], n: usize) -> Ivf {
         }
     }
     let mut lists = vec![Vec::new(); nlist];
-    let mut list_codes = vec![Vec::new(); nlist];
-    let mut list_sq = vec![Vec::new(); nlist];
+    let mut list_cols: Vec<Cols> = (0..nlist).map(|_| Cols::default()).collect();
     for i in 0..n {
         let row = &vectors[i * DIM..(i + 1) * DIM];
         let l = nearest_centroid(&centroids, row);
         lists[l].push(i as u32);
-        list_codes[l].extend_from_slice(&codes[i * DIM..(i + 1) * DIM]);
-        list_sq[l].push(sq[i]);
+        list_cols[l].push(row);
     }
     Ivf {
         centroids,
         lists,
-        list_codes,
-        list_sq,
+        list_cols,
         built_at: n,
     }
 }
@@ -798,24 +813,55 @@ mod tests {
     }
 
     #[test]
+    fn nearest_matches_brute_force_on_sparse_behaviours() {
+        // Feature-hashed behaviours: few non-zeros, many shared dimensions.
+        let mut b = Baseline::default();
+        for s in 0..1_000u64 {
+            b.observe(&sparse(s % 97 * 1_000 + s, 4 + s as usize % 30), s);
+        }
+        for t in 0..50u64 {
+            let q = sparse(t * 13 % 97 * 1_000 + 5_000 + t, 4 + t as usize % 30);
+            let got = b.nearest(&q, 3);
+            let mut all: Vec<(f32, usize)> = (0..b.len())
+                .map(|i| (cosine_distance(&q, &b.get(i).vector), i))
+                .collect();
+            all.sort_by(|a, b| a.0.total_cmp(&b.0));
+            for (g, w) in got.iter().zip(&all) {
+                assert!((g.distance - w.0).abs() < 1e-5, "query {t}: {g:?} vs {w:?}");
+            }
+            assert_eq!(got.len(), 3);
+        }
+    }
+
+    /// A sparse unit vector with `nnz` non-zeros, as feature hashing makes.
+    fn sparse(seed: u64, nnz: usize) -> Embedding {
+        let x = unit(seed);
+        let mut v = [0f32; DIM];
+        for i in 0..nnz {
+            v[(i * 37 + seed as usize) % DIM] = x[i];
+        }
+        let n = v.iter().map(|a| a * a).sum::<f32>().sqrt();
+        v.iter_mut().for_each(|a| *a /= n);
+        v
+    }
+
+    #[test]
     fn quantised_bounds_hold_the_exact_similarity() {
         for s in 0..500u64 {
-            let (q, x) = (unit(s), unit(s + 7_000));
-            // Sparse rows too, as feature-hashed behaviours are.
-            let mut sparse = [0f32; DIM];
-            for (i, slot) in sparse.iter_mut().enumerate().take(20) {
-                *slot = x[i * 5 % DIM];
+            let q = if s % 2 == 0 { unit(s) } else { sparse(s, 18) };
+            let rows = [unit(s + 7_000), sparse(s + 7_000, 20), sparse(s, 3), q];
+            let mut cols = Cols::default();
+            for r in &rows {
+                cols.push(r);
             }
-            let n = sparse.iter().map(|a| a * a).sum::<f32>().sqrt();
-            sparse.iter_mut().for_each(|a| *a /= n);
-            for row in [x, sparse, q] {
-                let query = SqQuery::new(&q);
-                let mut codes = Vec::new();
-                let sq = quantise(&row, &mut codes);
-                let mut dot = [0u32];
-                dots_u8_portable(&query.wide, &codes, DIM, &mut dot);
-                let (lo, hi) = query.bounds(dot[0], &sq);
-                let exact: f32 = q.iter().zip(&row).map(|(a, b)| a * b).sum();
+            let query = Query::new(&q);
+            let mut dots = vec![0f32; cols.len().next_multiple_of(8)];
+            COL_DOTS
+                .get()
+                .call(&cols.codes, &query.nz, cols.cap, &mut dots);
+            for (i, row) in rows.iter().enumerate() {
+                let (lo, hi) = query.bounds(dots[i], cols.scale[i]);
+                let exact = f32::dot(&q, row);
                 assert!(lo <= exact && exact <= hi, "{lo} <= {exact} <= {hi}");
                 assert!(hi - lo < 0.1, "bound too loose: {}", hi - lo);
             }
@@ -823,41 +869,47 @@ mod tests {
     }
 
     #[test]
-    fn every_dot_kernel_the_host_runs_agrees_with_the_plain_sum() {
-        let mut rng = 12345u64;
-        let mut next = || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng as u8
-        };
-        let q: Vec<i16> = (0..DIM).map(|_| i16::from(next())).collect();
-        let rows: Vec<u8> = (0..DIM * 37).map(|_| next()).collect();
-        let want: Vec<u32> = rows
-            .chunks_exact(DIM)
-            .map(|r| {
-                q.iter()
-                    .zip(r)
-                    .map(|(a, b)| *a as u32 * u32::from(*b))
+    fn every_column_kernel_the_host_runs_agrees_with_the_plain_sum() {
+        let mut cols = Cols::default();
+        for s in 0..203 {
+            cols.push(&sparse(s, 1 + s as usize % 40));
+        }
+        assert_eq!((cols.len(), cols.cap), (203, 256));
+        let q = sparse(9_999, 25);
+        let nz = Query::new(&q).nz;
+        assert_eq!(nz.len(), 25);
+        let want: Vec<f64> = (0..208)
+            .map(|i| {
+                nz.iter()
+                    .map(|&(d, w)| f64::from(w) * f64::from(cols.codes[d as usize * cols.cap + i]))
                     .sum()
             })
             .collect();
         let mut ran = 0;
-        for c in DOTS_U8.candidates() {
+        for c in COL_DOTS.candidates() {
             if let Some(kernel) = c.kernel() {
-                let mut out = vec![0u32; 37];
-                kernel.call(&q, &rows, DIM, &mut out);
-                assert_eq!(out, want, "kernel {}", c.name());
+                let mut out = vec![f32::NAN; 208];
+                kernel.call(&cols.codes, &nz, cols.cap, &mut out);
+                for (i, (o, w)) in out.iter().zip(&want).enumerate() {
+                    assert!(
+                        (f64::from(*o) - w).abs() < 1e-3,
+                        "{} row {i}: {o} vs {w}",
+                        c.name()
+                    );
+                }
                 ran += 1;
             }
         }
         assert!(ran >= 1);
-        // All-255 rows: the largest sums fit.
-        let mut out = [0u32];
-        DOTS_U8
-            .get()
-            .call(&[255i16; DIM], &[255u8; DIM], DIM, &mut out);
-        assert_eq!(out[0], 255 * 255 * DIM as u32);
+        // Rows past the last are zero, and growing keeps every code.
+        assert!(want[203..].iter().all(|w| *w == 0.0));
+        let before: Vec<i8> = (0..DIM).map(|d| cols.codes[d * cols.cap + 100]).collect();
+        for s in 0..60 {
+            cols.push(&sparse(500 + s, 10));
+        }
+        assert_eq!(cols.cap, 512);
+        let after: Vec<i8> = (0..DIM).map(|d| cols.codes[d * cols.cap + 100]).collect();
+        assert_eq!(before, after);
     }
 
     #[test]
