@@ -223,7 +223,7 @@ async fn main() {
     let t = Instant::now();
     idx.maintain(1).await.unwrap();
     println!(
-        "| search index: {vectors_n} vectors written, IVF-PQ built | {load:.1} s + {:.1} s |",
+        "| search index: {vectors_n} vectors written, IVF-SQ trained | {load:.1} s + {:.1} s |",
         t.elapsed().as_secs_f64()
     );
     let queries = [

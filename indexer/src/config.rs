@@ -26,8 +26,9 @@ pub struct SearchConfig {
     /// LanceDB location of the search index (a directory or an object-store
     /// URI); every indexer and the search service must share it.
     pub uri: String,
-    /// An org's table gets a vector index (IVF-PQ) once it has this many
-    /// distinct behaviours; it is rebuilt each time the table doubles.
+    /// An org's table gets a vector index (IVF-SQ) once it has this many
+    /// distinct behaviours; new rows are added to it without training, and
+    /// it is trained again once the table has four times the rows.
     pub index_min_rows: usize,
 }
 

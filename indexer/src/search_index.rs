@@ -7,8 +7,9 @@
 //! behaviour: searches keep one hit per behaviour. Every [`COMPACT_EVERY`]
 //! writes a table's small files are compacted. The Search service finds the
 //! behaviours nearest to a query and returns their events from ClickHouse.
-//! Tables past `index_min_rows` get an IVF-PQ vector index, rebuilt as they
-//! double.
+//! Tables past `index_min_rows` get an IVF-SQ vector index: new rows are
+//! added to it without training, and it is trained again only when the
+//! table has grown fourfold.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 use futures::TryStreamExt;
 use lancedb::index::Index;
 use lancedb::query::{ExecutableQuery, QueryBase, Select};
-use lancedb::table::{CompactionOptions, NewColumnTransform, OptimizeAction};
+use lancedb::table::{CompactionOptions, NewColumnTransform, OptimizeAction, OptimizeOptions};
 use lancedb::{Connection, DistanceType, Table};
 use outlier_common::featurize::{DIM, Embedding};
 use outlier_common::names::org_storage_name;
@@ -74,6 +75,15 @@ pub fn row_id(workload: &str, behaviour_key: u64) -> i64 {
 
 /// Writes to one table between compactions.
 pub const COMPACT_EVERY: u32 = 50;
+/// A table's vector index is trained again once the table has this many
+/// times the rows it was trained on.
+pub const RETRAIN_GROWTH: usize = 4;
+/// Rows written since the last index update that make it worth one.
+pub const APPEND_MIN_ROWS: usize = 1_000;
+/// Index segments (the trained one and deltas) before deltas are merged.
+pub const MAX_DELTAS: usize = 8;
+/// Rows per IVF partition at training.
+const ROWS_PER_PARTITION: usize = 1_000;
 
 /// What this process knows a table holds.
 #[derive(Default)]
@@ -87,7 +97,7 @@ pub struct SearchIndex {
     tables: Mutex<HashMap<String, Table>>,
     /// The row ids each written table holds, read on the first write.
     held: Mutex<HashMap<String, Held>>,
-    /// Row count at the last index build, per table.
+    /// Row count when the vector index was last trained, per table.
     indexed_at: Mutex<HashMap<String, usize>>,
     schema: SchemaRef,
 }
@@ -356,11 +366,17 @@ impl SearchIndex {
         Ok(hits)
     }
 
-    /// Builds (or rebuilds, once the table doubled) the vector index of
-    /// every org table with at least `min_rows` rows. Returns the tables
-    /// indexed.
+    /// Keeps the vector index of every org table with at least `min_rows`
+    /// rows current: trains it (IVF-SQ) when there is none, or once the
+    /// table grew to [`RETRAIN_GROWTH`] times the rows it was trained on;
+    /// otherwise adds the rows written since to it without training (each
+    /// row to its nearest partition: a delta, merged into the other deltas
+    /// once there are [`MAX_DELTAS`]). Training is what costs: k-means over
+    /// a sample, `sample_rate × partitions` rows, a few seconds of one core
+    /// at a million rows; rows not yet in the index are searched flat
+    /// meanwhile. Returns the tables whose index was trained.
     pub async fn maintain(&self, min_rows: usize) -> Result<Vec<String>, SearchIndexError> {
-        let mut built = Vec::new();
+        let mut trained = Vec::new();
         for name in self.db.table_names().execute().await? {
             if !name.starts_with("org_") {
                 continue;
@@ -369,31 +385,58 @@ impl SearchIndex {
                 continue;
             };
             let rows = table.count_rows(None).await?;
-            let last = self
-                .indexed_at
-                .lock()
-                .await
-                .get(&name)
-                .copied()
-                .unwrap_or(0);
-            if rows < min_rows || (last > 0 && rows < last * 2) {
-                continue;
+            let index = table
+                .list_indices()
+                .await?
+                .into_iter()
+                .find(|i| i.columns == ["vector"]);
+            let stats = match &index {
+                Some(i) => table.index_stats(&i.name).await?,
+                None => None,
+            };
+            let at = self.indexed_at.lock().await.get(&name).copied();
+            match (index, stats) {
+                (Some(index), Some(stats)) => {
+                    // Trained by an earlier run: count from what it covers.
+                    let at = at.unwrap_or(stats.num_indexed_rows.max(1));
+                    self.indexed_at.lock().await.insert(name.clone(), at);
+                    if rows < at.saturating_mul(RETRAIN_GROWTH) {
+                        if stats.num_unindexed_rows >= APPEND_MIN_ROWS {
+                            let deltas = stats.num_indices.unwrap_or(1) as usize;
+                            let mut options = if deltas >= MAX_DELTAS {
+                                // Every delta and the new rows into one; the
+                                // trained segment stays.
+                                OptimizeOptions::merge(deltas - 1)
+                            } else {
+                                OptimizeOptions::append()
+                            };
+                            options.index_names = Some(vec![index.name.clone()]);
+                            table.optimize(OptimizeAction::Index(options)).await?;
+                            tracing::debug!(table = %name, rows = stats.num_unindexed_rows, deltas, "rows added to the search index");
+                        }
+                        continue;
+                    }
+                }
+                _ if rows < min_rows => continue,
+                _ => {}
             }
-            let partitions = ((rows as f64).sqrt() as u32).clamp(16, 4096);
-            let builder = lancedb::index::vector::IvfPqIndexBuilder::default()
+            let partitions = (rows / ROWS_PER_PARTITION).clamp(16, 4096) as u32;
+            let t = std::time::Instant::now();
+            let builder = lancedb::index::vector::IvfSqIndexBuilder::default()
                 .distance_type(DistanceType::Cosine)
                 .num_partitions(partitions)
-                .num_sub_vectors(16);
+                .sample_rate(64)
+                .max_iterations(20);
             table
-                .create_index(&["vector"], Index::IvfPq(builder))
+                .create_index(&["vector"], Index::IvfSq(builder))
                 .replace(true)
                 .execute()
                 .await?;
             self.indexed_at.lock().await.insert(name.clone(), rows);
-            tracing::info!(table = %name, rows, partitions, "search index built");
-            built.push(name);
+            tracing::info!(table = %name, rows, partitions, seconds = t.elapsed().as_secs_f64(), "search index trained");
+            trained.push(name);
         }
-        Ok(built)
+        Ok(trained)
     }
 
     /// Number of behaviours indexed for `org`.
@@ -623,5 +666,88 @@ mod tests {
         assert!(frags < 5, "{frags} files after compaction");
         let hits = c.search("o", &entry(0).vector, &[], 1).await.unwrap();
         assert_eq!((hits[0].event_id.as_str(), hits[0].ts_ns), ("e0", 0));
+    }
+
+    /// `n` random unit vectors as behaviours of one workload.
+    fn random_entries(from: usize, n: usize) -> Vec<Entry> {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ from as u64;
+        (from..from + n)
+            .map(|i| {
+                let mut v = [0f32; DIM];
+                for slot in &mut v {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    *slot = (x % 2001) as f32 / 1000.0 - 1.0;
+                }
+                let norm = v.iter().map(|a| a * a).sum::<f32>().sqrt();
+                v.iter_mut().for_each(|a| *a /= norm);
+                Entry {
+                    workload: "w".into(),
+                    behaviour_key: i as u64,
+                    vector: v,
+                    last_seen_ns: i as u64,
+                    event_id: format!("e{i}"),
+                }
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_vector_index_takes_new_rows_without_training_until_the_table_grew_fourfold() {
+        let dir = tempfile::tempdir().unwrap();
+        let uri = dir.path().to_str().unwrap();
+        let idx = SearchIndex::open(uri).await.unwrap();
+        async fn stats(idx: &SearchIndex) -> lancedb::index::IndexStatistics {
+            let t = idx.table(&org_storage_name("o")).await.unwrap().unwrap();
+            let i = t.list_indices().await.unwrap();
+            t.index_stats(&i[0].name).await.unwrap().unwrap()
+        }
+        idx.upsert("o", &random_entries(0, 4_000)).await.unwrap();
+        assert!(
+            idx.maintain(5_000).await.unwrap().is_empty(),
+            "below min_rows"
+        );
+        idx.upsert("o", &random_entries(4_000, 1_000))
+            .await
+            .unwrap();
+        assert_eq!(idx.maintain(5_000).await.unwrap().len(), 1, "trained");
+        assert_eq!(stats(&idx).await.num_unindexed_rows, 0);
+
+        // New rows: added to the index, not trained again.
+        let fresh = random_entries(5_000, 3_000);
+        idx.upsert("o", &fresh).await.unwrap();
+        assert_eq!(stats(&idx).await.num_unindexed_rows, 3_000);
+        assert!(idx.maintain(5_000).await.unwrap().is_empty());
+        let s = stats(&idx).await;
+        assert_eq!((s.num_indexed_rows, s.num_unindexed_rows), (8_000, 0));
+        for e in fresh.iter().step_by(500) {
+            let hits = idx.search("o", &e.vector, &[], 1).await.unwrap();
+            assert_eq!(
+                hits[0].behaviour_key, e.behaviour_key,
+                "found via the index"
+            );
+        }
+
+        // A restarted indexer counts growth from what the index covers.
+        let restarted = SearchIndex::open(uri).await.unwrap();
+        restarted
+            .upsert("o", &random_entries(8_000, 2_000))
+            .await
+            .unwrap();
+        assert!(restarted.maintain(5_000).await.unwrap().is_empty());
+        assert_eq!(stats(&restarted).await.num_unindexed_rows, 0);
+        // ...and trains again at four times that.
+        restarted
+            .upsert("o", &random_entries(10_000, 22_000))
+            .await
+            .unwrap();
+        assert_eq!(
+            restarted.maintain(5_000).await.unwrap().len(),
+            1,
+            "retrained"
+        );
+        let s = stats(&restarted).await;
+        assert_eq!((s.num_indexed_rows, s.num_unindexed_rows), (32_000, 0));
     }
 }
