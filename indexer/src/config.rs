@@ -96,7 +96,7 @@ impl Default for BatchConfig {
     fn default() -> Self {
         Self {
             max_rows: 50_000,
-            max_wait_ms: 500,
+            max_wait_ms: 200,
             max_inflight: 4,
         }
     }

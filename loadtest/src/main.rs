@@ -58,11 +58,13 @@ enum Command {
         /// Events per second.
         #[arg(long, default_value_t = 20_000)]
         rate: u64,
-        /// Seconds of load.
+        /// Seconds of load measured, after the warm-up (the run produces for
+        /// warm-up + duration seconds).
         #[arg(long, default_value_t = 600)]
         duration: u64,
-        /// Seconds at the start excluded from detection figures (the
-        /// workloads learn their baselines).
+        /// Seconds of load at the start excluded from the detection and
+        /// latency figures (the workloads learn their baselines, the
+        /// services start up); the report shows whole-run latency too.
         #[arg(long, default_value_t = 60)]
         warmup: u64,
         #[arg(long, default_value = "127.0.0.1:9092")]
@@ -151,7 +153,7 @@ async fn main() -> anyhow::Result<()> {
                 clickhouse_url,
                 clickhouse_db,
                 rate,
-                duration: Duration::from_secs(duration),
+                duration: Duration::from_secs(warmup + duration),
                 warmup: Duration::from_secs(warmup),
                 sim: sim(org, format!("lt{stamp}")),
                 drain: Duration::from_secs(120),

@@ -28,6 +28,7 @@ pub struct RunConfig {
     pub clickhouse_url: String,
     pub clickhouse_db: String,
     pub rate: u64,
+    /// How long to produce, warm-up included.
     pub duration: Duration,
     /// Detection is measured on events produced after this much time (the
     /// workloads learn their baselines first).
@@ -59,6 +60,8 @@ pub struct Seen {
 pub struct RunResult {
     pub produced: u64,
     pub produce_secs: f64,
+    /// Seconds at the start excluded from the detection and latency figures.
+    pub warmup_secs: f64,
     pub scored_unique: u64,
     pub scored_duplicates: u64,
     pub rows_in_clickhouse: u64,
@@ -389,6 +392,7 @@ pub async fn run(cfg: RunConfig, corpus: Arc<Corpus>) -> anyhow::Result<RunResul
     Ok(RunResult {
         produced: n,
         produce_secs,
+        warmup_secs: cfg.warmup.as_secs_f64(),
         scored_unique: seen.len() as u64,
         scored_duplicates: dups,
         rows_in_clickhouse: rows,
