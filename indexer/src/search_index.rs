@@ -394,12 +394,15 @@ impl SearchIndex {
                 Some(i) => table.index_stats(&i.name).await?,
                 None => None,
             };
-            let at = self.indexed_at.lock().await.get(&name).copied();
             match (index, stats) {
                 (Some(index), Some(stats)) => {
                     // Trained by an earlier run: count from what it covers.
-                    let at = at.unwrap_or(stats.num_indexed_rows.max(1));
-                    self.indexed_at.lock().await.insert(name.clone(), at);
+                    let at = *self
+                        .indexed_at
+                        .lock()
+                        .await
+                        .entry(name.clone())
+                        .or_insert(stats.num_indexed_rows.max(1));
                     if rows < at.saturating_mul(RETRAIN_GROWTH) {
                         if stats.num_unindexed_rows >= APPEND_MIN_ROWS {
                             let deltas = stats.num_indices.unwrap_or(1) as usize;

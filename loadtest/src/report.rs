@@ -103,27 +103,30 @@ pub fn write(r: &RunResult, dir: &Path, command: &str, machine: &str) -> anyhow:
             percentile(v, 100.0)
         )
     };
-    writeln!(
-        md,
-        "| produced → scored (Kafka), after warm-up | {} |",
-        pcts(&after(&r.scored_latency))
-    )?;
-    writeln!(
-        md,
-        "| produced → queryable (ClickHouse, 1 in 500 sampled), after warm-up | {} |",
-        pcts(&after(&r.queryable_latency))
-    )?;
-    writeln!(
-        md,
-        "| produced → scored, whole run ({:.0} s warm-up included) | {} |",
-        r.warmup_secs,
-        pcts(&all(&r.scored_latency))
-    )?;
-    writeln!(
-        md,
-        "| produced → queryable, whole run | {} |",
-        pcts(&all(&r.queryable_latency))
-    )?;
+    let latency_rows = [
+        (
+            "produced → scored (Kafka), after warm-up".to_string(),
+            after(&r.scored_latency),
+        ),
+        (
+            "produced → queryable (ClickHouse, 1 in 500 sampled), after warm-up".to_string(),
+            after(&r.queryable_latency),
+        ),
+        (
+            format!(
+                "produced → scored, whole run ({:.0} s warm-up included)",
+                r.warmup_secs
+            ),
+            all(&r.scored_latency),
+        ),
+        (
+            "produced → queryable, whole run".to_string(),
+            all(&r.queryable_latency),
+        ),
+    ];
+    for (what, v) in &latency_rows {
+        writeln!(md, "| {what} | {} |", pcts(v))?;
+    }
     writeln!(
         md,
         "| loss: produced − scored | {loss_scored} ({} scored twice) |",

@@ -208,13 +208,13 @@ struct Query<'a> {
 
 impl<'a> Query<'a> {
     fn new(v: &'a [f32]) -> Self {
-        let nz = v
+        let nz: Vec<(u32, f32)> = v
             .iter()
             .enumerate()
             .filter(|(_, x)| **x != 0.0)
             .map(|(d, &x)| (d as u32, x))
             .collect();
-        let l1: f32 = v.iter().map(|x| x.abs()).sum();
+        let l1: f32 = nz.iter().map(|(_, x)| x.abs()).sum();
         Self {
             v,
             nz,
