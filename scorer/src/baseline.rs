@@ -27,11 +27,14 @@ pub struct Behaviour {
     /// Hash of the embedding: identical behaviour, identical key.
     pub key: u64,
     pub vector: Embedding,
+    /// Events it stands for. In a baseline, all of them; in the rows that
+    /// [`Baseline::take_dirty`] hands out for storage, those since its
+    /// previous write (storage keeps increments, summed on load).
     pub count: u64,
     pub first_seen_ns: u64,
     pub last_seen_ns: u64,
-    /// Whether a version of it is in storage already (else it is new, and
-    /// can be appended instead of merged).
+    /// Whether a row of it is in storage already (else this row is its
+    /// first: storage counts it as a distinct behaviour).
     pub stored: bool,
 }
 
@@ -68,6 +71,8 @@ struct Meta {
     last_seen_ns: u64,
     /// Last-seen time as of the last write to storage; 0: never written.
     persisted_ns: u64,
+    /// Count as of the last write to storage.
+    persisted_count: u64,
 }
 
 /// Smallest capacity of a [`Cols`], in rows; capacities double from it.
@@ -374,7 +379,8 @@ impl Baseline {
         for row in rows {
             b.events += row.count;
             if let Some(&i) = b.by_key.get(&row.key) {
-                // Two stored rows for one key (two writers): merge them.
+                // Several stored rows for one key (increments written
+                // one after another, or by two writers): add them up.
                 let m = &mut b.meta[i];
                 m.count += row.count;
                 m.first_seen_ns = m.first_seen_ns.min(row.first_seen_ns);
@@ -389,6 +395,9 @@ impl Baseline {
                 row.last_seen_ns,
             );
             b.meta[i].persisted_ns = row.last_seen_ns.max(1);
+        }
+        for m in &mut b.meta {
+            m.persisted_count = m.count;
         }
         b.maybe_reindex();
         b
@@ -411,6 +420,7 @@ impl Baseline {
             first_seen_ns: first,
             last_seen_ns: last,
             persisted_ns: 0,
+            persisted_count: 0,
         });
         self.is_dirty.push(false);
         self.by_key.insert(key, i);
@@ -540,15 +550,10 @@ impl Baseline {
         true
     }
 
-    /// Copies of the behaviours changed since the last call, to persist.
+    /// What to write for the behaviours changed since the last call: each
+    /// with the events since its previous write as its count.
     pub fn take_dirty(&mut self) -> Vec<Behaviour> {
-        let out = self.dirty.iter().map(|&i| self.get(i)).collect();
-        for &i in &self.dirty {
-            self.is_dirty[i] = false;
-            self.meta[i].persisted_ns = self.meta[i].last_seen_ns.max(1);
-        }
-        self.dirty.clear();
-        out
+        self.take(|_| true)
     }
 
     /// Like [`Baseline::take_dirty`], but a behaviour already stored is
@@ -558,13 +563,23 @@ impl Baseline {
     /// are written at most once per `touch_ns` of event time. The rest stay
     /// dirty for a later call (or a full [`Baseline::take_dirty`]).
     pub fn take_dirty_due(&mut self, touch_ns: u64) -> Vec<Behaviour> {
+        self.take(|m| {
+            m.persisted_ns == 0 || m.last_seen_ns >= m.persisted_ns.saturating_add(touch_ns)
+        })
+    }
+
+    fn take(&mut self, due: impl Fn(&Meta) -> bool) -> Vec<Behaviour> {
         let mut out = Vec::new();
         let mut keep = Vec::new();
         for &i in &self.dirty {
             let m = self.meta[i];
-            if m.persisted_ns == 0 || m.last_seen_ns >= m.persisted_ns.saturating_add(touch_ns) {
-                out.push(self.get(i));
-                self.meta[i].persisted_ns = m.last_seen_ns.max(1);
+            if due(&m) {
+                let mut row = self.get(i);
+                row.count = m.count - m.persisted_count;
+                out.push(row);
+                let m = &mut self.meta[i];
+                m.persisted_ns = m.last_seen_ns.max(1);
+                m.persisted_count = m.count;
                 self.is_dirty[i] = false;
             } else {
                 keep.push(i);
@@ -611,6 +626,7 @@ impl Baseline {
             v.copy_from_slice(&vectors[i * DIM..(i + 1) * DIM]);
             let j = self.push(m.key, &v, m.count, m.first_seen_ns, m.last_seen_ns);
             self.meta[j].persisted_ns = m.persisted_ns;
+            self.meta[j].persisted_count = m.persisted_count;
             if d {
                 self.is_dirty[j] = true;
                 self.dirty.push(j);
@@ -761,9 +777,16 @@ mod tests {
         assert_eq!((e.count, e.first_seen_ns, e.last_seen_ns), (2, 10, 20));
         let dirty = b.take_dirty();
         assert_eq!(dirty.len(), 2);
+        assert_eq!(dirty[0].count, 2);
         assert!(b.take_dirty().is_empty());
         b.observe(&unit(2), 40);
-        assert_eq!(b.take_dirty().len(), 1);
+        b.observe(&unit(2), 45);
+        // Storage gets the increment since the last write; the baseline
+        // keeps the total.
+        let dirty = b.take_dirty();
+        assert_eq!(dirty.len(), 1);
+        assert_eq!((dirty[0].count, dirty[0].first_seen_ns), (2, 30));
+        assert_eq!(b.count_of(1), 3);
     }
 
     #[test]
@@ -780,12 +803,16 @@ mod tests {
         b.observe(&unit(1), 1_100);
         let due = b.take_dirty_due(100);
         assert_eq!(due.len(), 1);
-        assert_eq!((due[0].count, due[0].last_seen_ns), (3, 1_100));
+        assert_eq!(
+            (due[0].count, due[0].last_seen_ns),
+            (2, 1_100),
+            "two since the write"
+        );
         b.observe(&unit(1), 1_150);
         assert!(b.take_dirty_due(100).is_empty());
         // A full take (hand-over, shutdown) writes everything pending.
         let all = b.take_dirty();
-        assert_eq!((all.len(), all[0].count), (1, 4));
+        assert_eq!((all.len(), all[0].count), (1, 1));
         assert!(!b.has_dirty());
     }
 
@@ -1031,5 +1058,10 @@ mod tests {
         let e = b.get(0);
         assert_eq!((e.count, e.first_seen_ns, e.last_seen_ns), (5, 1, 50));
         assert!(!b.has_dirty());
+        // What was loaded is not written again: the next write is the
+        // increment.
+        let mut b = b;
+        b.observe(&v, 60);
+        assert_eq!(b.take_dirty()[0].count, 1);
     }
 }

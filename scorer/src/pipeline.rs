@@ -97,6 +97,23 @@ struct PersistJob {
     key: WorkloadKey,
     rows: Vec<Behaviour>,
     deletes: Vec<u64>,
+    /// Behaviours last seen before this are dropped from storage.
+    prune_before: Option<u64>,
+}
+
+impl PersistJob {
+    fn new(key: WorkloadKey, b: &mut Baseline, rows: Vec<Behaviour>) -> Self {
+        Self {
+            key,
+            rows,
+            deletes: b.take_forgotten(),
+            prune_before: None,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.rows.is_empty() && self.deletes.is_empty() && self.prune_before.is_none()
+    }
 }
 
 /// What a consumed record turned out to be.
@@ -192,7 +209,7 @@ pub async fn run(cfg: ScorerConfig, shutdown: CancellationToken) -> Result<(), R
                 None => break Ok(()), // shut down before it was acknowledged
             },
             _ = flush_tick.tick() => worker.flush(&persist_tx, false).await,
-            _ = prune_tick.tick() => worker.prune().await,
+            _ = prune_tick.tick() => worker.prune(&persist_tx).await,
             _ = probe_tick.tick() => {
                 let k = cfg.kafka.clone();
                 let h = health.clone();
@@ -239,22 +256,36 @@ pub async fn run(cfg: ScorerConfig, shutdown: CancellationToken) -> Result<(), R
 /// Persists learned behaviour in the background; retries a failed write
 /// with backoff so learned behaviour is not dropped while LanceDB is away.
 async fn persist_loop(store: Arc<Store>, mut rx: mpsc::Receiver<PersistJob>, health: Health) {
-    while let Some(job) = rx.recv().await {
+    while let Some(mut job) = rx.recv().await {
         let (org, workload) = split_key(&job.key);
         let mut delay = Duration::from_millis(100);
-        // New behaviour is appended on the first attempt only: a retry may
-        // follow a write that landed, so it merges on the key instead.
-        let mut first = true;
         loop {
-            let res = match store.persist(org, workload, &job.rows, first).await {
-                Ok(()) => store.delete(org, workload, &job.deletes).await,
-                Err(e) => Err(e),
-            };
-            match res {
-                Ok(()) => {
+            // Each step is one commit and is dropped from the job once it
+            // landed, so a retry never appends an increment twice.
+            let mut res = Ok(());
+            if !job.rows.is_empty() {
+                res = store.persist(org, workload, &job.rows).await;
+                if res.is_ok() {
                     metrics::PERSIST
                         .with_label_values(&["ok"])
                         .inc_by(job.rows.len() as u64);
+                    job.rows.clear();
+                }
+            }
+            if res.is_ok() && !job.deletes.is_empty() {
+                res = store.delete(org, workload, &job.deletes).await;
+                if res.is_ok() {
+                    job.deletes.clear();
+                }
+            }
+            if let (Ok(()), Some(cutoff)) = (&res, job.prune_before) {
+                res = store.fold(org, workload, cutoff).await.map(|_| ());
+                if res.is_ok() {
+                    job.prune_before = None;
+                }
+            }
+            match res {
+                Ok(()) => {
                     health.set("lancedb", true, "writes succeed");
                     break;
                 }
@@ -271,7 +302,6 @@ async fn persist_loop(store: Arc<Store>, mut rx: mpsc::Receiver<PersistJob>, hea
                         );
                         break;
                     }
-                    first = false;
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(10));
                 }
@@ -587,12 +617,8 @@ impl Worker<'_> {
                 } else {
                     b.take_dirty_due(touch_ns)
                 };
-                let job = PersistJob {
-                    key: key.clone(),
-                    rows,
-                    deletes: b.take_forgotten(),
-                };
-                if job.rows.is_empty() && job.deletes.is_empty() {
+                let job = PersistJob::new(key.clone(), b, rows);
+                if job.is_empty() {
                     continue;
                 }
                 if tx.send(job).await.is_err() {
@@ -615,13 +641,9 @@ impl Worker<'_> {
         for key in gone {
             self.partition_of.remove(&key);
             if let Some(mut b) = self.judge.baselines.remove(&key) {
-                let job = PersistJob {
-                    key: key.clone(),
-                    rows: b.take_dirty(),
-                    deletes: b.take_forgotten(),
-                };
-                if (!job.rows.is_empty() || !job.deletes.is_empty()) && tx.send(job).await.is_err()
-                {
+                let rows = b.take_dirty();
+                let job = PersistJob::new(key.clone(), &mut b, rows);
+                if !job.is_empty() && tx.send(job).await.is_err() {
                     tracing::error!("baseline persister is gone");
                 }
             }
@@ -629,8 +651,9 @@ impl Worker<'_> {
         metrics::WORKLOADS.set(self.judge.baselines.len() as i64);
     }
 
-    /// Forgets behaviour older than the retention, in memory and in LanceDB.
-    async fn prune(&mut self) {
+    /// Forgets behaviour older than the retention, in memory and (through
+    /// the persister, which owns the writes) in LanceDB.
+    async fn prune(&mut self, tx: &mpsc::Sender<PersistJob>) {
         let cutoff =
             now_ns().saturating_sub(self.cfg.baseline.retention_days * 86_400 * 1_000_000_000);
         for (key, b) in &mut self.judge.baselines {
@@ -638,8 +661,13 @@ impl Worker<'_> {
             if n > 0 {
                 let (org, workload) = split_key(key);
                 tracing::info!(org, workload, pruned = n, "pruned old behaviour");
-                if let Err(e) = self.store.prune(org, workload, cutoff).await {
-                    tracing::warn!(org, workload, error = %e, "baseline prune failed");
+                let job = PersistJob {
+                    prune_before: Some(cutoff),
+                    ..PersistJob::new(key.clone(), b, Vec::new())
+                };
+                if tx.send(job).await.is_err() {
+                    tracing::error!("baseline persister is gone");
+                    return;
                 }
             }
         }

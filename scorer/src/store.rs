@@ -1,23 +1,24 @@
 //! Baseline persistence in LanceDB: one table per (org, workload), named by
 //! [`outlier_common::names::storage_name`] so no org or workload string can
-//! escape or collide. New behaviour is appended; a behaviour seen again is
-//! written with `merge_insert` on the behaviour key, so it updates its count
-//! and last-seen time instead of adding a row. (A merge joins with the whole
-//! table, an append does not: most writes are new behaviour.) Every
-//! [`COMPACT_EVERY`] writes a table's small files are compacted.
+//! escape or collide. Every write is an append: a new behaviour's first row,
+//! or a repeated behaviour's increment (events since its previous write, its
+//! latest last-seen time). Loading adds up a key's rows. Appends stay cheap
+//! however large the table; the `merge_insert` that updated rows in place
+//! joined each write with the whole table and took most of a core under a
+//! fleet's load. When a table holds more than twice as many rows as
+//! behaviours (plus [`FOLD_SLACK`]) it is folded: rewritten with one row per
+//! behaviour. Every [`COMPACT_EVERY`] writes a table's small files are
+//! compacted.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow_array::types::Float32Type;
-use arrow_array::{
-    Array, FixedSizeListArray, Float32Array, Int32Array, Int64Array, RecordBatch,
-    RecordBatchIterator, RecordBatchReader,
-};
+use arrow_array::{Array, FixedSizeListArray, Float32Array, Int32Array, Int64Array, RecordBatch};
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 use futures::TryStreamExt;
 use lancedb::query::ExecutableQuery;
-use lancedb::table::{CompactionOptions, OptimizeAction};
+use lancedb::table::{AddDataMode, CompactionOptions, OptimizeAction};
 use lancedb::{Connection, Table};
 use outlier_common::featurize::{DIM, FEATURIZER_VERSION};
 use outlier_common::names::storage_name;
@@ -39,11 +40,28 @@ pub enum StoreError {
 /// Writes to one table between compactions.
 pub const COMPACT_EVERY: u32 = 50;
 
+/// Rows beyond twice a table's behaviours that it may hold before a fold.
+pub const FOLD_SLACK: u64 = 1024;
+
+/// Rows and distinct behaviours of a table, as far as this process knows.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Shape {
+    rows: u64,
+    behaviours: u64,
+}
+
+impl Shape {
+    fn fold_due(&self) -> bool {
+        self.rows > 2 * self.behaviours + FOLD_SLACK
+    }
+}
+
 pub struct Store {
     db: Connection,
     tables: Mutex<HashMap<String, Table>>,
     /// Writes since the last compaction, per table.
     writes: Mutex<HashMap<String, u32>>,
+    shapes: Mutex<HashMap<String, Shape>>,
     schema: SchemaRef,
 }
 
@@ -73,6 +91,7 @@ impl Store {
             db,
             tables: Mutex::new(HashMap::new()),
             writes: Mutex::new(HashMap::new()),
+            shapes: Mutex::new(HashMap::new()),
             schema: schema(),
         })
     }
@@ -92,7 +111,8 @@ impl Store {
     }
 
     /// Loads the baseline of a workload (empty when it has none), leaving out
-    /// rows older than `cutoff_ns` or made by another featurizer version.
+    /// behaviours last seen before `cutoff_ns` or made by another featurizer
+    /// version.
     pub async fn load(
         &self,
         org: &str,
@@ -104,12 +124,33 @@ impl Store {
         let Some(table) = self.table(&name).await? else {
             return Ok(Baseline::with_params(params));
         };
+        let (rows, behaviours) = self.read(&name, &table).await?;
+        self.shapes.lock().await.insert(
+            name,
+            Shape {
+                rows,
+                behaviours: behaviours.len() as u64,
+            },
+        );
+        Ok(Baseline::from_behaviours(
+            behaviours
+                .into_iter()
+                .filter(|b| b.last_seen_ns >= cutoff_ns),
+            params,
+        ))
+    }
+
+    /// Reads a table whole: how many rows it has, and its behaviours (a
+    /// key's rows added up).
+    async fn read(&self, name: &str, table: &Table) -> Result<(u64, Vec<Behaviour>), StoreError> {
         let mut stream = table.query().execute().await?;
         let mut rows = Vec::new();
+        let mut n = 0;
         while let Some(batch) = stream.try_next().await? {
-            decode(&name, &batch, cutoff_ns, &mut rows)?;
+            n += batch.num_rows() as u64;
+            decode(name, &batch, &mut rows)?;
         }
-        Ok(Baseline::from_behaviours(rows, params))
+        Ok((n, add_up(rows)))
     }
 
     /// Deletes behaviours by key (they were confirmed malicious).
@@ -129,16 +170,16 @@ impl Store {
         Ok(())
     }
 
-    /// Writes (inserts or updates) behaviours of a workload. With
-    /// `append_new`, behaviours not stored before are appended; without it
-    /// (a retry, when an earlier attempt may have written them) everything
-    /// is merged on the key.
+    /// Appends behaviours of a workload: a new behaviour's first row or a
+    /// repeated one's increment (see [`Baseline::take_dirty`]). One write is
+    /// one commit: a write that failed left nothing, and may be retried.
+    /// Folds the table when it is due; a failed fold is logged (the write
+    /// itself landed) and tried again at a later write.
     pub async fn persist(
         &self,
         org: &str,
         workload: &str,
         rows: &[Behaviour],
-        append_new: bool,
     ) -> Result<(), StoreError> {
         if rows.is_empty() {
             return Ok(());
@@ -153,10 +194,11 @@ impl Store {
                 .await
             {
                 Ok(t) => {
-                    self.tables.lock().await.insert(name, t);
+                    self.tables.lock().await.insert(name.clone(), t);
+                    self.count_write(&name, rows, Shape::default()).await;
                     return Ok(());
                 }
-                // Another scorer created it first: merge into theirs.
+                // Another scorer created it first: append to theirs.
                 Err(lancedb::Error::TableAlreadyExists { .. }) => {
                     self.table(&name).await?.ok_or_else(|| StoreError::Schema {
                         table: name.clone(),
@@ -166,27 +208,78 @@ impl Store {
                 Err(e) => return Err(e.into()),
             },
         };
-        let (new, known): (Vec<Behaviour>, Vec<Behaviour>) = if append_new {
-            rows.iter().cloned().partition(|r| !r.stored)
-        } else {
-            (Vec::new(), rows.to_vec())
+        table.add(encode(&self.schema, rows)?).execute().await?;
+        let before = match self.shapes.lock().await.get(&name) {
+            Some(s) => *s,
+            None => {
+                // Not loaded by this process: take its rows as behaviours.
+                let n = table.count_rows(None).await? as u64 - rows.len() as u64;
+                Shape {
+                    rows: n,
+                    behaviours: n,
+                }
+            }
         };
-        if !new.is_empty() {
-            table.add(encode(&self.schema, &new)?).execute().await?;
+        if self.count_write(&name, rows, before).await.fold_due() {
+            if let Err(e) = self.fold_table(&name, &table, 0).await {
+                tracing::warn!(table = name, error = %e, "baseline fold failed");
+            }
+        } else {
+            self.maybe_compact(&name, &table).await;
         }
-        if !known.is_empty() {
-            let reader: Box<dyn RecordBatchReader + Send> = Box::new(RecordBatchIterator::new(
-                vec![Ok(encode(&self.schema, &known)?)],
-                self.schema.clone(),
-            ));
-            let mut merge = table.merge_insert(&["key"]);
-            merge
-                .when_matched_update_all(None)
-                .when_not_matched_insert_all();
-            merge.execute(reader).await?;
-        }
-        self.maybe_compact(&name, &table).await;
         Ok(())
+    }
+
+    /// Records a write of `rows` to a table that had shape `before` (unless
+    /// this process knows it already); returns the shape after it.
+    async fn count_write(&self, name: &str, rows: &[Behaviour], before: Shape) -> Shape {
+        let mut shapes = self.shapes.lock().await;
+        let shape = shapes.entry(name.to_string()).or_insert(before);
+        shape.rows += rows.len() as u64;
+        shape.behaviours += rows.iter().filter(|r| !r.stored).count() as u64;
+        *shape
+    }
+
+    /// Rewrites a workload's table with one row per behaviour, leaving out
+    /// behaviours last seen before `cutoff_ns` (0: none). Returns how many
+    /// behaviours it kept.
+    pub async fn fold(
+        &self,
+        org: &str,
+        workload: &str,
+        cutoff_ns: u64,
+    ) -> Result<usize, StoreError> {
+        let name = storage_name(org, workload);
+        match self.table(&name).await? {
+            Some(table) => self.fold_table(&name, &table, cutoff_ns).await,
+            None => Ok(0),
+        }
+    }
+
+    async fn fold_table(
+        &self,
+        name: &str,
+        table: &Table,
+        cutoff_ns: u64,
+    ) -> Result<usize, StoreError> {
+        let (_, mut behaviours) = self.read(name, table).await?;
+        behaviours.retain(|b| b.last_seen_ns >= cutoff_ns);
+        table
+            .add(encode(&self.schema, &behaviours)?)
+            .mode(AddDataMode::Overwrite)
+            .execute()
+            .await?;
+        let n = behaviours.len() as u64;
+        self.shapes.lock().await.insert(
+            name.to_string(),
+            Shape {
+                rows: n,
+                behaviours: n,
+            },
+        );
+        self.writes.lock().await.insert(name.to_string(), 0);
+        tracing::debug!(table = name, behaviours = n, "baseline folded");
+        Ok(behaviours.len())
     }
 
     /// Compacts a table's small files every [`COMPACT_EVERY`] writes
@@ -214,17 +307,6 @@ impl Store {
         if let Err(e) = table.optimize(action).await {
             tracing::warn!(table = name, error = %e, "baseline compaction failed");
         }
-    }
-
-    /// Deletes behaviours last seen before `cutoff_ns`.
-    pub async fn prune(&self, org: &str, workload: &str, cutoff_ns: u64) -> Result<(), StoreError> {
-        let name = storage_name(org, workload);
-        if let Some(table) = self.table(&name).await? {
-            table
-                .delete(format!("last_seen_ns < {}", cutoff_ns as i64).as_str())
-                .await?;
-        }
-        Ok(())
     }
 }
 
@@ -272,12 +354,29 @@ fn column<'a, T: 'static>(
         })
 }
 
-fn decode(
-    table: &str,
-    batch: &RecordBatch,
-    cutoff_ns: u64,
-    out: &mut Vec<Behaviour>,
-) -> Result<(), StoreError> {
+/// Adds up the rows of each key: counts summed, the earliest first-seen
+/// and the latest last-seen time; in the order keys first appear.
+fn add_up(rows: Vec<Behaviour>) -> Vec<Behaviour> {
+    let mut at: HashMap<u64, usize> = HashMap::with_capacity(rows.len());
+    let mut out: Vec<Behaviour> = Vec::with_capacity(rows.len());
+    for row in rows {
+        match at.get(&row.key) {
+            Some(&i) => {
+                let b = &mut out[i];
+                b.count += row.count;
+                b.first_seen_ns = b.first_seen_ns.min(row.first_seen_ns);
+                b.last_seen_ns = b.last_seen_ns.max(row.last_seen_ns);
+            }
+            None => {
+                at.insert(row.key, out.len());
+                out.push(row);
+            }
+        }
+    }
+    out
+}
+
+fn decode(table: &str, batch: &RecordBatch, out: &mut Vec<Behaviour>) -> Result<(), StoreError> {
     let key = column::<Int64Array>(table, batch, "key")?;
     let vector = column::<FixedSizeListArray>(table, batch, "vector")?;
     let count = column::<Int64Array>(table, batch, "count")?;
@@ -299,7 +398,7 @@ fn decode(
         });
     }
     for i in 0..batch.num_rows() {
-        if version.value(i) != FEATURIZER_VERSION as i32 || (last.value(i) as u64) < cutoff_ns {
+        if version.value(i) != FEATURIZER_VERSION as i32 {
             continue;
         }
         let start = vector.value_offset(i) as usize;
@@ -334,8 +433,17 @@ mod tests {
         })
     }
 
+    async fn reload(dir: &tempfile::TempDir, org: &str, wl: &str, cutoff: u64) -> Baseline {
+        Store::open(dir.path().to_str().unwrap())
+            .await
+            .unwrap()
+            .load(org, wl, cutoff, IndexParams::default())
+            .await
+            .unwrap()
+    }
+
     #[tokio::test]
-    async fn persists_merges_reloads_and_prunes_in_real_lancedb() {
+    async fn persists_increments_reloads_and_prunes_in_real_lancedb() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path().to_str().unwrap()).await.unwrap();
         let (org, wl) = ("acme/../x", "web's");
@@ -351,68 +459,102 @@ mod tests {
         let mut b = Baseline::default();
         b.observe(&vec_of("nginx -s reload"), 100);
         b.observe(&vec_of("logrotate /etc/logrotate.conf"), 200);
-        store.persist(org, wl, &b.take_dirty(), true).await.unwrap();
-        // A repeat (merged) and a new behaviour (appended) in one write; the
-        // write retried without appending (as after a failure) adds nothing.
+        store.persist(org, wl, &b.take_dirty()).await.unwrap();
+        // A repeat (an increment) and a new behaviour in one write.
         b.observe(&vec_of("nginx -s reload"), 300);
+        b.observe(&vec_of("nginx -s reload"), 310);
         b.observe(&vec_of("crontab -l"), 300);
         let rows = b.take_dirty();
         assert_eq!(rows.iter().filter(|r| r.stored).count(), 1);
-        store.persist(org, wl, &rows, true).await.unwrap();
-        store.persist(org, wl, &rows, false).await.unwrap();
+        store.persist(org, wl, &rows).await.unwrap();
 
         // A fresh store (a restarted scorer) rebuilds the same baseline.
-        let store2 = Store::open(dir.path().to_str().unwrap()).await.unwrap();
-        let loaded = store2
-            .load(org, wl, 0, IndexParams::default())
-            .await
-            .unwrap();
-        assert_eq!(loaded.len(), 3, "repeated behaviour stored once");
+        let loaded = reload(&dir, org, wl, 0).await;
+        assert_eq!(loaded.len(), 3, "a repeated behaviour is one behaviour");
+        assert_eq!(loaded.events(), b.events());
         let (d, i) = loaded.min_distance(&vec_of("nginx -s reload")).unwrap();
         assert!(d < 1e-6);
-        assert_eq!(loaded.get(i).count, 2);
-        assert_eq!(loaded.get(i).last_seen_ns, 300);
-
-        // Rows older than the cutoff are left out on load and deleted by prune.
+        let nginx = loaded.get(i);
         assert_eq!(
-            store2
-                .load(org, wl, 250, IndexParams::default())
-                .await
-                .unwrap()
-                .len(),
-            2
-        );
-        store2.prune(org, wl, 250).await.unwrap();
-        assert_eq!(
-            Store::open(dir.path().to_str().unwrap())
-                .await
-                .unwrap()
-                .load(org, wl, 0, IndexParams::default())
-                .await
-                .unwrap()
-                .len(),
-            2
+            (nginx.count, nginx.first_seen_ns, nginx.last_seen_ns),
+            (3, 100, 310)
         );
 
-        // Deleting by key (malicious feedback) removes exactly that row.
-        let doomed = loaded.get(i).key;
-        store2.delete(org, wl, &[doomed]).await.unwrap();
-        let after = Store::open(dir.path().to_str().unwrap())
-            .await
-            .unwrap()
-            .load(org, wl, 0, IndexParams::default())
-            .await
-            .unwrap();
+        // Behaviours last seen before the cutoff are left out on load; the
+        // repeat's first row is older than the cutoff, its latest is not.
+        let recent = reload(&dir, org, wl, 250).await;
+        assert_eq!(recent.len(), 2);
+        let (_, i) = recent.min_distance(&vec_of("nginx -s reload")).unwrap();
+        assert_eq!(recent.get(i).count, 3, "every increment counts");
+
+        // A prune folds the table: one row per behaviour, the old ones gone.
+        let store2 = Store::open(dir.path().to_str().unwrap()).await.unwrap();
+        assert_eq!(store2.fold(org, wl, 250).await.unwrap(), 2);
+        let table = store2.table(&storage_name(org, wl)).await.unwrap().unwrap();
+        assert_eq!(table.count_rows(None).await.unwrap(), 2);
+        let after = reload(&dir, org, wl, 0).await;
+        assert_eq!(after.len(), 2);
+        let (_, i) = after.min_distance(&vec_of("nginx -s reload")).unwrap();
+        assert_eq!(after.get(i).count, 3, "folding keeps the sum");
+
+        // Deleting by key (malicious feedback) removes that behaviour.
+        store2.delete(org, wl, &[nginx.key]).await.unwrap();
+        let after = reload(&dir, org, wl, 0).await;
         assert_eq!(
             after.len(),
             1,
-            "the pruned row and the deleted row are gone"
+            "the pruned and the deleted behaviour are gone"
         );
         assert!(after.min_distance(&vec_of("crontab -l")).unwrap().0 < 1e-6);
+
+        // Pruning everything leaves an empty table, not an error.
+        assert_eq!(store2.fold(org, wl, u64::MAX).await.unwrap(), 0);
+        assert!(reload(&dir, org, wl, 0).await.is_empty());
 
         // Table names never contain the raw strings.
         let names = store2.db.table_names().execute().await.unwrap();
         assert_eq!(names, vec![storage_name(org, wl)]);
+    }
+
+    #[tokio::test]
+    async fn a_table_of_piled_up_increments_is_folded_and_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().to_str().unwrap()).await.unwrap();
+        let mut b = Baseline::default();
+        let n = 100u64;
+        for i in 0..n {
+            b.observe(&vec_of(&format!("worker-{i} --serve")), 1);
+        }
+        store.persist("o", "w", &b.take_dirty()).await.unwrap();
+        let table = store.table(&storage_name("o", "w")).await.unwrap().unwrap();
+        // Every behaviour repeats, and each write appends its increment.
+        let mut writes = 0;
+        let mut folded_at = None;
+        for round in 2..40u64 {
+            for i in 0..n {
+                b.observe(&vec_of(&format!("worker-{i} --serve")), round);
+            }
+            store.persist("o", "w", &b.take_dirty()).await.unwrap();
+            writes += 1;
+            let rows = table.count_rows(None).await.unwrap() as u64;
+            if rows == n {
+                folded_at.get_or_insert(writes);
+            }
+            assert!(
+                rows <= 2 * n + FOLD_SLACK + n,
+                "{rows} rows after {writes} writes"
+            );
+        }
+        // 100 rows per write: the first fold comes once the table holds more
+        // than 2 × 100 + FOLD_SLACK rows.
+        let expected = ((2 * n + FOLD_SLACK) / n) as i32;
+        assert_eq!(folded_at, Some(expected));
+        let loaded = reload(&dir, "o", "w", 0).await;
+        assert_eq!(loaded.len(), n as usize);
+        assert_eq!(loaded.events(), b.events());
+        let (_, i) = loaded.min_distance(&vec_of("worker-7 --serve")).unwrap();
+        let e = loaded.get(i);
+        assert_eq!((e.count, e.first_seen_ns, e.last_seen_ns), (39, 1, 39));
     }
 
     #[tokio::test]
@@ -426,10 +568,7 @@ mod tests {
             if i % 3 == 0 {
                 b.observe(&vec_of("job-0 --run"), i as u64 + 1);
             }
-            store
-                .persist("o", "w", &b.take_dirty(), true)
-                .await
-                .unwrap();
+            store.persist("o", "w", &b.take_dirty()).await.unwrap();
         }
         let table = store.table(&storage_name("o", "w")).await.unwrap().unwrap();
         let stats = table.stats().await.unwrap();
