@@ -7,6 +7,8 @@ pub mod config;
 pub mod featurize;
 pub mod json;
 pub mod kafka;
+#[cfg(feature = "lance")]
+pub mod lance;
 pub mod names;
 pub mod telemetry;
 

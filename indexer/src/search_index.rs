@@ -20,7 +20,7 @@ use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 use futures::TryStreamExt;
 use lancedb::index::Index;
 use lancedb::query::{ExecutableQuery, QueryBase, Select};
-use lancedb::table::{CompactionOptions, NewColumnTransform, OptimizeAction, OptimizeOptions};
+use lancedb::table::{NewColumnTransform, OptimizeAction, OptimizeOptions};
 use lancedb::{Connection, DistanceType, Table};
 use outlier_common::featurize::{DIM, Embedding};
 use outlier_common::names::org_storage_name;
@@ -237,16 +237,7 @@ impl SearchIndex {
         h.writes_since_compaction += 1;
         if h.writes_since_compaction >= COMPACT_EVERY {
             h.writes_since_compaction = 0;
-            let action = OptimizeAction::Compact {
-                // Files of 20k rows and more are left alone: compacting into
-                // one file per table rewrote a growing table at every turn.
-                options: CompactionOptions {
-                    target_rows_per_fragment: 20_000,
-                    ..CompactionOptions::default()
-                },
-                remap_options: None,
-            };
-            if let Err(e) = table.optimize(action).await {
+            if let Err(e) = outlier_common::lance::compact(&table).await {
                 tracing::warn!(table = %name, error = %e, "search table compaction failed");
             }
         }

@@ -8,7 +8,12 @@
 //! fleet's load. When a table holds more than twice as many rows as
 //! behaviours (plus [`FOLD_SLACK`]) it is folded: rewritten with one row per
 //! behaviour. Every [`COMPACT_EVERY`] writes a table's small files are
-//! compacted.
+//! compacted, and after that and after a fold, versions older than
+//! [`outlier_common::lance::KEEP_VERSIONS_MINUTES`] are deleted.
+//!
+//! A fold reads the table's latest version and replaces it: an append by
+//! another scorer between the two (only during a partition hand-over, and
+//! the fold takes milliseconds for a workload's table) would be lost.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,7 +23,7 @@ use arrow_array::{Array, FixedSizeListArray, Float32Array, Int32Array, Int64Arra
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 use futures::TryStreamExt;
 use lancedb::query::ExecutableQuery;
-use lancedb::table::{AddDataMode, CompactionOptions, OptimizeAction};
+use lancedb::table::AddDataMode;
 use lancedb::{Connection, Table};
 use outlier_common::featurize::{DIM, FEATURIZER_VERSION};
 use outlier_common::names::storage_name;
@@ -143,6 +148,9 @@ impl Store {
     /// Reads a table whole: how many rows it has, and its behaviours (a
     /// key's rows added up).
     async fn read(&self, name: &str, table: &Table) -> Result<(u64, Vec<Behaviour>), StoreError> {
+        // The handle stays at the version it last read or wrote: another
+        // scorer may have written since (the workload was theirs a while).
+        table.checkout_latest().await?;
         let mut stream = table.query().execute().await?;
         let mut rows = Vec::new();
         let mut n = 0;
@@ -279,12 +287,15 @@ impl Store {
         );
         self.writes.lock().await.insert(name.to_string(), 0);
         tracing::debug!(table = name, behaviours = n, "baseline folded");
+        if let Err(e) = outlier_common::lance::clean_up(table).await {
+            tracing::warn!(table = name, error = %e, "baseline clean-up failed");
+        }
         Ok(behaviours.len())
     }
 
-    /// Compacts a table's small files every [`COMPACT_EVERY`] writes
-    /// (each write adds files; loads and merges read all of them). A failed
-    /// compaction is logged and retried at the next turn.
+    /// Compacts a table's small files every [`COMPACT_EVERY`] writes (each
+    /// write adds files, and loads read all of them) and deletes its old
+    /// versions. A failed compaction is logged and retried at the next turn.
     async fn maybe_compact(&self, name: &str, table: &Table) {
         {
             let mut writes = self.writes.lock().await;
@@ -295,16 +306,7 @@ impl Store {
             }
             *n = 0;
         }
-        let action = OptimizeAction::Compact {
-            // Files of 20k rows and more are left alone: compacting into
-            // one file per table rewrote a growing table at every turn.
-            options: CompactionOptions {
-                target_rows_per_fragment: 20_000,
-                ..CompactionOptions::default()
-            },
-            remap_options: None,
-        };
-        if let Err(e) = table.optimize(action).await {
+        if let Err(e) = outlier_common::lance::compact(table).await {
             tracing::warn!(table = name, error = %e, "baseline compaction failed");
         }
     }
@@ -555,6 +557,40 @@ mod tests {
         let (_, i) = loaded.min_distance(&vec_of("worker-7 --serve")).unwrap();
         let e = loaded.get(i);
         assert_eq!((e.count, e.first_seen_ns, e.last_seen_ns), (39, 1, 39));
+    }
+
+    #[tokio::test]
+    async fn a_workload_coming_back_sees_what_another_scorer_wrote_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let uri = dir.path().to_str().unwrap();
+        let (a, b) = (
+            Store::open(uri).await.unwrap(),
+            Store::open(uri).await.unwrap(),
+        );
+        let mut mine = Baseline::default();
+        mine.observe(&vec_of("nginx -s reload"), 10);
+        a.persist("o", "w", &mine.take_dirty()).await.unwrap();
+        // The workload moves to scorer b, which learns more, then back to a.
+        let mut theirs = b.load("o", "w", 0, IndexParams::default()).await.unwrap();
+        theirs.observe(&vec_of("nginx -s reload"), 20);
+        theirs.observe(&vec_of("certbot renew"), 20);
+        b.persist("o", "w", &theirs.take_dirty()).await.unwrap();
+        let back = a.load("o", "w", 0, IndexParams::default()).await.unwrap();
+        assert_eq!(
+            back.len(),
+            2,
+            "a's handle must not stay at its own last write"
+        );
+        assert_eq!(back.events(), 3);
+        // A fold by a keeps b's rows too.
+        assert_eq!(a.fold("o", "w", 0).await.unwrap(), 2);
+        assert_eq!(
+            b.load("o", "w", 0, IndexParams::default())
+                .await
+                .unwrap()
+                .events(),
+            3
+        );
     }
 
     #[tokio::test]
