@@ -221,7 +221,9 @@ impl Store {
             Some(s) => *s,
             None => {
                 // Not loaded by this process: take its rows as behaviours.
-                let n = table.count_rows(None).await? as u64 - rows.len() as u64;
+                // (No `?`: the write landed, and a retry would repeat it.)
+                let n = table.count_rows(None).await.unwrap_or(0) as u64;
+                let n = n.saturating_sub(rows.len() as u64);
                 Shape {
                     rows: n,
                     behaviours: n,
