@@ -48,24 +48,37 @@ pub const COMPACT_EVERY: u32 = 50;
 /// Rows beyond twice a table's behaviours that it may hold before a fold.
 pub const FOLD_SLACK: u64 = 1024;
 
-/// Rows and distinct behaviours of a table, as far as this process knows.
+/// Rows and distinct behaviours of a table, as far as this process knows,
+/// and its writes since it was last compacted or folded.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 struct Shape {
     rows: u64,
     behaviours: u64,
+    writes: u32,
 }
 
 impl Shape {
-    fn fold_due(&self) -> bool {
-        self.rows > 2 * self.behaviours + FOLD_SLACK
+    /// A table just read or rewritten.
+    fn new(rows: u64, behaviours: u64) -> Self {
+        Self {
+            rows,
+            behaviours,
+            writes: 0,
+        }
     }
+}
+
+/// Upkeep a table is due after a write.
+#[derive(Debug, PartialEq)]
+enum Upkeep {
+    None,
+    Compact,
+    Fold,
 }
 
 pub struct Store {
     db: Connection,
     tables: Mutex<HashMap<String, Table>>,
-    /// Writes since the last compaction, per table.
-    writes: Mutex<HashMap<String, u32>>,
     shapes: Mutex<HashMap<String, Shape>>,
     schema: SchemaRef,
 }
@@ -95,7 +108,6 @@ impl Store {
         Ok(Self {
             db,
             tables: Mutex::new(HashMap::new()),
-            writes: Mutex::new(HashMap::new()),
             shapes: Mutex::new(HashMap::new()),
             schema: schema(),
         })
@@ -130,13 +142,10 @@ impl Store {
             return Ok(Baseline::with_params(params));
         };
         let (rows, behaviours) = self.read(&name, &table).await?;
-        self.shapes.lock().await.insert(
-            name,
-            Shape {
-                rows,
-                behaviours: behaviours.len() as u64,
-            },
-        );
+        self.shapes
+            .lock()
+            .await
+            .insert(name, Shape::new(rows, behaviours.len() as u64));
         Ok(Baseline::from_behaviours(
             behaviours
                 .into_iter()
@@ -224,30 +233,46 @@ impl Store {
                 // (No `?`: the write landed, and a retry would repeat it.)
                 let n = table.count_rows(None).await.unwrap_or(0) as u64;
                 let n = n.saturating_sub(rows.len() as u64);
-                Shape {
-                    rows: n,
-                    behaviours: n,
-                }
+                Shape::new(n, n)
             }
         };
-        if self.count_write(&name, rows, before).await.fold_due() {
-            if let Err(e) = self.fold_table(&name, &table, 0).await {
-                tracing::warn!(table = name, error = %e, "baseline fold failed");
+        match self.count_write(&name, rows, before).await {
+            Upkeep::None => {}
+            // Failures are logged and the upkeep comes round again.
+            Upkeep::Compact => {
+                if let Err(e) = outlier_common::lance::compact(&table).await {
+                    tracing::warn!(table = name, error = %e, "baseline compaction failed");
+                }
             }
-        } else {
-            self.maybe_compact(&name, &table).await;
+            Upkeep::Fold => {
+                if let Err(e) = self.fold_table(&name, &table, 0).await {
+                    tracing::warn!(table = name, error = %e, "baseline fold failed");
+                }
+            }
         }
         Ok(())
     }
 
     /// Records a write of `rows` to a table that had shape `before` (unless
-    /// this process knows it already); returns the shape after it.
-    async fn count_write(&self, name: &str, rows: &[Behaviour], before: Shape) -> Shape {
+    /// this process knows it already), and says what upkeep is due: a fold
+    /// when it holds more than twice as many rows as behaviours plus
+    /// [`FOLD_SLACK`]; else every [`COMPACT_EVERY`] writes (each adds files,
+    /// and loads read all of them) a compaction, which also deletes old
+    /// versions.
+    async fn count_write(&self, name: &str, rows: &[Behaviour], before: Shape) -> Upkeep {
         let mut shapes = self.shapes.lock().await;
         let shape = shapes.entry(name.to_string()).or_insert(before);
         shape.rows += rows.len() as u64;
         shape.behaviours += rows.iter().filter(|r| !r.stored).count() as u64;
-        *shape
+        shape.writes += 1;
+        if shape.rows > 2 * shape.behaviours + FOLD_SLACK {
+            Upkeep::Fold
+        } else if shape.writes >= COMPACT_EVERY {
+            shape.writes = 0;
+            Upkeep::Compact
+        } else {
+            Upkeep::None
+        }
     }
 
     /// Rewrites a workload's table with one row per behaviour, leaving out
@@ -280,37 +305,15 @@ impl Store {
             .execute()
             .await?;
         let n = behaviours.len() as u64;
-        self.shapes.lock().await.insert(
-            name.to_string(),
-            Shape {
-                rows: n,
-                behaviours: n,
-            },
-        );
-        self.writes.lock().await.insert(name.to_string(), 0);
+        self.shapes
+            .lock()
+            .await
+            .insert(name.to_string(), Shape::new(n, n));
         tracing::debug!(table = name, behaviours = n, "baseline folded");
         if let Err(e) = outlier_common::lance::clean_up(table).await {
             tracing::warn!(table = name, error = %e, "baseline clean-up failed");
         }
         Ok(behaviours.len())
-    }
-
-    /// Compacts a table's small files every [`COMPACT_EVERY`] writes (each
-    /// write adds files, and loads read all of them) and deletes its old
-    /// versions. A failed compaction is logged and retried at the next turn.
-    async fn maybe_compact(&self, name: &str, table: &Table) {
-        {
-            let mut writes = self.writes.lock().await;
-            let n = writes.entry(name.to_string()).or_default();
-            *n += 1;
-            if *n < COMPACT_EVERY {
-                return;
-            }
-            *n = 0;
-        }
-        if let Err(e) = outlier_common::lance::compact(table).await {
-            tracing::warn!(table = name, error = %e, "baseline compaction failed");
-        }
     }
 }
 
