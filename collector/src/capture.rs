@@ -94,6 +94,11 @@ struct Proc {
     exe: String,
     cgroup: String,
     workload: String,
+    /// The cgroup v2 id the entry was made under: a record from another
+    /// cgroup under the same pid is another process (the pid was reused
+    /// by a process that forked and never exec'd, say a web server's
+    /// worker), not this one.
+    cgroup_id: u64,
 }
 
 /// Most processes remembered before the table is reset.
@@ -163,11 +168,14 @@ impl Builder {
                 exe: exe.to_string(),
                 cgroup,
                 workload,
+                cgroup_id: h.cgroup_id,
             };
             self.procs.insert(h.tgid, p.clone());
             return p;
         }
-        if let Some(p) = self.procs.get(&h.tgid) {
+        if let Some(p) = self.procs.get(&h.tgid)
+            && p.cgroup_id == h.cgroup_id
+        {
             return p.clone();
         }
         let cgroup = self.cgroup_of(h.tgid, h.cgroup_id);
@@ -179,6 +187,7 @@ impl Builder {
             exe: readlink(h.tgid, "exe"),
             cgroup,
             workload,
+            cgroup_id: h.cgroup_id,
         };
         self.procs.insert(h.tgid, p.clone());
         p
@@ -391,6 +400,25 @@ mod tests {
             (ev.exe.as_str(), ev.workload.as_str()),
             ("/usr/bin/sleep", "sleepers")
         );
+        // The same pid in another cgroup is another process (the pid was
+        // reused by one that never exec'd): not the sleeper's workload.
+        let other = RawHeader {
+            cgroup_id: 987_654_321,
+            comm: b"php-fpm8.2".to_vec(),
+            ..header(me)
+        };
+        let ev = b.build(&Raw::Open(RawOpen {
+            hdr: other,
+            retval: 3,
+            flags: 0o1101,
+            dfd: -100,
+            path: b"/srv/app/uploads/x".to_vec(),
+            path_truncated: false,
+            sensitive: false,
+            openat2: false,
+        }));
+        assert_eq!(ev.workload, "host");
+        assert_ne!(ev.exe, "/usr/bin/sleep");
     }
 
     #[test]
