@@ -347,10 +347,12 @@ fn extract(h: &mut HostState, l: &Limits, ev: &Event) -> Features {
     } else {
         h.procs.get(&ev.pid).cloned()
     };
+    // For an open or a connect the kernel names the calling thread, and
+    // threads name themselves: the executable's name then (`program_name`).
     let comm = if ev.comm.is_empty() {
         known.as_ref().map(|p| p.comm.clone()).unwrap_or_default()
     } else {
-        ev.comm.clone()
+        ev.program_name().to_string()
     };
     let ppid = if ev.ppid != 0 {
         ev.ppid

@@ -15,7 +15,7 @@ use xxhash_rust::xxh3::xxh3_64_with_seed;
 /// Dimensions of an embedding.
 pub const DIM: usize = 128;
 /// Version of the featurizer; baselines built by another version are rebuilt.
-pub const FEATURIZER_VERSION: u32 = 2;
+pub const FEATURIZER_VERSION: u32 = 3;
 
 /// An L2-normalised event embedding.
 pub type Embedding = [f32; DIM];
@@ -36,16 +36,30 @@ const W_BIGRAM: f32 = 0.6;
 const W_NET: f32 = 1.0;
 const W_PATH: f32 = 1.0;
 
+/// The lineage of an event's process, hashed: its kind, its parent's name
+/// and its own program's name, both normalised as in [`embed`] (so
+/// `runner-job-XXXX` children or numbered workers share one lineage).
+pub fn lineage_key(e: &Event) -> u64 {
+    let mut buf = String::with_capacity(48);
+    buf.push_str(e.kind_name());
+    buf.push('\u{1f}');
+    normalize_word_into(&e.parent_comm, &mut buf);
+    buf.push('\u{1f}');
+    normalize_word_into(e.program_name(), &mut buf);
+    xxh3_64_with_seed(buf.as_bytes(), SEED)
+}
+
 /// Embeds one event.
 pub fn embed(e: &Event) -> Embedding {
     let mut h = Hasher::default();
     h.add("kind", e.kind_name(), W_KIND);
-    h.add_norm("comm", &e.comm, W_COMM);
+    let comm = e.program_name();
+    h.add_norm("comm", comm, W_COMM);
     h.add_norm("parent", &e.parent_comm, W_PARENT);
     // The executable and argv[0] usually repeat the process name: count them
     // only when they say something else (a renamed binary, a symlink).
     let exe = basename(&e.exe);
-    if exe != e.comm {
+    if exe != comm {
         h.add_norm("exe", exe, W_EXE);
     }
     h.add("user", uid_class(e.uid), W_USER);
@@ -576,6 +590,36 @@ pub fn normalize_path(path: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn thread_names_do_not_make_new_programs() {
+        use outlier_proto::{Open, event::Detail};
+        let open = |comm: &str, exe: &str| Event {
+            org: "o".into(),
+            workload: "w".into(),
+            host: "h".into(),
+            comm: comm.into(),
+            parent_comm: "cargo".into(),
+            exe: exe.into(),
+            detail: Some(Detail::Open(Open {
+                path: "/tmp/t/x.o".into(),
+                flags: 0o1101,
+                ..Open::default()
+            })),
+            ..Event::default()
+        };
+        let rustc = "/usr/lib/rust/bin/rustc";
+        let a = open("opt 4ax0x0y7gof", rustc);
+        let b = open("opt 83hx6l7c2xc", rustc);
+        assert_eq!(a.program_name(), "rustc");
+        assert_eq!(lineage_key(&a), lineage_key(&b));
+        assert_eq!(embed(&a), embed(&b));
+        // A name that is the executable's (cut at 15 bytes) stays.
+        let long = open("postgres-worker", "/usr/lib/pg/postgres-worker-pool");
+        assert_eq!(long.program_name(), "postgres-worker");
+        // A different program is a different lineage.
+        assert_ne!(lineage_key(&a), lineage_key(&open("sh", "/usr/bin/sh")));
+    }
+
     use super::*;
     use outlier_proto::{Connect, Exec, Open};
     use proptest::prelude::*;

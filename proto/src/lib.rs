@@ -23,6 +23,25 @@ impl Event {
         }
     }
 
+    /// The name of the program the event's process runs. For an exec it is
+    /// `comm` (the new image's name, which may differ from the executable
+    /// on purpose: that is evidence). For an open or a connect the kernel
+    /// reports the name of the *thread* that made the call, which programs
+    /// set freely (rustc's `opt 4ax0x0y7gof`, a JVM's `C2 CompilerThre`):
+    /// there the executable's name is used unless the thread's name is a
+    /// prefix of it.
+    pub fn program_name(&self) -> &str {
+        if matches!(self.detail, Some(event::Detail::Exec(_))) || self.exe.is_empty() {
+            return &self.comm;
+        }
+        let exe = self.exe.rsplit('/').next().unwrap_or(&self.exe);
+        if exe.is_empty() || exe.starts_with(self.comm.as_str()) {
+            &self.comm
+        } else {
+            exe
+        }
+    }
+
     /// The Kafka record key of the event: `org/workload`.
     pub fn partition_key(&self) -> String {
         format!("{}/{}", self.org, self.workload)
