@@ -202,3 +202,85 @@ pub fn class_of(malicious: bool, tactic: &str) -> Option<usize> {
     };
     CLASSES.iter().position(|c| *c == t).filter(|&i| i > 0)
 }
+
+/// Evidence that is rare in benign activity on servers: a shell wired to a
+/// socket, a download piped into a shell, a netcat that executes for its
+/// peer, history wiped, a miner, a preload library or an SSH key or a
+/// password file written. The verdict lets the classifier flag behaviour a
+/// workload has shown repeatedly only when one of these fires
+/// (docs/detection.md): a repeat of ordinary work is not an alarm because
+/// its command line resembles an attack.
+pub const HIGH_PRECISION: &[&str] = &[
+    "cmd_dev_tcp",
+    "cmd_pipe_to_shell",
+    "cmd_fd_redirect",
+    "cmd_nc_exec",
+    "cmd_mkfifo",
+    "cmd_history",
+    "cmd_mining",
+    "cmd_download_exec",
+    "file_ld_preload",
+    "file_authorized_keys",
+    "file_shadow",
+    "file_sudoers",
+];
+
+/// Feature indices of [`HIGH_PRECISION`].
+fn high_precision_slots() -> &'static [usize] {
+    static SLOTS: std::sync::OnceLock<Vec<usize>> = std::sync::OnceLock::new();
+    SLOTS.get_or_init(|| {
+        HIGH_PRECISION
+            .iter()
+            .map(|n| {
+                features::names()
+                    .iter()
+                    .position(|m| m == n)
+                    .unwrap_or_else(|| panic!("high-precision feature {n} is not a feature"))
+            })
+            .collect()
+    })
+}
+
+/// The first high-precision indicator present in `f`, if any. File
+/// indicators count for writes only: reading the password file is what
+/// every PAM login does.
+pub fn high_precision(f: &Features) -> Option<&'static str> {
+    static WRITE: std::sync::OnceLock<[usize; 2]> = std::sync::OnceLock::new();
+    let [w, c] = *WRITE.get_or_init(|| {
+        let at = |n: &str| features::names().iter().position(|m| m == n).unwrap_or(0);
+        [at("file_write"), at("file_create")]
+    });
+    let writes = f.values[w] > 0.0 || f.values[c] > 0.0;
+    high_precision_slots()
+        .iter()
+        .zip(HIGH_PRECISION)
+        .find(|(i, n)| f.values[**i] > 0.0 && (writes || !n.starts_with("file_")))
+        .map(|(_, n)| *n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn high_precision_indicators_name_themselves_and_files_count_for_writes() {
+        let names = features::names();
+        let at = |n: &str| names.iter().position(|m| m == n).unwrap();
+        let mut f = Features {
+            values: [0.0; N_FEATURES],
+            context: Default::default(),
+        };
+        assert_eq!(high_precision(&f), None);
+        // Reading the password file is what every PAM login does.
+        f.values[at("file_shadow")] = 1.0;
+        assert_eq!(high_precision(&f), None);
+        f.values[at("file_write")] = 1.0;
+        assert_eq!(high_precision(&f), Some("file_shadow"));
+        let mut g = Features {
+            values: [0.0; N_FEATURES],
+            context: Default::default(),
+        };
+        g.values[at("cmd_dev_tcp")] = 1.0;
+        assert_eq!(high_precision(&g), Some("cmd_dev_tcp"));
+    }
+}

@@ -90,6 +90,11 @@ pub struct Thresholds {
     pub classifier_warn: Option<f32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub classifier_alert: Option<f32>,
+    /// Thresholds on the calibrated P(malicious) for this workload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision_warn: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision_alert: Option<f32>,
 }
 
 impl Default for Thresholds {
@@ -99,6 +104,8 @@ impl Default for Thresholds {
             alert: 0.9,
             classifier_warn: None,
             classifier_alert: None,
+            decision_warn: None,
+            decision_alert: None,
         }
     }
 }
@@ -141,6 +148,90 @@ pub struct ScoringConfig {
     /// Per-workload thresholds, keyed `org/workload`.
     pub workloads: BTreeMap<String, Thresholds>,
     pub classifier: ClassifierConfig,
+    pub decision: DecisionConfig,
+}
+
+/// How the verdict is reached (docs/detection.md).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DecisionMode {
+    /// One P(malicious) from the evidence of both judges, thresholded for
+    /// a false-positive budget.
+    #[default]
+    Calibrated,
+    /// The previous design: the more severe of the anomaly verdict and the
+    /// classifier's (kept for comparison).
+    Max,
+}
+
+/// The calibrated decision: P(malicious) = σ(bias + anomaly·a +
+/// classifier·c + high_precision·h), where a is the anomaly score, c the
+/// classifier's log-odds less what is ordinary for the workload, h whether
+/// a high-precision indicator fired.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DecisionConfig {
+    pub mode: DecisionMode,
+    pub bias: f32,
+    pub anomaly: f32,
+    pub classifier: f32,
+    pub high_precision: f32,
+    /// Weight of a process lineage (kind, parent, program) new to the workload.
+    pub new_lineage: f32,
+    /// Behaviour seen at least this many times is repeated: the classifier
+    /// alone does not flag it unless a high-precision indicator fires.
+    pub repeated: u64,
+    /// Verdict thresholds on P(malicious).
+    pub warn: f32,
+    pub alert: f32,
+    /// Per-workload adaptation: the quantile of the classifier's log-odds
+    /// over what the workload learned that counts as ordinary for it.
+    pub adapt_quantile: f32,
+    /// Events a workload learns before its adaptation and lineage novelty
+    /// apply (also after a restart: that history is kept in memory); until
+    /// then the anomaly verdict under `scoring.thresholds` also stands.
+    pub adapt_min_events: u64,
+}
+
+impl Default for DecisionConfig {
+    fn default() -> Self {
+        Self {
+            mode: DecisionMode::Calibrated,
+            bias: -9.0,
+            anomaly: 8.0,
+            classifier: 1.0,
+            high_precision: 4.0,
+            new_lineage: 2.0,
+            repeated: 2,
+            warn: 0.5,
+            alert: 0.9,
+            adapt_quantile: 0.99,
+            adapt_min_events: 1000,
+        }
+    }
+}
+
+impl DecisionConfig {
+    /// Checks ranges at load time, naming the key.
+    pub fn validate(&self) -> Result<(), String> {
+        let unit = |k: &str, v: f32| {
+            if (0.0..=1.0).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("scoring.decision.{k} = {v}: must be within 0..=1"))
+            }
+        };
+        unit("warn", self.warn)?;
+        unit("alert", self.alert)?;
+        unit("adapt_quantile", self.adapt_quantile)?;
+        if self.alert < self.warn {
+            return Err(format!(
+                "scoring.decision.alert = {} is below scoring.decision.warn = {}",
+                self.alert, self.warn
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for ScoringConfig {
@@ -150,6 +241,7 @@ impl Default for ScoringConfig {
             thresholds: Thresholds::default(),
             workloads: BTreeMap::new(),
             classifier: ClassifierConfig::default(),
+            decision: DecisionConfig::default(),
         }
     }
 }

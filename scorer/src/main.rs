@@ -60,6 +60,10 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Err(e) = cfg.scoring.decision.validate() {
+        eprintln!("scorer: bad configuration: {e}");
+        return ExitCode::from(2);
+    }
     if let Some(b) = cli.brokers {
         cfg.kafka.brokers = b;
     }

@@ -39,7 +39,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::baseline::{Baseline, Behaviour};
-use crate::config::{ScorerConfig, ScoringConfig};
+use crate::config::{DecisionMode, ScorerConfig, ScoringConfig};
 use crate::metrics;
 use crate::score;
 use crate::store::{Store, StoreError};
@@ -680,6 +680,9 @@ impl Worker<'_> {
 #[derive(Default)]
 pub struct Judge {
     pub baselines: HashMap<WorkloadKey, Baseline>,
+    /// Per workload: the classifier's log-odds over what it learned and
+    /// the lineages it showed (see `score::WorkloadHistory`).
+    pub history: HashMap<WorkloadKey, score::WorkloadHistory>,
     pub classifier: Option<Classifier>,
     pub scoring: ScoringConfig,
     /// Events a workload learns unconditionally (see `BaselineConfig`).
@@ -690,6 +693,7 @@ impl Judge {
     pub fn new(scoring: ScoringConfig, warmup_events: u64, classifier: Option<Classifier>) -> Self {
         Self {
             baselines: HashMap::new(),
+            history: HashMap::new(),
             classifier,
             scoring,
             warmup_events,
@@ -700,7 +704,18 @@ impl Judge {
     /// combines both into the verdict, and learns the behaviour unless the
     /// event alerted after warm-up. This is the whole per-event hot path.
     pub fn score(&mut self, event: Event) -> ScoredEvent {
+        self.score_detailed(event).0
+    }
+
+    /// [`Judge::score`], with the evidence the verdict was decided on.
+    pub fn score_detailed(&mut self, event: Event) -> (ScoredEvent, score::Signals) {
         let key = workload_key(&event.org, &event.workload);
+        if !self.history.contains_key(&key) {
+            self.history
+                .insert(key.clone(), score::WorkloadHistory::default());
+        }
+        let history = self.history.get_mut(&key).expect("inserted above");
+        let lineage = outlier_common::featurize::lineage_key(&event);
         let baseline = self.baselines.entry(key).or_default();
         let v = embed(&event);
         let bkey = outlier_common::featurize::behaviour_key(&v);
@@ -709,20 +724,56 @@ impl Judge {
         let mut explanation = score::explain(&j, &event.workload);
         let mut verdict = j.verdict;
         let mut threat = None;
+        let mut signals = score::Signals {
+            anomaly: j.score,
+            nearest_distance: j.nearest_distance,
+            nearest_count: j.nearest_count,
+            baseline_events: baseline.events(),
+            p_malicious: 0.0,
+            high_precision: None,
+            workload_offset: 0.0,
+            p_decision: 0.0,
+            new_lineage: history.is_new_lineage(lineage, self.scoring.decision.adapt_min_events),
+        };
         if let Some(c) = self.classifier.as_mut() {
             let (features, p) = c.classify(&event);
+            signals.p_malicious = p.p_malicious;
+            signals.high_precision = outlier_classifier::high_precision(&features);
             let meta = &c.model().meta;
             let cc = &self.scoring.classifier;
+            let d = &self.scoring.decision;
             let warn = t.classifier_warn.unwrap_or(meta.warn_threshold);
             let alert = t.classifier_alert.unwrap_or(meta.alert_threshold);
-            verdict = score::combine(
-                j.verdict,
-                j.score,
-                p.p_malicious,
-                warn,
-                alert,
-                cc.known_below,
-            );
+            signals.workload_offset = history
+                .log_odds
+                .offset(d.adapt_quantile, d.adapt_min_events);
+            verdict = match d.mode {
+                DecisionMode::Calibrated => {
+                    let (pd, v) = score::decide(
+                        &signals,
+                        d,
+                        t.decision_warn.unwrap_or(d.warn),
+                        t.decision_alert.unwrap_or(d.alert),
+                    );
+                    signals.p_decision = pd;
+                    // Until the workload's history is long enough to say
+                    // what is ordinary for it, novelty alone still warns
+                    // and alerts as in the seed's design.
+                    if history.watched() < d.adapt_min_events && j.verdict as i32 > v as i32 {
+                        j.verdict
+                    } else {
+                        v
+                    }
+                }
+                DecisionMode::Max => score::combine(
+                    j.verdict,
+                    j.score,
+                    p.p_malicious,
+                    warn,
+                    alert,
+                    cc.known_below,
+                ),
+            };
             // SHAP explanations cost ~10x the classification: computed for
             // what is flagged (by either side) or what the classifier
             // itself would flag, not for every event leaning malicious.
@@ -741,6 +792,12 @@ impl Judge {
         let learned = verdict != Verdict::Alert || baseline.events() < self.warmup_events;
         if learned {
             baseline.observe_keyed(&v, bkey, event.ts_ns);
+            history.learn(
+                lineage,
+                self.classifier
+                    .is_some()
+                    .then(|| score::logit(signals.p_malicious)),
+            );
         }
         if let Some(a) = threat.as_ref().filter(|a| !a.explanation.is_empty()) {
             explanation.push_str("; ");
@@ -763,7 +820,7 @@ impl Judge {
             contributions: Vec::new(),
             explanation: String::new(),
         });
-        ScoredEvent {
+        let scored = ScoredEvent {
             anomaly_score: j.score,
             nearest_distance: j.nearest_distance,
             threat_category: threat.category,
@@ -788,7 +845,8 @@ impl Judge {
             learned,
             behaviour_key: bkey,
             event: Some(event),
-        }
+        };
+        (scored, signals)
     }
 
     /// Applies an operator's verdict to the workload's baseline.

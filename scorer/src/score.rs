@@ -6,7 +6,7 @@ use outlier_common::featurize::Embedding;
 use outlier_proto::Verdict;
 
 use crate::baseline::Baseline;
-use crate::config::Thresholds;
+use crate::config::{DecisionConfig, Thresholds};
 
 /// Distance reported when there is nothing to compare with.
 pub const NO_NEIGHBOUR_DISTANCE: f32 = 2.0;
@@ -19,6 +19,169 @@ pub struct Judgement {
     pub nearest_count: u64,
     pub baseline_size: usize,
     pub verdict: Verdict,
+}
+
+/// The evidence an event's verdict is decided on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Signals {
+    /// Anomaly score (2 × nearest distance, capped at 1).
+    pub anomaly: f32,
+    pub nearest_distance: f32,
+    /// Times the nearest known behaviour was seen.
+    pub nearest_count: u64,
+    /// Events the workload's baseline has learned.
+    pub baseline_events: u64,
+    /// The classifier's P(malicious) (0 without a classifier).
+    pub p_malicious: f32,
+    /// A high-precision indicator that fired (see `outlier_classifier::HIGH_PRECISION`).
+    pub high_precision: Option<&'static str>,
+    /// What is ordinary for the workload: the classifier log-odds taken off
+    /// this event's (per-workload adaptation).
+    pub workload_offset: f32,
+    /// The calibrated P(malicious).
+    pub p_decision: f32,
+    /// The process lineage (kind, parent, program) is new to the workload
+    /// (false until the workload's lineages have been watched long enough).
+    pub new_lineage: bool,
+}
+
+/// Log-odds of `p`, bounded to ±12.
+pub fn logit(p: f32) -> f32 {
+    let p = p.clamp(6e-6, 1.0 - 6e-6);
+    (p / (1.0 - p)).ln()
+}
+
+fn sigmoid(z: f32) -> f32 {
+    1.0 / (1.0 + (-z).exp())
+}
+
+/// Whether the event repeats behaviour its workload has shown `repeated`
+/// times or more (an exact match of the normalised behaviour).
+pub fn is_repeated(s: &Signals, repeated: u64) -> bool {
+    s.nearest_distance < 1e-4 && s.nearest_count >= repeated.max(1)
+}
+
+/// The calibrated decision (docs/detection.md): P(malicious) from the
+/// anomaly evidence and the classifier's, and the verdict under the
+/// thresholds `warn`/`alert` on it.
+///
+/// The classifier's evidence is its log-odds less the workload's offset
+/// (what is ordinary for it), and it is not counted at all for behaviour
+/// the workload has repeated unless a high-precision indicator fired: a
+/// repeat of ordinary work is not an alarm because its command line looks
+/// like an attack, while `bash -i >& /dev/tcp/…` stays one however often
+/// it was seen.
+pub fn decide(s: &Signals, d: &DecisionConfig, warn: f32, alert: f32) -> (f32, Verdict) {
+    let hp = s.high_precision.is_some();
+    let classifier = if is_repeated(s, d.repeated) && !hp {
+        0.0
+    } else {
+        (logit(s.p_malicious) - s.workload_offset).max(-12.0)
+    };
+    let z = d.bias
+        + d.anomaly * s.anomaly
+        + d.classifier * classifier
+        + if hp { d.high_precision } else { 0.0 }
+        + if s.new_lineage { d.new_lineage } else { 0.0 };
+    let p = sigmoid(z);
+    let v = if p >= alert {
+        Verdict::Alert
+    } else if p >= warn {
+        Verdict::Warn
+    } else {
+        Verdict::Ok
+    };
+    (p, v)
+}
+
+/// What a workload's own history says about its events, beside its
+/// baseline: how attack-like its ordinary activity looks to the classifier,
+/// and the process lineages it has shown. Kept in memory by the scorer
+/// that owns the workload and rebuilt from the stream after a restart or a
+/// hand-over: both apply only once `min_events` have been watched.
+#[derive(Debug, Clone, Default)]
+pub struct WorkloadHistory {
+    pub log_odds: LogOdds,
+    lineages: std::collections::HashSet<u64>,
+    watched: u64,
+}
+
+/// Lineages remembered per workload (a workload with more is not a
+/// workload: the excess is not remembered, and reads as new).
+const MAX_LINEAGES: usize = 1 << 16;
+
+impl WorkloadHistory {
+    /// Events watched (learned) since this scorer took the workload.
+    pub fn watched(&self) -> u64 {
+        self.watched
+    }
+
+    /// Whether `lineage` is new, once the history is long enough to say.
+    pub fn is_new_lineage(&self, lineage: u64, min_events: u64) -> bool {
+        self.watched >= min_events && !self.lineages.contains(&lineage)
+    }
+
+    /// Takes in a learned event.
+    pub fn learn(&mut self, lineage: u64, logit: Option<f32>) {
+        self.watched += 1;
+        if self.lineages.len() < MAX_LINEAGES {
+            self.lineages.insert(lineage);
+        }
+        if let Some(l) = logit {
+            self.log_odds.add(l);
+        }
+    }
+}
+
+/// A workload's distribution of the classifier's log-odds over what it
+/// learned: a histogram of 0.25-wide bins over [-12, 12].
+#[derive(Debug, Clone)]
+pub struct LogOdds {
+    bins: [u32; 96],
+    total: u64,
+}
+
+impl Default for LogOdds {
+    fn default() -> Self {
+        Self {
+            bins: [0; 96],
+            total: 0,
+        }
+    }
+}
+
+impl LogOdds {
+    pub fn add(&mut self, logit: f32) {
+        let i = (((logit + 12.0) * 4.0).floor() as isize).clamp(0, 95) as usize;
+        self.bins[i] = self.bins[i].saturating_add(1);
+        self.total += 1;
+    }
+
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// The `q` quantile (upper edge of its bin).
+    pub fn quantile(&self, q: f32) -> f32 {
+        let want = (f64::from(q) * self.total as f64).ceil() as u64;
+        let mut seen = 0u64;
+        for (i, n) in self.bins.iter().enumerate() {
+            seen += u64::from(*n);
+            if seen >= want.max(1) {
+                return (i as f32 + 1.0) / 4.0 - 12.0;
+            }
+        }
+        12.0
+    }
+
+    /// The log-odds taken off the classifier's for this workload: how far
+    /// its ordinary activity's `q` quantile stands above an even call.
+    pub fn offset(&self, q: f32, min_events: u64) -> f32 {
+        if self.total < min_events.max(1) {
+            return 0.0;
+        }
+        self.quantile(q).max(0.0)
+    }
 }
 
 /// Anomaly score from a nearest distance.
@@ -156,6 +319,112 @@ mod tests {
         // Known behaviour: the classifier can warn, not alert.
         assert_eq!(combine(Ok, 0.02, 0.99, 0.9, 0.95, 0.1), Warn);
         assert_eq!(combine(Ok, 0.02, 0.5, 0.9, 0.95, 0.1), Ok);
+    }
+
+    fn signals(anomaly: f32, distance: f32, count: u64, p: f32) -> Signals {
+        Signals {
+            anomaly,
+            nearest_distance: distance,
+            nearest_count: count,
+            baseline_events: 1000,
+            p_malicious: p,
+            high_precision: None,
+            workload_offset: 0.0,
+            p_decision: 0.0,
+            new_lineage: false,
+        }
+    }
+
+    #[test]
+    fn repeated_behaviour_is_not_flagged_by_the_classifier_alone() {
+        let d = DecisionConfig::default();
+        // A repeat the classifier finds very attack-like: no flag...
+        let routine = signals(0.0, 0.0, 40, 0.9999);
+        assert_eq!(decide(&routine, &d, d.warn, d.alert).1, Verdict::Ok);
+        // ...unless a high-precision indicator fires.
+        let shell = Signals {
+            high_precision: Some("cmd_dev_tcp"),
+            ..routine.clone()
+        };
+        assert_ne!(decide(&shell, &d, d.warn, d.alert).1, Verdict::Ok);
+        // Seen once only: the classifier's evidence counts.
+        let once = signals(0.0, 0.0, 1, 0.9999);
+        assert!(decide(&once, &d, d.warn, d.alert).0 > decide(&routine, &d, d.warn, d.alert).0);
+    }
+
+    #[test]
+    fn the_decision_grows_with_each_kind_of_evidence() {
+        let d = DecisionConfig::default();
+        let base = signals(0.3, 0.15, 3, 0.5);
+        let p = |s: &Signals| decide(s, &d, d.warn, d.alert).0;
+        let p0 = p(&base);
+        assert!(
+            p(&Signals {
+                anomaly: 1.0,
+                ..base.clone()
+            }) > p0
+        );
+        assert!(
+            p(&Signals {
+                p_malicious: 0.999,
+                ..base.clone()
+            }) > p0
+        );
+        assert!(
+            p(&Signals {
+                new_lineage: true,
+                ..base.clone()
+            }) > p0
+        );
+        assert!(
+            p(&Signals {
+                high_precision: Some("cmd_pipe_to_shell"),
+                ..base.clone()
+            }) > p0
+        );
+        // What is ordinary for the workload counts against the classifier.
+        assert!(
+            p(&Signals {
+                workload_offset: 4.0,
+                ..base.clone()
+            }) < p0
+        );
+        // Verdicts follow the thresholds on P.
+        let (pd, v) = decide(&base, &d, 0.0, 1.0);
+        assert!(pd > 0.0);
+        assert_eq!(v, Verdict::Warn);
+    }
+
+    #[test]
+    fn workload_offset_is_the_quantile_above_an_even_call() {
+        let mut h = LogOdds::default();
+        assert_eq!(h.offset(0.99, 10), 0.0);
+        for i in 0..1000 {
+            // 2% of the workload's events look very attack-like (log-odds 5).
+            h.add(if i % 50 == 0 { 5.0 } else { -6.0 });
+        }
+        assert_eq!(h.total(), 1000);
+        let off = h.offset(0.99, 10);
+        assert!((5.0..=5.25).contains(&off), "{off}");
+        // A quiet workload gets no offset.
+        let mut q = LogOdds::default();
+        (0..1000).for_each(|_| q.add(-6.0));
+        assert_eq!(q.offset(0.99, 10), 0.0);
+        // Too short a history says nothing.
+        assert_eq!(h.offset(0.99, 5000), 0.0);
+    }
+
+    #[test]
+    fn lineages_are_new_only_once_the_history_is_long_enough() {
+        let mut h = WorkloadHistory::default();
+        assert!(!h.is_new_lineage(7, 3));
+        for k in [1, 2, 3] {
+            h.learn(k, Some(0.0));
+        }
+        assert!(h.is_new_lineage(7, 3));
+        assert!(!h.is_new_lineage(2, 3));
+        h.learn(7, None);
+        assert!(!h.is_new_lineage(7, 3));
     }
 
     #[test]
