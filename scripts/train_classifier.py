@@ -210,7 +210,11 @@ def main():
             },
         },
     }
-    corpus = {p.name: sha256(p) for p in sorted(args.corpus.glob("*.jsonl"))}
+    # What the training data came from: the corpora and the real captures
+    # (not data/attack_tests.jsonl: those tests are kept for `loadtest eval`).
+    used = [p for p in sorted(args.corpus.glob("*.jsonl")) if p.name != "attack_tests.jsonl"]
+    used += sorted(args.corpus.glob("real/*.jsonl.gz"))
+    corpus = {str(p.relative_to(args.corpus)): sha256(p) for p in used}
     training = {
         "seed": args.seed,
         "rounds": args.rounds,

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use outlier_classifier::{CLASSES, Extractor, N_FEATURES, class_of, features};
 use outlier_common::json::to_event;
 
+use crate::eval::{AttackTest, Capture, build_streams, event_of};
 use crate::sim::{Corpus, SimConfig, Simulator};
 
 /// Counts of what was written.
@@ -21,14 +22,29 @@ use crate::sim::{Corpus, SimConfig, Simulator};
 pub struct Written {
     pub rows: usize,
     pub malicious: usize,
+    /// Rows from real captures.
+    pub real: usize,
 }
 
-/// Simulates `events` events and writes their features and labels to `dir`.
+/// Real captures in the training data: the benign activity of real hosts
+/// (`scripts/record-benign`) up to `until` of each capture's time span —
+/// never the part `loadtest eval` validates on — with attacks of the corpus
+/// injected into the last `1 - split` of that window.
+pub struct RealRows {
+    pub captures: Vec<Capture>,
+    pub until: f64,
+    /// Attacks injected (every k-th of the corpus).
+    pub attacks: usize,
+}
+
+/// Simulates `events` events and writes their features and labels to `dir`,
+/// then the rows of the real captures, if any.
 pub fn write(
     cfg: SimConfig,
     corpus: Arc<Corpus>,
     events: usize,
     dir: &Path,
+    real: Option<RealRows>,
 ) -> anyhow::Result<Written> {
     std::fs::create_dir_all(dir)?;
     let mut x = std::io::BufWriter::new(std::fs::File::create(dir.join("features.f32"))?);
@@ -37,7 +53,7 @@ pub fn write(
     let seed = cfg.seed;
     let mut extractor = Extractor::default();
     let mut out = Written::default();
-    for (i, le) in Simulator::new(cfg, corpus).take(events).enumerate() {
+    for (i, le) in Simulator::new(cfg, corpus.clone()).take(events).enumerate() {
         let label = le.label;
         let ev = to_event(le.event, 0, || format!("row-{i}"))
             .map_err(|e| anyhow::anyhow!("simulated event {i} does not convert: {e}"))?;
@@ -60,6 +76,64 @@ pub fn write(
         )?;
         out.rows += 1;
         out.malicious += usize::from(label.malicious);
+    }
+    if let Some(real) = real {
+        let tests: Vec<AttackTest> = if real.attacks == 0 {
+            Vec::new()
+        } else {
+            let k = (corpus.attacks.len() / real.attacks).max(1);
+            corpus
+                .attacks
+                .iter()
+                .step_by(k)
+                .take(real.attacks)
+                .map(|a| AttackTest {
+                    attack: a.clone(),
+                    context: String::new(),
+                    source: "corpus".into(),
+                })
+                .collect()
+        };
+        let window: Vec<Capture> = real.captures.iter().map(|c| c.until(real.until)).collect();
+        let streams = build_streams(&window, tests, 0.3, "train-real", seed);
+        let mut extractor = Extractor::default();
+        for (i, e) in streams
+            .baseline
+            .iter()
+            .chain(&streams.validation)
+            .enumerate()
+        {
+            let Some(ev) = event_of(e, i) else { continue };
+            let t = &e.truth;
+            let Some(class) = class_of(t.malicious, &t.tactic) else {
+                anyhow::bail!("real row {i}: tactic {:?} has no class", t.tactic);
+            };
+            let f = extractor.observe(&ev);
+            for v in f.values {
+                x.write_all(&v.to_le_bytes())?;
+            }
+            let clean = |s: &str| s.replace(['\t', '\n'], " ");
+            let attack_id = t
+                .test
+                .map(|i| streams.tests[i].attack.id.clone())
+                .unwrap_or_default();
+            writeln!(
+                y,
+                "{class}\t{}\t{}\t{}\t{}\treal/{}",
+                CLASSES[class],
+                clean(&t.technique),
+                clean(&attack_id),
+                if t.malicious {
+                    clean(&t.context)
+                } else {
+                    "real".into()
+                },
+                clean(&ev.host)
+            )?;
+            out.rows += 1;
+            out.real += 1;
+            out.malicious += usize::from(t.malicious);
+        }
     }
     x.flush()?;
     y.flush()?;

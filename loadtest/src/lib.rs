@@ -8,6 +8,7 @@
 //! - [`dataset`]: the threat classifier's training data.
 
 pub mod dataset;
+pub mod eval;
 pub mod report;
 pub mod run;
 pub mod sim;

@@ -52,6 +52,53 @@ enum Command {
         events: usize,
         #[arg(long)]
         out: PathBuf,
+        /// Real captures to add (benign activity of real hosts, with attacks
+        /// injected), e.g. data/real.
+        #[arg(long)]
+        real: Option<PathBuf>,
+        /// Use each real capture up to this fraction of its time span (the
+        /// rest is for `loadtest eval`: the decision's fit window, then
+        /// validation).
+        #[arg(long, default_value_t = 0.49)]
+        real_until: f64,
+        /// Attacks of the corpus injected into the real captures.
+        #[arg(long, default_value_t = 300)]
+        real_attacks: usize,
+    },
+    /// Detection on real hosts (docs/detection.md): attack tests injected
+    /// into real captures, scored by the scorer's own per-event path
+    /// in-process, with the first seed's design beside it.
+    Eval {
+        /// Folder of real captures (`*.jsonl.gz` from scripts/record-benign).
+        #[arg(long, default_value = "data/real")]
+        captures: PathBuf,
+        /// Attack tests (corpus format); repeat for several files.
+        #[arg(long, default_value = "data/attack_tests.jsonl")]
+        attacks: Vec<PathBuf>,
+        /// At most this many tests from each attacks file (a deterministic
+        /// sample; 0: all of them).
+        #[arg(long, default_value_t = 0)]
+        per_file: usize,
+        /// Fraction of each capture (by time) replayed as the baseline.
+        #[arg(long, default_value_t = 0.7)]
+        split: f64,
+        /// Use each capture only up to this fraction of its time span (the
+        /// decision's weights are fitted with `--until 0.7 --split 0.7`,
+        /// before the validation part).
+        #[arg(long, default_value_t = 1.0)]
+        until: f64,
+        /// Scorer configuration (TOML) to evaluate; default: the defaults.
+        #[arg(long)]
+        scorer_config: Option<PathBuf>,
+        /// Write every validation outcome here (TSV).
+        #[arg(long)]
+        outcomes: Option<PathBuf>,
+        /// Write the labelled streams here (for scripts/eval-detection).
+        #[arg(long)]
+        streams: Option<PathBuf>,
+        /// Org of the streams.
+        #[arg(long, default_value = "eval")]
+        org: String,
     },
     /// Drive a running stack at a rate and report what it sustained.
     Run {
@@ -118,19 +165,59 @@ async fn main() -> anyhow::Result<()> {
             }
             w.flush()?;
         }
-        Command::Features { events, ref out } => {
+        Command::Features {
+            events,
+            ref out,
+            ref real,
+            real_until,
+            real_attacks,
+        } => {
+            let real = match real {
+                Some(dir) => Some(outlier_loadtest::dataset::RealRows {
+                    captures: outlier_loadtest::eval::load_captures(dir)?,
+                    until: real_until,
+                    attacks: real_attacks,
+                }),
+                None => None,
+            };
             let w = outlier_loadtest::dataset::write(
                 sim("train".into(), "train".into()),
                 corpus,
                 events,
                 out,
+                real,
             )?;
             println!(
-                "{} rows ({} malicious) written to {}",
+                "{} rows ({} malicious, {} from real captures) written to {}",
                 w.rows,
                 w.malicious,
+                w.real,
                 out.display()
             );
+        }
+        Command::Eval {
+            captures,
+            attacks,
+            per_file,
+            split,
+            until,
+            scorer_config,
+            outcomes,
+            streams,
+            org,
+        } => {
+            eval(
+                &captures,
+                &attacks,
+                per_file,
+                split,
+                until,
+                scorer_config.as_deref(),
+                outcomes.as_deref(),
+                streams.as_deref(),
+                &org,
+                cli.seed,
+            )?;
         }
         Command::Run {
             rate,
@@ -166,5 +253,149 @@ async fn main() -> anyhow::Result<()> {
             println!("report: {}", report.join("report.md").display());
         }
     }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn eval(
+    captures: &std::path::Path,
+    attacks: &[PathBuf],
+    per_file: usize,
+    split: f64,
+    until: f64,
+    scorer_config: Option<&std::path::Path>,
+    outcomes: Option<&std::path::Path>,
+    streams_dir: Option<&std::path::Path>,
+    org: &str,
+    seed: u64,
+) -> anyhow::Result<()> {
+    use outlier_loadtest::eval;
+    let caps: Vec<_> = eval::load_captures(captures)?
+        .iter()
+        .map(|c| c.until(until))
+        .collect();
+    let mut tests = Vec::new();
+    for a in attacks {
+        let mut t = eval::load_attacks(a)?;
+        if per_file > 0 && t.len() > per_file {
+            // Every k-th test: deterministic, spread over the file.
+            let k = t.len() as f64 / per_file as f64;
+            t = (0..per_file)
+                .map(|i| t[(i as f64 * k) as usize].clone())
+                .collect();
+        }
+        tests.extend(t);
+    }
+    let streams = eval::build_streams(&caps, tests, split, org, seed);
+    if let Some(dir) = streams_dir {
+        eval::write_streams(&streams, dir)?;
+    }
+    let cfg: outlier_scorer::ScorerConfig =
+        outlier_common::config::load("OUTLIER_SCORER", scorer_config).map_err(|e| {
+            anyhow::anyhow!("scorer config: {}", outlier_common::config::describe(&e))
+        })?;
+    let classifier =
+        outlier_scorer::threat::classifier(&cfg.scoring.classifier).map_err(anyhow::Error::msg)?;
+    let warn_p = classifier
+        .as_ref()
+        .map(|c| c.model().meta.warn_threshold)
+        .unwrap_or(1.0);
+    let mut judge = outlier_scorer::pipeline::Judge::new(
+        cfg.scoring.clone(),
+        cfg.baseline.warmup_events,
+        classifier,
+    );
+    let mut prev_scoring = cfg.scoring.clone();
+    prev_scoring.decision.mode = outlier_scorer::config::DecisionMode::Max;
+    let prev_classifier =
+        outlier_scorer::threat::classifier(&cfg.scoring.classifier).map_err(anyhow::Error::msg)?;
+    let mut previous = outlier_scorer::pipeline::Judge::new(
+        prev_scoring,
+        cfg.baseline.warmup_events,
+        prev_classifier,
+    );
+    let out = eval::score_streams(&streams, &mut judge, &mut previous);
+    if let Some(p) = outcomes {
+        eval::write_outcomes(&out, p)?;
+    }
+    let hours: f64 = streams.host_hours.values().sum();
+    let benign = out.iter().filter(|o| o.truth.test.is_none()).count();
+    println!(
+        "{} hosts, {} baseline events, {} validation events ({} benign, {:.2} host-hours), {} attack tests",
+        caps.len(),
+        streams.baseline.len(),
+        out.len(),
+        benign,
+        hours,
+        streams.tests.len()
+    );
+    println!(
+        "| decision | attack tests flagged | benign events flagged | benign flags per host-hour |"
+    );
+    println!("|---|---|---|---|");
+    let row = |r: eval::Rates| {
+        println!(
+            "| {} | {:.1}% | {:.3}% | {:.2} |",
+            r.rule,
+            100.0 * r.tests_flagged,
+            100.0 * r.benign_flagged,
+            r.per_host_hour
+        )
+    };
+    row(eval::rates(
+        "this design: verdict warn or alert",
+        &out,
+        hours,
+        |o| o.verdict >= 1,
+    ));
+    row(eval::rates(
+        "this design: verdict alert",
+        &out,
+        hours,
+        |o| o.verdict >= 2,
+    ));
+    row(eval::rates(
+        "previous design: warn or alert",
+        &out,
+        hours,
+        |o| o.previous >= 1,
+    ));
+    row(eval::rates("previous design: alert", &out, hours, |o| {
+        o.previous >= 2
+    }));
+    row(eval::rates(
+        "anomaly score ≥ 0.5 alone",
+        &out,
+        hours,
+        |o| o.signals.anomaly >= 0.5,
+    ));
+    row(eval::rates(
+        &format!("classifier alone (P ≥ {warn_p:.3})"),
+        &out,
+        hours,
+        |o| o.signals.p_malicious >= warn_p,
+    ));
+    row(eval::rates(
+        "first seed's design (≥ 0.6)",
+        &out,
+        hours,
+        |o| o.seed_score >= 0.6,
+    ));
+    for budget in [0.001, 0.0001] {
+        row(
+            eval::at_budget("this design's P", &out, hours, budget, |o| {
+                o.signals.p_decision
+            })
+            .1,
+        );
+        row(eval::at_budget("anomaly", &out, hours, budget, |o| o.signals.anomaly).1);
+        row(eval::at_budget("first seed's design", &out, hours, budget, |o| o.seed_score).1);
+        row(eval::at_budget("classifier P", &out, hours, budget, |o| {
+            o.signals.p_malicious
+        })
+        .1);
+    }
+    let (right, of) = eval::tactic_accuracy(&out, |o| o.verdict >= 1);
+    println!("\ntop-1 tactic right for {right} of {of} flagged attack tests");
     Ok(())
 }

@@ -887,7 +887,7 @@ fn address_of(host: &str) -> String {
 }
 
 /// The remote endpoints a command names.
-fn addresses(words: &[String]) -> Vec<(String, u32)> {
+pub fn addresses(words: &[String]) -> Vec<(String, u32)> {
     let mut out = Vec::new();
     let prog = words
         .first()
@@ -981,7 +981,7 @@ fn addresses(words: &[String]) -> Vec<(String, u32)> {
 /// Paths the collector's open filter would report: any file written (the
 /// target of `>`/`>>`, of `tee`, `cp`, `mv`, `dd of=`) and reads of
 /// sensitive files.
-fn files(words: &[String]) -> Vec<(String, bool)> {
+pub fn files(words: &[String]) -> Vec<(String, bool)> {
     const SENSITIVE: [&str; 10] = [
         "/etc/shadow",
         "/etc/passwd",
