@@ -610,11 +610,19 @@ fn describe(e: &Event) -> String {
 /// with a per-position seed into 128 signed dimensions, L2-normalised;
 /// the anomaly score is min(1, 2 × cosine distance) to the nearest of all
 /// earlier events of the workload (1 for an empty workload); every event is
-/// added.
+/// added. Exact over the last [`SEED_WINDOW`] distinct vectors of each
+/// workload: the seed's vectors keep every random file name apart, so a
+/// build box's or a database's file writes are all distinct, and a
+/// quadratic scan over hundreds of thousands would take hours (its own
+/// LanceDB table forgets after seven days; this forgets sooner, which can
+/// only raise its scores).
 #[derive(Default)]
 pub struct SeedKnn {
-    workloads: HashMap<String, (HashSet<[u32; 128]>, Vec<[f32; 128]>)>,
+    workloads: HashMap<String, (HashSet<[u32; 128]>, std::collections::VecDeque<[f32; 128]>)>,
 }
+
+/// Distinct vectors the seed's design is compared with, per workload.
+pub const SEED_WINDOW: usize = 5_000;
 
 impl SeedKnn {
     pub fn embed(e: &Event) -> [f32; 128] {
@@ -678,7 +686,12 @@ impl SeedKnn {
             (2.0 * (1.0 - best)).clamp(0.0, 1.0)
         };
         if seen.insert(v.map(f32::to_bits)) {
-            rows.push(v);
+            rows.push_back(v);
+            if rows.len() > SEED_WINDOW
+                && let Some(old) = rows.pop_front()
+            {
+                seen.remove(&old.map(f32::to_bits));
+            }
         }
         score
     }

@@ -395,6 +395,29 @@ fn eval(
         })
         .1);
     }
+    println!("\nper host (this design; the first seed's design ≥ 0.6):\n");
+    println!(
+        "| host | validation hours | benign events | flagged (warn or alert) | alerted | per host-hour | seed's design flagged |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for (host, h) in &streams.host_hours {
+        let mine: Vec<&eval::Outcome> = out
+            .iter()
+            .filter(|o| &o.host == host && o.truth.test.is_none())
+            .collect();
+        let n = mine.len().max(1) as f64;
+        let warn = mine.iter().filter(|o| o.verdict >= 1).count();
+        let alert = mine.iter().filter(|o| o.verdict >= 2).count();
+        let seed = mine.iter().filter(|o| o.seed_score >= 0.6).count();
+        println!(
+            "| {host} | {h:.2} | {} | {:.3}% | {:.3}% | {:.1} | {:.3}% |",
+            mine.len(),
+            100.0 * warn as f64 / n,
+            100.0 * alert as f64 / n,
+            warn as f64 / h.max(1e-9),
+            100.0 * seed as f64 / n
+        );
+    }
     let (right, of) = eval::tactic_accuracy(&out, |o| o.verdict >= 1);
     println!("\ntop-1 tactic right for {right} of {of} flagged attack tests");
     Ok(())
