@@ -194,14 +194,17 @@ pub struct DecisionConfig {
 }
 
 impl Default for DecisionConfig {
+    /// Weights and bias from `scripts/fit_decision.py` on the fit window of
+    /// data/real (docs/detection.md): warn flags 0.1% and alert 0.01% of
+    /// each host's benign events there.
     fn default() -> Self {
         Self {
             mode: DecisionMode::Calibrated,
-            bias: -9.0,
-            anomaly: 8.0,
-            classifier: 1.0,
-            high_precision: 4.0,
-            new_lineage: 2.0,
+            bias: -15.0616,
+            anomaly: 7.8541,
+            classifier: 1.9635,
+            high_precision: 23.5624,
+            new_lineage: 7.8541,
             repeated: 2,
             warn: 0.5,
             alert: 0.9,
