@@ -78,21 +78,20 @@ pub fn write(
         out.malicious += usize::from(label.malicious);
     }
     if let Some(real) = real {
-        let tests: Vec<AttackTest> = if real.attacks == 0 {
-            Vec::new()
-        } else {
-            let k = (corpus.attacks.len() / real.attacks).max(1);
-            corpus
+        // Every k-th attack of the corpus, `real.attacks` of them.
+        let tests: Vec<AttackTest> = match corpus.attacks.len().checked_div(real.attacks) {
+            None => Vec::new(),
+            Some(k) => corpus
                 .attacks
                 .iter()
-                .step_by(k)
+                .step_by(k.max(1))
                 .take(real.attacks)
                 .map(|a| AttackTest {
                     attack: a.clone(),
                     context: String::new(),
                     source: "corpus".into(),
                 })
-                .collect()
+                .collect(),
         };
         let window: Vec<Capture> = real.captures.iter().map(|c| c.until(real.until)).collect();
         let streams = build_streams(&window, tests, 0.3, "train-real", seed);

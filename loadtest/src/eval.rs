@@ -618,8 +618,12 @@ fn describe(e: &Event) -> String {
 /// only raise its scores).
 #[derive(Default)]
 pub struct SeedKnn {
-    workloads: HashMap<String, (HashSet<[u32; 128]>, std::collections::VecDeque<[f32; 128]>)>,
+    workloads: HashMap<String, SeedRows>,
 }
+
+/// A workload's distinct vectors in the seed's design: their bits (to skip
+/// duplicates) and the vectors, oldest first.
+type SeedRows = (HashSet<[u32; 128]>, std::collections::VecDeque<[f32; 128]>);
 
 /// Distinct vectors the seed's design is compared with, per workload.
 pub const SEED_WINDOW: usize = 5_000;
