@@ -25,6 +25,60 @@ pub fn tactic_id(tactic: &str) -> &'static str {
     }
 }
 
+/// The ATT&CK tactic a technique serves first (ATT&CK lists several for
+/// some: scheduled tasks are execution, persistence and privilege
+/// escalation; the goal an intrusion on a server most often has with it is
+/// named). Empty for a technique outside the table.
+pub fn tactic_of_technique(technique: &str) -> &'static str {
+    let parent = technique.split('.').next().unwrap_or(technique);
+    match parent {
+        "T1059" => "execution",
+        "T1095" | "T1105" | "T1571" | "T1572" | "T1090" => "command-and-control",
+        "T1027" | "T1036" | "T1070" | "T1140" | "T1222" | "T1562" | "T1564" => "defense-evasion",
+        "T1548" | "T1611" => "privilege-escalation",
+        "T1053" | "T1098" | "T1136" | "T1505" | "T1543" | "T1546" | "T1547" | "T1574" => {
+            "persistence"
+        }
+        "T1003" | "T1040" | "T1552" => "credential-access",
+        "T1016" | "T1033" | "T1057" | "T1082" | "T1083" | "T1087" => "discovery",
+        "T1056" | "T1074" | "T1560" => "collection",
+        "T1048" => "exfiltration",
+        "T1485" | "T1496" => "impact",
+        _ => "",
+    }
+}
+
+/// Evidence that says little about an intrusion's goal: running a shell or
+/// inline code, working in /tmp, a URL, a hidden name, sudo. Any intrusion
+/// does these on the way; a tactic is named from them only when nothing
+/// more specific is present.
+pub fn generic_evidence(feature: usize) -> bool {
+    matches!(
+        names()[feature].as_str(),
+        "cmd_spawn_shell"
+            | "cmd_eval"
+            | "cmd_pipe_to_shell"
+            | "cmd_interp_inline"
+            | "cmd_fd_redirect"
+            | "cmd_shell_escape"
+            | "cmd_background"
+            | "cmd_tmp_path"
+            | "cmd_hidden_file"
+            | "cmd_url"
+            | "cmd_remote_copy"
+            | "cmd_wipe"
+            | "cmd_sudo"
+            | "cmd_su"
+            | "cmd_downloader"
+            | "shell_under_service"
+            | "net_by_shell_or_interpreter"
+            | "net_by_non_network_program"
+            | "exe_in_tmp"
+            | "exe_hidden"
+            | "root_under_non_root_parent"
+    )
+}
+
 fn fam_phrase(comm: &str) -> &'static str {
     let bits = lexicon::families(comm);
     FAMILIES

@@ -1,0 +1,91 @@
+//! Naming with the shipped model: a flagged event's tactic and technique
+//! come from its evidence (what the command does), consistently with each
+//! other, and every technique the lexicon can name has a tactic.
+
+use std::sync::Arc;
+
+use outlier_classifier::{Classifier, Limits, N_FEATURES, explain, load_checked};
+use outlier_proto::v1::{Event, Exec, event::Detail};
+
+fn classifier() -> Classifier {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/classifier.json");
+    let model = load_checked(&std::fs::read_to_string(path).unwrap()).expect("shipped model");
+    Classifier::new(Arc::new(model), Limits::default())
+}
+
+fn shell(cmd: &str, parent: &str, ts: u64) -> Event {
+    Event {
+        org: "o".into(),
+        workload: "web".into(),
+        host: "h".into(),
+        ts_ns: ts,
+        pid: 4242,
+        ppid: 4000,
+        uid: 33,
+        comm: "sh".into(),
+        parent_comm: parent.into(),
+        exe: "/usr/bin/sh".into(),
+        detail: Some(Detail::Exec(Exec {
+            argv: vec!["sh".into(), "-c".into(), cmd.into()],
+            ..Exec::default()
+        })),
+        ..Event::default()
+    }
+}
+
+fn named(cmd: &str) -> (String, String) {
+    let mut c = classifier();
+    let (f, p) = c.classify(&shell(cmd, "php-fpm8.2", 1_000_000_000));
+    let a = c.explain(&f, &p, 3);
+    (a.tactic, a.technique)
+}
+
+#[test]
+fn tactics_come_from_the_specific_evidence() {
+    // Each writes or runs from /tmp and spawns a shell (generic evidence);
+    // the specific part names the goal.
+    let cases = [
+        (
+            "echo '* * * * * root sh /tmp/x' > /etc/cron.d/upd",
+            "persistence",
+        ),
+        ("cat /etc/shadow > /tmp/.s", "credential-access"),
+        ("uname -a; cat /etc/os-release", "discovery"),
+        ("iptables -F; systemctl stop auditd", "defense-evasion"),
+        ("tar czf /tmp/.d.tgz /var/www", "collection"),
+        ("xmrig -o stratum+tcp://pool.example:3333", "impact"),
+    ];
+    for (cmd, tactic) in cases {
+        let (t, technique) = named(cmd);
+        assert_eq!(t, tactic, "{cmd}: named {t} ({technique})");
+        assert_eq!(
+            explain::tactic_of_technique(&technique),
+            t,
+            "{cmd}: technique {technique} and tactic {t} disagree"
+        );
+    }
+}
+
+#[test]
+fn generic_evidence_names_a_tactic_only_when_nothing_else_does() {
+    // Only a shell and /tmp: execution (the shell), not collection (/tmp).
+    let (t, technique) = named("sh -i /tmp/run");
+    assert_eq!(t, "execution", "{technique}");
+}
+
+#[test]
+fn every_technique_the_lexicon_names_has_a_tactic() {
+    let ctx = Default::default();
+    for i in 0..N_FEATURES {
+        let t = explain::technique(i, &ctx);
+        if !t.is_empty() {
+            assert!(
+                !explain::tactic_of_technique(t).is_empty(),
+                "{} points at {t}, which has no tactic",
+                outlier_classifier::features::names()[i]
+            );
+        }
+    }
+    assert_eq!(explain::tactic_of_technique("T1053.003"), "persistence");
+    assert_eq!(explain::tactic_of_technique("T9999"), "");
+}
