@@ -183,6 +183,47 @@ impl KafkaConfig {
     }
 }
 
+/// Whether a produce error is the record's own (the broker will never take
+/// it: too large, invalid) or may pass (brokers away, timeouts, queue full).
+pub fn failure(e: &KafkaError) -> crate::retry::Failure {
+    use crate::retry::Failure;
+    match e.rdkafka_error_code() {
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::InvalidMessageSize
+            | RDKafkaErrorCode::MessageBatchTooLarge
+            | RDKafkaErrorCode::InvalidMessage
+            | RDKafkaErrorCode::InvalidRecord,
+        ) => Failure::Poison,
+        _ => Failure::Retriable,
+    }
+}
+
+/// Probes the brokers every 10 s and sets the `kafka` health check from
+/// the answer, so the check recovers when Kafka does (the client context
+/// only reports it lost).
+pub fn spawn_health_probe(
+    kafka: KafkaConfig,
+    health: crate::telemetry::Health,
+    shutdown: CancellationToken,
+) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let k = kafka.clone();
+            match tokio::task::spawn_blocking(move || k.probe(Duration::from_secs(5))).await {
+                Ok(Ok(_)) => health.set("kafka", true, format!("reachable at {}", kafka.brokers)),
+                Ok(Err(e)) => health.set("kafka", false, e.to_string()),
+                Err(_) => {}
+            }
+        }
+    });
+}
+
 /// Consumer context for at-least-once consumers: logs rebalances, commits
 /// stored offsets synchronously before partitions are taken away (so the next
 /// owner starts exactly after what this one finished), and marks the `kafka`

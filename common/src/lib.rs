@@ -10,6 +10,7 @@ pub mod kafka;
 #[cfg(feature = "lance")]
 pub mod lance;
 pub mod names;
+pub mod retry;
 pub mod telemetry;
 
 /// Version of the Outlier build, stamped on scored events.

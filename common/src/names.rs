@@ -38,20 +38,52 @@ pub fn validate(field: &'static str, value: &str) -> Result<(), NameError> {
     Ok(())
 }
 
+/// Longest storage name produced: LanceDB refuses table names over 128
+/// characters, and a name is also a directory on the object store.
+pub const MAX_STORAGE_NAME_LEN: usize = 128;
+
 /// Encodes an (org, workload) pair as a storage name made only of
-/// `[a-z0-9_]`: `wl_<hex(org)>_<hex(workload)>`. Hex digits never contain
-/// `_`, so the encoding is injective: two different pairs never share a name,
-/// and no input can produce a path separator, a dot or a quote.
+/// `[a-z0-9_]` and at most [`MAX_STORAGE_NAME_LEN`] long:
+/// `wl_<hex(org)>_<hex(workload)>` when that fits, else
+/// `wh_<sha256(org, workload)>`. Hex digits never contain `_`, the two
+/// prefixes differ and the hash is over length-prefixed fields, so the
+/// encoding is injective in practice: two pairs never share a name (a
+/// hostile org cannot pick a name that lands in another org's table), and
+/// no input produces a path separator, a dot or a quote.
 pub fn storage_name(org: &str, workload: &str) -> String {
-    format!("wl_{}_{}", hex::encode(org), hex::encode(workload))
+    let plain = format!("wl_{}_{}", hex::encode(org), hex::encode(workload));
+    if plain.len() <= MAX_STORAGE_NAME_LEN {
+        plain
+    } else {
+        format!("wh_{}", digest(&[org, workload]))
+    }
 }
 
-/// Encodes an org as a storage name made only of `[a-z0-9_]`: `org_<hex>`.
+/// Encodes an org as a storage name made only of `[a-z0-9_]`: `org_<hex>`,
+/// or `orh_<sha256>` when that would be longer than
+/// [`MAX_STORAGE_NAME_LEN`].
 pub fn org_storage_name(org: &str) -> String {
-    format!("org_{}", hex::encode(org))
+    let plain = format!("org_{}", hex::encode(org));
+    if plain.len() <= MAX_STORAGE_NAME_LEN {
+        plain
+    } else {
+        format!("orh_{}", digest(&[org]))
+    }
 }
 
-/// Inverse of [`storage_name`]; `None` for a name it did not produce.
+/// SHA-256 over length-prefixed fields, hex.
+fn digest(fields: &[&str]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for f in fields {
+        h.update((f.len() as u64).to_le_bytes());
+        h.update(f.as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+/// Inverse of [`storage_name`] for the plain form; `None` for a hashed
+/// name or one it did not produce.
 pub fn parse_storage_name(name: &str) -> Option<(String, String)> {
     let rest = name.strip_prefix("wl_")?;
     let (org, workload) = rest.split_once('_')?;
@@ -88,6 +120,45 @@ mod tests {
         // Pairs that would collide under naive joining stay distinct.
         assert_ne!(storage_name("a_b", "c"), storage_name("a", "b_c"));
         assert_ne!(storage_name("ab", "c"), storage_name("a", "bc"));
+    }
+
+    #[test]
+    fn long_names_get_short_distinct_storage_names() {
+        let safe = |n: &str| {
+            n.len() <= MAX_STORAGE_NAME_LEN
+                && n.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        };
+        let long = "o".repeat(MAX_NAME_LEN);
+        let a = storage_name(&long, &"w".repeat(MAX_NAME_LEN));
+        let b = storage_name(&long, &"w".repeat(MAX_NAME_LEN - 1));
+        let c = storage_name(&"o".repeat(MAX_NAME_LEN - 1), &"w".repeat(MAX_NAME_LEN));
+        assert!(safe(&a) && safe(&b) && safe(&c), "{a} {b} {c}");
+        assert!(a.starts_with("wh_"));
+        assert_ne!(a, b);
+        assert_ne!(a, c);
+        assert_ne!(b, c);
+        // Moving a character across the boundary changes the name.
+        assert_ne!(
+            storage_name(&format!("{long}x"), "y"),
+            storage_name(&long, "xy")
+        );
+        assert_eq!(parse_storage_name(&a), None);
+        // Short names keep the readable, reversible form (existing tables).
+        assert_eq!(storage_name("acme", "web"), "wl_61636d65_776562");
+        let o = org_storage_name(&long);
+        assert!(safe(&o) && o.starts_with("orh_"), "{o}");
+        assert_ne!(o, org_storage_name(&"o".repeat(MAX_NAME_LEN - 1)));
+        assert_eq!(org_storage_name("acme"), "org_61636d65");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn every_valid_pair_gets_a_safe_storage_name(org in "\\PC{1,128}", wl in "\\PC{1,128}") {
+            let n = storage_name(&org, &wl);
+            proptest::prop_assert!(n.len() <= MAX_STORAGE_NAME_LEN, "{}", n);
+            proptest::prop_assert!(n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'));
+        }
     }
 
     #[test]

@@ -140,8 +140,12 @@ async fn health_handler(State(h): State<Health>) -> impl IntoResponse {
     (code, axum::Json(h.report()))
 }
 
-/// Serves `/metrics` and `/health` on `addr` until `shutdown` fires. Returns
-/// the bound address (useful with port 0) once listening.
+/// Serves `/metrics`, `/health` (readiness: 200 when every dependency
+/// check is ok, 503 with the failing checks otherwise; `/ready` is the
+/// same) and `/live` (liveness: 200 while the process serves — an
+/// orchestrator restarts on liveness, and waits for readiness, so a
+/// dependency outage never restarts a healthy process) on `addr` until
+/// `shutdown` fires. Returns the bound address (useful with port 0).
 pub async fn serve_http(
     addr: SocketAddr,
     health: Health,
@@ -152,6 +156,8 @@ pub async fn serve_http(
     let app = Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/health", get(health_handler))
+        .route("/ready", get(health_handler))
+        .route("/live", get(|| async { "live\n" }))
         .with_state(health);
     tokio::spawn(async move {
         let res = axum::serve(listener, app)
