@@ -17,6 +17,7 @@ pub struct ScorerConfig {
     pub baseline: BaselineConfig,
     pub scoring: ScoringConfig,
     pub batch: BatchConfig,
+    pub limits: LimitsConfig,
 }
 
 impl Default for ScorerConfig {
@@ -28,6 +29,61 @@ impl Default for ScorerConfig {
             baseline: BaselineConfig::default(),
             scoring: ScoringConfig::default(),
             batch: BatchConfig::default(),
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+/// Bounds that keep one record, or hostile cardinality, from stalling or
+/// exhausting the scorer (docs/reliability.md).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Seconds a record may keep failing while its dependency answers
+    /// before it is dead-lettered as poison.
+    pub poison_budget_s: u64,
+    /// Largest event record accepted, in bytes; larger ones are
+    /// dead-lettered (so every scored and dead-letter copy fits the topics).
+    pub max_event_bytes: usize,
+    /// Baselines held in memory; beyond it the least recently used are
+    /// persisted and unloaded (and loaded again when their workload
+    /// reports).
+    pub max_loaded_baselines: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            poison_budget_s: 30,
+            max_event_bytes: 256 * 1024,
+            max_loaded_baselines: 50_000,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// Checks the bounds at start-up; the error names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.poison_budget_s == 0 {
+            return Err("limits.poison_budget_s must be at least 1".into());
+        }
+        if !(1024..=(1 << 20) - 16 * 1024).contains(&self.max_event_bytes) {
+            return Err(format!(
+                "limits.max_event_bytes must be between 1024 and {} (the scored copy must fit a 1 MiB Kafka record), not {}",
+                (1 << 20) - 16 * 1024,
+                self.max_event_bytes
+            ));
+        }
+        if self.max_loaded_baselines < 16 {
+            return Err("limits.max_loaded_baselines must be at least 16".into());
+        }
+        Ok(())
+    }
+
+    pub fn retry_policy(&self) -> outlier_common::retry::RetryPolicy {
+        outlier_common::retry::RetryPolicy {
+            poison_budget: std::time::Duration::from_secs(self.poison_budget_s),
+            ..Default::default()
         }
     }
 }

@@ -60,7 +60,12 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = cfg.scoring.decision.validate() {
+    if let Err(e) = cfg
+        .scoring
+        .decision
+        .validate()
+        .and_then(|()| cfg.limits.validate())
+    {
         eprintln!("scorer: bad configuration: {e}");
         return ExitCode::from(2);
     }

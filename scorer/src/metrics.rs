@@ -95,3 +95,20 @@ pub static PERSIST: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
     .expect("metric registers once")
 });
+
+pub static EVICTIONS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "outlier_scorer_baseline_evictions_total",
+        "Idle baselines persisted and unloaded to stay within limits.max_loaded_baselines"
+    )
+    .expect("metric registers once")
+});
+
+pub static POISON: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "outlier_scorer_poison_total",
+        "Records or writes given up as poison (they failed while the dependency answered), by stage",
+        &["stage"]
+    )
+    .expect("metric registers once")
+});

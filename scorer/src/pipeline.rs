@@ -26,6 +26,7 @@ use outlier_classifier::{Assessment, Classifier};
 use outlier_common::featurize::embed;
 use outlier_common::kafka::{self, DLQ_REASON_HEADER, DLQ_SOURCE_HEADER, RECORD_KIND_HEADER};
 use outlier_common::names;
+use outlier_common::retry::{self, Attempt, Failure, RetryPolicy};
 use outlier_common::telemetry::{self, Health};
 use outlier_proto::{Contribution, Event, Feedback, FeedbackLabel, ScoredEvent, Verdict};
 use prost::Message as _;
@@ -93,7 +94,14 @@ struct OutRecord {
 /// acknowledged, `None` if shutdown came first.
 type Delivery = std::pin::Pin<Box<dyn Future<Output = Option<kafka::Offsets>> + Send>>;
 
+/// Workloads unloaded from memory whose last writes the persister has not
+/// finished: their baseline is not loaded again until it has (or it would
+/// load without them).
+type Unloading = Arc<std::sync::Mutex<HashMap<WorkloadKey, u32>>>;
+
 struct PersistJob {
+    /// Set when the job carries an unloaded baseline's last writes.
+    unload: bool,
     key: WorkloadKey,
     rows: Vec<Behaviour>,
     deletes: Vec<u64>,
@@ -104,6 +112,7 @@ struct PersistJob {
 impl PersistJob {
     fn new(key: WorkloadKey, b: &mut Baseline, rows: Vec<Behaviour>) -> Self {
         Self {
+            unload: false,
             key,
             rows,
             deletes: b.take_forgotten(),
@@ -167,7 +176,14 @@ pub async fn run(cfg: ScorerConfig, shutdown: CancellationToken) -> Result<(), R
     );
 
     let (persist_tx, persist_rx) = mpsc::channel::<PersistJob>(1024);
-    let persister = tokio::spawn(persist_loop(store.clone(), persist_rx, health.clone()));
+    let unloading = Unloading::default();
+    let persister = tokio::spawn(persist_loop(
+        store.clone(),
+        persist_rx,
+        health.clone(),
+        cfg.limits.retry_policy(),
+        unloading.clone(),
+    ));
 
     let mut worker = Worker {
         cfg: &cfg,
@@ -177,12 +193,16 @@ pub async fn run(cfg: ScorerConfig, shutdown: CancellationToken) -> Result<(), R
         shutdown: &shutdown,
         judge: Judge::new(cfg.scoring.clone(), cfg.baseline.warmup_events, classifier),
         partition_of: HashMap::new(),
+        last_used: HashMap::new(),
+        batches: 0,
+        poisoned: HashMap::new(),
+        unloading,
     };
     let mut flush_tick = tokio::time::interval(Duration::from_millis(
         cfg.baseline.flush_interval_ms.max(10),
     ));
-    let mut probe_tick = tokio::time::interval(Duration::from_secs(10));
     let mut prune_tick = tokio::time::interval(Duration::from_secs(3600));
+    kafka::spawn_health_probe(cfg.kafka.clone(), health.clone(), shutdown.clone());
     let max_wait = Duration::from_millis(cfg.batch.max_wait_ms);
 
     // Deliveries in flight, oldest first: a batch's offsets are stored
@@ -208,19 +228,11 @@ pub async fn run(cfg: ScorerConfig, shutdown: CancellationToken) -> Result<(), R
                 Some(offsets) => kafka::store_offsets(&consumer, &offsets),
                 None => break Ok(()), // shut down before it was acknowledged
             },
-            _ = flush_tick.tick() => worker.flush(&persist_tx, false).await,
-            _ = prune_tick.tick() => worker.prune(&persist_tx).await,
-            _ = probe_tick.tick() => {
-                let k = cfg.kafka.clone();
-                let h = health.clone();
-                tokio::spawn(async move {
-                    match tokio::task::spawn_blocking(move || k.probe(Duration::from_secs(5))).await {
-                        Ok(Ok(_)) => h.set("kafka", true, "reachable"),
-                        Ok(Err(e)) => h.set("kafka", false, e.to_string()),
-                        Err(_) => {}
-                    }
-                });
+            _ = flush_tick.tick() => {
+                worker.flush(&persist_tx, false).await;
+                worker.evict(&persist_tx).await;
             }
+            _ = prune_tick.tick() => worker.prune(&persist_tx).await,
             first = consumer.recv(), if inflight.len() < max_inflight => {
                 let first = match first {
                     Ok(m) => m.detach(),
@@ -255,74 +267,114 @@ pub async fn run(cfg: ScorerConfig, shutdown: CancellationToken) -> Result<(), R
 
 /// Persists learned behaviour in the background; retries a failed write
 /// with backoff so learned behaviour is not dropped while LanceDB is away.
-async fn persist_loop(store: Arc<Store>, mut rx: mpsc::Receiver<PersistJob>, health: Health) {
-    while let Some(mut job) = rx.recv().await {
-        let (org, workload) = split_key(&job.key);
-        let mut delay = Duration::from_millis(100);
-        loop {
-            // Each step is one commit and is dropped from the job once it
-            // landed, so a retry never appends an increment twice.
-            let mut res = Ok(());
-            if !job.rows.is_empty() {
-                res = store.persist(org, workload, &job.rows).await;
-                if res.is_ok() {
-                    metrics::PERSIST
-                        .with_label_values(&["ok"])
-                        .inc_by(job.rows.len() as u64);
-                    job.rows.clear();
-                }
+/// A write that keeps failing while LanceDB answers (or that LanceDB
+/// refuses outright) is given up after the poison budget, logged and
+/// counted: one workload's table cannot hold every other workload's
+/// writes behind it.
+async fn persist_loop(
+    store: Arc<Store>,
+    mut rx: mpsc::Receiver<PersistJob>,
+    health: Health,
+    policy: RetryPolicy,
+    unloading: Unloading,
+) {
+    // At shutdown nothing waits long for an unreachable store.
+    let never = CancellationToken::new();
+    while let Some(job) = rx.recv().await {
+        let key = job.key.clone();
+        let unload = job.unload;
+        let (org, workload) = split_key(&key);
+        let job = std::sync::Mutex::new(job);
+        let attempt = retry::retry(
+            policy,
+            &never,
+            || persist_once(&store, org, workload, &job),
+            StoreError::failure,
+            || async {
+                // Given up at shutdown rather than retried for ever.
+                rx.is_closed() || store.probe().await
+            },
+            |e, delay| {
+                metrics::PERSIST.with_label_values(&["error"]).inc();
+                health.set("lancedb", false, e.to_string());
+                tracing::error!(org, workload, error = %e, retry_in_ms = delay.as_millis() as u64, "baseline write failed");
+            },
+        )
+        .await;
+        match attempt {
+            Attempt::Done(()) => health.set("lancedb", true, "writes succeed"),
+            Attempt::Poison(e) => {
+                metrics::POISON.with_label_values(&["persist"]).inc();
+                let rows = job.lock().map(|j| j.rows.len()).unwrap_or(0);
+                tracing::error!(org, workload, rows, error = %e, "baseline write given up: it fails while LanceDB answers");
             }
-            if res.is_ok() && !job.deletes.is_empty() {
-                res = store.delete(org, workload, &job.deletes).await;
-                if res.is_ok() {
-                    job.deletes.clear();
-                }
-            }
-            if let (Ok(()), Some(cutoff)) = (&res, job.prune_before) {
-                res = store.fold(org, workload, cutoff).await.map(|_| ());
-                if res.is_ok() {
-                    job.prune_before = None;
-                }
-            }
-            match res {
-                Ok(()) => {
-                    health.set("lancedb", true, "writes succeed");
-                    break;
-                }
-                Err(e) => {
-                    metrics::PERSIST.with_label_values(&["error"]).inc();
-                    health.set("lancedb", false, e.to_string());
-                    tracing::error!(org, workload, error = %e, retry_in_ms = delay.as_millis() as u64, "baseline write failed");
-                    if rx.is_closed() && delay > Duration::from_secs(5) {
-                        tracing::error!(
-                            org,
-                            workload,
-                            rows = job.rows.len(),
-                            "giving up on baseline write at shutdown"
-                        );
-                        break;
-                    }
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(10));
+            Attempt::Shutdown => {}
+        }
+        if unload {
+            let mut u = unloading.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = u.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    u.remove(&key);
                 }
             }
         }
     }
 }
 
+/// One attempt at a persist job. Each step is one commit and is dropped
+/// from the job once it landed, so a retry never appends an increment
+/// twice.
+async fn persist_once(
+    store: &Store,
+    org: &str,
+    workload: &str,
+    job: &std::sync::Mutex<PersistJob>,
+) -> Result<(), StoreError> {
+    let (rows, deletes, prune_before) = {
+        let j = job.lock().unwrap_or_else(|p| p.into_inner());
+        (j.rows.clone(), j.deletes.clone(), j.prune_before)
+    };
+    if !rows.is_empty() {
+        store.persist(org, workload, &rows).await?;
+        metrics::PERSIST
+            .with_label_values(&["ok"])
+            .inc_by(rows.len() as u64);
+        job.lock().unwrap_or_else(|p| p.into_inner()).rows.clear();
+    }
+    if !deletes.is_empty() {
+        store.delete(org, workload, &deletes).await?;
+        job.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .deletes
+            .clear();
+    }
+    if let Some(cutoff) = prune_before {
+        store.fold(org, workload, cutoff).await?;
+        job.lock().unwrap_or_else(|p| p.into_inner()).prune_before = None;
+    }
+    Ok(())
+}
+
 /// Sends records and waits until Kafka has acknowledged all of them,
-/// re-sending failures with backoff. `false` if shutdown came first.
+/// re-sending failures with backoff. `false` if shutdown came first. A
+/// record the broker refuses for itself (too large, invalid) is poison: it
+/// is replaced by a truncated copy on the dead-letter topic with the
+/// reason, and a dead-letter copy that is refused too is dropped and
+/// counted, so no record holds its partition.
 async fn deliver(
     producer: &FutureProducer,
     health: &Health,
     shutdown: &CancellationToken,
-    records: &[OutRecord],
+    mut records: Vec<OutRecord>,
+    deadletter_topic: &str,
 ) -> bool {
     let mut todo: Vec<usize> = (0..records.len()).collect();
     let mut delay = Duration::from_millis(100);
     loop {
         let mut futures: Vec<(usize, DeliveryFuture)> = Vec::with_capacity(todo.len());
         let mut failed = Vec::new();
+        let mut poison = Vec::new();
         for &i in &todo {
             let OutRecord {
                 topic,
@@ -345,7 +397,11 @@ async fn deliver(
                     }
                     Err((e, _)) => {
                         tracing::error!(topic = %topic, error = %e, "cannot queue record");
-                        failed.push(i);
+                        if kafka::failure(&e) == Failure::Poison {
+                            poison.push((i, e.to_string()));
+                        } else {
+                            failed.push(i);
+                        }
                         break;
                     }
                 }
@@ -357,10 +413,41 @@ async fn deliver(
                 Ok(Ok(_)) => {}
                 Ok(Err((e, _))) => {
                     tracing::warn!(error = %e, "delivery failed");
-                    failed.push(i);
+                    if kafka::failure(&e) == Failure::Poison {
+                        poison.push((i, e.to_string()));
+                    } else {
+                        failed.push(i);
+                    }
                 }
                 Err(_) => failed.push(i),
             }
+        }
+        for (i, reason) in poison {
+            metrics::POISON.with_label_values(&["produce"]).inc();
+            let r = &records[i];
+            if r.topic == deadletter_topic {
+                tracing::error!(topic = %r.topic, bytes = r.payload.len(), error = %reason, "dead-letter copy refused by Kafka; dropped");
+                continue;
+            }
+            tracing::error!(topic = %r.topic, bytes = r.payload.len(), error = %reason, "record refused by Kafka; sent truncated to the dead-letter topic");
+            let mut payload = r.payload.clone();
+            payload.truncate(DLQ_MAX_PAYLOAD);
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: DLQ_REASON_HEADER,
+                    value: Some(format!("refused by Kafka on {}: {reason}", r.topic).as_bytes()),
+                })
+                .insert(Header {
+                    key: DLQ_SOURCE_HEADER,
+                    value: Some(r.topic.as_bytes()),
+                });
+            records[i] = OutRecord {
+                topic: deadletter_topic.to_string(),
+                key: r.key.clone(),
+                payload,
+                headers: Some(headers),
+            };
+            failed.push(i);
         }
         if failed.is_empty() {
             return true;
@@ -380,6 +467,9 @@ async fn deliver(
     }
 }
 
+/// Most bytes of a record's payload kept in its dead-letter copy.
+pub const DLQ_MAX_PAYLOAD: usize = 64 * 1024;
+
 struct Worker<'a> {
     cfg: &'a ScorerConfig,
     store: &'a Store,
@@ -389,7 +479,23 @@ struct Worker<'a> {
     judge: Judge,
     /// The partition each loaded workload's records arrive on.
     partition_of: HashMap<WorkloadKey, (String, i32)>,
+    /// The batch in which each loaded baseline was last used (for
+    /// unloading the least recently used beyond the limit).
+    last_used: HashMap<WorkloadKey, u64>,
+    /// Batches processed.
+    batches: u64,
+    /// Workloads whose baseline cannot be loaded while LanceDB answers:
+    /// their records are dead-lettered until the entry expires.
+    poisoned: HashMap<WorkloadKey, (String, Instant)>,
+    unloading: Unloading,
 }
+
+/// How long a workload whose baseline could not be loaded is dead-lettered
+/// without trying again.
+const POISON_TTL: Duration = Duration::from_secs(300);
+
+/// Most workloads remembered as poisoned.
+const POISONED_MAX: usize = 10_000;
 
 fn is_feedback(msg: &OwnedMessage) -> bool {
     msg.headers().is_some_and(|h| {
@@ -414,12 +520,22 @@ fn check_event(event: &Event) -> Result<(), DeadLetter> {
     Ok(())
 }
 
-/// Decodes a record of the events topic.
-pub fn decode(msg: &OwnedMessage) -> Result<Input, DeadLetter> {
+/// Decodes a record of the events topic; records over `max_bytes` are
+/// refused (their scored copies must fit the topics).
+pub fn decode(msg: &OwnedMessage, max_bytes: usize) -> Result<Input, DeadLetter> {
     let payload = msg.payload().ok_or(DeadLetter {
         reason: "empty record".into(),
         label: "empty",
     })?;
+    if payload.len() > max_bytes {
+        return Err(DeadLetter {
+            reason: format!(
+                "record of {} bytes is over limits.max_event_bytes ({max_bytes})",
+                payload.len()
+            ),
+            label: "oversize",
+        });
+    }
     if is_feedback(msg) {
         let fb = Feedback::decode(payload).map_err(|e| DeadLetter {
             reason: format!("not an outlier.v1.Feedback: {e}"),
@@ -453,7 +569,13 @@ impl Worker<'_> {
     /// batch before it was scored.
     async fn process(&mut self, batch: Vec<OwnedMessage>) -> Result<Option<Delivery>, RunError> {
         let offsets = kafka::batch_offsets(&batch);
-        let decoded: Vec<Result<Input, DeadLetter>> = batch.iter().map(decode).collect();
+        let max_bytes = self.cfg.limits.max_event_bytes;
+        let mut decoded: Vec<Result<Input, DeadLetter>> =
+            batch.iter().map(|m| decode(m, max_bytes)).collect();
+        self.batches += 1;
+        let now = Instant::now();
+        self.poisoned
+            .retain(|_, (_, at)| now.duration_since(*at) < POISON_TTL);
 
         // Load (once per ownership) the baselines of workloads new to us.
         let t = Instant::now();
@@ -465,6 +587,10 @@ impl Worker<'_> {
                 Err(_) => continue,
             };
             let key = workload_key(&event.org, &event.workload);
+            if self.poisoned.contains_key(&key) {
+                continue;
+            }
+            self.last_used.insert(key.clone(), self.batches);
             if !self.partition_of.contains_key(&key) {
                 self.partition_of
                     .insert(key.clone(), (msg.topic().to_string(), msg.partition()));
@@ -474,10 +600,39 @@ impl Worker<'_> {
             }
         }
         for key in needed {
-            let Some(b) = self.load(&key).await else {
-                return Ok(None);
-            };
-            self.judge.baselines.insert(key, b);
+            match self.load(&key).await {
+                None => return Ok(None),
+                Some(Ok(b)) => {
+                    self.judge.baselines.insert(key, b);
+                }
+                Some(Err(reason)) => {
+                    if self.poisoned.len() >= POISONED_MAX {
+                        self.poisoned.clear();
+                    }
+                    self.last_used.remove(&key);
+                    self.partition_of.remove(&key);
+                    self.poisoned.insert(key, (reason, Instant::now()));
+                }
+            }
+        }
+        // Records of poisoned workloads go to the dead-letter topic.
+        if !self.poisoned.is_empty() {
+            for input in &mut decoded {
+                let event = match input {
+                    Ok(Input::Event(e)) => e,
+                    Ok(Input::Feedback(f)) => f.event.as_ref().expect("checked in decode"),
+                    Err(_) => continue,
+                };
+                if let Some((reason, _)) = self
+                    .poisoned
+                    .get(&workload_key(&event.org, &event.workload))
+                {
+                    *input = Err(DeadLetter {
+                        reason: format!("baseline cannot be loaded: {reason}"),
+                        label: "poison_baseline",
+                    });
+                }
+            }
         }
         metrics::WORKLOADS.set(self.judge.baselines.len() as i64);
         metrics::STAGE_SECONDS
@@ -548,20 +703,23 @@ impl Worker<'_> {
                             key: DLQ_SOURCE_HEADER,
                             value: Some(source.as_bytes()),
                         });
+                    let mut payload = msg.payload().unwrap_or_default().to_vec();
+                    payload.truncate(DLQ_MAX_PAYLOAD);
                     records.push(OutRecord {
                         topic: topics.deadletter.clone(),
                         key,
-                        payload: msg.payload().unwrap_or_default().to_vec(),
+                        payload,
                         headers: Some(headers),
                     });
                 }
             }
         }
         let producer = self.producer.clone();
+        let deadletter = topics.deadletter.clone();
         let health = self.health.clone();
         let shutdown = self.shutdown.clone();
         Ok(Some(Box::pin(async move {
-            if !deliver(&producer, &health, &shutdown, &records).await {
+            if !deliver(&producer, &health, &shutdown, records, &deadletter).await {
                 return None;
             }
             metrics::STAGE_SECONDS
@@ -571,33 +729,117 @@ impl Worker<'_> {
         })))
     }
 
-    /// Loads a baseline, retrying while LanceDB fails; `None` on shutdown.
-    async fn load(&self, key: &str) -> Option<Baseline> {
+    /// Loads a baseline, retrying while LanceDB is away; `None` on
+    /// shutdown, `Some(Err(reason))` when it cannot be loaded while LanceDB
+    /// answers (poison: its records are dead-lettered).
+    async fn load(&self, key: &str) -> Option<Result<Baseline, String>> {
+        // An unloaded baseline's last writes land first.
+        while self
+            .unloading
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(key)
+        {
+            tokio::select! {
+                () = self.shutdown.cancelled() => return None,
+                () = tokio::time::sleep(Duration::from_millis(5)) => {}
+            }
+        }
         let (org, workload) = split_key(key);
         let cutoff =
             now_ns().saturating_sub(self.cfg.baseline.retention_days * 86_400 * 1_000_000_000);
-        let mut delay = Duration::from_millis(100);
-        loop {
-            match self
-                .store
-                .load(org, workload, cutoff, self.cfg.baseline.index_params())
-                .await
-            {
-                Ok(b) => {
-                    tracing::debug!(org, workload, behaviours = b.len(), "baseline loaded");
-                    return Some(b);
-                }
-                Err(e) => {
-                    self.health.set("lancedb", false, e.to_string());
-                    tracing::error!(org, workload, error = %e, "baseline load failed");
-                }
+        let attempt = retry::retry(
+            self.cfg.limits.retry_policy(),
+            self.shutdown,
+            || {
+                self.store
+                    .load(org, workload, cutoff, self.cfg.baseline.index_params())
+            },
+            StoreError::failure,
+            || self.store.probe(),
+            |e, delay| {
+                self.health.set("lancedb", false, e.to_string());
+                tracing::error!(org, workload, error = %e, retry_in_ms = delay.as_millis() as u64, "baseline load failed");
+            },
+        )
+        .await;
+        match attempt {
+            Attempt::Done(b) => {
+                self.health.set("lancedb", true, "loads succeed");
+                tracing::debug!(org, workload, behaviours = b.len(), "baseline loaded");
+                Some(Ok(b))
             }
-            tokio::select! {
-                () = self.shutdown.cancelled() => return None,
-                () = tokio::time::sleep(delay) => {}
+            Attempt::Poison(e) => {
+                metrics::POISON.with_label_values(&["load"]).inc();
+                tracing::error!(org, workload, error = %e, ttl_s = POISON_TTL.as_secs(), "baseline cannot be loaded while LanceDB answers; the workload's records are dead-lettered");
+                Some(Err(e.to_string()))
             }
-            delay = (delay * 2).min(Duration::from_secs(10));
+            Attempt::Shutdown => None,
         }
+    }
+
+    /// Persists and unloads the least recently used baselines beyond
+    /// `limits.max_loaded_baselines` (down to 90% of it, so eviction runs
+    /// in rounds, not at every batch). They load again from LanceDB when
+    /// their workload reports; their in-memory adaptation history starts
+    /// over.
+    async fn evict(&mut self, tx: &mpsc::Sender<PersistJob>) {
+        let max = self.cfg.limits.max_loaded_baselines;
+        if self.judge.baselines.len() <= max {
+            return;
+        }
+        let target = max - max / 10;
+        let mut by_age: Vec<(u64, WorkloadKey)> = self
+            .judge
+            .baselines
+            .keys()
+            .map(|k| (self.last_used.get(k).copied().unwrap_or(0), k.clone()))
+            .collect();
+        by_age.sort_unstable();
+        let n = self.judge.baselines.len() - target;
+        for (_, key) in by_age.into_iter().take(n) {
+            self.unload(&key, tx).await;
+            metrics::EVICTIONS.inc();
+        }
+        tracing::info!(
+            evicted = n,
+            loaded = self.judge.baselines.len(),
+            limit = max,
+            "unloaded idle baselines (limits.max_loaded_baselines)"
+        );
+        metrics::WORKLOADS.set(self.judge.baselines.len() as i64);
+    }
+
+    /// Persists what a workload's baseline has not yet written and drops
+    /// it, and everything held for it, from memory.
+    async fn unload(&mut self, key: &WorkloadKey, tx: &mpsc::Sender<PersistJob>) {
+        self.partition_of.remove(key);
+        self.last_used.remove(key);
+        self.judge.history.remove(key);
+        if let Some(mut b) = self.judge.baselines.remove(key) {
+            let rows = b.take_dirty();
+            let job = PersistJob {
+                unload: true,
+                ..PersistJob::new(key.clone(), &mut b, rows)
+            };
+            if !job.is_empty() {
+                *self
+                    .unloading
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(key.clone())
+                    .or_default() += 1;
+                if tx.send(job).await.is_err() {
+                    tracing::error!("baseline persister is gone");
+                    self.unloading
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(key);
+                }
+            }
+        }
+        let (org, workload) = split_key(key);
+        self.store.forget(org, workload).await;
     }
 
     /// Hands learned (and forgotten) behaviour to the persister.
@@ -639,14 +881,7 @@ impl Worker<'_> {
             .map(|(k, _)| k.clone())
             .collect();
         for key in gone {
-            self.partition_of.remove(&key);
-            if let Some(mut b) = self.judge.baselines.remove(&key) {
-                let rows = b.take_dirty();
-                let job = PersistJob::new(key.clone(), &mut b, rows);
-                if !job.is_empty() && tx.send(job).await.is_err() {
-                    tracing::error!("baseline persister is gone");
-                }
-            }
+            self.unload(&key, tx).await;
         }
         metrics::WORKLOADS.set(self.judge.baselines.len() as i64);
     }
@@ -777,9 +1012,10 @@ impl Judge {
             // SHAP explanations cost ~10x the classification: computed for
             // what is flagged (by either side) or what the classifier
             // itself would flag, not for every event leaning malicious.
-            let flagged =
-                matches!(verdict, Verdict::Warn | Verdict::Alert) || p.p_malicious >= warn;
-            let a = if flagged && p.p_malicious >= 0.5 {
+            // A flagged event is always given a tactic and technique, from
+            // its evidence, whatever the classifier's own call.
+            let flagged = matches!(verdict, Verdict::Warn | Verdict::Alert);
+            let a = if flagged || p.p_malicious >= warn {
                 c.explain(&features, &p, cc.explain_top)
             } else {
                 c.assess(&p)

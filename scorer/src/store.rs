@@ -42,6 +42,23 @@ pub enum StoreError {
     Schema { table: String, detail: String },
 }
 
+impl StoreError {
+    /// Whether the error is this record's (a name, schema or value the
+    /// store refuses: retrying cannot help) or may pass.
+    pub fn failure(&self) -> outlier_common::retry::Failure {
+        use outlier_common::retry::Failure;
+        match self {
+            StoreError::Schema { .. } | StoreError::Arrow(_) => Failure::Poison,
+            StoreError::Lance(
+                lancedb::Error::InvalidTableName { .. }
+                | lancedb::Error::InvalidInput { .. }
+                | lancedb::Error::Schema { .. },
+            ) => Failure::Poison,
+            StoreError::Lance(_) => Failure::Retriable,
+        }
+    }
+}
+
 /// Writes to one table between compactions.
 pub const COMPACT_EVERY: u32 = 50;
 
@@ -111,6 +128,25 @@ impl Store {
             shapes: Mutex::new(HashMap::new()),
             schema: schema(),
         })
+    }
+
+    /// Whether LanceDB answers at all (it lists its tables): tells an
+    /// outage from a record that fails on its own.
+    pub async fn probe(&self) -> bool {
+        self.db.table_names().limit(1).execute().await.is_ok()
+    }
+
+    /// Drops what this process holds of a workload's table (its handle and
+    /// shape), when its baseline is unloaded.
+    pub async fn forget(&self, org: &str, workload: &str) {
+        let name = storage_name(org, workload);
+        self.tables.lock().await.remove(&name);
+        self.shapes.lock().await.remove(&name);
+    }
+
+    /// Open table handles (bounded by the loaded baselines).
+    pub async fn open_tables(&self) -> usize {
+        self.tables.lock().await.len()
     }
 
     async fn table(&self, name: &str) -> Result<Option<Table>, StoreError> {

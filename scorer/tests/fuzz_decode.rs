@@ -1,0 +1,97 @@
+//! Property-based fuzzing of the scorer's record decoder (the protobuf
+//! envelope of the events topic) and of its configuration loader: any
+//! bytes yield an input or a dead letter with a reason, any TOML a config
+//! or an error naming the problem — never a panic. Bounded in CI; set
+//! `PROPTEST_CASES` for a longer run.
+
+use outlier_proto::{Event, Exec, event::Detail};
+use outlier_scorer::config::ScorerConfig;
+use outlier_scorer::pipeline::{Input, decode};
+use proptest::prelude::*;
+use prost::Message as _;
+use rdkafka::Timestamp;
+use rdkafka::message::{OwnedHeaders, OwnedMessage};
+
+fn msg(payload: Vec<u8>, headers: Option<OwnedHeaders>) -> OwnedMessage {
+    OwnedMessage::new(
+        Some(payload),
+        None,
+        "events".into(),
+        Timestamp::NotAvailable,
+        0,
+        0,
+        headers,
+    )
+}
+
+const MAX: usize = 256 * 1024;
+
+proptest! {
+    #[test]
+    fn arbitrary_bytes_decode_or_dead_letter(b in proptest::collection::vec(any::<u8>(), 0..2048)) {
+        match decode(&msg(b, None), MAX) {
+            Ok(_) => {}
+            Err(dl) => prop_assert!(!dl.reason.is_empty()),
+        }
+    }
+
+    #[test]
+    fn arbitrary_feedback_bytes_decode_or_dead_letter(b in proptest::collection::vec(any::<u8>(), 0..2048)) {
+        let h = OwnedHeaders::new().insert(rdkafka::message::Header {
+            key: outlier_common::kafka::RECORD_KIND_HEADER,
+            value: Some(b"feedback".as_slice()),
+        });
+        if let Err(dl) = decode(&msg(b, Some(h)), MAX) {
+            prop_assert!(!dl.reason.is_empty());
+        }
+    }
+
+    #[test]
+    fn events_are_accepted_exactly_when_their_names_are_valid(
+        org in "\\PC{0,140}",
+        workload in "\\PC{0,140}",
+        argv in proptest::collection::vec("\\PC{0,50}", 0..5),
+    ) {
+        let e = Event {
+            org: org.clone(),
+            workload: workload.clone(),
+            detail: Some(Detail::Exec(Exec { argv, ..Exec::default() })),
+            ..Event::default()
+        };
+        let valid = outlier_common::names::validate("org", &org).is_ok()
+            && outlier_common::names::validate("workload", &workload).is_ok();
+        let out = decode(&msg(e.encode_to_vec(), None), MAX);
+        prop_assert_eq!(out.is_ok(), valid);
+        if let Ok(Input::Event(d)) = out {
+            prop_assert_eq!(d.org, org);
+        }
+    }
+
+    #[test]
+    fn config_text_loads_or_names_the_problem(text in "\\PC{0,400}") {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("scorer.toml");
+        std::fs::write(&path, &text).unwrap();
+        if let Err(e) = outlier_common::config::load::<ScorerConfig>("OUTLIER_FUZZ_NONE", Some(&path)) {
+            prop_assert!(!outlier_common::config::describe(&e).is_empty());
+        }
+    }
+}
+
+#[test]
+fn oversize_records_are_dead_lettered_with_the_limit() {
+    let e = Event {
+        org: "o".into(),
+        workload: "w".into(),
+        detail: Some(Detail::Exec(Exec {
+            argv: vec!["x".repeat(MAX)],
+            ..Exec::default()
+        })),
+        ..Event::default()
+    };
+    let Err(dl) = decode(&msg(e.encode_to_vec(), None), MAX) else {
+        panic!("an oversize record was accepted");
+    };
+    assert_eq!(dl.label, "oversize");
+    assert!(dl.reason.contains("max_event_bytes"), "{}", dl.reason);
+}
