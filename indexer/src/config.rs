@@ -18,6 +18,9 @@ pub struct IndexerConfig {
     /// Address of the gRPC services (query, search, alert stream).
     pub grpc_addr: SocketAddr,
     pub search: SearchConfig,
+    /// Seconds a batch may keep failing while ClickHouse answers before
+    /// the rows it refuses are found and dead-lettered.
+    pub poison_budget_s: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -51,6 +54,7 @@ impl Default for IndexerConfig {
             batch: BatchConfig::default(),
             grpc_addr: "127.0.0.1:50051".parse().expect("valid address"),
             search: SearchConfig::default(),
+            poison_budget_s: 30,
         }
     }
 }

@@ -38,7 +38,17 @@ pub struct Services {
     pub search: Arc<SearchIndex>,
     pub kafka: KafkaConfig,
     pub shutdown: CancellationToken,
+    /// Open StreamAlerts calls (each holds a Kafka consumer): a permit
+    /// each, [`MAX_ALERT_STREAMS`] in all.
+    pub streams: Arc<tokio::sync::Semaphore>,
 }
+
+/// Most StreamAlerts calls served at once; more get RESOURCE_EXHAUSTED.
+pub const MAX_ALERT_STREAMS: usize = 64;
+
+/// Deadline of every unary call (queries, search): a slow ClickHouse or
+/// LanceDB cannot pile up requests without bound.
+pub const CALL_DEADLINE: Duration = Duration::from_secs(30);
 
 fn status(e: QueryError) -> Status {
     match e {
@@ -165,6 +175,11 @@ impl AlertStream for Services {
     ) -> Result<Response<Self::StreamAlertsStream>, Status> {
         let req = request.into_inner();
         require_org(&req.org)?;
+        let permit = self.streams.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "{MAX_ALERT_STREAMS} alert streams are open on this indexer; try another or later"
+            ))
+        })?;
         let resume = if req.resume_cursor.is_empty() {
             BTreeMap::new()
         } else {
@@ -226,6 +241,7 @@ impl AlertStream for Services {
         let workloads = req.workloads.clone();
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             loop {
                 let msg = tokio::select! {
                     () = shutdown.cancelled() => return,
@@ -285,6 +301,7 @@ pub async fn serve(
     health.set_serving::<SearchServer<Services>>().await;
     health.set_serving::<AlertStreamServer<Services>>().await;
     let server = tonic::transport::Server::builder()
+        .timeout(CALL_DEADLINE)
         .add_service(reflection)
         .add_service(health_service)
         .add_service(EventQueryServer::new(services.clone()))

@@ -202,9 +202,43 @@ impl EventRow {
     }
 }
 
+/// The `ts` column — partition, sort and retention key — of an event: its
+/// own time, clamped to a window around when it was scored (from
+/// `retention_days - 1` days before to an hour after). A host with a
+/// skewed clock cannot expire its own evidence at once or park it in the
+/// future, and one insert never spans more than `retention_days + 1` daily
+/// partitions. The event's own time stays in `ts_ns`.
+pub fn clamped_ts(ts_ns: u64, scored_at_ns: u64, retention_days: u32) -> u32 {
+    const DAY_NS: u64 = 86_400 * 1_000_000_000;
+    let t = if scored_at_ns == 0 {
+        ts_ns
+    } else {
+        let lo = scored_at_ns
+            .saturating_sub(u64::from(retention_days.saturating_sub(1).max(1)) * DAY_NS);
+        let hi = scored_at_ns.saturating_add(DAY_NS / 24);
+        ts_ns.clamp(lo, hi)
+    };
+    u32::try_from(t / 1_000_000_000).unwrap_or(u32::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn skewed_timestamps_are_clamped_for_partitioning_only() {
+        let now = 1_763_800_000 * 1_000_000_000u64;
+        let day = 86_400u32;
+        let secs = (now / 1_000_000_000) as u32;
+        // In the window: its own time.
+        assert_eq!(clamped_ts(now - 3_600_000_000_000, now, 30), secs - 3600);
+        // A clock years behind: kept for at least a day before retention.
+        assert_eq!(clamped_ts(1_000_000_000, now, 30), secs - 29 * day);
+        // A clock in the future: an hour ahead at most.
+        assert_eq!(clamped_ts(u64::MAX, now, 30), secs + 3600);
+        // Unknown scoring time: the event's own.
+        assert_eq!(clamped_ts(5_000_000_000, 0, 30), 5);
+    }
     use outlier_proto::{Connect, Event, Verdict};
 
     #[test]

@@ -16,6 +16,7 @@ use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use outlier_common::featurize::{behaviour_key, embed};
 use outlier_common::kafka::{self, DLQ_REASON_HEADER, DLQ_SOURCE_HEADER};
+use outlier_common::retry::{self, Attempt, Failure, RetryPolicy};
 use outlier_common::telemetry::{self, Health};
 use outlier_proto::ScoredEvent;
 use prost::Message as _;
@@ -111,6 +112,7 @@ pub async fn run(cfg: IndexerConfig, shutdown: CancellationToken) -> Result<(), 
             search: search.clone(),
             kafka: cfg.kafka.clone(),
             shutdown: shutdown.clone(),
+            streams: Arc::new(tokio::sync::Semaphore::new(grpc::MAX_ALERT_STREAMS)),
         },
         shutdown.clone(),
     )
@@ -147,6 +149,8 @@ pub async fn run(cfg: IndexerConfig, shutdown: CancellationToken) -> Result<(), 
         return Ok(());
     };
     tracing::info!(topic = %cfg.kafka.topics.scored, group = %cfg.group_id, "indexer running");
+    // The consumer only reports Kafka lost; the probe reports it back.
+    kafka::spawn_health_probe(cfg.kafka.clone(), health.clone(), shutdown.clone());
 
     let max_wait = Duration::from_millis(cfg.batch.max_wait_ms);
     let search_lock = tokio::sync::Mutex::new(());
@@ -257,7 +261,20 @@ impl<'a> Sink<'a> {
                         Some(Ok(_)) => "scored event without an event".to_string(),
                         None => "empty record".to_string(),
                     };
-                    if !dead_letter(self.producer, self.cfg, m, &reason, self.shutdown).await {
+                    let source = format!("{}/{}/{}", m.topic(), m.partition(), m.offset());
+                    let (key, payload) =
+                        (m.key().unwrap_or_default(), m.payload().unwrap_or_default());
+                    if !dead_letter(
+                        self.producer,
+                        self.cfg,
+                        key,
+                        payload,
+                        &reason,
+                        &source,
+                        self.shutdown,
+                    )
+                    .await
+                    {
                         return None;
                     }
                 }
@@ -293,42 +310,34 @@ impl<'a> Sink<'a> {
             self.known.clear();
         }
         self.known.extend(batch_known);
-        let rows: Vec<EventRow> = scored.iter().map(EventRow::from_scored).collect();
+        let retention = self.cfg.clickhouse.retention_days;
+        let rows: Vec<EventRow> = scored
+            .iter()
+            .map(|s| {
+                let mut r = EventRow::from_scored(s);
+                r.ts = crate::row::clamped_ts(r.ts_ns, r.scored_at_ns, retention);
+                r
+            })
+            .collect();
         let (ch, health, shutdown) = (self.ch, self.health, self.shutdown);
+        let (producer, cfg) = (self.producer, self.cfg);
         let (search, search_lock) = (self.search, self.search_lock);
         Some(Box::pin(async move {
             if rows.is_empty() {
                 return true;
             }
-            let mut delay = Duration::from_millis(100);
-            loop {
-                let t = Instant::now();
-                match insert(ch, &rows).await {
-                    Ok(()) => {
-                        metrics::INSERT_SECONDS.observe(t.elapsed().as_secs_f64());
-                        metrics::BATCH_ROWS.observe(rows.len() as f64);
-                        metrics::ROWS
-                            .with_label_values(&["inserted"])
-                            .inc_by(rows.len() as u64);
-                        let now = SystemTime::now()
-                            .duration_since(UNIX_EPOCH)
-                            .map(|d| d.as_nanos() as u64)
-                            .unwrap_or(0);
-                        for r in &rows {
-                            metrics::LAG_SECONDS.observe(now.saturating_sub(r.ts_ns) as f64 / 1e9);
-                        }
-                        health.set("clickhouse", true, "inserts succeed");
-                        break;
-                    }
-                    Err(e) => {
-                        metrics::INSERT_ERRORS.inc();
-                        health.set("clickhouse", false, e.to_string());
-                        tracing::warn!(rows = rows.len(), error = %e, retry_in_ms = delay.as_millis() as u64, "clickhouse insert failed");
-                    }
-                }
-                if !backoff(shutdown, &mut delay).await {
-                    return false;
-                }
+            let t = Instant::now();
+            if !insert_all(ch, producer, cfg, health, shutdown, &rows).await {
+                return false;
+            }
+            metrics::INSERT_SECONDS.observe(t.elapsed().as_secs_f64());
+            metrics::BATCH_ROWS.observe(rows.len() as f64);
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
+            for r in &rows {
+                metrics::LAG_SECONDS.observe(now.saturating_sub(r.ts_ns) as f64 / 1e9);
             }
             if entries.is_empty() {
                 return true;
@@ -382,6 +391,120 @@ fn known_id(org: &str, workload: &str, key: u64) -> u64 {
     xxhash_rust::xxh3::xxh3_64(&buf)
 }
 
+/// Inserts a batch, retrying while ClickHouse is away. When the batch keeps
+/// failing while ClickHouse answers (past the poison budget), the rows that
+/// fail on their own are found by halving, dead-lettered with the server's
+/// reason and counted; the rest are inserted. `false` if shutdown came
+/// first.
+async fn insert_all(
+    ch: &Client,
+    producer: &FutureProducer,
+    cfg: &IndexerConfig,
+    health: &Health,
+    shutdown: &CancellationToken,
+    rows: &[EventRow],
+) -> bool {
+    let policy = RetryPolicy {
+        poison_budget: Duration::from_secs(cfg.poison_budget_s.max(1)),
+        max_delay: Duration::from_secs(30),
+        ..RetryPolicy::default()
+    };
+    loop {
+        let attempt = retry::retry(
+            policy,
+            shutdown,
+            || insert(ch, rows),
+            |_| Failure::Retriable,
+            || clickhouse_answers(ch),
+            |e, delay| {
+                metrics::INSERT_ERRORS.inc();
+                health.set("clickhouse", false, e.to_string());
+                tracing::warn!(rows = rows.len(), error = %e, retry_in_ms = delay.as_millis() as u64, "clickhouse insert failed");
+            },
+        )
+        .await;
+        match attempt {
+            Attempt::Done(()) => {
+                metrics::ROWS
+                    .with_label_values(&["inserted"])
+                    .inc_by(rows.len() as u64);
+                health.set("clickhouse", true, "inserts succeed");
+                return true;
+            }
+            Attempt::Shutdown => return false,
+            Attempt::Poison(e) => {
+                tracing::error!(rows = rows.len(), error = %e, "insert keeps failing while ClickHouse answers; isolating the rows it refuses");
+                match isolate(ch, rows).await {
+                    Ok(bad) => {
+                        let inserted = rows.len() - bad.len();
+                        metrics::ROWS
+                            .with_label_values(&["inserted"])
+                            .inc_by(inserted as u64);
+                        for (i, reason) in bad {
+                            let r = &rows[i];
+                            let payload = r.to_scored().encode_to_vec();
+                            let reason = format!("refused by ClickHouse: {reason}");
+                            let source =
+                                format!("{}/event/{}", cfg.kafka.topics.scored, r.event_id);
+                            if !dead_letter(
+                                producer,
+                                cfg,
+                                r.org.as_bytes(),
+                                &payload,
+                                &reason,
+                                &source,
+                                shutdown,
+                            )
+                            .await
+                            {
+                                return false;
+                            }
+                        }
+                        health.set("clickhouse", true, "inserts succeed");
+                        return true;
+                    }
+                    // ClickHouse went away meanwhile: back to retrying.
+                    Err(e) => tracing::warn!(error = %e, "clickhouse failed while isolating rows"),
+                }
+            }
+        }
+    }
+}
+
+/// Whether ClickHouse answers a trivial query.
+async fn clickhouse_answers(ch: &Client) -> bool {
+    ch.query("SELECT 1").fetch_one::<u8>().await.is_ok()
+}
+
+/// Inserts `rows` in halves until every row either landed or failed on its
+/// own while ClickHouse answers; those are returned with the error.
+/// `Err` when ClickHouse stopped answering.
+async fn isolate(
+    ch: &Client,
+    rows: &[EventRow],
+) -> Result<Vec<(usize, String)>, clickhouse::error::Error> {
+    let mut bad = Vec::new();
+    let mut todo = vec![(0usize, rows.len())];
+    while let Some((lo, hi)) = todo.pop() {
+        match insert(ch, &rows[lo..hi]).await {
+            Ok(()) => {}
+            Err(e) if hi - lo == 1 => {
+                if !clickhouse_answers(ch).await {
+                    return Err(e);
+                }
+                metrics::ROWS.with_label_values(&["poison"]).inc();
+                bad.push((lo, e.to_string()));
+            }
+            Err(_) => {
+                let mid = lo + (hi - lo) / 2;
+                todo.push((mid, hi));
+                todo.push((lo, mid));
+            }
+        }
+    }
+    Ok(bad)
+}
+
 async fn insert(ch: &Client, rows: &[EventRow]) -> Result<(), clickhouse::error::Error> {
     let mut insert = ch.insert::<EventRow>(schema::TABLE).await?;
     for r in rows {
@@ -390,22 +513,21 @@ async fn insert(ch: &Client, rows: &[EventRow]) -> Result<(), clickhouse::error:
     insert.end().await
 }
 
+/// Sends a record's payload to the dead-letter topic with the reason,
+/// retrying while Kafka is away; a copy Kafka refuses for itself is
+/// truncated once, then dropped and counted. `false` if shutdown came first.
 async fn dead_letter(
     producer: &FutureProducer,
     cfg: &IndexerConfig,
-    m: &OwnedMessage,
+    key: &[u8],
+    payload: &[u8],
     reason: &str,
+    source: &str,
     shutdown: &CancellationToken,
 ) -> bool {
     metrics::ROWS.with_label_values(&["deadletter"]).inc();
-    tracing::warn!(
-        topic = m.topic(),
-        partition = m.partition(),
-        offset = m.offset(),
-        reason,
-        "record sent to dead-letter topic"
-    );
-    let source = format!("{}/{}/{}", m.topic(), m.partition(), m.offset());
+    tracing::warn!(source, reason, "record sent to dead-letter topic");
+    let mut payload = &payload[..payload.len().min(DLQ_MAX_PAYLOAD)];
     let mut delay = Duration::from_millis(100);
     loop {
         let headers = OwnedHeaders::new()
@@ -418,11 +540,19 @@ async fn dead_letter(
                 value: Some(source.as_bytes()),
             });
         let rec = FutureRecord::to(&cfg.kafka.topics.deadletter)
-            .key(m.key().unwrap_or_default())
-            .payload(m.payload().unwrap_or_default())
+            .key(key)
+            .payload(payload)
             .headers(headers);
         match producer.send(rec, Duration::from_secs(5)).await {
             Ok(_) => return true,
+            Err((e, _)) if kafka::failure(&e) == Failure::Poison => {
+                if payload.len() > 1024 {
+                    payload = &payload[..1024];
+                    continue;
+                }
+                tracing::error!(source, error = %e, "dead-letter copy refused by Kafka; dropped");
+                return true;
+            }
             Err((e, _)) => tracing::warn!(error = %e, "dead-letter delivery failed"),
         }
         tokio::select! {
@@ -432,3 +562,6 @@ async fn dead_letter(
         delay = (delay * 2).min(Duration::from_secs(10));
     }
 }
+
+/// Most bytes of a record's payload kept in its dead-letter copy.
+const DLQ_MAX_PAYLOAD: usize = 64 * 1024;
