@@ -8,7 +8,8 @@ use prometheus::{
 };
 
 /// Events by outcome: `published` (Kafka acknowledged them), `invalid`
-/// (malformed replay input), `failed` (Kafka did not acknowledge a replay).
+/// (malformed replay input), `failed` (Kafka did not acknowledge a replay),
+/// `refused` (Kafka will never take the record: too large, invalid).
 pub static EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "outlier_collector_events_total",

@@ -5,12 +5,15 @@
 //! longer than the producer's message timeout), everything after the cursor
 //! is sent again once Kafka answers; the spool meanwhile keeps what capture
 //! produces. Duplicates that a resend may cause carry the same event id
-//! and collapse downstream.
+//! and collapse downstream. A record Kafka refuses for itself (too large,
+//! invalid) is skipped and counted (`outcome="refused"`) rather than resent
+//! for ever.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use outlier_common::kafka::KafkaConfig;
+use outlier_common::retry::Failure;
 use outlier_common::telemetry::Health;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
@@ -157,6 +160,16 @@ pub async fn run(
                 if last_sync.elapsed() > Duration::from_millis(200) {
                     sync(&spool);
                     last_sync = Instant::now();
+                }
+            }
+            Ok(Err((e, _))) if outlier_common::kafka::failure(&e) == Failure::Poison => {
+                // Kafka will never take this record (too large, invalid):
+                // resending it would hold every later event behind it. It
+                // is skipped, logged and counted; the cursor moves on.
+                metrics::EVENTS.with_label_values(&["refused"]).inc();
+                tracing::error!(error = %e, "kafka refused an event for itself; skipped");
+                if let Err(e) = spool.ack(done.seq, done.end) {
+                    tracing::error!(error = %e, "spool ack failed");
                 }
             }
             failure => {

@@ -287,3 +287,70 @@ async fn baselines_beyond_the_bound_are_unloaded_and_reload_what_they_learned() 
     shutdown.cancel();
     scorer.await.unwrap().unwrap();
 }
+
+/// Peak memory with many distinct workloads, bounded and not (the figures
+/// in docs/reliability.md). Not in CI: every workload is a LanceDB table.
+///
+///     OUTLIER_CARDINALITY=20000 OUTLIER_MAX_LOADED=2000 \
+///       cargo test -p outlier-e2e --test hostile -- --ignored --nocapture cardinality_peak_rss
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "minutes: a LanceDB table per workload; run by hand for docs/reliability.md"]
+async fn cardinality_peak_rss() {
+    let n: u64 = std::env::var("OUTLIER_CARDINALITY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let bound: usize = std::env::var("OUTLIER_MAX_LOADED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000);
+    let env = TestEnv::new("rss").await;
+    let mut cfg = env.scorer_config();
+    cfg.limits.max_loaded_baselines = bound;
+    let shutdown = CancellationToken::new();
+    let scorer = tokio::spawn(outlier_scorer::run(cfg, shutdown.clone()));
+    let p: FutureProducer = env.kafka.producer_config("e2e").create().unwrap();
+    let topic = &env.kafka.topics.events;
+    let t0 = now_ns();
+    let started = std::time::Instant::now();
+    for i in 0..n {
+        let e = exec(
+            &format!("a-{i}"),
+            "fleet",
+            &format!("container-{i:08x}"),
+            t0 + i,
+            &["nginx", "-t"],
+        );
+        let payload = e.encode_to_vec();
+        let key = format!("fleet/{i}");
+        loop {
+            match p.send_result(FutureRecord::to(topic).key(&key).payload(&payload)) {
+                Ok(_) => break,
+                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+    }
+    rdkafka::producer::Producer::flush(&p, Duration::from_secs(30)).unwrap();
+    let scored = outlier_e2e::read_scored(
+        &env.kafka,
+        &env.kafka.topics.scored,
+        Duration::from_secs(3600),
+        |s| s.len() >= n as usize,
+    )
+    .await;
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let hwm = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM"))
+        .unwrap_or("VmHWM: ?")
+        .to_string();
+    println!(
+        "workloads {n}, max_loaded_baselines {bound}: scored {} in {:.0} s, evictions {}, peak {hwm}",
+        scored.len(),
+        started.elapsed().as_secs_f64(),
+        outlier_scorer::metrics::EVICTIONS.get()
+    );
+    assert_eq!(scored.len(), n as usize);
+    shutdown.cancel();
+    scorer.await.unwrap().unwrap();
+}
