@@ -86,7 +86,7 @@ async fn main() -> ExitCode {
         }
     }
     if cli.print_config {
-        println!("{}", serde_json::to_string_pretty(&cfg).unwrap_or_default());
+        println!("{}", config::to_redacted_json(&cfg));
         return ExitCode::SUCCESS;
     }
     match cli.command {

@@ -149,6 +149,16 @@ impl Spool {
             path: dir.to_path_buf(),
             source,
         })?;
+        // Captured command lines are for the collector's user alone.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|source| {
+                SpoolError::Dir {
+                    path: dir.to_path_buf(),
+                    source,
+                }
+            })?;
+        }
         let mut firsts: Vec<u64> = fs::read_dir(dir)
             .map_err(|source| SpoolError::Dir {
                 path: dir.to_path_buf(),
@@ -368,10 +378,14 @@ impl Shared {
             });
         }
         let first = self.segments.back().expect("pushed").first_seq;
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(seg_path(&self.dir, first))?;
+        let file = {
+            use std::os::unix::fs::OpenOptionsExt;
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(seg_path(&self.dir, first))?
+        };
         self.writer = Some(BufWriter::with_capacity(256 << 10, file));
         Ok(())
     }
@@ -549,6 +563,23 @@ impl Reader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_spool_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("spool");
+        let s = Spool::open(&d, 1 << 20, 1 << 16).unwrap();
+        s.append([(&b"k"[..], &b"argv with a secret"[..])]).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&d), 0o700);
+        let seg = fs::read_dir(&d)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .find(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+            .expect("a segment");
+        assert_eq!(mode(&seg.path()), 0o600);
+    }
 
     fn recs(n: std::ops::Range<u32>) -> Vec<(Vec<u8>, Vec<u8>)> {
         n.map(|i| {

@@ -32,6 +32,36 @@ where
     figment.extract().map_err(Box::new)
 }
 
+/// The effective configuration as pretty JSON for `--print-config`, with
+/// secrets masked: any value under a key naming a password, secret or token
+/// (ClickHouse passwords, `sasl.password`, `ssl.key.password`, ...).
+pub fn to_redacted_json<T: Serialize>(cfg: &T) -> String {
+    fn redact(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, x) in m.iter_mut() {
+                    let k = k.to_ascii_lowercase();
+                    let secret = ["password", "secret", "token"]
+                        .iter()
+                        .any(|s| k.contains(s))
+                        && !k.ends_with("_file");
+                    match x {
+                        serde_json::Value::String(s) if secret && !s.is_empty() => {
+                            *s = "<redacted>".into();
+                        }
+                        _ => redact(x),
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(redact),
+            _ => {}
+        }
+    }
+    let mut v = serde_json::to_value(cfg).unwrap_or_default();
+    redact(&mut v);
+    serde_json::to_string_pretty(&v).unwrap_or_default()
+}
+
 /// Renders a figment error on one line per problem, each naming its key.
 pub fn describe(err: &figment::Error) -> String {
     err.clone()
@@ -51,6 +81,22 @@ pub fn describe(err: &figment::Error) -> String {
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+#[cfg(test)]
+mod redact_tests {
+    #[test]
+    fn printed_configs_hide_secrets_but_not_paths() {
+        let cfg = serde_json::json!({
+            "clickhouse": {"user": "default", "password": "hunter2"},
+            "kafka": {"properties": {"sasl.password": "p", "sasl.username": "u"}},
+            "auth": {"tokens_file": "/etc/outlier/tokens.toml"},
+        });
+        let out = super::to_redacted_json(&cfg);
+        assert!(!out.contains("hunter2") && !out.contains("\"p\""), "{out}");
+        assert!(out.contains("<redacted>") && out.contains("\"u\""), "{out}");
+        assert!(out.contains("/etc/outlier/tokens.toml"), "{out}");
+    }
 }
 
 #[cfg(test)]

@@ -76,7 +76,7 @@ async fn main() -> ExitCode {
         cfg.baseline.uri = u;
     }
     if cli.print_config {
-        println!("{}", serde_json::to_string_pretty(&cfg).unwrap_or_default());
+        println!("{}", config::to_redacted_json(&cfg));
         return ExitCode::SUCCESS;
     }
     if let Some(Command::Feedback {
