@@ -97,6 +97,8 @@ impl TestEnv {
         c.batch.max_wait_ms = 200;
         c.grpc_addr = free_addr();
         c.search.uri = self.dir.path().join("search").display().to_string();
+        // Plaintext on loopback; tests/auth.rs runs TLS with tokens.
+        c.auth.insecure = true;
         c
     }
 

@@ -21,6 +21,56 @@ pub struct IndexerConfig {
     /// Seconds a batch may keep failing while ClickHouse answers before
     /// the rows it refuses are found and dead-lettered.
     pub poison_budget_s: u64,
+    pub auth: AuthConfig,
+    pub tls: TlsConfig,
+}
+
+/// Who may call the gRPC services (see `auth.rs`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// TOML file mapping token hashes to identities and their orgs.
+    pub tokens_file: String,
+    /// Serve without TLS or authentication; refused unless `grpc_addr` is
+    /// a loopback address. For tests and a laptop, never a fleet.
+    pub insecure: bool,
+}
+
+/// TLS of the gRPC services (PEM files).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Server certificate chain.
+    pub cert: String,
+    /// Its private key.
+    pub key: String,
+}
+
+impl IndexerConfig {
+    /// Checks the security settings at start-up; the error names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.auth.insecure {
+            if !self.grpc_addr.ip().is_loopback() {
+                return Err(format!(
+                    "auth.insecure serves without TLS or tokens and is refused on {} (not loopback); set tls.cert, tls.key and auth.tokens_file",
+                    self.grpc_addr
+                ));
+            }
+            return Ok(());
+        }
+        for (key, v) in [
+            ("tls.cert", &self.tls.cert),
+            ("tls.key", &self.tls.key),
+            ("auth.tokens_file", &self.auth.tokens_file),
+        ] {
+            if v.is_empty() {
+                return Err(format!(
+                    "{key} is not set: the gRPC services serve TLS with tokens (or, on loopback only, auth.insecure = true)"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -55,6 +105,8 @@ impl Default for IndexerConfig {
             grpc_addr: "127.0.0.1:50051".parse().expect("valid address"),
             search: SearchConfig::default(),
             poison_budget_s: 30,
+            auth: AuthConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -109,6 +161,23 @@ impl Default for BatchConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn security_settings_are_required_unless_insecure_on_loopback() {
+        let mut c = IndexerConfig::default();
+        let e = c.validate().unwrap_err();
+        assert!(e.starts_with("tls.cert is not set"), "{e}");
+        c.auth.insecure = true;
+        assert!(c.validate().is_ok());
+        c.grpc_addr = "0.0.0.0:50051".parse().unwrap();
+        assert!(c.validate().unwrap_err().contains("not loopback"));
+        c.auth.insecure = false;
+        c.tls.cert = "c.pem".into();
+        c.tls.key = "k.pem".into();
+        assert!(c.validate().unwrap_err().starts_with("auth.tokens_file"));
+        c.auth.tokens_file = "t.toml".into();
+        assert!(c.validate().is_ok());
+    }
 
     #[test]
     fn example_config_is_the_default() {

@@ -28,6 +28,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use crate::auth::Authorizer;
 use crate::query::{self, QueryError};
 use crate::search_index::SearchIndex;
 
@@ -41,6 +42,8 @@ pub struct Services {
     /// Open StreamAlerts calls (each holds a Kafka consumer): a permit
     /// each, [`MAX_ALERT_STREAMS`] in all.
     pub streams: Arc<tokio::sync::Semaphore>,
+    /// Who may read which org (checked on every call).
+    pub auth: Arc<Authorizer>,
 }
 
 /// Most StreamAlerts calls served at once; more get RESOURCE_EXHAUSTED.
@@ -70,8 +73,10 @@ impl EventQuery for Services {
         &self,
         request: Request<QueryEventsRequest>,
     ) -> Result<Response<QueryEventsResponse>, Status> {
+        require_org(&request.get_ref().org)?;
+        self.auth
+            .authorize(request.metadata(), &request.get_ref().org)?;
         let req = request.into_inner();
-        require_org(&req.org)?;
         let (rows, next) = query::query_events(&self.ch, &req).await.map_err(status)?;
         Ok(Response::new(QueryEventsResponse {
             events: rows.iter().map(|r| r.to_scored()).collect(),
@@ -83,8 +88,10 @@ impl EventQuery for Services {
         &self,
         request: Request<GetEventRequest>,
     ) -> Result<Response<GetEventResponse>, Status> {
+        require_org(&request.get_ref().org)?;
+        self.auth
+            .authorize(request.metadata(), &request.get_ref().org)?;
         let req = request.into_inner();
-        require_org(&req.org)?;
         match query::get_event(&self.ch, &req.org, &req.event_id)
             .await
             .map_err(status)?
@@ -106,8 +113,10 @@ impl Search for Services {
         &self,
         request: Request<SearchRequest>,
     ) -> Result<Response<SearchResponse>, Status> {
+        require_org(&request.get_ref().org)?;
+        self.auth
+            .authorize(request.metadata(), &request.get_ref().org)?;
         let req = request.into_inner();
-        require_org(&req.org)?;
         let q = match &req.query {
             Some(search_request::Query::Text(t)) if !t.trim().is_empty() => embed_text(t),
             Some(search_request::Query::Example(e)) => embed(e),
@@ -140,20 +149,26 @@ impl Search for Services {
 }
 
 /// A resume cursor: the next offset to read of every partition.
-fn encode_positions(p: &BTreeMap<i32, i64>) -> String {
+/// A cursor names its org: one org's cursor does not resume another's.
+fn encode_positions(org: &str, p: &BTreeMap<i32, i64>) -> String {
     let raw = p
         .iter()
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(",");
-    format!("v1.{}", hex::encode(raw))
+    format!("v2.{}.{}", hex::encode(org), hex::encode(raw))
 }
 
-fn decode_positions(s: &str) -> Result<BTreeMap<i32, i64>, Status> {
+fn decode_positions(org: &str, s: &str) -> Result<BTreeMap<i32, i64>, Status> {
     let bad = || Status::invalid_argument("resume_cursor is not a cursor this service issued");
-    let raw =
-        String::from_utf8(hex::decode(s.strip_prefix("v1.").ok_or_else(bad)?).map_err(|_| bad())?)
-            .map_err(|_| bad())?;
+    let rest = s.strip_prefix("v2.").ok_or_else(bad)?;
+    let (o, p) = rest.split_once('.').ok_or_else(bad)?;
+    if hex::decode(o).map_err(|_| bad())? != org.as_bytes() {
+        return Err(Status::permission_denied(
+            "resume_cursor belongs to another org",
+        ));
+    }
+    let raw = String::from_utf8(hex::decode(p).map_err(|_| bad())?).map_err(|_| bad())?;
     raw.split(',')
         .filter(|x| !x.is_empty())
         .map(|kv| {
@@ -173,8 +188,10 @@ impl AlertStream for Services {
         &self,
         request: Request<StreamAlertsRequest>,
     ) -> Result<Response<Self::StreamAlertsStream>, Status> {
+        require_org(&request.get_ref().org)?;
+        self.auth
+            .authorize(request.metadata(), &request.get_ref().org)?;
         let req = request.into_inner();
-        require_org(&req.org)?;
         let permit = self.streams.clone().try_acquire_owned().map_err(|_| {
             Status::resource_exhausted(format!(
                 "{MAX_ALERT_STREAMS} alert streams are open on this indexer; try another or later"
@@ -183,7 +200,7 @@ impl AlertStream for Services {
         let resume = if req.resume_cursor.is_empty() {
             BTreeMap::new()
         } else {
-            decode_positions(&req.resume_cursor)?
+            decode_positions(&req.org, &req.resume_cursor)?
         };
         let min = match req.min_verdict() {
             Verdict::Unspecified | Verdict::Ok => Verdict::Warn,
@@ -271,7 +288,7 @@ impl AlertStream for Services {
                     continue;
                 }
                 let envelope = AlertEnvelope {
-                    cursor: encode_positions(&positions),
+                    cursor: encode_positions(&org, &positions),
                     event: Some(scored),
                 };
                 if tx.send(Ok(envelope)).await.is_err() {
@@ -288,6 +305,7 @@ impl AlertStream for Services {
 pub async fn serve(
     addr: SocketAddr,
     services: Services,
+    tls: Option<tonic::transport::Identity>,
     shutdown: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -300,7 +318,13 @@ pub async fn serve(
     health.set_serving::<EventQueryServer<Services>>().await;
     health.set_serving::<SearchServer<Services>>().await;
     health.set_serving::<AlertStreamServer<Services>>().await;
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(identity) = tls {
+        builder = builder
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .map_err(std::io::Error::other)?;
+    }
+    let server = builder
         .timeout(CALL_DEADLINE)
         .add_service(reflection)
         .add_service(health_service)
@@ -325,9 +349,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn alert_cursors_round_trip() {
+    fn alert_cursors_round_trip_within_their_org_only() {
         let p: BTreeMap<i32, i64> = [(0, 5), (2, 17)].into_iter().collect();
-        assert_eq!(decode_positions(&encode_positions(&p)).unwrap(), p);
-        assert!(decode_positions("garbage").is_err());
+        let c = encode_positions("acme", &p);
+        assert_eq!(decode_positions("acme", &c).unwrap(), p);
+        let e = decode_positions("globex", &c).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        assert!(decode_positions("acme", "garbage").is_err());
+        assert!(decode_positions("acme", "v1.3d").is_err());
     }
 }

@@ -3,6 +3,7 @@
 //! search index of behaviours, and serves the gRPC query, search and alert
 //! stream services.
 
+pub mod auth;
 pub mod config;
 pub mod grpc;
 pub mod metrics;

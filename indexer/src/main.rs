@@ -41,8 +41,12 @@ async fn main() -> ExitCode {
         cfg.clickhouse.url = u;
     }
     if cli.print_config {
-        println!("{}", serde_json::to_string_pretty(&cfg).unwrap_or_default());
+        println!("{}", config::to_redacted_json(&cfg));
         return ExitCode::SUCCESS;
+    }
+    if let Err(e) = cfg.validate() {
+        eprintln!("indexer: bad configuration: {e}");
+        return ExitCode::from(2);
     }
     let shutdown = telemetry::shutdown_on_signals();
     match outlier_indexer::run(cfg, shutdown).await {

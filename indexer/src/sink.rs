@@ -27,6 +27,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Authorizer;
 use crate::config::IndexerConfig;
 use crate::grpc::{self, Services};
 use crate::metrics;
@@ -42,6 +43,8 @@ pub enum RunError {
     Http(#[from] std::io::Error),
     #[error("search index: {0}")]
     Search(#[from] SearchIndexError),
+    #[error("bad configuration: {0}")]
+    Config(String),
 }
 
 /// A ClickHouse client for `cfg` (validation off: works on 18.16 too).
@@ -56,6 +59,25 @@ pub fn client(cfg: &crate::config::ClickHouseConfig) -> Client {
 
 /// Runs the indexer until `shutdown` fires.
 pub async fn run(cfg: IndexerConfig, shutdown: CancellationToken) -> Result<(), RunError> {
+    cfg.validate().map_err(RunError::Config)?;
+    let auth = if cfg.auth.insecure {
+        tracing::warn!(addr = %cfg.grpc_addr, "auth.insecure: gRPC without TLS or tokens (loopback only)");
+        Authorizer::insecure()
+    } else {
+        Authorizer::from_file(std::path::Path::new(&cfg.auth.tokens_file))
+            .map_err(RunError::Config)?
+    };
+    let tls = if cfg.tls.cert.is_empty() {
+        None
+    } else {
+        let read = |key: &str, path: &str| {
+            std::fs::read(path).map_err(|e| RunError::Config(format!("{key} {path}: {e}")))
+        };
+        Some(tonic::transport::Identity::from_pem(
+            read("tls.cert", &cfg.tls.cert)?,
+            read("tls.key", &cfg.tls.key)?,
+        ))
+    };
     let health = Health::new(&["kafka", "clickhouse", "lancedb"]);
     telemetry::serve_http(cfg.http_addr, health.clone(), shutdown.clone()).await?;
     let search = Arc::new(SearchIndex::open(&cfg.search.uri).await?);
@@ -113,7 +135,9 @@ pub async fn run(cfg: IndexerConfig, shutdown: CancellationToken) -> Result<(), 
             kafka: cfg.kafka.clone(),
             shutdown: shutdown.clone(),
             streams: Arc::new(tokio::sync::Semaphore::new(grpc::MAX_ALERT_STREAMS)),
+            auth: Arc::new(auth),
         },
+        tls,
         shutdown.clone(),
     )
     .await?;

@@ -18,7 +18,22 @@ use outlier_proto::{
     StreamAlertsRequest, Verdict, event::Detail, search_request,
 };
 use serde_json::json;
-use tonic::transport::Channel;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+
+/// Adds the bearer token to every call.
+#[derive(Clone)]
+struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
 
 #[derive(Parser)]
 #[command(version, about = "Search, list and follow Outlier's scored events")]
@@ -31,6 +46,17 @@ struct Cli {
         global = true
     )]
     addr: String,
+    /// CA certificate (PEM) that signed the indexer's TLS certificate; with
+    /// it the CLI speaks TLS (scripts/stack: .outlier/auth/ca.pem).
+    #[arg(long, env = "OUTLIER_CA", global = true)]
+    ca: Option<std::path::PathBuf>,
+    /// Bearer token for the indexer (prefer OUTLIER_TOKEN or --token-file:
+    /// a flag shows in the process list).
+    #[arg(long, env = "OUTLIER_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// File holding the bearer token (scripts/stack: .outlier/auth/admin.token).
+    #[arg(long, env = "OUTLIER_TOKEN_FILE", global = true)]
+    token_file: Option<std::path::PathBuf>,
     /// Org to query: every call is scoped to one org.
     #[arg(long, env = "OUTLIER_ORG", global = true)]
     org: Option<String>,
@@ -141,11 +167,24 @@ fn what(s: &ScoredEvent) -> String {
     }
 }
 
+/// Shortens a host-controlled string for a table cell. Control characters
+/// are shown escaped (`\x1b`), never sent to the terminal: a command line
+/// from a monitored host must not be able to rewrite an analyst's screen.
 fn cut(s: &str, n: usize) -> String {
-    if s.chars().count() <= n {
-        s.to_string()
+    let safe: String = s
+        .chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                format!("\\x{:02x}", c as u32).chars().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect();
+    if safe.chars().count() <= n {
+        safe
     } else {
-        s.chars().take(n.saturating_sub(1)).collect::<String>() + "…"
+        safe.chars().take(n.saturating_sub(1)).collect::<String>() + "…"
     }
 }
 
@@ -223,18 +262,51 @@ async fn run(cli: Cli) -> Result<(), String> {
         .org
         .clone()
         .ok_or("an org is required: --org ORG or OUTLIER_ORG")?;
-    let channel = Channel::from_shared(cli.addr.clone())
-        .map_err(|e| format!("bad address {}: {e}", cli.addr))?
+    let mut addr = cli.addr.clone();
+    let tls = match &cli.ca {
+        Some(ca) => {
+            if let Some(rest) = addr.strip_prefix("http://") {
+                addr = format!("https://{rest}");
+            }
+            let pem = std::fs::read(ca).map_err(|e| format!("--ca {}: {e}", ca.display()))?;
+            Some(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
+        }
+        None => None,
+    };
+    let mut endpoint =
+        Channel::from_shared(addr.clone()).map_err(|e| format!("bad address {addr}: {e}"))?;
+    if let Some(tls) = tls {
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| format!("TLS settings: {e}"))?;
+    }
+    let channel = endpoint
         .connect()
         .await
-        .map_err(|e| format!("cannot reach the indexer at {}: {e}", cli.addr))?;
+        .map_err(|e| format!("cannot reach the indexer at {addr}: {e}"))?;
+    let token = match (&cli.token, &cli.token_file) {
+        (Some(t), _) => Some(t.trim().to_string()),
+        (None, Some(f)) => Some(
+            std::fs::read_to_string(f)
+                .map_err(|e| format!("--token-file {}: {e}", f.display()))?
+                .trim()
+                .to_string(),
+        ),
+        (None, None) => None,
+    };
+    let auth = Bearer(
+        token
+            .map(|t| format!("Bearer {t}").parse())
+            .transpose()
+            .map_err(|_| "the token is not a valid header value".to_string())?,
+    );
     match cli.command {
         Command::Search {
             query,
             limit,
             workload,
         } => {
-            let resp = SearchClient::new(channel)
+            let resp = SearchClient::with_interceptor(channel, auth)
                 .search(SearchRequest {
                     org,
                     query: Some(search_request::Query::Text(query)),
@@ -305,7 +377,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                     SortOrder::NewestFirst
                 } as i32,
             };
-            let resp = EventQueryClient::new(channel)
+            let resp = EventQueryClient::with_interceptor(channel, auth)
                 .query_events(req)
                 .await
                 .map_err(|e| e.message().to_string())?
@@ -313,7 +385,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             print_events(resp.events, cli.json);
         }
         Command::Event { id } => {
-            let resp = EventQueryClient::new(channel)
+            let resp = EventQueryClient::with_interceptor(channel, auth)
                 .get_event(GetEventRequest { org, event_id: id })
                 .await
                 .map_err(|e| e.message().to_string())?
@@ -349,7 +421,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                     page_size: 100,
                     ..QueryEventsRequest::default()
                 };
-                let resp = EventQueryClient::new(channel)
+                let resp = EventQueryClient::with_interceptor(channel, auth)
                     .query_events(req)
                     .await
                     .map_err(|e| e.message().to_string())?
@@ -357,7 +429,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 print_events(resp.events, cli.json);
                 return Ok(());
             }
-            let mut stream = AlertStreamClient::new(channel)
+            let mut stream = AlertStreamClient::with_interceptor(channel, auth)
                 .stream_alerts(StreamAlertsRequest {
                     org,
                     resume_cursor: cursor.unwrap_or_default(),
@@ -389,10 +461,17 @@ async fn run(cli: Cli) -> Result<(), String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match run(Cli::parse()).await {
+    let cli = Cli::parse();
+    let plaintext = cli.ca.is_none();
+    match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("outlier: {e}");
+            if plaintext && (e.contains("h2 protocol error") || e.contains("transport error")) {
+                eprintln!(
+                    "outlier: the indexer serves TLS: pass --ca CA.pem and a token (the local stack: source .outlier/auth/cli.env)"
+                );
+            }
             ExitCode::FAILURE
         }
     }

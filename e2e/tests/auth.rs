@@ -1,0 +1,253 @@
+//! The trust boundary of the query services, on the real stack: TLS with a
+//! CA made here by openssl (as scripts/stack does), bearer tokens mapped to
+//! the orgs each identity may read. A call without a token is
+//! UNAUTHENTICATED, a call for another org PERMISSION_DENIED, a resume
+//! cursor of another org refused, a plaintext client cannot talk to the
+//! server at all — and the right token reads its org's events.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use outlier_collector::publish::Publisher;
+use outlier_collector::replay::replay;
+use outlier_e2e::TestEnv;
+use outlier_indexer::auth::token_sha256;
+use outlier_proto::alert_stream_client::AlertStreamClient;
+use outlier_proto::event_query_client::EventQueryClient;
+use outlier_proto::{QueryEventsRequest, StreamAlertsRequest};
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA and a server certificate for 127.0.0.1, as scripts/stack makes them.
+fn certificates(dir: &Path) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ],
+    );
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.pem",
+        ],
+    );
+}
+
+fn query(org: &str) -> tonic::Request<QueryEventsRequest> {
+    tonic::Request::new(QueryEventsRequest {
+        org: org.into(),
+        page_size: 100,
+        ..QueryEventsRequest::default()
+    })
+}
+
+fn with_token<T>(mut r: tonic::Request<T>, token: &str) -> tonic::Request<T> {
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn only_a_known_token_reads_and_only_its_orgs() {
+    let env = TestEnv::new("auth").await;
+    let dir = env.dir.path().join("auth");
+    std::fs::create_dir_all(&dir).unwrap();
+    certificates(&dir);
+    let org = format!("acme-{}", env.id);
+    let other = format!("globex-{}", env.id);
+    std::fs::write(
+        dir.join("tokens.toml"),
+        format!(
+            "[[identity]]\nname = \"acme-soc\"\ntoken_sha256 = \"{}\"\norgs = [\"{org}\"]\n",
+            token_sha256("t-acme")
+        ),
+    )
+    .unwrap();
+    let mut cfg = env.indexer_config();
+    cfg.auth.insecure = false;
+    cfg.auth.tokens_file = dir.join("tokens.toml").display().to_string();
+    cfg.tls.cert = dir.join("server.pem").display().to_string();
+    cfg.tls.key = dir.join("server.key").display().to_string();
+    let addr = cfg.grpc_addr;
+    let shutdown = CancellationToken::new();
+    let scorer = tokio::spawn(outlier_scorer::run(env.scorer_config(), shutdown.clone()));
+    let indexer = tokio::spawn(outlier_indexer::run(cfg, shutdown.clone()));
+
+    let publisher = Publisher::new(&env.kafka, "e2e").unwrap();
+    let line = |o: &str, id: &str| {
+        format!(
+            r#"{{"event_id":"{id}","org":"{o}","workload":"web","host":"h","kind":"exec","comm":"nginx","argv":["nginx"]}}"#
+        )
+    };
+    let text = format!("{}\n{}\n", line(&org, "mine"), line(&other, "theirs"));
+    replay(text.as_bytes(), &publisher).await.unwrap();
+
+    let ca = std::fs::read(dir.join("ca.pem")).unwrap();
+    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+    let mut channel = None;
+    for _ in 0..120 {
+        if let Ok(c) = Channel::from_shared(format!("https://{addr}"))
+            .unwrap()
+            .tls_config(tls.clone())
+            .unwrap()
+            .connect()
+            .await
+        {
+            channel = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let channel = channel.expect("the indexer serves TLS");
+    let mut q = EventQueryClient::new(channel.clone());
+
+    // The right token reads its org's event.
+    let mut mine = Vec::new();
+    for _ in 0..240 {
+        mine = q
+            .query_events(with_token(query(&org), "t-acme"))
+            .await
+            .expect("the acme token reads acme")
+            .into_inner()
+            .events;
+        if !mine.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(mine.len(), 1, "acme's event is readable with acme's token");
+    assert_eq!(mine[0].event.as_ref().unwrap().event_id, "mine");
+
+    // No token, a wrong token, another org.
+    let e = q.query_events(query(&org)).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e}");
+    let e = q
+        .query_events(with_token(query(&org), "guess"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e}");
+    let e = q
+        .query_events(with_token(query(&other), "t-acme"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+
+    // The alert stream: another org refused, and a cursor made for
+    // another org does not resume in this one.
+    let mut a = AlertStreamClient::new(channel);
+    let req = |o: &str, cursor: &str| {
+        with_token(
+            tonic::Request::new(StreamAlertsRequest {
+                org: o.into(),
+                resume_cursor: cursor.into(),
+                ..StreamAlertsRequest::default()
+            }),
+            "t-acme",
+        )
+    };
+    let e = a.stream_alerts(req(&other, "")).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+    let foreign = format!("v2.{}.{}", hex_encode(&other), hex_encode("0=0"));
+    let e = a.stream_alerts(req(&org, &foreign)).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+
+    // Plaintext cannot talk to the TLS server.
+    let plain = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await;
+    if let Ok(c) = plain {
+        let e = EventQueryClient::new(c)
+            .query_events(with_token(query(&org), "t-acme"))
+            .await
+            .unwrap_err();
+        assert_ne!(e.code(), Code::Ok);
+    }
+
+    shutdown.cancel();
+    scorer.await.unwrap().unwrap();
+    indexer.await.unwrap().unwrap();
+    env.cleanup().await;
+}
+
+fn hex_encode(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test]
+async fn an_indexer_without_tls_and_tokens_refuses_to_start_off_loopback() {
+    let env = TestEnv::new("auth-config").await;
+    let mut cfg = env.indexer_config();
+    cfg.auth.insecure = true;
+    cfg.grpc_addr = "0.0.0.0:0".parse().unwrap();
+    let e = outlier_indexer::run(cfg, CancellationToken::new())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("auth.insecure") && e.contains("not loopback"),
+        "{e}"
+    );
+}
