@@ -69,6 +69,23 @@ pub const DLQ_REASON_HEADER: &str = "outlier-dlq-reason";
 /// Header naming the topic/partition/offset a dead-lettered record came from.
 pub const DLQ_SOURCE_HEADER: &str = "outlier-dlq-source";
 
+/// Most bytes of a record's payload kept in its dead-letter copy.
+pub const DLQ_MAX_PAYLOAD: usize = 64 * 1024;
+
+/// The headers of a dead-letter copy: why, and where it came from.
+pub fn dead_letter_headers(reason: &str, source: &str) -> rdkafka::message::OwnedHeaders {
+    use rdkafka::message::Header;
+    rdkafka::message::OwnedHeaders::new()
+        .insert(Header {
+            key: DLQ_REASON_HEADER,
+            value: Some(reason.as_bytes()),
+        })
+        .insert(Header {
+            key: DLQ_SOURCE_HEADER,
+            value: Some(source.as_bytes()),
+        })
+}
+
 impl KafkaConfig {
     fn base(&self, client_id: &str) -> ClientConfig {
         let mut c = ClientConfig::new();

@@ -121,6 +121,24 @@ impl TestEnv {
     }
 }
 
+/// Now, in nanoseconds since the epoch.
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// The reason header of a dead-letter record.
+pub fn dlq_reason(m: &impl rdkafka::Message) -> Option<String> {
+    use rdkafka::message::Headers as _;
+    m.headers()?
+        .iter()
+        .find(|h| h.key == outlier_common::kafka::DLQ_REASON_HEADER)?
+        .value
+        .map(|v| String::from_utf8_lossy(v).to_string())
+}
+
 /// A loopback address with a port free right now.
 pub fn free_addr() -> std::net::SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");

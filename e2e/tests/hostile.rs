@@ -8,23 +8,14 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use outlier_common::kafka::DLQ_REASON_HEADER;
-use outlier_e2e::TestEnv;
+use outlier_e2e::{TestEnv, now_ns};
 use outlier_proto::{Event, Exec, event::Detail};
 use prost::Message as _;
 use rdkafka::Message as _;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Headers;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
-
-fn now_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-}
 
 fn exec(id: &str, org: &str, workload: &str, ts_ns: u64, argv: &[&str]) -> Event {
     Event {
@@ -191,12 +182,7 @@ async fn hostile_records_never_stall_other_orgs() {
             m.payload().map_or(0, <[u8]>::len) <= 64 * 1024,
             "dead-letter copies are truncated"
         );
-        let reason = m
-            .headers()
-            .and_then(|h| h.iter().find(|h| h.key == DLQ_REASON_HEADER))
-            .and_then(|h| h.value)
-            .map(|v| String::from_utf8_lossy(v).to_string())
-            .expect("reason header");
+        let reason = outlier_e2e::dlq_reason(&m).expect("reason header");
         reasons.push(reason);
     }
     reasons.sort();

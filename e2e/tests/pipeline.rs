@@ -6,11 +6,9 @@ use std::time::Duration;
 
 use outlier_collector::publish::Publisher;
 use outlier_collector::replay::replay;
-use outlier_common::kafka::DLQ_REASON_HEADER;
 use outlier_e2e::TestEnv;
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Headers;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
@@ -156,15 +154,7 @@ async fn malformed_records_go_to_the_dead_letter_topic_with_a_reason() {
         Some(&b"\xff\xfe not protobuf"[..]),
         "original bytes kept"
     );
-    let reason = msg
-        .headers()
-        .and_then(|h| {
-            h.iter()
-                .find(|h| h.key == DLQ_REASON_HEADER)
-                .and_then(|h| h.value)
-        })
-        .map(|v| String::from_utf8_lossy(v).to_string())
-        .expect("reason header");
+    let reason = outlier_e2e::dlq_reason(&msg).expect("reason header");
     assert!(reason.contains("not an outlier.v1.Event"), "{reason}");
 
     shutdown.cancel();

@@ -15,14 +15,14 @@ use clickhouse::Client;
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use outlier_common::featurize::{behaviour_key, embed};
-use outlier_common::kafka::{self, DLQ_REASON_HEADER, DLQ_SOURCE_HEADER};
+use outlier_common::kafka::{self, DLQ_MAX_PAYLOAD};
 use outlier_common::retry::{self, Attempt, Failure, RetryPolicy};
 use outlier_common::telemetry::{self, Health};
 use outlier_proto::ScoredEvent;
 use prost::Message as _;
 use rdkafka::Message;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
+use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
@@ -367,31 +367,24 @@ impl<'a> Sink<'a> {
                 return true;
             }
             let _one_writer = search_lock.lock().await;
-            let mut delay = Duration::from_millis(100);
+            let mut backoff = retry::Backoff::new(RetryPolicy {
+                max_delay: Duration::from_secs(30),
+                ..RetryPolicy::default()
+            });
             loop {
                 match index(search, health, &entries).await {
                     Ok(()) => return true,
                     Err(e) => {
                         health.set("lancedb", false, e.to_string());
-                        tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "search index write failed");
+                        tracing::warn!(error = %e, "search index write failed; retrying");
                     }
                 }
-                if !backoff(shutdown, &mut delay).await {
+                if !backoff.wait(shutdown).await {
                     return false;
                 }
             }
         }))
     }
-}
-
-/// Sleeps `delay` (doubling it, up to 30 s) unless shutdown comes first.
-async fn backoff(shutdown: &CancellationToken, delay: &mut Duration) -> bool {
-    tokio::select! {
-        () = shutdown.cancelled() => return false,
-        () = tokio::time::sleep(*delay) => {}
-    }
-    *delay = (*delay * 2).min(Duration::from_secs(30));
-    true
 }
 
 async fn index(
@@ -554,15 +547,7 @@ async fn dead_letter(
     let mut payload = &payload[..payload.len().min(DLQ_MAX_PAYLOAD)];
     let mut delay = Duration::from_millis(100);
     loop {
-        let headers = OwnedHeaders::new()
-            .insert(Header {
-                key: DLQ_REASON_HEADER,
-                value: Some(reason.as_bytes()),
-            })
-            .insert(Header {
-                key: DLQ_SOURCE_HEADER,
-                value: Some(source.as_bytes()),
-            });
+        let headers = kafka::dead_letter_headers(reason, source);
         let rec = FutureRecord::to(&cfg.kafka.topics.deadletter)
             .key(key)
             .payload(payload)
@@ -586,6 +571,3 @@ async fn dead_letter(
         delay = (delay * 2).min(Duration::from_secs(10));
     }
 }
-
-/// Most bytes of a record's payload kept in its dead-letter copy.
-const DLQ_MAX_PAYLOAD: usize = 64 * 1024;

@@ -24,7 +24,7 @@ use futures::future::join_all;
 use futures::stream::FuturesOrdered;
 use outlier_classifier::{Assessment, Classifier};
 use outlier_common::featurize::embed;
-use outlier_common::kafka::{self, DLQ_REASON_HEADER, DLQ_SOURCE_HEADER, RECORD_KIND_HEADER};
+use outlier_common::kafka::{self, DLQ_MAX_PAYLOAD, RECORD_KIND_HEADER};
 use outlier_common::names;
 use outlier_common::retry::{self, Attempt, Failure, RetryPolicy};
 use outlier_common::telemetry::{self, Health};
@@ -33,7 +33,7 @@ use prost::Message as _;
 use rdkafka::Message;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use thiserror::Error;
 use tokio::sync::mpsc;
@@ -284,7 +284,8 @@ async fn persist_loop(
         let key = job.key.clone();
         let unload = job.unload;
         let (org, workload) = split_key(&key);
-        let job = std::sync::Mutex::new(job);
+        // Held across each attempt's awaits; nothing else contends for it.
+        let job = tokio::sync::Mutex::new(job);
         let attempt = retry::retry(
             policy,
             &never,
@@ -305,7 +306,7 @@ async fn persist_loop(
             Attempt::Done(()) => health.set("lancedb", true, "writes succeed"),
             Attempt::Poison(e) => {
                 metrics::POISON.with_label_values(&["persist"]).inc();
-                let rows = job.lock().map(|j| j.rows.len()).unwrap_or(0);
+                let rows = job.lock().await.rows.len();
                 tracing::error!(org, workload, rows, error = %e, "baseline write given up: it fails while LanceDB answers");
             }
             Attempt::Shutdown => {}
@@ -329,29 +330,23 @@ async fn persist_once(
     store: &Store,
     org: &str,
     workload: &str,
-    job: &std::sync::Mutex<PersistJob>,
+    job: &tokio::sync::Mutex<PersistJob>,
 ) -> Result<(), StoreError> {
-    let (rows, deletes, prune_before) = {
-        let j = job.lock().unwrap_or_else(|p| p.into_inner());
-        (j.rows.clone(), j.deletes.clone(), j.prune_before)
-    };
-    if !rows.is_empty() {
-        store.persist(org, workload, &rows).await?;
+    let mut j = job.lock().await;
+    if !j.rows.is_empty() {
+        store.persist(org, workload, &j.rows).await?;
         metrics::PERSIST
             .with_label_values(&["ok"])
-            .inc_by(rows.len() as u64);
-        job.lock().unwrap_or_else(|p| p.into_inner()).rows.clear();
+            .inc_by(j.rows.len() as u64);
+        j.rows.clear();
     }
-    if !deletes.is_empty() {
-        store.delete(org, workload, &deletes).await?;
-        job.lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .deletes
-            .clear();
+    if !j.deletes.is_empty() {
+        store.delete(org, workload, &j.deletes).await?;
+        j.deletes.clear();
     }
-    if let Some(cutoff) = prune_before {
+    if let Some(cutoff) = j.prune_before {
         store.fold(org, workload, cutoff).await?;
-        job.lock().unwrap_or_else(|p| p.into_inner()).prune_before = None;
+        j.prune_before = None;
     }
     Ok(())
 }
@@ -430,17 +425,9 @@ async fn deliver(
                 continue;
             }
             tracing::error!(topic = %r.topic, bytes = r.payload.len(), error = %reason, "record refused by Kafka; sent truncated to the dead-letter topic");
-            let mut payload = r.payload.clone();
-            payload.truncate(DLQ_MAX_PAYLOAD);
-            let headers = OwnedHeaders::new()
-                .insert(Header {
-                    key: DLQ_REASON_HEADER,
-                    value: Some(format!("refused by Kafka on {}: {reason}", r.topic).as_bytes()),
-                })
-                .insert(Header {
-                    key: DLQ_SOURCE_HEADER,
-                    value: Some(r.topic.as_bytes()),
-                });
+            let payload = r.payload[..r.payload.len().min(DLQ_MAX_PAYLOAD)].to_vec();
+            let reason = format!("refused by Kafka on {}: {reason}", r.topic);
+            let headers = kafka::dead_letter_headers(&reason, &r.topic);
             records[i] = OutRecord {
                 topic: deadletter_topic.to_string(),
                 key: r.key.clone(),
@@ -466,9 +453,6 @@ async fn deliver(
         todo = failed;
     }
 }
-
-/// Most bytes of a record's payload kept in its dead-letter copy.
-pub const DLQ_MAX_PAYLOAD: usize = 64 * 1024;
 
 struct Worker<'a> {
     cfg: &'a ScorerConfig,
@@ -694,17 +678,9 @@ impl Worker<'_> {
                         reason = %dl.reason, "record sent to dead-letter topic"
                     );
                     let source = format!("{}/{}/{}", msg.topic(), msg.partition(), msg.offset());
-                    let headers = OwnedHeaders::new()
-                        .insert(Header {
-                            key: DLQ_REASON_HEADER,
-                            value: Some(dl.reason.as_bytes()),
-                        })
-                        .insert(Header {
-                            key: DLQ_SOURCE_HEADER,
-                            value: Some(source.as_bytes()),
-                        });
-                    let mut payload = msg.payload().unwrap_or_default().to_vec();
-                    payload.truncate(DLQ_MAX_PAYLOAD);
+                    let headers = kafka::dead_letter_headers(&dl.reason, &source);
+                    let payload = msg.payload().unwrap_or_default();
+                    let payload = payload[..payload.len().min(DLQ_MAX_PAYLOAD)].to_vec();
                     records.push(OutRecord {
                         topic: topics.deadletter.clone(),
                         key,
