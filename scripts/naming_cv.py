@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""How well a flagged attack's tactic is named, on techniques never seen.
+
+Cross-validation grouped by ATT&CK technique with the folds
+scripts/train_classifier.py makes (run scripts/train first: it writes the
+feature rows). For each attack, its most malicious-looking event is named
+two ways and compared with the attack's tactic:
+
+- class: the classifier's most likely malicious class;
+- evidence: the tactic of the present technique-bearing feature ranked as
+  `Classifier::explain` ranks it (high-precision indicators, then specific,
+  then generic evidence; within a tier the largest TreeSHAP contribution to
+  the threat class), the class when no feature points at a technique.
+
+    .outlier/venv-train/bin/python scripts/naming_cv.py [--data DIR]
+
+Figures: docs/detection.md ("Naming"), docs/benchmarks.md.
+"""
+
+import argparse
+import json
+import re
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import xgboost as xgb
+
+sys.path.insert(0, str(Path(__file__).parent))
+from train_classifier import FOLDS, folds_by_group, load, softmax  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+# The table of classifier/src/explain.rs (technique → tactic) and its
+# evidence tiers, read from the Rust sources so the two cannot drift.
+EXPLAIN = (REPO / "classifier/src/explain.rs").read_text()
+LEXICON = (REPO / "classifier/src/lexicon.rs").read_text()
+LIB = (REPO / "classifier/src/lib.rs").read_text()
+
+
+def tactic_table():
+    body = EXPLAIN[EXPLAIN.index("pub fn tactic_of_technique"):EXPLAIN.index("pub fn generic_evidence")]
+    table = {}
+    for techs, tactic in re.findall(r'((?:"T\d+"\s*\|?\s*)+)=>\s*\{?\s*"([a-z-]+)"', body):
+        for t in re.findall(r'"(T\d+)"', techs):
+            table[t] = tactic
+    return table
+
+
+def feature_techniques(names):
+    ind = dict(re.findall(r'^\s*"(cmd_[a-z_0-9]+)" => \[.*?\], ".*?", "(T?[0-9.]*)";', LEXICON, re.M))
+    body = EXPLAIN[EXPLAIN.index("pub fn technique("):EXPLAIN.index("/// A short sentence")]
+    other = {}
+    for feats, tech in re.findall(r'((?:"[a-z_]+"\s*\|?\s*)+)=>\s*"(T[\d.]+)"', body):
+        for f in re.findall(r'"([a-z_]+)"', feats):
+            other[f] = tech
+    other.setdefault("shell_under_service", "T1059.004")
+    return {i: ind.get(n) or other.get(n) for i, n in enumerate(names) if ind.get(n) or other.get(n)}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", type=Path, default=REPO / "target/train-data")
+    ap.add_argument("--seed", type=int, default=7)
+    args = ap.parse_args()
+    meta, x, y, technique, attack, context, workload = load(args.data)
+    names, classes = meta["feature_names"], meta["classes"]
+    fold = folds_by_group(y, technique, workload, FOLDS, np.random.default_rng(args.seed))
+    counts = np.bincount(y, minlength=len(classes)).astype(float)
+    w = np.sqrt(counts.sum() / (len(classes) * np.maximum(counts, 1)))
+    w = w / w[0]
+    params = {"objective": "multi:softprob", "num_class": len(classes), "tree_method": "hist", "max_depth": 5,
+              "eta": 0.2, "subsample": 0.8, "colsample_bytree": 0.8, "min_child_weight": 2.0, "max_bin": 128,
+              "base_score": 0.5, "seed": args.seed, "nthread": 2}
+    mal = np.where(y > 0)[0]
+    oof = np.zeros((len(mal), len(classes)), np.float32)
+    phi = np.zeros((len(mal), len(classes), len(names) + 1), np.float32)
+    for f in range(FOLDS):
+        held = fold == f
+        b = xgb.train(params, xgb.DMatrix(x[~held], label=y[~held], weight=w[y[~held]]), 50)
+        rows = np.where(held[mal])[0]
+        d = xgb.DMatrix(x[mal[rows]])
+        oof[rows] = b.predict(d, output_margin=True)
+        phi[rows] = b.predict(d, pred_contribs=True)
+        print(f"fold {f + 1}/{FOLDS}", file=sys.stderr)
+
+    table = tactic_table()
+    ftech = feature_techniques(names)
+    ftactic = {i: classes.index(table[t.split(".")[0]]) for i, t in ftech.items()
+               if table.get(t.split(".")[0]) in classes}
+    hp = set(re.findall(r'"([a-z_]+)",', LIB[LIB.index("pub const HIGH_PRECISION"):LIB.index("/// Feature indices")]))
+    generic = set(re.findall(r'"([a-z_]+)"', EXPLAIN[EXPLAIN.index("pub fn generic_evidence"):]
+                             .split("\n}\n")[0]))
+    shipped = json.loads((REPO / "models/classifier.json").read_text())["meta"]
+    probs = softmax(oof, shipped["temperature"])
+    cls = 1 + probs[:, 1:].argmax(1)
+    xm, ym = x[mal], y[mal]
+    evid = cls.copy()
+    for r in range(len(mal)):
+        ranked = [(0 if names[i] in hp else 2 if names[i] in generic else 1, -phi[r, cls[r], i], c)
+                  for i, c in ftactic.items() if xm[r, i] != 0]
+        if ranked:
+            evid[r] = min(ranked)[2]
+    # Each attack's most malicious-looking event.
+    top = {}
+    for r, a in enumerate(attack[mal]):
+        p = 1 - probs[r, 0]
+        if a not in top or p > top[a][0]:
+            top[a] = (p, r)
+    source = {}
+    for line in (REPO / "data/attacks_train.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        source[row["id"]] = row["source"]
+    for label, pred in (("class", cls), ("evidence", evid)):
+        by = defaultdict(list)
+        for a, (_, r) in top.items():
+            ok = pred[r] == ym[r]
+            by["all"].append(ok)
+            by[source.get(a, "?")].append(ok)
+        print(label + ": " + ", ".join(f"{k} {100 * np.mean(v):.1f}% of {len(v)}" for k, v in sorted(by.items())))
+
+
+if __name__ == "__main__":
+    main()
