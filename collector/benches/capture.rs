@@ -139,10 +139,14 @@ impl Collector {
             ),
         )
         .unwrap();
+        let sasl = outlier_common::kafka::SaslConfig::from_env()
+            .map(|s| s.env_vars("OUTLIER_COLLECTOR"))
+            .unwrap_or_default();
         let child = Command::new(env!("CARGO_BIN_EXE_collector"))
             .arg("--config")
             .arg(&config)
             .arg("run")
+            .envs(sasl)
             .env("OUTLIER_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("collector.log")).unwrap())
@@ -293,6 +297,7 @@ fn main() {
     let brokers = std::env::var("OUTLIER_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into());
     let kafka = KafkaConfig {
         brokers: brokers.clone(),
+        sasl: outlier_common::kafka::SaslConfig::from_env(),
         ..KafkaConfig::default()
     };
     kafka

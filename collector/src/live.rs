@@ -78,12 +78,22 @@ fn choose(cfg: &CollectorConfig) -> Result<Source, RunError> {
 /// `print` also writes every event to stdout as JSON Lines v1 (the replay
 /// format), for a look at what is captured.
 pub async fn run(
-    cfg: CollectorConfig,
+    mut cfg: CollectorConfig,
     print: bool,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     names::validate("identity.org", &cfg.identity.org)
         .map_err(|e| RunError::Config(e.to_string()))?;
+    cfg.kafka.validate().map_err(RunError::Config)?;
+    if cfg.kafka.org_topics {
+        // This host's org has its own topic, writable only by its
+        // collectors: events of other orgs cannot be published from here.
+        cfg.kafka.topics.events = cfg
+            .kafka
+            .topics
+            .events_for_org(&cfg.identity.org)
+            .map_err(|e| RunError::Config(format!("identity.org: {e}")))?;
+    }
     names::validate("workloads.default", &cfg.workloads.default)
         .map_err(|e| RunError::Config(e.to_string()))?;
     let resolver = Resolver::new(&cfg.workloads)?;
@@ -110,6 +120,7 @@ pub async fn run(
         default_workload = %cfg.workloads.default,
         spool = %cfg.spool.dir.display(),
         brokers = %cfg.kafka.brokers,
+        topic = %cfg.kafka.topics.events,
         "collector running"
     );
 

@@ -73,6 +73,10 @@ async fn main() -> ExitCode {
     if let Some(b) = cli.brokers {
         cfg.kafka.brokers = b;
     }
+    if let Err(e) = cfg.kafka.validate() {
+        eprintln!("collector: bad configuration: {e}");
+        return ExitCode::from(2);
+    }
     if let Some(Command::Run { mode, spool, .. }) = &cli.command {
         if let Some(m) = mode {
             cfg.capture.mode = match m {

@@ -12,14 +12,17 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
 pub struct Publisher {
     producer: FutureProducer,
-    topic: String,
+    topics: outlier_common::kafka::Topics,
+    /// Each event to its org's own topic (`kafka.org_topics`).
+    org_topics: bool,
 }
 
 impl Publisher {
     pub fn new(kafka: &KafkaConfig, client_id: &str) -> Result<Self, KafkaError> {
         Ok(Self {
             producer: kafka.producer_config(client_id).create()?,
-            topic: kafka.topics.events.clone(),
+            topics: kafka.topics.clone(),
+            org_topics: kafka.org_topics,
         })
     }
 
@@ -29,8 +32,15 @@ impl Publisher {
     pub async fn send(&self, event: &Event) -> Result<DeliveryFuture, KafkaError> {
         let payload = event.encode_to_vec();
         let key = event.partition_key();
+        let topic = if self.org_topics {
+            self.topics
+                .events_for_org(&event.org)
+                .map_err(|_| KafkaError::MessageProduction(RDKafkaErrorCode::InvalidTopic))?
+        } else {
+            self.topics.events.clone()
+        };
         loop {
-            let record = FutureRecord::to(&self.topic).key(&key).payload(&payload);
+            let record = FutureRecord::to(&topic).key(&key).payload(&payload);
             match self.producer.send_result(record) {
                 Ok(fut) => return Ok(fut),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {

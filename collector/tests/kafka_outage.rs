@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use outlier_common::kafka::KafkaConfig;
+use outlier_common::kafka::{KafkaConfig, SaslConfig};
 use outlier_proto::{Event, event::Detail};
 use prost::Message as _;
 use rdkafka::Message as _;
@@ -127,7 +127,13 @@ fn metric(port: u16, name: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
-fn start_collector(dir: &Path, brokers: &str, topic: &str, http: u16) -> (Child, PathBuf) {
+fn start_collector(
+    dir: &Path,
+    brokers: &str,
+    sasl: &SaslConfig,
+    topic: &str,
+    http: u16,
+) -> (Child, PathBuf) {
     let config = dir.join("collector.toml");
     // A short producer timeout, so the outage outlasts it and the
     // collector has to resend from its spool (not just let librdkafka
@@ -140,8 +146,9 @@ fn start_collector(dir: &Path, brokers: &str, topic: &str, http: u16) -> (Child,
              [spool]\ndir = \"{}\"\n\
              [kafka]\nbrokers = \"{brokers}\"\n\
              [kafka.topics]\nevents = \"{topic}\"\n\
-             [kafka.properties]\n\"message.timeout.ms\" = \"5000\"\n",
-            dir.join("spool").display()
+             [kafka.properties]\n\"message.timeout.ms\" = \"5000\"\n{}",
+            dir.join("spool").display(),
+            sasl.to_toml()
         ),
     )
     .unwrap();
@@ -174,6 +181,7 @@ fn events_captured_while_kafka_is_down_arrive_after_it_restarts() {
     let broker = Broker::start();
     let kafka = KafkaConfig {
         brokers: broker.brokers(),
+        sasl: Some(SaslConfig::stack_admin(broker.state.path())),
         ..KafkaConfig::default()
     };
     let topic = "outage.events";
@@ -183,7 +191,13 @@ fn events_captured_while_kafka_is_down_arrive_after_it_restarts() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let http = free_port();
-    let (mut collector, log) = start_collector(dir.path(), &broker.brokers(), topic, http);
+    let (mut collector, log) = start_collector(
+        dir.path(),
+        &broker.brokers(),
+        kafka.sasl.as_ref().expect("set above"),
+        topic,
+        http,
+    );
     let tag = format!("outage-{}", uuid::Uuid::now_v7().simple());
 
     // Before: delivered as they happen.

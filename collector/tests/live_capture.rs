@@ -16,7 +16,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use outlier_common::kafka::KafkaConfig;
+use outlier_common::kafka::{KafkaConfig, SaslConfig};
 use outlier_proto::{Event, Protocol, event::Detail};
 use prost::Message as _;
 use rdkafka::Message as _;
@@ -52,8 +52,11 @@ impl Collector {
                  [workloads]\ndefault = \"live-test\"\n\
                  [spool]\ndir = \"{}\"\n\
                  [kafka]\nbrokers = \"{brokers}\"\n\
-                 [kafka.topics]\nevents = \"{topic}\"\n{extra_toml}",
-                dir.path().join("spool").display()
+                 [kafka.topics]\nevents = \"{topic}\"\n{extra_toml}\n{}",
+                dir.path().join("spool").display(),
+                SaslConfig::from_env()
+                    .map(|s| s.to_toml())
+                    .unwrap_or_default()
             ),
         )
         .unwrap();
@@ -115,6 +118,7 @@ impl Drop for Collector {
 fn topic(name: &str) -> (KafkaConfig, String) {
     let kafka = KafkaConfig {
         brokers: brokers(),
+        sasl: SaslConfig::from_env(),
         ..KafkaConfig::default()
     };
     kafka.probe(Duration::from_secs(5)).unwrap_or_else(|e| {

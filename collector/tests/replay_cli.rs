@@ -60,7 +60,11 @@ fn bad_config_key_is_named() {
 fn input_with_nothing_valid_fails_after_reporting_each_line() {
     let brokers =
         std::env::var("OUTLIER_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".to_string());
+    let sasl = outlier_common::kafka::SaslConfig::from_env()
+        .map(|s| s.env_vars("OUTLIER_COLLECTOR"))
+        .unwrap_or_default();
     let mut child = collector()
+        .envs(sasl)
         .args([
             "--brokers",
             &brokers,

@@ -21,8 +21,131 @@ pub struct KafkaConfig {
     /// Bootstrap servers, comma separated.
     pub brokers: String,
     pub topics: Topics,
-    /// Extra librdkafka properties (security.protocol, sasl.*, ...).
+    /// Extra librdkafka properties (they win over everything else).
     pub properties: BTreeMap<String, String>,
+    /// SASL authentication to the brokers (the stack's broker requires it).
+    pub sasl: Option<SaslConfig>,
+    /// Collectors publish to one events topic per org, `{events}.{org}`,
+    /// which only that org's collectors may write (docs/security.md);
+    /// scorers always read the shared topic and every org topic.
+    pub org_topics: bool,
+}
+
+/// SASL credentials of one Kafka principal.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SaslConfig {
+    /// SCRAM-SHA-512 (default), SCRAM-SHA-256 or PLAIN.
+    #[serde(default = "default_mechanism")]
+    pub mechanism: String,
+    pub username: String,
+    /// The password itself; prefer `password_file`.
+    #[serde(default)]
+    pub password: String,
+    /// File holding the password (trailing newline ignored).
+    #[serde(default)]
+    pub password_file: String,
+    /// CA certificate (PEM) of the brokers' TLS listener: set, the
+    /// connection is SASL_SSL; unset, SASL_PLAINTEXT (loopback only).
+    #[serde(default)]
+    pub ca: String,
+}
+
+fn toml_quote(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn default_mechanism() -> String {
+    "SCRAM-SHA-512".to_string()
+}
+
+impl SaslConfig {
+    /// Credentials of tools, tests and benchmarks: `OUTLIER_KAFKA_USER`
+    /// with `OUTLIER_KAFKA_PASSWORD_FILE` (as `scripts/stack env` prints),
+    /// else the local stack's admin principal when its password file exists
+    /// (`$OUTLIER_STATE/auth/kafka/admin.password`, by default under the
+    /// source tree's `.outlier/`). `None`: no authentication.
+    pub fn from_env() -> Option<SaslConfig> {
+        let with = |username: String, password_file: String| SaslConfig {
+            mechanism: default_mechanism(),
+            username,
+            password: String::new(),
+            password_file,
+            ca: String::new(),
+        };
+        if let Ok(user) = std::env::var("OUTLIER_KAFKA_USER") {
+            let file = std::env::var("OUTLIER_KAFKA_PASSWORD_FILE").unwrap_or_default();
+            return Some(with(user, file));
+        }
+        let state = std::env::var("OUTLIER_STATE")
+            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../.outlier").to_string());
+        let file = std::path::Path::new(&state).join("auth/kafka/admin.password");
+        file.is_file()
+            .then(|| with("admin".into(), file.display().to_string()))
+    }
+
+    /// Admin credentials of a stack whose state directory is `state`.
+    pub fn stack_admin(state: &std::path::Path) -> SaslConfig {
+        SaslConfig {
+            mechanism: default_mechanism(),
+            username: "admin".into(),
+            password: String::new(),
+            password_file: state
+                .join("auth/kafka/admin.password")
+                .display()
+                .to_string(),
+            ca: String::new(),
+        }
+    }
+
+    /// These credentials as a `[kafka.sasl]` TOML table (for the config
+    /// files tests write).
+    pub fn to_toml(&self) -> String {
+        let q = |s: &str| toml_quote(s);
+        format!(
+            "[kafka.sasl]\nmechanism = {}\nusername = {}\npassword_file = {}\n",
+            q(&self.mechanism),
+            q(&self.username),
+            q(&self.password_file)
+        )
+    }
+
+    /// The environment variables giving these credentials to a binary
+    /// whose settings come from `PREFIX__*` (e.g. `OUTLIER_COLLECTOR`).
+    pub fn env_vars(&self, prefix: &str) -> Vec<(String, String)> {
+        vec![
+            (
+                format!("{prefix}__KAFKA__SASL__USERNAME"),
+                self.username.clone(),
+            ),
+            (
+                format!("{prefix}__KAFKA__SASL__PASSWORD_FILE"),
+                self.password_file.clone(),
+            ),
+        ]
+    }
+
+    /// The password, from `password` or `password_file`.
+    pub fn password(&self) -> Result<String, String> {
+        if !self.password.is_empty() {
+            return Ok(self.password.clone());
+        }
+        if self.password_file.is_empty() {
+            return Err("kafka.sasl: set password_file (or password)".into());
+        }
+        std::fs::read_to_string(&self.password_file)
+            .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
+            .map_err(|e| format!("kafka.sasl.password_file {}: {e}", self.password_file))
+    }
 }
 
 impl Default for KafkaConfig {
@@ -31,6 +154,8 @@ impl Default for KafkaConfig {
             brokers: "127.0.0.1:9092".to_string(),
             topics: Topics::default(),
             properties: BTreeMap::new(),
+            sasl: None,
+            org_topics: false,
         }
     }
 }
@@ -47,6 +172,48 @@ pub struct Topics {
     pub alerts: String,
     /// Records that could not be decoded, with the reason in a header.
     pub deadletter: String,
+    /// Operators' verdicts on events (`outlier.v1.Feedback`), written only
+    /// by operators and the indexer; as many partitions as the events
+    /// topics, so a workload's feedback reaches the scorer that owns it.
+    pub feedback: String,
+}
+
+impl Topics {
+    /// The events topic of one org (`{events}.{org}`), or why the org
+    /// cannot name a topic.
+    pub fn events_for_org(&self, org: &str) -> Result<String, String> {
+        let ok = !org.is_empty()
+            && org
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        let topic = format!("{}.{org}", self.events);
+        if !ok || topic.len() > 249 {
+            return Err(format!(
+                "org `{org}` cannot name a Kafka topic (kafka.org_topics needs letters, digits, `_` and `-`, and a topic name of at most 249 bytes)"
+            ));
+        }
+        Ok(topic)
+    }
+
+    /// The org whose own events topic `topic` is; `None` for the shared one.
+    pub fn org_of_events_topic<'t>(&self, topic: &'t str) -> Option<&'t str> {
+        topic
+            .strip_prefix(self.events.as_str())
+            .and_then(|rest| rest.strip_prefix('.'))
+    }
+
+    /// The subscription pattern of the shared events topic and every org's.
+    pub fn events_pattern(&self) -> String {
+        let mut re = String::from("^");
+        for c in self.events.chars() {
+            if !c.is_ascii_alphanumeric() && c != '_' && c != '-' {
+                re.push('\\');
+            }
+            re.push(c);
+        }
+        re.push_str("(\\.[A-Za-z0-9_-]+)?$");
+        re
+    }
 }
 
 impl Default for Topics {
@@ -56,12 +223,14 @@ impl Default for Topics {
             scored: "outlier.scored.v1".to_string(),
             alerts: "outlier.alerts.v1".to_string(),
             deadletter: "outlier.deadletter.v1".to_string(),
+            feedback: "outlier.feedback.v1".to_string(),
         }
     }
 }
 
-/// Header naming what a record on the events topic holds when it is not an
-/// event: `feedback` (an `outlier.v1.Feedback`).
+/// Header that once marked feedback on the events topic; such records are
+/// now refused there (feedback has its own topic, which collectors cannot
+/// write).
 pub const RECORD_KIND_HEADER: &str = "outlier-record";
 
 /// Header carrying the reason a record went to the dead-letter topic.
@@ -92,6 +261,24 @@ impl KafkaConfig {
         c.set("bootstrap.servers", &self.brokers)
             .set("client.id", client_id)
             .set("socket.keepalive.enable", "true");
+        if let Some(sasl) = &self.sasl {
+            let protocol = if sasl.ca.is_empty() {
+                "SASL_PLAINTEXT"
+            } else {
+                c.set("ssl.ca.location", &sasl.ca);
+                "SASL_SSL"
+            };
+            c.set("security.protocol", protocol)
+                .set("sasl.mechanisms", &sasl.mechanism)
+                .set("sasl.username", &sasl.username);
+            match sasl.password() {
+                Ok(p) => {
+                    c.set("sasl.password", p);
+                }
+                // validate() reports it at start-up; the broker refuses us.
+                Err(e) => tracing::error!(error = %e, "kafka password unavailable"),
+            }
+        }
         for (k, v) in &self.properties {
             c.set(k, v);
         }
@@ -138,6 +325,26 @@ impl KafkaConfig {
             c.set(k, v);
         }
         c
+    }
+
+    /// Checks the settings at start-up; the error names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(sasl) = &self.sasl {
+            if !["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"].contains(&sasl.mechanism.as_str()) {
+                return Err(format!(
+                    "kafka.sasl.mechanism must be SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN, not `{}`",
+                    sasl.mechanism
+                ));
+            }
+            if sasl.username.is_empty() {
+                return Err("kafka.sasl.username is empty".into());
+            }
+            sasl.password()?;
+            if !sasl.ca.is_empty() && !std::path::Path::new(&sasl.ca).is_file() {
+                return Err(format!("kafka.sasl.ca {}: no such file", sasl.ca));
+            }
+        }
+        Ok(())
     }
 
     /// Fetches cluster metadata once; the error says which brokers failed.
@@ -312,14 +519,28 @@ pub fn commit_stored<C: Consumer<X>, X: rdkafka::consumer::ConsumerContext>(cons
     }
 }
 
-/// Waits for the brokers, then creates an at-least-once consumer of `topic`
-/// in `group` (committing on revoke, reporting to `health`) and a producer.
-/// `None` if `shutdown` fired first.
+/// How a group shares the partitions of the topics it reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Assignment {
+    /// Cooperative-sticky: few partitions move at a rebalance.
+    Sticky,
+    /// Range: partition `i` of every subscribed topic with the same
+    /// partition count goes to the same member, so records keyed alike on
+    /// two topics (a workload's events and its feedback) meet in one
+    /// consumer. Rebalances revoke everything (eager).
+    CoPartitioned,
+}
+
+/// Waits for the brokers, then creates an at-least-once consumer of
+/// `topics` (names, or patterns starting with `^`) in `group` (committing
+/// on revoke, reporting to `health`) and a producer. `None` if `shutdown`
+/// fired first.
 pub async fn at_least_once_clients(
     kafka: &KafkaConfig,
     client_id: &str,
     group: &str,
-    topic: &str,
+    topics: &[&str],
+    assignment: Assignment,
     health: &crate::telemetry::Health,
     shutdown: &CancellationToken,
 ) -> Result<
@@ -333,10 +554,20 @@ pub async fn at_least_once_clients(
         return Ok(None);
     }
     health.set("kafka", true, format!("reachable at {}", kafka.brokers));
-    let consumer: rdkafka::consumer::StreamConsumer<CommitOnRevoke> = kafka
-        .consumer_config(client_id, group)
-        .create_with_context(CommitOnRevoke::new(health.clone()))?;
-    consumer.subscribe(&[topic])?;
+    let mut config = kafka.consumer_config(client_id, group);
+    if assignment == Assignment::CoPartitioned {
+        config.set("partition.assignment.strategy", "range");
+    }
+    if topics.iter().any(|t| t.starts_with('^')) {
+        // A new org's topic is read within 10 s of its creation.
+        config.set("topic.metadata.refresh.interval.ms", "10000");
+    }
+    for (k, v) in &kafka.properties {
+        config.set(k, v);
+    }
+    let consumer: rdkafka::consumer::StreamConsumer<CommitOnRevoke> =
+        config.create_with_context(CommitOnRevoke::new(health.clone()))?;
+    consumer.subscribe(topics)?;
     let producer = kafka.producer_config(client_id).create()?;
     Ok(Some((consumer, producer)))
 }
@@ -437,6 +668,80 @@ mod tests {
         let p = KafkaConfig::default().producer_config("t");
         assert_eq!(p.get("acks"), Some("all"));
         assert_eq!(p.get("enable.idempotence"), Some("true"));
+    }
+
+    #[test]
+    fn org_topics_are_named_and_matched_by_the_pattern() {
+        let t = Topics::default();
+        assert_eq!(
+            t.events_for_org("acme-1").unwrap(),
+            "outlier.events.v1.acme-1"
+        );
+        for bad in ["", "a.b", "a/b", "ä", &"x".repeat(240)] {
+            assert!(t.events_for_org(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            t.org_of_events_topic("outlier.events.v1.acme"),
+            Some("acme")
+        );
+        assert_eq!(t.org_of_events_topic("outlier.events.v1"), None);
+        assert_eq!(t.org_of_events_topic("outlier.events.v1x"), None);
+        let pattern = t.events_pattern();
+        let re = regex_lite_match(&pattern);
+        assert!(re("outlier.events.v1"));
+        assert!(re("outlier.events.v1.acme"));
+        assert!(!re("outlier.events.v1.a.b"));
+        assert!(!re("outlierXevents.v1"));
+        assert!(!re("outlier.events.v10"));
+        assert!(!re("outlier.feedback.v1"));
+    }
+
+    /// A matcher for the patterns [`Topics::events_pattern`] builds:
+    /// `^literal(\.[A-Za-z0-9_-]+)?$` with escaped dots.
+    fn regex_lite_match(pattern: &str) -> impl Fn(&str) -> bool {
+        let body = pattern
+            .strip_prefix('^')
+            .and_then(|p| p.strip_suffix("(\\.[A-Za-z0-9_-]+)?$"))
+            .expect("pattern shape")
+            .replace('\\', "");
+        move |topic: &str| match topic.strip_prefix(body.as_str()) {
+            Some("") => true,
+            Some(rest) => rest.strip_prefix('.').is_some_and(|o| {
+                !o.is_empty()
+                    && o.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            }),
+            None => false,
+        }
+    }
+
+    #[test]
+    fn sasl_sets_the_protocol_and_reads_the_password_file() {
+        let dir = std::env::temp_dir().join(format!("outlier-sasl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("pw");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        let mut k = KafkaConfig {
+            sasl: Some(SaslConfig {
+                mechanism: default_mechanism(),
+                username: "scorer".into(),
+                password: String::new(),
+                password_file: file.display().to_string(),
+                ca: String::new(),
+            }),
+            ..KafkaConfig::default()
+        };
+        k.validate().unwrap();
+        let c = k.producer_config("t");
+        assert_eq!(c.get("security.protocol"), Some("SASL_PLAINTEXT"));
+        assert_eq!(c.get("sasl.password"), Some("s3cret"));
+        assert_eq!(c.get("sasl.username"), Some("scorer"));
+        k.sasl.as_mut().unwrap().password_file = dir.join("missing").display().to_string();
+        let e = k.validate().unwrap_err();
+        assert!(e.contains("kafka.sasl.password_file"), "{e}");
+        k.sasl.as_mut().unwrap().mechanism = "GSSAPI".into();
+        assert!(k.validate().unwrap_err().contains("kafka.sasl.mechanism"));
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use outlier_common::kafka::{KafkaConfig, Topics};
+use outlier_common::kafka::{KafkaConfig, SaslConfig, Topics};
 use outlier_indexer::IndexerConfig;
 use outlier_scorer::ScorerConfig;
 
@@ -34,6 +34,8 @@ impl TestEnv {
         let id = format!("{name}-{}", uuid::Uuid::now_v7().simple());
         let mut kafka = KafkaConfig {
             brokers: kafka_brokers(),
+            // The stack's admin principal: tests make their own topics.
+            sasl: SaslConfig::from_env(),
             ..KafkaConfig::default()
         };
         if let Err(e) = kafka.probe(Duration::from_secs(5)) {
@@ -53,11 +55,13 @@ impl TestEnv {
             scored: format!("{id}.scored"),
             alerts: format!("{id}.alerts"),
             deadletter: format!("{id}.deadletter"),
+            feedback: format!("{id}.feedback"),
         };
         let t = &kafka.topics;
         kafka
             .ensure_topics(&[
                 (&t.events, 3),
+                (&t.feedback, 3),
                 (&t.scored, 3),
                 (&t.alerts, 1),
                 (&t.deadletter, 1),
@@ -195,4 +199,32 @@ pub async fn read_scored(
         }
     }
     out
+}
+
+/// An exec event of `org`/`workload` on host `h-1` running `argv`.
+pub fn exec(
+    id: &str,
+    org: &str,
+    workload: &str,
+    ts_ns: u64,
+    argv: &[&str],
+) -> outlier_proto::Event {
+    use outlier_proto::{Event, Exec, event::Detail};
+    Event {
+        event_id: id.into(),
+        org: org.into(),
+        workload: workload.into(),
+        host: "h-1".into(),
+        ts_ns,
+        pid: 100,
+        ppid: 1,
+        comm: argv[0].into(),
+        parent_comm: "systemd".into(),
+        exe: format!("/usr/bin/{}", argv[0]),
+        detail: Some(Detail::Exec(Exec {
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            ..Exec::default()
+        })),
+        ..Event::default()
+    }
 }

@@ -8,34 +8,13 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use outlier_e2e::{TestEnv, now_ns};
-use outlier_proto::{Event, Exec, event::Detail};
+use outlier_e2e::{TestEnv, exec, now_ns};
 use prost::Message as _;
 use rdkafka::Message as _;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
-
-fn exec(id: &str, org: &str, workload: &str, ts_ns: u64, argv: &[&str]) -> Event {
-    Event {
-        event_id: id.into(),
-        org: org.into(),
-        workload: workload.into(),
-        host: "h-1".into(),
-        ts_ns,
-        pid: 100,
-        ppid: 1,
-        comm: argv[0].into(),
-        parent_comm: "systemd".into(),
-        exe: format!("/usr/bin/{}", argv[0]),
-        detail: Some(Detail::Exec(Exec {
-            argv: argv.iter().map(|s| s.to_string()).collect(),
-            ..Exec::default()
-        })),
-        ..Event::default()
-    }
-}
 
 async fn send(p: &FutureProducer, topic: &str, key: &str, payload: Vec<u8>) {
     p.send(

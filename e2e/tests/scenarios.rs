@@ -32,9 +32,22 @@ async fn send_feedback(env: &TestEnv, line: &str, label: FeedbackLabel) {
         .unwrap()
         .as_nanos() as u64;
     let event = json::parse_line(line, now, || unreachable!()).unwrap();
+    let applied = || {
+        outlier_scorer::metrics::EVENTS
+            .with_label_values(&["feedback"])
+            .get()
+    };
+    let before = applied();
     outlier_scorer::feedback::publish(&env.kafka, event, label, "e2e", "")
         .await
         .unwrap();
+    // Feedback has its own topic: wait until the scorer has applied it
+    // before replaying what it should change.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while applied() <= before {
+        assert!(std::time::Instant::now() < deadline, "feedback not applied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

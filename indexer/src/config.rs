@@ -49,6 +49,8 @@ pub struct TlsConfig {
 impl IndexerConfig {
     /// Checks the security settings at start-up; the error names the key.
     pub fn validate(&self) -> Result<(), String> {
+        self.kafka.validate()?;
+        self.clickhouse.validate()?;
         if self.auth.insecure {
             if !self.grpc_addr.ip().is_loopback() {
                 return Err(format!(
@@ -118,7 +120,10 @@ pub struct ClickHouseConfig {
     pub url: String,
     pub database: String,
     pub user: String,
+    /// The user's password; prefer `password_file`.
     pub password: String,
+    /// File holding the password (trailing newline ignored).
+    pub password_file: String,
     /// Days of events kept: a TTL where the server supports one, otherwise
     /// the indexer drops older daily partitions itself.
     pub retention_days: u32,
@@ -131,8 +136,28 @@ impl Default for ClickHouseConfig {
             database: "outlier".to_string(),
             user: "default".to_string(),
             password: String::new(),
+            password_file: String::new(),
             retention_days: 30,
         }
+    }
+}
+
+impl ClickHouseConfig {
+    /// The password, from `password` or `password_file`.
+    pub fn password(&self) -> Result<String, String> {
+        if self.password_file.is_empty() {
+            return Ok(self.password.clone());
+        }
+        std::fs::read_to_string(&self.password_file)
+            .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
+            .map_err(|e| format!("clickhouse.password_file {}: {e}", self.password_file))
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.password.is_empty() && !self.password_file.is_empty() {
+            return Err("clickhouse.password and clickhouse.password_file are both set".into());
+        }
+        self.password().map(|_| ())
     }
 }
 

@@ -1,8 +1,9 @@
 //! Outlier's indexer: sinks scored events from Kafka into ClickHouse
 //! `security_events` in batches, at-least-once and idempotent, keeps the
 //! search index of behaviours, and serves the gRPC query, search and alert
-//! stream services.
+//! stream services; audits operators' feedback into `feedback_audit`.
 
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod grpc;

@@ -16,6 +16,15 @@ pub static ROWS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+pub static AUDIT: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "outlier_indexer_feedback_audit_total",
+        "Feedback records of the feedback topic, by outcome (audited/invalid)",
+        &["outcome"]
+    )
+    .expect("metric registers once")
+});
+
 pub static INSERT_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "outlier_indexer_insert_errors_total",

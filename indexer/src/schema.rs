@@ -134,6 +134,10 @@ pub async fn migrate(
         .query(&create_table_sql(db, version, retention_days))
         .execute()
         .await?;
+    client
+        .query(&crate::audit::create_table_sql(db))
+        .execute()
+        .await?;
     let existing: Vec<NameRow> = client
         .query("SELECT name FROM system.columns WHERE database = ? AND table = ?")
         .bind(db)

@@ -52,7 +52,7 @@ pub fn client(cfg: &crate::config::ClickHouseConfig) -> Client {
     Client::default()
         .with_url(&cfg.url)
         .with_user(&cfg.user)
-        .with_password(&cfg.password)
+        .with_password(cfg.password().unwrap_or_default())
         .with_database(&cfg.database)
         .with_validation(false)
 }
@@ -92,7 +92,7 @@ pub async fn run(cfg: IndexerConfig, shutdown: CancellationToken) -> Result<(), 
     let admin = Client::default()
         .with_url(&cfg.clickhouse.url)
         .with_user(&cfg.clickhouse.user)
-        .with_password(&cfg.clickhouse.password)
+        .with_password(cfg.clickhouse.password().unwrap_or_default())
         .with_validation(false);
     let mut delay = Duration::from_millis(250);
     let version = loop {
@@ -160,11 +160,19 @@ pub async fn run(cfg: IndexerConfig, shutdown: CancellationToken) -> Result<(), 
         });
     }
 
+    let audit = tokio::spawn(crate::audit::run(
+        cfg.kafka.clone(),
+        format!("{}-feedback-audit", cfg.group_id),
+        ch.clone(),
+        health.clone(),
+        shutdown.clone(),
+    ));
     let Some((consumer, producer)) = kafka::at_least_once_clients(
         &cfg.kafka,
         "outlier-indexer",
         &cfg.group_id,
-        &cfg.kafka.topics.scored,
+        &[&cfg.kafka.topics.scored],
+        kafka::Assignment::Sticky,
         &health,
         &shutdown,
     )
@@ -237,6 +245,7 @@ pub async fn run(cfg: IndexerConfig, shutdown: CancellationToken) -> Result<(), 
     kafka::finish_in_order(&mut inflight, &consumer).await;
     drop(inflight);
     kafka::commit_stored(&consumer);
+    let _ = audit.await;
     tracing::info!("indexer stopped");
     Ok(())
 }

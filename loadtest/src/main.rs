@@ -235,6 +235,8 @@ async fn main() -> anyhow::Result<()> {
             let cfg = RunConfig {
                 kafka: KafkaConfig {
                     brokers,
+                    // OUTLIER_KAFKA_USER/_PASSWORD_FILE, or the local stack's admin.
+                    sasl: outlier_common::kafka::SaslConfig::from_env(),
                     ..KafkaConfig::default()
                 },
                 clickhouse_url,

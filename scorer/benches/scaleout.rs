@@ -138,6 +138,7 @@ fn main() {
     );
     let mut kafka = KafkaConfig {
         brokers: brokers(),
+        sasl: outlier_common::kafka::SaslConfig::from_env(),
         ..KafkaConfig::default()
     };
     if let Err(e) = kafka.probe(Duration::from_secs(5)) {

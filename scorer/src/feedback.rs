@@ -4,15 +4,16 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use outlier_common::json;
-use outlier_common::kafka::{KafkaConfig, RECORD_KIND_HEADER};
+use outlier_common::kafka::KafkaConfig;
 use outlier_proto::{Event, Feedback, FeedbackLabel};
 use prost::Message as _;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-/// Publishes feedback on `event` to the events topic, keyed like the event
-/// so it reaches the scorer that owns the workload, in order.
+/// Publishes feedback on `event` to the feedback topic, keyed like the
+/// event so it reaches the scorer that owns the workload (the scorers read
+/// the feedback topic co-partitioned with the events topics). Only
+/// operators' and the indexer's Kafka principals may write that topic.
 pub async fn publish(
     kafka: &KafkaConfig,
     event: Event,
@@ -32,13 +33,9 @@ pub async fn publish(
     let producer: FutureProducer = kafka.producer_config("outlier-feedback").create()?;
     producer
         .send(
-            FutureRecord::to(&kafka.topics.events)
+            FutureRecord::to(&kafka.topics.feedback)
                 .key(&key)
-                .payload(&fb.encode_to_vec())
-                .headers(OwnedHeaders::new().insert(Header {
-                    key: RECORD_KIND_HEADER,
-                    value: Some("feedback"),
-                })),
+                .payload(&fb.encode_to_vec()),
             Duration::from_secs(30),
         )
         .await

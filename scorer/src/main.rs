@@ -35,9 +35,11 @@ enum Command {
         file: PathBuf,
         #[arg(long, value_enum)]
         label: Label,
-        /// Who says so (recorded in the scorer's log).
-        #[arg(long, default_value = "cli")]
-        actor: String,
+        /// Who says so (audited in ClickHouse feedback_audit); default: the
+        /// Kafka principal, else $USER.
+        #[arg(long)]
+        actor: Option<String>,
+        /// Why (audited).
         #[arg(long, default_value = "")]
         note: String,
     },
@@ -65,6 +67,7 @@ async fn main() -> ExitCode {
         .decision
         .validate()
         .and_then(|()| cfg.limits.validate())
+        .and_then(|()| cfg.kafka.validate())
     {
         eprintln!("scorer: bad configuration: {e}");
         return ExitCode::from(2);
@@ -101,6 +104,10 @@ async fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         };
+        let actor = actor
+            .or_else(|| cfg.kafka.sasl.as_ref().map(|s| s.username.clone()))
+            .or_else(|| std::env::var("USER").ok())
+            .unwrap_or_else(|| "cli".into());
         let label = match label {
             Label::Benign => FeedbackLabel::Benign,
             Label::Malicious => FeedbackLabel::Malicious,

@@ -6,10 +6,13 @@
 //!
 //! Baseline poisoning: after a workload's warm-up (`warmup_events`), an
 //! event whose verdict is `alert` is not learned. It is learned only when an
-//! operator confirms it benign with a [`Feedback`] record on the events
-//! topic (keyed like the event, so it reaches the scorer that owns the
-//! workload, in order); `malicious` feedback removes a behaviour that was
-//! learned (say, during warm-up).
+//! operator confirms it benign with a [`Feedback`] record on the feedback
+//! topic (keyed like the event and read co-partitioned with the events
+//! topics, so it reaches the scorer that owns the workload); `malicious`
+//! feedback removes a behaviour that was learned (say, during warm-up).
+//! Only operators may write the feedback topic; feedback-marked records on
+//! an events topic are dead-lettered, and so are events on another org's
+//! topic (docs/security.md).
 //!
 //! Rebalances: stored offsets are committed before partitions are revoked,
 //! and the baselines of workloads on revoked partitions are persisted and
@@ -24,7 +27,7 @@ use futures::future::join_all;
 use futures::stream::FuturesOrdered;
 use outlier_classifier::{Assessment, Classifier};
 use outlier_common::featurize::embed;
-use outlier_common::kafka::{self, DLQ_MAX_PAYLOAD, RECORD_KIND_HEADER};
+use outlier_common::kafka::{self, DLQ_MAX_PAYLOAD, RECORD_KIND_HEADER, Topics};
 use outlier_common::names;
 use outlier_common::retry::{self, Attempt, Failure, RetryPolicy};
 use outlier_common::telemetry::{self, Health};
@@ -156,11 +159,16 @@ pub async fn run(cfg: ScorerConfig, shutdown: CancellationToken) -> Result<(), R
     let store = Arc::new(Store::open(&cfg.baseline.uri).await?);
     health.set("lancedb", true, format!("open at {}", cfg.baseline.uri));
 
+    // The shared events topic, every org's own (by pattern) and the
+    // feedback topic, co-partitioned: a workload's feedback is keyed like
+    // its events and lands on the same partition number.
+    let events_pattern = cfg.kafka.topics.events_pattern();
     let Some((consumer, producer)) = kafka::at_least_once_clients(
         &cfg.kafka,
         "outlier-scorer",
         &cfg.group_id,
-        &cfg.kafka.topics.events,
+        &[&events_pattern, &cfg.kafka.topics.feedback],
+        kafka::Assignment::CoPartitioned,
         &health,
         &shutdown,
     )
@@ -169,7 +177,8 @@ pub async fn run(cfg: ScorerConfig, shutdown: CancellationToken) -> Result<(), R
         return Ok(());
     };
     tracing::info!(
-        topic = %cfg.kafka.topics.events,
+        topics = %events_pattern,
+        feedback = %cfg.kafka.topics.feedback,
         group = %cfg.group_id,
         baselines = %cfg.baseline.uri,
         "scorer running"
@@ -481,11 +490,9 @@ const POISON_TTL: Duration = Duration::from_secs(300);
 /// Most workloads remembered as poisoned.
 const POISONED_MAX: usize = 10_000;
 
-fn is_feedback(msg: &OwnedMessage) -> bool {
-    msg.headers().is_some_and(|h| {
-        h.iter()
-            .any(|h| h.key == RECORD_KIND_HEADER && h.value == Some(b"feedback".as_slice()))
-    })
+fn has_kind_header(msg: &OwnedMessage) -> bool {
+    msg.headers()
+        .is_some_and(|h| h.iter().any(|h| h.key == RECORD_KIND_HEADER))
 }
 
 fn check_event(event: &Event) -> Result<(), DeadLetter> {
@@ -504,9 +511,10 @@ fn check_event(event: &Event) -> Result<(), DeadLetter> {
     Ok(())
 }
 
-/// Decodes a record of the events topic; records over `max_bytes` are
-/// refused (their scored copies must fit the topics).
-pub fn decode(msg: &OwnedMessage, max_bytes: usize) -> Result<Input, DeadLetter> {
+/// Decodes a record of an events topic or of the feedback topic; records
+/// over `max_bytes` are refused (their scored copies must fit the topics),
+/// and so is an event on another org's topic.
+pub fn decode(msg: &OwnedMessage, topics: &Topics, max_bytes: usize) -> Result<Input, DeadLetter> {
     let payload = msg.payload().ok_or(DeadLetter {
         reason: "empty record".into(),
         label: "empty",
@@ -520,7 +528,7 @@ pub fn decode(msg: &OwnedMessage, max_bytes: usize) -> Result<Input, DeadLetter>
             label: "oversize",
         });
     }
-    if is_feedback(msg) {
+    if msg.topic() == topics.feedback {
         let fb = Feedback::decode(payload).map_err(|e| DeadLetter {
             reason: format!("not an outlier.v1.Feedback: {e}"),
             label: "decode",
@@ -538,11 +546,33 @@ pub fn decode(msg: &OwnedMessage, max_bytes: usize) -> Result<Input, DeadLetter>
         }
         return Ok(Input::Feedback(fb));
     }
+    if has_kind_header(msg) {
+        // Whoever may write events may not teach baselines.
+        return Err(DeadLetter {
+            reason: format!(
+                "feedback on an events topic is refused; operators publish it to {}",
+                topics.feedback
+            ),
+            label: "feedback_on_events",
+        });
+    }
     let event = Event::decode(payload).map_err(|e| DeadLetter {
         reason: format!("not an outlier.v1.Event: {e}"),
         label: "decode",
     })?;
     check_event(&event)?;
+    if let Some(owner) = topics.org_of_events_topic(msg.topic())
+        && owner != event.org
+    {
+        return Err(DeadLetter {
+            reason: format!(
+                "event of org `{}` on org `{owner}`'s topic {}",
+                event.org,
+                msg.topic()
+            ),
+            label: "org_mismatch",
+        });
+    }
     Ok(Input::Event(event))
 }
 
@@ -554,8 +584,10 @@ impl Worker<'_> {
     async fn process(&mut self, batch: Vec<OwnedMessage>) -> Result<Option<Delivery>, RunError> {
         let offsets = kafka::batch_offsets(&batch);
         let max_bytes = self.cfg.limits.max_event_bytes;
-        let mut decoded: Vec<Result<Input, DeadLetter>> =
-            batch.iter().map(|m| decode(m, max_bytes)).collect();
+        let mut decoded: Vec<Result<Input, DeadLetter>> = batch
+            .iter()
+            .map(|m| decode(m, &self.cfg.kafka.topics, max_bytes))
+            .collect();
         self.batches += 1;
         let now = Instant::now();
         self.poisoned
@@ -575,7 +607,9 @@ impl Worker<'_> {
                 continue;
             }
             self.last_used.insert(key.clone(), self.batches);
-            if !self.partition_of.contains_key(&key) {
+            if msg.topic() != self.cfg.kafka.topics.feedback
+                && !self.partition_of.contains_key(&key)
+            {
                 self.partition_of
                     .insert(key.clone(), (msg.topic().to_string(), msg.partition()));
             }

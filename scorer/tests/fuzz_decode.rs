@@ -4,7 +4,8 @@
 //! or an error naming the problem — never a panic. Bounded in CI; set
 //! `PROPTEST_CASES` for a longer run.
 
-use outlier_proto::{Event, Exec, event::Detail};
+use outlier_common::kafka::Topics;
+use outlier_proto::{Event, Exec, Feedback, FeedbackLabel, event::Detail};
 use outlier_scorer::config::ScorerConfig;
 use outlier_scorer::pipeline::{Input, decode};
 use proptest::prelude::*;
@@ -12,11 +13,19 @@ use prost::Message as _;
 use rdkafka::Timestamp;
 use rdkafka::message::{OwnedHeaders, OwnedMessage};
 
+fn topics() -> Topics {
+    Topics::default()
+}
+
 fn msg(payload: Vec<u8>, headers: Option<OwnedHeaders>) -> OwnedMessage {
+    on_topic(payload, headers, &topics().events)
+}
+
+fn on_topic(payload: Vec<u8>, headers: Option<OwnedHeaders>, topic: &str) -> OwnedMessage {
     OwnedMessage::new(
         Some(payload),
         None,
-        "events".into(),
+        topic.into(),
         Timestamp::NotAvailable,
         0,
         0,
@@ -29,7 +38,7 @@ const MAX: usize = 256 * 1024;
 proptest! {
     #[test]
     fn arbitrary_bytes_decode_or_dead_letter(b in proptest::collection::vec(any::<u8>(), 0..2048)) {
-        match decode(&msg(b, None), MAX) {
+        match decode(&msg(b, None), &topics(), MAX) {
             Ok(_) => {}
             Err(dl) => prop_assert!(!dl.reason.is_empty()),
         }
@@ -37,11 +46,8 @@ proptest! {
 
     #[test]
     fn arbitrary_feedback_bytes_decode_or_dead_letter(b in proptest::collection::vec(any::<u8>(), 0..2048)) {
-        let h = OwnedHeaders::new().insert(rdkafka::message::Header {
-            key: outlier_common::kafka::RECORD_KIND_HEADER,
-            value: Some(b"feedback".as_slice()),
-        });
-        if let Err(dl) = decode(&msg(b, Some(h)), MAX) {
+        let m = on_topic(b, None, &topics().feedback);
+        if let Err(dl) = decode(&m, &topics(), MAX) {
             prop_assert!(!dl.reason.is_empty());
         }
     }
@@ -60,7 +66,7 @@ proptest! {
         };
         let valid = outlier_common::names::validate("org", &org).is_ok()
             && outlier_common::names::validate("workload", &workload).is_ok();
-        let out = decode(&msg(e.encode_to_vec(), None), MAX);
+        let out = decode(&msg(e.encode_to_vec(), None), &topics(), MAX);
         prop_assert_eq!(out.is_ok(), valid);
         if let Ok(Input::Event(d)) = out {
             prop_assert_eq!(d.org, org);
@@ -89,9 +95,71 @@ fn oversize_records_are_dead_lettered_with_the_limit() {
         })),
         ..Event::default()
     };
-    let Err(dl) = decode(&msg(e.encode_to_vec(), None), MAX) else {
+    let Err(dl) = decode(&msg(e.encode_to_vec(), None), &topics(), MAX) else {
         panic!("an oversize record was accepted");
     };
     assert_eq!(dl.label, "oversize");
     assert!(dl.reason.contains("max_event_bytes"), "{}", dl.reason);
+}
+
+fn event(org: &str) -> Event {
+    Event {
+        org: org.into(),
+        workload: "web".into(),
+        detail: Some(Detail::Exec(Exec {
+            argv: vec!["id".into()],
+            ..Exec::default()
+        })),
+        ..Event::default()
+    }
+}
+
+#[test]
+fn an_org_topic_carries_only_its_own_org() {
+    let t = topics();
+    let acme = t.events_for_org("acme").unwrap();
+    let own = decode(
+        &on_topic(event("acme").encode_to_vec(), None, &acme),
+        &t,
+        MAX,
+    );
+    assert!(matches!(own, Ok(Input::Event(e)) if e.org == "acme"));
+    let Err(dl) = decode(
+        &on_topic(event("globex").encode_to_vec(), None, &acme),
+        &t,
+        MAX,
+    ) else {
+        panic!("an event of another org was accepted on acme's topic");
+    };
+    assert_eq!(dl.label, "org_mismatch");
+    assert!(
+        dl.reason.contains("globex") && dl.reason.contains("acme"),
+        "{}",
+        dl.reason
+    );
+    // The shared topic takes any org (its writers are trusted for all).
+    assert!(decode(&msg(event("globex").encode_to_vec(), None), &t, MAX).is_ok());
+}
+
+#[test]
+fn feedback_is_taken_from_the_feedback_topic_only() {
+    let t = topics();
+    let fb = Feedback {
+        event: Some(event("acme")),
+        label: FeedbackLabel::Benign as i32,
+        actor: "ops".into(),
+        ..Feedback::default()
+    };
+    let ok = decode(&on_topic(fb.encode_to_vec(), None, &t.feedback), &t, MAX);
+    assert!(matches!(ok, Ok(Input::Feedback(f)) if f.actor == "ops"));
+    // The old way (a header on the events topic) is what a collector's
+    // credentials could forge: refused.
+    let h = OwnedHeaders::new().insert(rdkafka::message::Header {
+        key: outlier_common::kafka::RECORD_KIND_HEADER,
+        value: Some(b"feedback".as_slice()),
+    });
+    let Err(dl) = decode(&msg(fb.encode_to_vec(), Some(h)), &t, MAX) else {
+        panic!("feedback on the events topic was accepted");
+    };
+    assert_eq!(dl.label, "feedback_on_events");
 }
