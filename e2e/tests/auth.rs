@@ -3,7 +3,8 @@
 //! the orgs each identity may read. A call without a token is
 //! UNAUTHENTICATED, a call for another org PERMISSION_DENIED, a resume
 //! cursor of another org refused, a plaintext client cannot talk to the
-//! server at all — and the right token reads its org's events.
+//! server at all — and the right token reads its org's events. Feedback by
+//! event id needs an identity allowed it, and is audited under its name.
 
 use std::path::Path;
 use std::process::Command;
@@ -15,7 +16,10 @@ use outlier_e2e::TestEnv;
 use outlier_indexer::auth::token_sha256;
 use outlier_proto::alert_stream_client::AlertStreamClient;
 use outlier_proto::event_query_client::EventQueryClient;
-use outlier_proto::{QueryEventsRequest, StreamAlertsRequest};
+use outlier_proto::feedback_service_client::FeedbackServiceClient;
+use outlier_proto::{
+    FeedbackLabel, QueryEventsRequest, StreamAlertsRequest, SubmitFeedbackRequest,
+};
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
@@ -120,8 +124,10 @@ async fn only_a_known_token_reads_and_only_its_orgs() {
     std::fs::write(
         dir.join("tokens.toml"),
         format!(
-            "[[identity]]\nname = \"acme-soc\"\ntoken_sha256 = \"{}\"\norgs = [\"{org}\"]\n",
-            token_sha256("t-acme")
+            "[[identity]]\nname = \"acme-soc\"\ntoken_sha256 = \"{}\"\norgs = [\"{org}\"]\n\
+             [[identity]]\nname = \"alice\"\ntoken_sha256 = \"{}\"\norgs = [\"{org}\"]\nfeedback = true\n",
+            token_sha256("t-acme"),
+            token_sha256("t-alice")
         ),
     )
     .unwrap();
@@ -196,7 +202,7 @@ async fn only_a_known_token_reads_and_only_its_orgs() {
 
     // The alert stream: another org refused, and a cursor made for
     // another org does not resume in this one.
-    let mut a = AlertStreamClient::new(channel);
+    let mut a = AlertStreamClient::new(channel.clone());
     let req = |o: &str, cursor: &str| {
         with_token(
             tonic::Request::new(StreamAlertsRequest {
@@ -212,6 +218,85 @@ async fn only_a_known_token_reads_and_only_its_orgs() {
     let foreign = format!("v2.{}.{}", hex_encode(&other), hex_encode("0=0"));
     let e = a.stream_alerts(req(&org, &foreign)).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+
+    // Feedback by event id: only an identity allowed it, only on its orgs,
+    // only on an event that exists; audited under the caller's name.
+    let mut f = FeedbackServiceClient::new(channel.clone());
+    let fb = |o: &str, id: &str, token: &str| {
+        with_token(
+            tonic::Request::new(SubmitFeedbackRequest {
+                org: o.into(),
+                event_id: id.into(),
+                label: FeedbackLabel::Benign as i32,
+                reason: "our deploy script".into(),
+            }),
+            token,
+        )
+    };
+    let e = f
+        .submit_feedback(fb(&org, "mine", "t-acme"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.code(),
+        Code::PermissionDenied,
+        "a reader gave feedback: {e}"
+    );
+    let e = f
+        .submit_feedback(fb(&other, "mine", "t-alice"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+    let e = f
+        .submit_feedback(fb(&org, "no-such-event", "t-alice"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e}");
+    let applied = || {
+        outlier_scorer::metrics::EVENTS
+            .with_label_values(&["feedback"])
+            .get()
+    };
+    let before = applied();
+    let done = f
+        .submit_feedback(fb(&org, "mine", "t-alice"))
+        .await
+        .expect("alice gives feedback")
+        .into_inner()
+        .feedback
+        .unwrap();
+    assert_eq!(done.actor, "alice");
+    assert_eq!(done.event.as_ref().unwrap().event_id, "mine");
+    #[derive(serde::Deserialize, clickhouse::Row)]
+    struct Audit {
+        actor: String,
+        note: String,
+        label: String,
+    }
+    let ch = env.clickhouse();
+    let mut audited = Vec::new();
+    for _ in 0..240 {
+        audited = ch
+            .query("SELECT actor, note, label FROM feedback_audit FINAL WHERE org = ? AND event_id = 'mine'")
+            .bind(&org)
+            .fetch_all::<Audit>()
+            .await
+            .unwrap_or_default();
+        if !audited.is_empty() && applied() > before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(audited.len(), 1, "audited once");
+    assert_eq!(
+        (
+            audited[0].actor.as_str(),
+            audited[0].note.as_str(),
+            audited[0].label.as_str()
+        ),
+        ("alice", "our deploy script", "benign")
+    );
+    assert!(applied() > before, "the scorer applied the feedback");
 
     // Plaintext cannot talk to the TLS server.
     let plain = Channel::from_shared(format!("http://{addr}"))

@@ -36,6 +36,9 @@ struct IdentityEntry {
     name: String,
     token_sha256: String,
     orgs: Vec<String>,
+    /// May give feedback (teach or untach baselines) on its orgs' events.
+    #[serde(default)]
+    feedback: bool,
 }
 
 /// A caller the tokens file knows.
@@ -44,6 +47,8 @@ pub struct Identity {
     pub name: String,
     /// Orgs it may read; `None`: every org.
     orgs: Option<Vec<String>>,
+    /// May give feedback on its orgs' events.
+    pub feedback: bool,
 }
 
 impl Identity {
@@ -93,7 +98,14 @@ impl Authorizer {
                 Some(e.orgs)
             };
             if tokens
-                .insert(digest, Identity { name: e.name, orgs })
+                .insert(
+                    digest,
+                    Identity {
+                        name: e.name,
+                        orgs,
+                        feedback: e.feedback,
+                    },
+                )
                 .is_some()
             {
                 return Err(format!("{at}: the same token is listed twice"));
@@ -135,6 +147,25 @@ impl Authorizer {
 }
 
 /// The SHA-256 of a token, as the tokens file lists it.
+impl Authorizer {
+    /// Authorizes feedback on `org`'s events: the identity must read the
+    /// org and be allowed feedback. Returns who gives it (the audited
+    /// actor); without authentication (`auth.insecure`), `unauthenticated`.
+    pub fn authorize_feedback(&self, md: &MetadataMap, org: &str) -> Result<String, Status> {
+        match self.authorize(md, org)? {
+            None => Ok("unauthenticated".into()),
+            Some(id) if id.feedback => Ok(id.name),
+            Some(id) => {
+                tracing::warn!(identity = %id.name, org, "feedback from an identity not allowed it");
+                Err(Status::permission_denied(format!(
+                    "{} may not give feedback (feedback = true in the tokens file)",
+                    id.name
+                )))
+            }
+        }
+    }
+}
+
 pub fn token_sha256(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
@@ -159,6 +190,31 @@ mod tests {
             token_sha256("t-admin")
         ))
         .unwrap()
+    }
+
+    #[test]
+    fn only_identities_allowed_feedback_give_it_and_only_on_their_orgs() {
+        let a = Authorizer::from_toml(&format!(
+            "[[identity]]\nname = \"reader\"\ntoken_sha256 = \"{}\"\norgs = [\"acme\"]\n\
+             [[identity]]\nname = \"alice\"\ntoken_sha256 = \"{}\"\norgs = [\"acme\"]\nfeedback = true\n",
+            token_sha256("t-reader"),
+            token_sha256("t-alice")
+        ))
+        .unwrap();
+        assert_eq!(
+            a.authorize_feedback(&md(Some("t-alice")), "acme").unwrap(),
+            "alice"
+        );
+        let e = a
+            .authorize_feedback(&md(Some("t-reader")), "acme")
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        let e = a
+            .authorize_feedback(&md(Some("t-alice")), "globex")
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        let e = a.authorize_feedback(&md(None), "acme").unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
     }
 
     #[test]

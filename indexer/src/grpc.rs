@@ -1,6 +1,6 @@
-//! The gRPC services: EventQuery (QueryEvents, GetEvent), Search and
-//! AlertStream, with reflection and health so `grpcurl` works. Every call
-//! is scoped by the org it names.
+//! The gRPC services: EventQuery (QueryEvents, GetEvent), Search,
+//! AlertStream and FeedbackService, with reflection and health so `grpcurl`
+//! works. Every call is scoped by the org it names.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -14,11 +14,12 @@ use outlier_common::featurize::{embed, embed_text};
 use outlier_common::kafka::KafkaConfig;
 use outlier_proto::alert_stream_server::{AlertStream, AlertStreamServer};
 use outlier_proto::event_query_server::{EventQuery, EventQueryServer};
+use outlier_proto::feedback_service_server::{FeedbackService, FeedbackServiceServer};
 use outlier_proto::search_server::{Search, SearchServer};
 use outlier_proto::{
     AlertEnvelope, GetEventRequest, GetEventResponse, QueryEventsRequest, QueryEventsResponse,
-    ScoredEvent, SearchHit, SearchRequest, SearchResponse, StreamAlertsRequest, Verdict,
-    search_request,
+    ScoredEvent, SearchHit, SearchRequest, SearchResponse, StreamAlertsRequest,
+    SubmitFeedbackRequest, SubmitFeedbackResponse, Verdict, search_request,
 };
 use prost::Message as _;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -44,6 +45,8 @@ pub struct Services {
     pub streams: Arc<tokio::sync::Semaphore>,
     /// Who may read which org (checked on every call).
     pub auth: Arc<Authorizer>,
+    /// Publishes feedback to the feedback topic.
+    pub producer: rdkafka::producer::FutureProducer,
 }
 
 /// Most StreamAlerts calls served at once; more get RESOURCE_EXHAUSTED.
@@ -300,6 +303,65 @@ impl AlertStream for Services {
     }
 }
 
+#[tonic::async_trait]
+impl FeedbackService for Services {
+    async fn submit_feedback(
+        &self,
+        request: Request<SubmitFeedbackRequest>,
+    ) -> Result<Response<SubmitFeedbackResponse>, Status> {
+        require_org(&request.get_ref().org)?;
+        let actor = self
+            .auth
+            .authorize_feedback(request.metadata(), &request.get_ref().org)?;
+        let req = request.into_inner();
+        let label = outlier_proto::FeedbackLabel::try_from(req.label)
+            .ok()
+            .filter(|l| *l != outlier_proto::FeedbackLabel::Unspecified)
+            .ok_or_else(|| Status::invalid_argument("label must be benign or malicious"))?;
+        let row = query::get_event(&self.ch, &req.org, &req.event_id)
+            .await
+            .map_err(status)?
+            .ok_or_else(|| {
+                Status::not_found(format!("no event {} in org {}", req.event_id, req.org))
+            })?;
+        let event = row
+            .to_scored()
+            .event
+            .ok_or_else(|| Status::internal("row without event"))?;
+        let feedback = outlier_proto::Feedback {
+            event: Some(event),
+            label: label as i32,
+            actor,
+            note: req.reason,
+            ts_ns: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0),
+        };
+        let key = feedback
+            .event
+            .as_ref()
+            .map(|e| e.partition_key())
+            .unwrap_or_default();
+        let payload = feedback.encode_to_vec();
+        self.producer
+            .send(
+                rdkafka::producer::FutureRecord::to(&self.kafka.topics.feedback)
+                    .key(&key)
+                    .payload(&payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| {
+                Status::unavailable(format!("feedback not delivered to Kafka: {e}"))
+            })?;
+        tracing::info!(actor = %feedback.actor, org = %req.org, event_id = %req.event_id, label = ?label, "feedback published");
+        Ok(Response::new(SubmitFeedbackResponse {
+            feedback: Some(feedback),
+        }))
+    }
+}
+
 /// Serves the gRPC services on `addr` until `shutdown` fires. Returns the
 /// bound address once listening.
 pub async fn serve(
@@ -318,6 +380,9 @@ pub async fn serve(
     health.set_serving::<EventQueryServer<Services>>().await;
     health.set_serving::<SearchServer<Services>>().await;
     health.set_serving::<AlertStreamServer<Services>>().await;
+    health
+        .set_serving::<FeedbackServiceServer<Services>>()
+        .await;
     let mut builder = tonic::transport::Server::builder();
     if let Some(identity) = tls {
         builder = builder
@@ -330,7 +395,8 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(EventQueryServer::new(services.clone()))
         .add_service(SearchServer::new(services.clone()))
-        .add_service(AlertStreamServer::new(services));
+        .add_service(AlertStreamServer::new(services.clone()))
+        .add_service(FeedbackServiceServer::new(services));
     tokio::spawn(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         if let Err(e) = server
@@ -340,7 +406,7 @@ pub async fn serve(
             tracing::error!(error = %e, "grpc server failed");
         }
     });
-    tracing::info!(addr = %bound, "serving gRPC (EventQuery, Search, AlertStream, reflection, health)");
+    tracing::info!(addr = %bound, "serving gRPC (EventQuery, Search, AlertStream, FeedbackService, reflection, health)");
     Ok(bound)
 }
 

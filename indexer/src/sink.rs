@@ -136,6 +136,10 @@ pub async fn run(cfg: IndexerConfig, shutdown: CancellationToken) -> Result<(), 
             shutdown: shutdown.clone(),
             streams: Arc::new(tokio::sync::Semaphore::new(grpc::MAX_ALERT_STREAMS)),
             auth: Arc::new(auth),
+            producer: cfg
+                .kafka
+                .producer_config("outlier-indexer-feedback")
+                .create()?,
         },
         tls,
         shutdown.clone(),

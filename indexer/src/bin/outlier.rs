@@ -5,6 +5,7 @@
 //!     outlier --org acme events --verdict alert --since 1h
 //!     outlier --org acme alerts --follow
 //!     outlier --org acme event EVENT_ID
+//!     outlier --org acme feedback EVENT_ID --benign --reason "nightly backup"
 
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -12,10 +13,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use clap::{Parser, Subcommand, ValueEnum};
 use outlier_proto::alert_stream_client::AlertStreamClient;
 use outlier_proto::event_query_client::EventQueryClient;
+use outlier_proto::feedback_service_client::FeedbackServiceClient;
 use outlier_proto::search_client::SearchClient;
 use outlier_proto::{
-    EventKind, GetEventRequest, QueryEventsRequest, ScoredEvent, SearchRequest, SortOrder,
-    StreamAlertsRequest, Verdict, event::Detail, search_request,
+    EventKind, FeedbackLabel, GetEventRequest, QueryEventsRequest, ScoredEvent, SearchRequest,
+    SortOrder, StreamAlertsRequest, SubmitFeedbackRequest, Verdict, event::Detail, search_request,
 };
 use serde_json::json;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -118,6 +120,21 @@ enum Command {
         /// Only alerts (not warnings).
         #[arg(long)]
         alerts_only: bool,
+    },
+    /// Tell the scorers an event is benign (its workload learns the
+    /// behaviour) or malicious (its workload forgets it). Audited with your
+    /// identity; the token must be allowed feedback.
+    #[command(group(clap::ArgGroup::new("label").required(true).args(["benign", "malicious"])))]
+    Feedback {
+        /// The event's id (as `outlier events` prints it).
+        id: String,
+        #[arg(long)]
+        benign: bool,
+        #[arg(long)]
+        malicious: bool,
+        /// Why (recorded in the audit).
+        #[arg(long, default_value = "")]
+        reason: String,
     },
 }
 
@@ -383,6 +400,51 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .map_err(|e| e.message().to_string())?
                 .into_inner();
             print_events(resp.events, cli.json);
+        }
+        Command::Feedback {
+            id,
+            benign,
+            malicious: _,
+            reason,
+        } => {
+            let label = if benign {
+                FeedbackLabel::Benign
+            } else {
+                FeedbackLabel::Malicious
+            };
+            let resp = FeedbackServiceClient::with_interceptor(channel, auth)
+                .submit_feedback(SubmitFeedbackRequest {
+                    org,
+                    event_id: id.clone(),
+                    label: label as i32,
+                    reason,
+                })
+                .await
+                .map_err(|e| e.message().to_string())?
+                .into_inner();
+            let fb = resp.feedback.ok_or("no feedback in the answer")?;
+            if cli.json {
+                println!(
+                    "{}",
+                    json!({ "event_id": id, "label": if benign { "benign" } else { "malicious" }, "actor": fb.actor, "reason": fb.note, "ts_ns": fb.ts_ns })
+                );
+            } else {
+                println!(
+                    "feedback on {} recorded: {} by {}{}",
+                    cut(&id, 200),
+                    if benign {
+                        "benign (learned)"
+                    } else {
+                        "malicious (forgotten)"
+                    },
+                    cut(&fb.actor, 200),
+                    if fb.note.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", cut(&fb.note, 500))
+                    }
+                );
+            }
         }
         Command::Event { id } => {
             let resp = EventQueryClient::with_interceptor(channel, auth)
