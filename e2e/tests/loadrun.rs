@@ -15,8 +15,27 @@ async fn a_short_load_run_loses_nothing() {
     let shutdown = CancellationToken::new();
     let scorer = tokio::spawn(outlier_scorer::run(env.scorer_config(), shutdown.clone()));
     let indexer = tokio::spawn(outlier_indexer::run(env.indexer_config(), shutdown.clone()));
-    // Let the indexer create its schema before rows are counted.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Rows are counted once the indexer has made its schema.
+    let ch = env.clickhouse();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let n: u64 = ch
+            .query(
+                "SELECT count() FROM system.tables WHERE database = ? AND name = 'security_events'",
+            )
+            .bind(&env.database)
+            .fetch_one()
+            .await
+            .unwrap_or(0);
+        if n == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the indexer made no schema in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     let corpus = Arc::new(
         Corpus::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../data")).unwrap(),

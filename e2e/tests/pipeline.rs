@@ -167,13 +167,34 @@ async fn services_wait_for_unreachable_dependencies_instead_of_crashing() {
     let env = TestEnv::new("unreachable").await;
     let mut scorer_cfg = env.scorer_config();
     scorer_cfg.kafka.brokers = "127.0.0.1:1".to_string();
+    scorer_cfg.http_addr = outlier_e2e::free_addr();
     let mut indexer_cfg = env.indexer_config();
     indexer_cfg.clickhouse.url = "http://127.0.0.1:1".to_string();
+    indexer_cfg.http_addr = outlier_e2e::free_addr();
+    let (scorer_http, indexer_http) = (scorer_cfg.http_addr, indexer_cfg.http_addr);
 
     let shutdown = CancellationToken::new();
     let scorer = tokio::spawn(outlier_scorer::run(scorer_cfg, shutdown.clone()));
     let indexer = tokio::spawn(outlier_indexer::run(indexer_cfg, shutdown.clone()));
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Alive and retrying: each answers its health check, unhealthy, naming
+    // the dependency it waits for (a hung or crashed service would not).
+    for (addr, dependency) in [(scorer_http, "kafka"), (indexer_http, "clickhouse")] {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let answer = outlier_e2e::http_get(addr, "/health").await;
+            if let Some((status, body)) = &answer
+                && *status == 503
+                && body.contains(&format!("\"{dependency}\":{{\"ok\":false"))
+            {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{addr}/health does not report {dependency} down: {answer:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
     assert!(!scorer.is_finished(), "scorer keeps retrying Kafka");
     assert!(!indexer.is_finished(), "indexer keeps retrying ClickHouse");
     shutdown.cancel();

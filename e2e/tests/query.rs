@@ -313,6 +313,10 @@ async fn query_search_and_alerts_are_org_scoped() {
         .into_inner()
         .hits;
     assert!(
+        !later.is_empty(),
+        "org A has events after its reverse shell"
+    );
+    assert!(
         later.iter().all(|h| {
             let e = h.event.as_ref().unwrap().event.as_ref().unwrap();
             e.event_id != "a-revshell" && e.ts_ns > top.ts_ns
@@ -325,6 +329,7 @@ async fn query_search_and_alerts_are_org_scoped() {
         .unwrap()
         .into_inner()
         .hits;
+    assert!(!hits_b.is_empty(), "org B finds its own events");
     assert!(
         hits_b
             .iter()

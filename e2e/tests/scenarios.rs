@@ -195,8 +195,32 @@ async fn two_scorers_share_the_partitions_and_baselines_survive_a_restart() {
         ));
         text.push('\n');
     }
-    // Give the group time to settle so both members hold partitions.
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    // Wait until the group has settled with both members.
+    let admin: rdkafka::consumer::BaseConsumer = env
+        .kafka
+        .consumer_config("e2e-group-probe", &format!("{}-probe", env.id))
+        .create()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let settled = admin
+            .fetch_group_list(Some(&cfg.group_id), Duration::from_secs(5))
+            .ok()
+            .and_then(|l| {
+                l.groups()
+                    .first()
+                    .map(|g| g.state() == "Stable" && g.members().len() == 2)
+            })
+            .unwrap_or(false);
+        if settled {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the two scorers did not form a stable group in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     replay_text(&env, &text).await;
     let scored = read_scored(
         &env.kafka,

@@ -1066,8 +1066,28 @@ mod tests {
         };
         let events: Vec<LabeledEvent> = Simulator::new(cfg, corpus()).take(20_000).collect();
         let malicious: Vec<&LabeledEvent> = events.iter().filter(|e| e.label.malicious).collect();
-        assert!(malicious.len() > 500, "{}", malicious.len());
-        assert!(malicious.len() < 8_000, "{}", malicious.len());
+        // An attack is a chain of several events, so the malicious share of
+        // events is not the rate itself; it must follow the rate, though:
+        // none at 0, about twice as many at twice the rate.
+        let count = |rate: f64| {
+            Simulator::new(
+                SimConfig {
+                    attack_rate: rate,
+                    ..SimConfig::default()
+                },
+                corpus(),
+            )
+            .take(20_000)
+            .filter(|e| e.label.malicious)
+            .count()
+        };
+        assert_eq!(count(0.0), 0);
+        let ratio = count(0.10) as f64 / malicious.len() as f64;
+        assert!(
+            malicious.len() > 1_000 && (1.6..2.2).contains(&ratio),
+            "{} malicious events at 5%, {ratio:.2}x that at 10%",
+            malicious.len()
+        );
         assert!(
             malicious
                 .iter()
