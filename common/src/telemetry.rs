@@ -66,6 +66,18 @@ struct CheckState {
     since_unix_s: u64,
 }
 
+/// Each health check as a metric (1 ok, 0 failing), for alerting on a
+/// dependency that stays down.
+static HEALTH_CHECK: std::sync::LazyLock<prometheus::IntGaugeVec> =
+    std::sync::LazyLock::new(|| {
+        prometheus::register_int_gauge_vec!(
+            "outlier_health_check_ok",
+            "Whether a dependency check passes (1) or fails (0), by check",
+            &["check"]
+        )
+        .expect("metric registers once")
+    });
+
 /// Health of a binary's dependencies, one named check each ("kafka",
 /// "clickhouse", "lancedb"). Healthy when every check is ok.
 #[derive(Debug, Clone, Default)]
@@ -84,6 +96,7 @@ impl Health {
 
     pub fn set(&self, name: &'static str, ok: bool, detail: impl Into<String>) {
         let detail = detail.into();
+        HEALTH_CHECK.with_label_values(&[name]).set(i64::from(ok));
         let mut checks = self.checks.lock().unwrap_or_else(|p| p.into_inner());
         let changed = checks.get(name).is_none_or(|c| c.ok != ok);
         if changed {
