@@ -381,6 +381,9 @@ fn main() {
     while idle_since.elapsed() < Duration::from_secs(10) {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
             idle_since = Instant::now();
+            if outlier_common::kafka::is_heartbeat(&m) {
+                continue;
+            }
             seen += 1;
             let Ok(e) = Event::decode(m.payload().unwrap_or_default()) else {
                 continue;

@@ -18,6 +18,9 @@ pub struct CollectorConfig {
     pub workloads: WorkloadConfig,
     pub capture: CaptureConfig,
     pub spool: SpoolConfig,
+    /// Seconds between heartbeats (version, capture mode, drops, backlog);
+    /// 0: none. A host whose heartbeats stop shows as silent.
+    pub heartbeat_interval_s: u64,
 }
 
 impl Default for CollectorConfig {
@@ -29,6 +32,7 @@ impl Default for CollectorConfig {
             workloads: WorkloadConfig::default(),
             capture: CaptureConfig::default(),
             spool: SpoolConfig::default(),
+            heartbeat_interval_s: 30,
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod btf;
 pub mod capture;
 pub mod config;
 pub mod ebpf;
+pub mod heartbeat;
 pub mod identity;
 pub mod live;
 pub mod metrics;

@@ -4,7 +4,7 @@
 //! Kafka. Capture never waits for Kafka: the spool absorbs an outage (up to
 //! its bound) and the sender drains it in order when Kafka returns.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use outlier_common::names;
 use outlier_common::telemetry::{self, Health};
@@ -134,6 +134,23 @@ pub async fn run(
         Duration::from_secs(5),
     ));
 
+    let heartbeats = (cfg.heartbeat_interval_s > 0).then(|| {
+        let reporter = crate::heartbeat::Reporter {
+            org: cfg.identity.org.clone(),
+            host: host.clone(),
+            capture_mode: mode.to_string(),
+            started_ns: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0),
+        };
+        tokio::spawn(crate::heartbeat::run(
+            cfg.kafka.clone(),
+            reporter,
+            Duration::from_secs(cfg.heartbeat_interval_s),
+            sender_stop.clone(),
+        ))
+    });
     let mut builder = Builder::new(cfg.identity.org.clone(), host, mode, resolver);
     let default_workload = cfg.workloads.default.clone();
     let mut raws: Vec<Raw> = Vec::with_capacity(cfg.capture.batch_max);
@@ -254,6 +271,9 @@ pub async fn run(
     sender_stop.cancel();
     if sender.await.is_err() {
         tracing::error!("sender panicked");
+    }
+    if let Some(h) = heartbeats {
+        let _ = h.await;
     }
     tracing::info!("collector stopped");
     Ok(())

@@ -20,6 +20,15 @@ pub static EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 });
 
 /// Events captured on this host, by kind and source (ebpf, procfs).
+pub static HEARTBEATS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "outlier_collector_heartbeats_total",
+        "Heartbeats published, by outcome (sent/failed)",
+        &["outcome"]
+    )
+    .expect("metric registers once")
+});
+
 pub static CAPTURED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "outlier_collector_captured_total",

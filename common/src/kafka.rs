@@ -176,6 +176,9 @@ pub struct Topics {
     /// by operators and the indexer; as many partitions as the events
     /// topics, so a workload's feedback reaches the scorer that owns it.
     pub feedback: String,
+    /// Collectors' heartbeats, forwarded by the scorers once their org is
+    /// checked; the indexer keeps each host's latest.
+    pub heartbeats: String,
 }
 
 impl Topics {
@@ -224,14 +227,27 @@ impl Default for Topics {
             alerts: "outlier.alerts.v1".to_string(),
             deadletter: "outlier.deadletter.v1".to_string(),
             feedback: "outlier.feedback.v1".to_string(),
+            heartbeats: "outlier.heartbeats.v1".to_string(),
         }
     }
 }
 
-/// Header that once marked feedback on the events topic; such records are
-/// now refused there (feedback has its own topic, which collectors cannot
-/// write).
+/// Header naming what a record on an events topic holds when it is not an
+/// event: `heartbeat` (an `outlier.v1.Heartbeat`). Feedback once travelled
+/// there as `feedback`; it is refused now (it has its own topic, which
+/// collectors cannot write).
 pub const RECORD_KIND_HEADER: &str = "outlier-record";
+/// [`RECORD_KIND_HEADER`] value of a collector's heartbeat.
+pub const HEARTBEAT_KIND: &str = "heartbeat";
+
+/// Whether a record of an events topic is a collector's heartbeat.
+pub fn is_heartbeat<M: rdkafka::Message>(m: &M) -> bool {
+    use rdkafka::message::Headers as _;
+    m.headers().is_some_and(|h| {
+        h.iter()
+            .any(|h| h.key == RECORD_KIND_HEADER && h.value == Some(HEARTBEAT_KIND.as_bytes()))
+    })
+}
 
 /// Header carrying the reason a record went to the dead-letter topic.
 pub const DLQ_REASON_HEADER: &str = "outlier-dlq-reason";

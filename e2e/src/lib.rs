@@ -56,12 +56,14 @@ impl TestEnv {
             alerts: format!("{id}.alerts"),
             deadletter: format!("{id}.deadletter"),
             feedback: format!("{id}.feedback"),
+            heartbeats: format!("{id}.heartbeats"),
         };
         let t = &kafka.topics;
         kafka
             .ensure_topics(&[
                 (&t.events, 3),
                 (&t.feedback, 3),
+                (&t.heartbeats, 1),
                 (&t.scored, 3),
                 (&t.alerts, 1),
                 (&t.deadletter, 1),

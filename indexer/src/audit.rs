@@ -94,33 +94,66 @@ pub async fn run(
     health: Health,
     shutdown: CancellationToken,
 ) {
-    let consumer = match kafka::at_least_once_clients(
+    let topic = kafka_cfg.topics.feedback.clone();
+    sink_topic(
         &kafka_cfg,
-        "outlier-indexer-audit",
+        &topic,
         &group,
-        &[&kafka_cfg.topics.feedback],
-        Assignment::Sticky,
+        TABLE,
+        row_of,
+        &metrics::AUDIT,
+        &ch,
         &health,
         &shutdown,
+    )
+    .await
+}
+
+/// Writes each record of `topic` as a row of `table`, at-least-once: a
+/// batch's offsets are stored once its rows are in ClickHouse (retried
+/// with backoff while it refuses them). Records `decode` rejects are logged
+/// and counted under `invalid`; rows written under `written`.
+#[allow(clippy::too_many_arguments)]
+pub async fn sink_topic<T>(
+    kafka_cfg: &KafkaConfig,
+    topic: &str,
+    group: &str,
+    table: &str,
+    decode: fn(&OwnedMessage) -> Result<T, String>,
+    counter: &prometheus::IntCounterVec,
+    ch: &Client,
+    health: &Health,
+    shutdown: &CancellationToken,
+) where
+    T: clickhouse::RowOwned + clickhouse::RowWrite + Send + Sync,
+{
+    let consumer = match kafka::at_least_once_clients(
+        kafka_cfg,
+        "outlier-indexer-side",
+        group,
+        &[topic],
+        Assignment::Sticky,
+        health,
+        shutdown,
     )
     .await
     {
         Ok(Some((c, _))) => c,
         Ok(None) => return,
         Err(e) => {
-            tracing::error!(error = %e, "feedback audit consumer not created");
-            health.set("kafka", false, format!("feedback audit: {e}"));
+            tracing::error!(topic, error = %e, "consumer not created");
+            health.set("kafka", false, format!("{topic}: {e}"));
             return;
         }
     };
-    tracing::info!(topic = %kafka_cfg.topics.feedback, group = %group, "feedback audit running");
+    tracing::info!(topic, group, table, "writing the topic to ClickHouse");
     loop {
         let first = tokio::select! {
             () = shutdown.cancelled() => break,
             m = consumer.recv() => match m {
                 Ok(m) => m.detach(),
                 Err(e) => {
-                    tracing::warn!(error = %e, "feedback audit: kafka receive failed");
+                    tracing::warn!(topic, error = %e, "kafka receive failed");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     continue;
                 }
@@ -130,16 +163,16 @@ pub async fn run(
         let offsets = kafka::batch_offsets(&batch);
         let mut rows = Vec::with_capacity(batch.len());
         for m in &batch {
-            match row_of(m) {
+            match decode(m) {
                 Ok(r) => rows.push(r),
                 Err(reason) => {
-                    metrics::AUDIT.with_label_values(&["invalid"]).inc();
+                    counter.with_label_values(&["invalid"]).inc();
                     tracing::warn!(
                         topic = m.topic(),
                         partition = m.partition(),
                         offset = m.offset(),
                         reason,
-                        "feedback record not audited"
+                        "record not written"
                     );
                 }
             }
@@ -149,23 +182,20 @@ pub async fn run(
             ..RetryPolicy::default()
         });
         while !rows.is_empty() {
-            match insert(&ch, &rows).await {
+            match insert(ch, table, &rows).await {
                 Ok(()) => {
-                    metrics::AUDIT
-                        .with_label_values(&["audited"])
+                    counter
+                        .with_label_values(&["written"])
                         .inc_by(rows.len() as u64);
-                    for r in &rows {
-                        tracing::info!(actor = %r.actor, label = %r.label, org = %r.org, workload = %r.workload, event_id = %r.event_id, note = %r.note, "feedback audited");
-                    }
                     break;
                 }
                 Err(e) => {
-                    health.set("clickhouse", false, format!("feedback audit: {e}"));
-                    tracing::warn!(error = %e, "feedback audit insert failed; retrying");
+                    health.set("clickhouse", false, format!("{table}: {e}"));
+                    tracing::warn!(table, error = %e, "insert failed; retrying");
                 }
             }
-            if !backoff.wait(&shutdown).await {
-                // Unstored: the next start audits these again.
+            if !backoff.wait(shutdown).await {
+                // Unstored: the next start writes these again.
                 kafka::commit_stored(&consumer);
                 return;
             }
@@ -175,8 +205,11 @@ pub async fn run(
     kafka::commit_stored(&consumer);
 }
 
-async fn insert(ch: &Client, rows: &[AuditRow]) -> Result<(), clickhouse::error::Error> {
-    let mut insert = ch.insert::<AuditRow>(TABLE).await?;
+async fn insert<T>(ch: &Client, table: &str, rows: &[T]) -> Result<(), clickhouse::error::Error>
+where
+    T: clickhouse::RowOwned + clickhouse::RowWrite,
+{
+    let mut insert = ch.insert::<T>(table).await?;
     for r in rows {
         insert.write(r).await?;
     }

@@ -17,9 +17,10 @@ use outlier_proto::event_query_server::{EventQuery, EventQueryServer};
 use outlier_proto::feedback_service_server::{FeedbackService, FeedbackServiceServer};
 use outlier_proto::search_server::{Search, SearchServer};
 use outlier_proto::{
-    AlertEnvelope, GetEventRequest, GetEventResponse, QueryEventsRequest, QueryEventsResponse,
-    ScoredEvent, SearchHit, SearchRequest, SearchResponse, StreamAlertsRequest,
-    SubmitFeedbackRequest, SubmitFeedbackResponse, Verdict, search_request,
+    AlertEnvelope, GetEventRequest, GetEventResponse, HostStatus, ListHostsRequest,
+    ListHostsResponse, QueryEventsRequest, QueryEventsResponse, ScoredEvent, SearchHit,
+    SearchRequest, SearchResponse, StreamAlertsRequest, SubmitFeedbackRequest,
+    SubmitFeedbackResponse, Verdict, search_request,
 };
 use prost::Message as _;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -107,6 +108,37 @@ impl EventQuery for Services {
                 req.event_id, req.org
             ))),
         }
+    }
+
+    async fn list_hosts(
+        &self,
+        request: Request<ListHostsRequest>,
+    ) -> Result<Response<ListHostsResponse>, Status> {
+        require_org(&request.get_ref().org)?;
+        self.auth
+            .authorize(request.metadata(), &request.get_ref().org)?;
+        let req = request.into_inner();
+        let now_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let before = if req.silent_for_s == 0 {
+            u64::MAX
+        } else {
+            now_ns.saturating_sub(req.silent_for_s.saturating_mul(1_000_000_000))
+        };
+        let rows = crate::hosts::list(&self.ch, &req.org, before)
+            .await
+            .map_err(|e| Status::unavailable(format!("clickhouse: {e}")))?;
+        Ok(Response::new(ListHostsResponse {
+            hosts: rows
+                .iter()
+                .map(|r| HostStatus {
+                    silent_for_s: now_ns.saturating_sub(r.ts_ns) / 1_000_000_000,
+                    last: Some(r.to_heartbeat()),
+                })
+                .collect(),
+        }))
     }
 }
 

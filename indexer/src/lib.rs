@@ -7,6 +7,7 @@ pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod grpc;
+pub mod hosts;
 pub mod metrics;
 pub mod query;
 pub mod row;

@@ -19,7 +19,16 @@ pub static ROWS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 pub static AUDIT: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "outlier_indexer_feedback_audit_total",
-        "Feedback records of the feedback topic, by outcome (audited/invalid)",
+        "Feedback records of the feedback topic, by outcome (written/invalid)",
+        &["outcome"]
+    )
+    .expect("metric registers once")
+});
+
+pub static HEARTBEATS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "outlier_indexer_heartbeats_total",
+        "Collector heartbeats of the heartbeats topic, by outcome (written/invalid)",
         &["outcome"]
     )
     .expect("metric registers once")

@@ -138,6 +138,10 @@ pub async fn migrate(
         .query(&crate::audit::create_table_sql(db))
         .execute()
         .await?;
+    client
+        .query(&crate::hosts::create_table_sql(db))
+        .execute()
+        .await?;
     let existing: Vec<NameRow> = client
         .query("SELECT name FROM system.columns WHERE database = ? AND table = ?")
         .bind(db)

@@ -164,6 +164,13 @@ pub async fn run(cfg: IndexerConfig, shutdown: CancellationToken) -> Result<(), 
         });
     }
 
+    let hosts = tokio::spawn(crate::hosts::run(
+        cfg.kafka.clone(),
+        format!("{}-heartbeats", cfg.group_id),
+        ch.clone(),
+        health.clone(),
+        shutdown.clone(),
+    ));
     let audit = tokio::spawn(crate::audit::run(
         cfg.kafka.clone(),
         format!("{}-feedback-audit", cfg.group_id),
@@ -250,6 +257,7 @@ pub async fn run(cfg: IndexerConfig, shutdown: CancellationToken) -> Result<(), 
     drop(inflight);
     kafka::commit_stored(&consumer);
     let _ = audit.await;
+    let _ = hosts.await;
     tracing::info!("indexer stopped");
     Ok(())
 }

@@ -48,6 +48,13 @@ impl Event {
     }
 }
 
+impl Heartbeat {
+    /// The Kafka key of a heartbeat: its org and host.
+    pub fn partition_key(&self) -> String {
+        format!("{}/{}", self.org, self.host)
+    }
+}
+
 impl Verdict {
     /// Lower-case name used in storage and on the command line.
     pub fn label(self) -> &'static str {

@@ -31,7 +31,9 @@ use outlier_common::kafka::{self, DLQ_MAX_PAYLOAD, RECORD_KIND_HEADER, Topics};
 use outlier_common::names;
 use outlier_common::retry::{self, Attempt, Failure, RetryPolicy};
 use outlier_common::telemetry::{self, Health};
-use outlier_proto::{Contribution, Event, Feedback, FeedbackLabel, ScoredEvent, Verdict};
+use outlier_proto::{
+    Contribution, Event, Feedback, FeedbackLabel, Heartbeat, ScoredEvent, Verdict,
+};
 use prost::Message as _;
 use rdkafka::Message;
 use rdkafka::consumer::Consumer;
@@ -132,6 +134,8 @@ impl PersistJob {
 pub enum Input {
     Event(Event),
     Feedback(Feedback),
+    /// A collector's heartbeat, its org checked: forwarded as is.
+    Heartbeat(Heartbeat),
 }
 
 /// What became of a consumed record.
@@ -139,6 +143,8 @@ pub enum Outcome {
     Scored(Box<ScoredEvent>),
     /// Feedback applied to a baseline; nothing to publish.
     Applied,
+    /// A heartbeat to forward to the heartbeats topic.
+    Heartbeat(Heartbeat),
     Dead(DeadLetter),
 }
 
@@ -490,9 +496,24 @@ const POISON_TTL: Duration = Duration::from_secs(300);
 /// Most workloads remembered as poisoned.
 const POISONED_MAX: usize = 10_000;
 
-fn has_kind_header(msg: &OwnedMessage) -> bool {
-    msg.headers()
-        .is_some_and(|h| h.iter().any(|h| h.key == RECORD_KIND_HEADER))
+/// The record-kind header's value, if the record has one.
+fn record_kind(msg: &OwnedMessage) -> Option<Vec<u8>> {
+    msg.headers().and_then(|h| {
+        h.iter()
+            .find(|h| h.key == RECORD_KIND_HEADER)
+            .map(|h| h.value.unwrap_or_default().to_vec())
+    })
+}
+
+/// An org named on an org's own topic must be that org.
+fn check_topic_org(topics: &Topics, topic: &str, org: &str) -> Result<(), DeadLetter> {
+    match topics.org_of_events_topic(topic) {
+        Some(owner) if owner != org => Err(DeadLetter {
+            reason: format!("event of org `{org}` on org `{owner}`'s topic {topic}"),
+            label: "org_mismatch",
+        }),
+        _ => Ok(()),
+    }
 }
 
 fn check_event(event: &Event) -> Result<(), DeadLetter> {
@@ -546,33 +567,39 @@ pub fn decode(msg: &OwnedMessage, topics: &Topics, max_bytes: usize) -> Result<I
         }
         return Ok(Input::Feedback(fb));
     }
-    if has_kind_header(msg) {
+    match record_kind(msg).as_deref() {
+        None => {}
+        Some(k) if k == kafka::HEARTBEAT_KIND.as_bytes() => {
+            let h = Heartbeat::decode(payload).map_err(|e| DeadLetter {
+                reason: format!("not an outlier.v1.Heartbeat: {e}"),
+                label: "decode",
+            })?;
+            for (field, value) in [("org", &h.org), ("host", &h.host)] {
+                names::validate(field, value).map_err(|e| DeadLetter {
+                    reason: e.to_string(),
+                    label: "invalid_name",
+                })?;
+            }
+            check_topic_org(topics, msg.topic(), &h.org)?;
+            return Ok(Input::Heartbeat(h));
+        }
         // Whoever may write events may not teach baselines.
-        return Err(DeadLetter {
-            reason: format!(
-                "feedback on an events topic is refused; operators publish it to {}",
-                topics.feedback
-            ),
-            label: "feedback_on_events",
-        });
+        Some(_) => {
+            return Err(DeadLetter {
+                reason: format!(
+                    "feedback on an events topic is refused; operators publish it to {}",
+                    topics.feedback
+                ),
+                label: "feedback_on_events",
+            });
+        }
     }
     let event = Event::decode(payload).map_err(|e| DeadLetter {
         reason: format!("not an outlier.v1.Event: {e}"),
         label: "decode",
     })?;
     check_event(&event)?;
-    if let Some(owner) = topics.org_of_events_topic(msg.topic())
-        && owner != event.org
-    {
-        return Err(DeadLetter {
-            reason: format!(
-                "event of org `{}` on org `{owner}`'s topic {}",
-                event.org,
-                msg.topic()
-            ),
-            label: "org_mismatch",
-        });
-    }
+    check_topic_org(topics, msg.topic(), &event.org)?;
     Ok(Input::Event(event))
 }
 
@@ -600,7 +627,7 @@ impl Worker<'_> {
             let event = match input {
                 Ok(Input::Event(e)) => e,
                 Ok(Input::Feedback(f)) => f.event.as_ref().expect("checked in decode"),
-                Err(_) => continue,
+                Ok(Input::Heartbeat(_)) | Err(_) => continue,
             };
             let key = workload_key(&event.org, &event.workload);
             if self.poisoned.contains_key(&key) {
@@ -639,7 +666,7 @@ impl Worker<'_> {
                 let event = match input {
                     Ok(Input::Event(e)) => e,
                     Ok(Input::Feedback(f)) => f.event.as_ref().expect("checked in decode"),
-                    Err(_) => continue,
+                    Ok(Input::Heartbeat(_)) | Err(_) => continue,
                 };
                 if let Some((reason, _)) = self
                     .poisoned
@@ -704,6 +731,15 @@ impl Worker<'_> {
                     });
                 }
                 Outcome::Applied => metrics::EVENTS.with_label_values(&["feedback"]).inc(),
+                Outcome::Heartbeat(h) => {
+                    metrics::EVENTS.with_label_values(&["heartbeat"]).inc();
+                    records.push(OutRecord {
+                        topic: topics.heartbeats.clone(),
+                        key: h.partition_key().into_bytes(),
+                        payload: h.encode_to_vec(),
+                        headers: None,
+                    });
+                }
                 Outcome::Dead(dl) => {
                     metrics::EVENTS.with_label_values(&["deadletter"]).inc();
                     metrics::DEADLETTER.with_label_values(&[dl.label]).inc();
@@ -1127,6 +1163,7 @@ impl Judge {
                     self.feedback(&fb);
                     Outcome::Applied
                 }
+                Ok(Input::Heartbeat(h)) => Outcome::Heartbeat(h),
                 Err(dl) => Outcome::Dead(dl),
             })
             .collect()

@@ -6,6 +6,7 @@
 //!     outlier --org acme alerts --follow
 //!     outlier --org acme event EVENT_ID
 //!     outlier --org acme feedback EVENT_ID --benign --reason "nightly backup"
+//!     outlier --org acme hosts --silent 5m
 
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -16,8 +17,9 @@ use outlier_proto::event_query_client::EventQueryClient;
 use outlier_proto::feedback_service_client::FeedbackServiceClient;
 use outlier_proto::search_client::SearchClient;
 use outlier_proto::{
-    EventKind, FeedbackLabel, GetEventRequest, QueryEventsRequest, ScoredEvent, SearchRequest,
-    SortOrder, StreamAlertsRequest, SubmitFeedbackRequest, Verdict, event::Detail, search_request,
+    EventKind, FeedbackLabel, GetEventRequest, ListHostsRequest, QueryEventsRequest, ScoredEvent,
+    SearchRequest, SortOrder, StreamAlertsRequest, SubmitFeedbackRequest, Verdict, event::Detail,
+    search_request,
 };
 use serde_json::json;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -120,6 +122,13 @@ enum Command {
         /// Only alerts (not warnings).
         #[arg(long)]
         alerts_only: bool,
+    },
+    /// The org's hosts and their collectors' latest heartbeats, most
+    /// silent first.
+    Hosts {
+        /// Only hosts silent for at least this long (5m, 1h).
+        #[arg(long)]
+        silent: Option<String>,
     },
     /// Tell the scorers an event is benign (its workload learns the
     /// behaviour) or malicious (its workload forgets it). Audited with your
@@ -400,6 +409,58 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .map_err(|e| e.message().to_string())?
                 .into_inner();
             print_events(resp.events, cli.json);
+        }
+        Command::Hosts { silent } => {
+            let silent_for_s = match silent {
+                Some(s) => parse_ago(&s)?.as_secs().max(1),
+                None => 0,
+            };
+            let hosts = EventQueryClient::with_interceptor(channel, auth)
+                .list_hosts(ListHostsRequest { org, silent_for_s })
+                .await
+                .map_err(|e| e.message().to_string())?
+                .into_inner()
+                .hosts;
+            if cli.json {
+                for h in &hosts {
+                    let l = h.last.clone().unwrap_or_default();
+                    println!(
+                        "{}",
+                        json!({
+                            "host": l.host, "silent_for_s": h.silent_for_s, "last_ts_ns": l.ts_ns,
+                            "version": l.version, "capture_mode": l.capture_mode,
+                            "events_captured": l.events_captured, "kernel_drops": l.kernel_drops,
+                            "spool_dropped": l.spool_dropped, "spool_backlog": l.spool_backlog,
+                        })
+                    );
+                }
+            } else {
+                println!(
+                    "{:<24} {:>10} {:<10} {:<7} {:>12} {:>12} {:>12} {:>12}",
+                    "HOST",
+                    "SILENT",
+                    "VERSION",
+                    "MODE",
+                    "CAPTURED",
+                    "KERNEL DROP",
+                    "SPOOL DROP",
+                    "BACKLOG"
+                );
+                for h in &hosts {
+                    let l = h.last.clone().unwrap_or_default();
+                    println!(
+                        "{:<24} {:>10} {:<10} {:<7} {:>12} {:>12} {:>12} {:>12}",
+                        cut(&l.host, 24),
+                        format!("{}s", h.silent_for_s),
+                        cut(&l.version, 10),
+                        cut(&l.capture_mode, 7),
+                        l.events_captured,
+                        l.kernel_drops,
+                        l.spool_dropped,
+                        l.spool_backlog
+                    );
+                }
+            }
         }
         Command::Feedback {
             id,
