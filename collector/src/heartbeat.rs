@@ -69,13 +69,14 @@ pub async fn publish(
     h: &Heartbeat,
 ) -> Result<(), KafkaError> {
     let (key, payload) = (h.partition_key(), h.encode_to_vec());
-    let record = FutureRecord::to(topic)
-        .key(&key)
-        .payload(&payload)
-        .headers(OwnedHeaders::new().insert(Header {
-            key: RECORD_KIND_HEADER,
-            value: Some(HEARTBEAT_KIND),
-        }));
+    let record =
+        FutureRecord::to(topic)
+            .key(&key)
+            .payload(&payload)
+            .headers(OwnedHeaders::new().insert(Header {
+                key: RECORD_KIND_HEADER,
+                value: Some(HEARTBEAT_KIND),
+            }));
     producer
         .send(record, Duration::from_secs(10))
         .await
