@@ -6,9 +6,10 @@
 //! missing beat. The scorers check its org and forward it; the indexer keeps
 //! each host's latest (`outlier hosts --silent 5m`).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use outlier_common::kafka::{HEARTBEAT_KIND, KafkaConfig, RECORD_KIND_HEADER};
+use outlier_common::now_ns;
 use outlier_proto::Heartbeat;
 use prometheus::IntCounterVec;
 use prometheus::core::Collector as _;
@@ -27,13 +28,6 @@ pub struct Reporter {
     pub host: String,
     pub capture_mode: String,
     pub started_ns: u64,
-}
-
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
 }
 
 fn total(v: &IntCounterVec) -> u64 {

@@ -4,7 +4,7 @@
 //! Kafka. Capture never waits for Kafka: the spool absorbs an outage (up to
 //! its bound) and the sender drains it in order when Kafka returns.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use outlier_common::names;
 use outlier_common::telemetry::{self, Health};
@@ -139,10 +139,7 @@ pub async fn run(
             org: cfg.identity.org.clone(),
             host: host.clone(),
             capture_mode: mode.to_string(),
-            started_ns: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(0),
+            started_ns: outlier_common::now_ns(),
         };
         tokio::spawn(crate::heartbeat::run(
             cfg.kafka.clone(),

@@ -32,6 +32,14 @@ where
     figment.extract().map_err(Box::new)
 }
 
+/// Reads a secret (a password) from the file a config key names; a
+/// trailing newline is not part of it. The error names the key.
+pub fn read_secret_file(key: &str, path: &str) -> Result<String, String> {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
+        .map_err(|e| format!("{key} {path}: {e}"))
+}
+
 /// The effective configuration as pretty JSON for `--print-config`, with
 /// secrets masked: any value under a key naming a password, secret or token
 /// (ClickHouse passwords, `sasl.password`, `ssl.key.password`, ...).

@@ -75,36 +75,47 @@ impl SaslConfig {
     /// (`$OUTLIER_STATE/auth/kafka/admin.password`, by default under the
     /// source tree's `.outlier/`). `None`: no authentication.
     pub fn from_env() -> Option<SaslConfig> {
-        let with = |username: String, password_file: String| SaslConfig {
-            mechanism: default_mechanism(),
-            username,
-            password: String::new(),
-            password_file,
-            ca: String::new(),
-        };
-        if let Ok(user) = std::env::var("OUTLIER_KAFKA_USER") {
-            let file = std::env::var("OUTLIER_KAFKA_PASSWORD_FILE").unwrap_or_default();
-            return Some(with(user, file));
+        if let Ok(username) = std::env::var("OUTLIER_KAFKA_USER") {
+            return Some(SaslConfig {
+                mechanism: default_mechanism(),
+                username,
+                password: String::new(),
+                password_file: std::env::var("OUTLIER_KAFKA_PASSWORD_FILE").unwrap_or_default(),
+                ca: String::new(),
+            });
         }
-        let state = std::env::var("OUTLIER_STATE")
-            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../.outlier").to_string());
-        let file = std::path::Path::new(&state).join("auth/kafka/admin.password");
-        file.is_file()
-            .then(|| with("admin".into(), file.display().to_string()))
+        let admin = Self::stack_admin(&Self::local_stack_state());
+        std::path::Path::new(&admin.password_file)
+            .is_file()
+            .then_some(admin)
     }
 
-    /// Admin credentials of a stack whose state directory is `state`.
-    pub fn stack_admin(state: &std::path::Path) -> SaslConfig {
+    /// The local stack's state directory: `$OUTLIER_STATE`, by default the
+    /// source tree's `.outlier/`.
+    pub fn local_stack_state() -> std::path::PathBuf {
+        std::env::var("OUTLIER_STATE")
+            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../.outlier").to_string())
+            .into()
+    }
+
+    /// Credentials of the stack principal `name` (scripts/stack keeps its
+    /// password in `STATE/auth/kafka/NAME.password`).
+    pub fn stack_principal(state: &std::path::Path, name: &str) -> SaslConfig {
         SaslConfig {
             mechanism: default_mechanism(),
-            username: "admin".into(),
+            username: name.into(),
             password: String::new(),
             password_file: state
-                .join("auth/kafka/admin.password")
+                .join(format!("auth/kafka/{name}.password"))
                 .display()
                 .to_string(),
             ca: String::new(),
         }
+    }
+
+    /// Admin credentials of a stack whose state directory is `state`.
+    pub fn stack_admin(state: &std::path::Path) -> SaslConfig {
+        Self::stack_principal(state, "admin")
     }
 
     /// These credentials as a `[kafka.sasl]` TOML table (for the config
@@ -142,9 +153,7 @@ impl SaslConfig {
         if self.password_file.is_empty() {
             return Err("kafka.sasl: set password_file (or password)".into());
         }
-        std::fs::read_to_string(&self.password_file)
-            .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
-            .map_err(|e| format!("kafka.sasl.password_file {}: {e}", self.password_file))
+        crate::config::read_secret_file("kafka.sasl.password_file", &self.password_file)
     }
 }
 
@@ -240,13 +249,46 @@ pub const RECORD_KIND_HEADER: &str = "outlier-record";
 /// [`RECORD_KIND_HEADER`] value of a collector's heartbeat.
 pub const HEARTBEAT_KIND: &str = "heartbeat";
 
+/// Sends an operator's feedback to the feedback topic, keyed like its event
+/// so that it reaches the scorer that owns the workload (the scorers read
+/// the feedback topic co-partitioned with the events topics).
+pub async fn send_feedback(
+    producer: &rdkafka::producer::FutureProducer,
+    topics: &Topics,
+    fb: &outlier_proto::Feedback,
+    timeout: Duration,
+) -> Result<(), KafkaError> {
+    use prost::Message as _;
+    let key = fb
+        .event
+        .as_ref()
+        .map(|e| e.partition_key())
+        .unwrap_or_default();
+    let payload = fb.encode_to_vec();
+    producer
+        .send(
+            rdkafka::producer::FutureRecord::to(&topics.feedback)
+                .key(&key)
+                .payload(&payload),
+            timeout,
+        )
+        .await
+        .map(|_| ())
+        .map_err(|(e, _)| e)
+}
+
+/// The [`RECORD_KIND_HEADER`] value of a record, if it has the header.
+pub fn record_kind<M: rdkafka::Message>(m: &M) -> Option<&[u8]> {
+    use rdkafka::message::Headers as _;
+    m.headers()?
+        .iter()
+        .find(|h| h.key == RECORD_KIND_HEADER)
+        .map(|h| h.value.unwrap_or_default())
+}
+
 /// Whether a record of an events topic is a collector's heartbeat.
 pub fn is_heartbeat<M: rdkafka::Message>(m: &M) -> bool {
-    use rdkafka::message::Headers as _;
-    m.headers().is_some_and(|h| {
-        h.iter()
-            .any(|h| h.key == RECORD_KIND_HEADER && h.value == Some(HEARTBEAT_KIND.as_bytes()))
-    })
+    record_kind(m) == Some(HEARTBEAT_KIND.as_bytes())
 }
 
 /// Header carrying the reason a record went to the dead-letter topic.

@@ -13,5 +13,13 @@ pub mod names;
 pub mod retry;
 pub mod telemetry;
 
+/// Now, in nanoseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
 /// Version of the Outlier build, stamped on scored events.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

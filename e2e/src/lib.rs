@@ -127,13 +127,7 @@ impl TestEnv {
     }
 }
 
-/// Now, in nanoseconds since the epoch.
-pub fn now_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
-}
+pub use outlier_common::now_ns;
 
 /// The reason header of a dead-letter record.
 pub fn dlq_reason(m: &impl rdkafka::Message) -> Option<String> {
@@ -253,4 +247,12 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, St
         .await
         .ok()
         .flatten()
+}
+
+/// Feedback records the scorers of this test process have applied so far
+/// (`outlier_scorer_events_total{result="feedback"}`).
+pub fn feedback_applied() -> u64 {
+    outlier_scorer::metrics::EVENTS
+        .with_label_values(&["feedback"])
+        .get()
 }

@@ -252,11 +252,7 @@ async fn only_a_known_token_reads_and_only_its_orgs() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e}");
-    let applied = || {
-        outlier_scorer::metrics::EVENTS
-            .with_label_values(&["feedback"])
-            .get()
-    };
+    let applied = outlier_e2e::feedback_applied;
     let before = applied();
     let done = f
         .submit_feedback(fb(&org, "mine", "t-alice"))

@@ -5,7 +5,6 @@
 //! reaches that org's baseline; operators' feedback is applied and audited
 //! in ClickHouse with who, when and why.
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -20,33 +19,16 @@ use rdkafka::{Message as _, TopicPartitionList};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-/// Where the stack keeps its Kafka credentials.
-fn secrets_dir() -> PathBuf {
-    if let Ok(f) = std::env::var("OUTLIER_KAFKA_PASSWORD_FILE") {
-        return PathBuf::from(f)
-            .parent()
-            .expect("a directory")
-            .to_path_buf();
-    }
-    let state = std::env::var("OUTLIER_STATE")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../.outlier").to_string());
-    PathBuf::from(state).join("auth/kafka")
-}
-
 /// The Kafka settings of one of the stack's principals.
 fn as_principal(env: &TestEnv, name: &str) -> KafkaConfig {
-    let file = secrets_dir().join(format!("{name}.password"));
+    let sasl = SaslConfig::stack_principal(&SaslConfig::local_stack_state(), name);
     assert!(
-        file.is_file(),
+        std::path::Path::new(&sasl.password_file).is_file(),
         "{} missing: run scripts/stack up --infra",
-        file.display()
+        sasl.password_file
     );
     let mut k = env.kafka.clone();
-    k.sasl = Some(SaslConfig {
-        username: name.into(),
-        password_file: file.display().to_string(),
-        ..SaslConfig::stack_admin(std::path::Path::new("/"))
-    });
+    k.sasl = Some(sasl);
     k
 }
 
@@ -227,9 +209,7 @@ async fn feedback_is_applied_by_the_scorer_and_audited_in_clickhouse() {
     let scorer = tokio::spawn(outlier_scorer::run(env.scorer_config(), shutdown.clone()));
     let org = format!("o{}", &env.id[env.id.len() - 8..]);
     let e = exec("fb-1", &org, &["pg_dump", "-Fc", "shop"]);
-    let before = outlier_scorer::metrics::EVENTS
-        .with_label_values(&["feedback"])
-        .get();
+    let before = outlier_e2e::feedback_applied();
     outlier_scorer::feedback::publish(
         &env.kafka,
         e,
@@ -270,11 +250,7 @@ async fn feedback_is_applied_by_the_scorer_and_audited_in_clickhouse() {
     assert_eq!(r.what, "pg_dump -Fc shop");
     // The scorer applied it too.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while outlier_scorer::metrics::EVENTS
-        .with_label_values(&["feedback"])
-        .get()
-        <= before
-    {
+    while outlier_e2e::feedback_applied() <= before {
         assert!(
             tokio::time::Instant::now() < deadline,
             "feedback not applied"

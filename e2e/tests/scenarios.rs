@@ -32,11 +32,7 @@ async fn send_feedback(env: &TestEnv, line: &str, label: FeedbackLabel) {
         .unwrap()
         .as_nanos() as u64;
     let event = json::parse_line(line, now, || unreachable!()).unwrap();
-    let applied = || {
-        outlier_scorer::metrics::EVENTS
-            .with_label_values(&["feedback"])
-            .get()
-    };
+    let applied = outlier_e2e::feedback_applied;
     let before = applied();
     outlier_scorer::feedback::publish(&env.kafka, event, label, "e2e", "")
         .await

@@ -1,15 +1,12 @@
 //! The feedback audit: every record of the feedback topic — an operator's
-//! verdict on an event, which teaches or untaches a workload's baseline —
+//! verdict on an event, which teaches or unteaches a workload's baseline —
 //! becomes a row of `feedback_audit` in ClickHouse: who, when, why, and on
 //! what. The indexer reads the topic in its own consumer group (the scorers
 //! read it too, to apply it), at-least-once; a replayed record collapses
 //! into its first row (ReplacingMergeTree ordered by the record's source).
 
-use std::time::Duration;
-
 use clickhouse::{Client, Row};
-use outlier_common::kafka::{self, Assignment, KafkaConfig};
-use outlier_common::retry::{Backoff, RetryPolicy};
+use outlier_common::kafka::KafkaConfig;
 use outlier_common::telemetry::Health;
 use outlier_proto::{Feedback, FeedbackLabel, event::Detail};
 use prost::Message as _;
@@ -95,7 +92,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let topic = kafka_cfg.topics.feedback.clone();
-    sink_topic(
+    crate::topic_sink::run(
         &kafka_cfg,
         &topic,
         &group,
@@ -107,113 +104,6 @@ pub async fn run(
         &shutdown,
     )
     .await
-}
-
-/// Writes each record of `topic` as a row of `table`, at-least-once: a
-/// batch's offsets are stored once its rows are in ClickHouse (retried
-/// with backoff while it refuses them). Records `decode` rejects are logged
-/// and counted under `invalid`; rows written under `written`.
-#[allow(clippy::too_many_arguments)]
-pub async fn sink_topic<T>(
-    kafka_cfg: &KafkaConfig,
-    topic: &str,
-    group: &str,
-    table: &str,
-    decode: fn(&OwnedMessage) -> Result<T, String>,
-    counter: &prometheus::IntCounterVec,
-    ch: &Client,
-    health: &Health,
-    shutdown: &CancellationToken,
-) where
-    T: clickhouse::RowOwned + clickhouse::RowWrite + Send + Sync,
-{
-    let consumer = match kafka::at_least_once_clients(
-        kafka_cfg,
-        "outlier-indexer-side",
-        group,
-        &[topic],
-        Assignment::Sticky,
-        health,
-        shutdown,
-    )
-    .await
-    {
-        Ok(Some((c, _))) => c,
-        Ok(None) => return,
-        Err(e) => {
-            tracing::error!(topic, error = %e, "consumer not created");
-            health.set("kafka", false, format!("{topic}: {e}"));
-            return;
-        }
-    };
-    tracing::info!(topic, group, table, "writing the topic to ClickHouse");
-    loop {
-        let first = tokio::select! {
-            () = shutdown.cancelled() => break,
-            m = consumer.recv() => match m {
-                Ok(m) => m.detach(),
-                Err(e) => {
-                    tracing::warn!(topic, error = %e, "kafka receive failed");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
-                }
-            },
-        };
-        let batch = kafka::fill_batch(&consumer, first, 1000, Duration::from_millis(100)).await;
-        let offsets = kafka::batch_offsets(&batch);
-        let mut rows = Vec::with_capacity(batch.len());
-        for m in &batch {
-            match decode(m) {
-                Ok(r) => rows.push(r),
-                Err(reason) => {
-                    counter.with_label_values(&["invalid"]).inc();
-                    tracing::warn!(
-                        topic = m.topic(),
-                        partition = m.partition(),
-                        offset = m.offset(),
-                        reason,
-                        "record not written"
-                    );
-                }
-            }
-        }
-        let mut backoff = Backoff::new(RetryPolicy {
-            max_delay: Duration::from_secs(30),
-            ..RetryPolicy::default()
-        });
-        while !rows.is_empty() {
-            match insert(ch, table, &rows).await {
-                Ok(()) => {
-                    counter
-                        .with_label_values(&["written"])
-                        .inc_by(rows.len() as u64);
-                    break;
-                }
-                Err(e) => {
-                    health.set("clickhouse", false, format!("{table}: {e}"));
-                    tracing::warn!(table, error = %e, "insert failed; retrying");
-                }
-            }
-            if !backoff.wait(shutdown).await {
-                // Unstored: the next start writes these again.
-                kafka::commit_stored(&consumer);
-                return;
-            }
-        }
-        kafka::store_offsets(&consumer, &offsets);
-    }
-    kafka::commit_stored(&consumer);
-}
-
-async fn insert<T>(ch: &Client, table: &str, rows: &[T]) -> Result<(), clickhouse::error::Error>
-where
-    T: clickhouse::RowOwned + clickhouse::RowWrite,
-{
-    let mut insert = ch.insert::<T>(table).await?;
-    for r in rows {
-        insert.write(r).await?;
-    }
-    insert.end().await
 }
 
 #[cfg(test)]

@@ -36,7 +36,7 @@ struct IdentityEntry {
     name: String,
     token_sha256: String,
     orgs: Vec<String>,
-    /// May give feedback (teach or untach baselines) on its orgs' events.
+    /// May give feedback (teach or unteach baselines) on its orgs' events.
     #[serde(default)]
     feedback: bool,
 }

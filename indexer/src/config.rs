@@ -148,9 +148,7 @@ impl ClickHouseConfig {
         if self.password_file.is_empty() {
             return Ok(self.password.clone());
         }
-        std::fs::read_to_string(&self.password_file)
-            .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
-            .map_err(|e| format!("clickhouse.password_file {}: {e}", self.password_file))
+        outlier_common::config::read_secret_file("clickhouse.password_file", &self.password_file)
     }
 
     pub fn validate(&self) -> Result<(), String> {

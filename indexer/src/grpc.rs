@@ -118,10 +118,7 @@ impl EventQuery for Services {
         self.auth
             .authorize(request.metadata(), &request.get_ref().org)?;
         let req = request.into_inner();
-        let now_ns = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
+        let now_ns = outlier_common::now_ns();
         let before = if req.silent_for_s == 0 {
             u64::MAX
         } else {
@@ -365,28 +362,16 @@ impl FeedbackService for Services {
             label: label as i32,
             actor,
             note: req.reason,
-            ts_ns: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(0),
+            ts_ns: outlier_common::now_ns(),
         };
-        let key = feedback
-            .event
-            .as_ref()
-            .map(|e| e.partition_key())
-            .unwrap_or_default();
-        let payload = feedback.encode_to_vec();
-        self.producer
-            .send(
-                rdkafka::producer::FutureRecord::to(&self.kafka.topics.feedback)
-                    .key(&key)
-                    .payload(&payload),
-                Duration::from_secs(10),
-            )
-            .await
-            .map_err(|(e, _)| {
-                Status::unavailable(format!("feedback not delivered to Kafka: {e}"))
-            })?;
+        outlier_common::kafka::send_feedback(
+            &self.producer,
+            &self.kafka.topics,
+            &feedback,
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|e| Status::unavailable(format!("feedback not delivered to Kafka: {e}")))?;
         tracing::info!(actor = %feedback.actor, org = %req.org, event_id = %req.event_id, label = ?label, "feedback published");
         Ok(Response::new(SubmitFeedbackResponse {
             feedback: Some(feedback),

@@ -92,7 +92,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let topic = kafka_cfg.topics.heartbeats.clone();
-    crate::audit::sink_topic(
+    crate::topic_sink::run(
         &kafka_cfg,
         &topic,
         &group,

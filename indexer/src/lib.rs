@@ -14,6 +14,7 @@ pub mod row;
 pub mod schema;
 pub mod search_index;
 pub mod sink;
+pub mod topic_sink;
 
 pub use config::IndexerConfig;
 pub use sink::run;

@@ -377,10 +377,7 @@ impl<'a> Sink<'a> {
             }
             metrics::INSERT_SECONDS.observe(t.elapsed().as_secs_f64());
             metrics::BATCH_ROWS.observe(rows.len() as f64);
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(0);
+            let now = outlier_common::now_ns();
             for r in &rows {
                 metrics::LAG_SECONDS.observe(now.saturating_sub(r.ts_ns) as f64 / 1e9);
             }

@@ -6,12 +6,13 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use outlier_common::json;
 use outlier_common::kafka::KafkaConfig;
+use outlier_common::now_ns;
 use outlier_proto::Verdict;
 use prost::Message as _;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -76,13 +77,6 @@ pub struct RunResult {
     /// Per event (after warm-up): label index and what the scorer said.
     pub outcomes: Vec<(u32, Option<Seen>)>,
     pub org: String,
-}
-
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
 }
 
 fn seq_of(prefix: &str, id: &str) -> Option<usize> {

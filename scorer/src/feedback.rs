@@ -1,14 +1,13 @@
 //! Publishing an operator's verdict on an event (see [`crate::pipeline`]
 //! for what the scorer does with it).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use outlier_common::json;
-use outlier_common::kafka::KafkaConfig;
+use outlier_common::kafka::{self, KafkaConfig};
+use outlier_common::{json, now_ns};
 use outlier_proto::{Event, Feedback, FeedbackLabel};
-use prost::Message as _;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 
 /// Publishes feedback on `event` to the feedback topic, keyed like the
 /// event so it reaches the scorer that owns the workload (the scorers read
@@ -21,33 +20,15 @@ pub async fn publish(
     actor: &str,
     note: &str,
 ) -> Result<(), KafkaError> {
-    let now = now_ns();
-    let key = event.partition_key();
     let fb = Feedback {
         event: Some(event),
         label: label as i32,
         actor: actor.to_string(),
         note: note.to_string(),
-        ts_ns: now,
+        ts_ns: now_ns(),
     };
     let producer: FutureProducer = kafka.producer_config("outlier-feedback").create()?;
-    producer
-        .send(
-            FutureRecord::to(&kafka.topics.feedback)
-                .key(&key)
-                .payload(&fb.encode_to_vec()),
-            Duration::from_secs(30),
-        )
-        .await
-        .map(|_| ())
-        .map_err(|(e, _)| e)
-}
-
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
+    kafka::send_feedback(&producer, &kafka.topics, &fb, Duration::from_secs(30)).await
 }
 
 /// Parses the events of a JSON Lines v1 text, reporting bad lines.

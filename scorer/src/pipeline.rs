@@ -20,15 +20,16 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::future::join_all;
 use futures::stream::FuturesOrdered;
 use outlier_classifier::{Assessment, Classifier};
 use outlier_common::featurize::embed;
-use outlier_common::kafka::{self, DLQ_MAX_PAYLOAD, RECORD_KIND_HEADER, Topics};
+use outlier_common::kafka::{self, DLQ_MAX_PAYLOAD, Topics};
 use outlier_common::names;
+use outlier_common::now_ns;
 use outlier_common::retry::{self, Attempt, Failure, RetryPolicy};
 use outlier_common::telemetry::{self, Health};
 use outlier_proto::{
@@ -38,7 +39,7 @@ use prost::Message as _;
 use rdkafka::Message;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Headers, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use thiserror::Error;
 use tokio::sync::mpsc;
@@ -78,13 +79,6 @@ pub fn workload_key(org: &str, workload: &str) -> WorkloadKey {
 
 fn split_key(k: &str) -> (&str, &str) {
     k.split_once('\0').unwrap_or((k, ""))
-}
-
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
 }
 
 /// A record to publish: scored events, alerts and dead letters.
@@ -496,15 +490,6 @@ const POISON_TTL: Duration = Duration::from_secs(300);
 /// Most workloads remembered as poisoned.
 const POISONED_MAX: usize = 10_000;
 
-/// The record-kind header's value, if the record has one.
-fn record_kind(msg: &OwnedMessage) -> Option<Vec<u8>> {
-    msg.headers().and_then(|h| {
-        h.iter()
-            .find(|h| h.key == RECORD_KIND_HEADER)
-            .map(|h| h.value.unwrap_or_default().to_vec())
-    })
-}
-
 /// An org named on an org's own topic must be that org.
 fn check_topic_org(topics: &Topics, topic: &str, org: &str) -> Result<(), DeadLetter> {
     match topics.org_of_events_topic(topic) {
@@ -516,13 +501,18 @@ fn check_topic_org(topics: &Topics, topic: &str, org: &str) -> Result<(), DeadLe
     }
 }
 
-fn check_event(event: &Event) -> Result<(), DeadLetter> {
-    for (field, value) in [("org", &event.org), ("workload", &event.workload)] {
+fn check_names(pairs: [(&'static str, &str); 2]) -> Result<(), DeadLetter> {
+    for (field, value) in pairs {
         names::validate(field, value).map_err(|e| DeadLetter {
             reason: e.to_string(),
             label: "invalid_name",
         })?;
     }
+    Ok(())
+}
+
+fn check_event(event: &Event) -> Result<(), DeadLetter> {
+    check_names([("org", &event.org), ("workload", &event.workload)])?;
     if event.detail.is_none() {
         return Err(DeadLetter {
             reason: "event has no exec, connect or open detail".into(),
@@ -567,19 +557,14 @@ pub fn decode(msg: &OwnedMessage, topics: &Topics, max_bytes: usize) -> Result<I
         }
         return Ok(Input::Feedback(fb));
     }
-    match record_kind(msg).as_deref() {
+    match kafka::record_kind(msg) {
         None => {}
         Some(k) if k == kafka::HEARTBEAT_KIND.as_bytes() => {
             let h = Heartbeat::decode(payload).map_err(|e| DeadLetter {
                 reason: format!("not an outlier.v1.Heartbeat: {e}"),
                 label: "decode",
             })?;
-            for (field, value) in [("org", &h.org), ("host", &h.host)] {
-                names::validate(field, value).map_err(|e| DeadLetter {
-                    reason: e.to_string(),
-                    label: "invalid_name",
-                })?;
-            }
+            check_names([("org", &h.org), ("host", &h.host)])?;
             check_topic_org(topics, msg.topic(), &h.org)?;
             return Ok(Input::Heartbeat(h));
         }

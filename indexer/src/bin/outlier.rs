@@ -9,9 +9,10 @@
 //!     outlier --org acme hosts --silent 5m
 
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use outlier_common::now_ns;
 use outlier_proto::alert_stream_client::AlertStreamClient;
 use outlier_proto::event_query_client::EventQueryClient;
 use outlier_proto::feedback_service_client::FeedbackServiceClient;
@@ -174,13 +175,6 @@ fn parse_ago(s: &str) -> Result<Duration, String> {
         _ => return Err(format!("bad duration unit in `{s}` (s, m, h or d)")),
     };
     Ok(Duration::from_secs(secs))
-}
-
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
 }
 
 /// What an event did, in one line.
