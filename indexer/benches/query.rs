@@ -5,7 +5,11 @@
 //! 2. p50/p99 of a typical filtered query (an org's alerts of the last hour,
 //!    first page) over 10M rows;
 //! 3. p50/p99 of a search over 1M behaviour vectors (vector search alone,
-//!    and the whole Search: vectors, then the events from ClickHouse).
+//!    and the whole Search: vectors, then the events from ClickHouse);
+//! 4. the cost of the trust boundary: the same Search RPC through the real
+//!    gRPC server, plaintext without tokens against TLS with a bearer token
+//!    (certificates made with openssl, as `scripts/stack` makes them),
+//!    calls interleaved so both see the same machine.
 //!
 //! ```text
 //! OUTLIER_BENCH_ROWS=10000000 OUTLIER_BENCH_VECTORS=1000000 \
@@ -198,9 +202,11 @@ async fn main() {
 
     // 3. Search over 1M behaviour vectors of one org.
     let dir = tempfile::tempdir().unwrap();
-    let idx = SearchIndex::open(dir.path().to_str().unwrap())
-        .await
-        .unwrap();
+    let idx = std::sync::Arc::new(
+        SearchIndex::open(dir.path().to_str().unwrap())
+            .await
+            .unwrap(),
+    );
     let mut rng = Rng(42);
     let t = Instant::now();
     for chunk in (0..vectors_n).collect::<Vec<_>>().chunks(100_000) {
@@ -249,8 +255,155 @@ async fn main() {
     println!(
         "| Search (vectors + events from ClickHouse, {rows_n} rows) | p50 {p50:.1} ms, p99 {p99:.1} ms |"
     );
+
+    // 4. The Search RPC over the network: plaintext vs TLS + bearer token.
+    grpc_cost(&ch, idx.clone(), &queries).await;
+
     let _ = admin
         .query(&format!("DROP DATABASE IF EXISTS {db}"))
         .execute()
         .await;
+}
+
+fn openssl(dir: &std::path::Path, args: &str) {
+    let out = std::process::Command::new("openssl")
+        .args(args.split(' '))
+        .current_dir(dir)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        out.status.success(),
+        "openssl {args}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// p50/p99 of the Search RPC (top 20, org-1) through two servers of the
+/// same services: one plaintext without tokens (`auth.insecure`), one TLS
+/// with a bearer token checked on every call. New connections are not
+/// measured: each client keeps one channel, as the CLI and SDKs do.
+async fn grpc_cost(ch: &clickhouse::Client, idx: std::sync::Arc<SearchIndex>, queries: &[&str]) {
+    use outlier_indexer::auth::{Authorizer, token_sha256};
+    use outlier_indexer::grpc::{self, Services};
+    use outlier_proto::search_client::SearchClient;
+    use outlier_proto::{SearchRequest, search_request};
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    openssl(
+        d,
+        "req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=bench-CA -keyout ca.key -out ca.pem",
+    );
+    openssl(
+        d,
+        "req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout server.key -out server.csr",
+    );
+    std::fs::write(
+        d.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(
+        d,
+        "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile server.ext -out server.pem",
+    );
+    let read = |f: &str| std::fs::read(d.join(f)).unwrap();
+
+    let kafka = outlier_common::kafka::KafkaConfig::default();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let services = |auth: Authorizer| Services {
+        ch: ch.clone(),
+        search: idx.clone(),
+        kafka: kafka.clone(),
+        shutdown: shutdown.clone(),
+        streams: std::sync::Arc::new(tokio::sync::Semaphore::new(grpc::MAX_ALERT_STREAMS)),
+        auth: std::sync::Arc::new(auth),
+        producer: kafka.producer_config("bench").create().unwrap(),
+    };
+    let loopback = "127.0.0.1:0".parse().unwrap();
+    let plain = grpc::serve(
+        loopback,
+        services(Authorizer::insecure()),
+        None,
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let tokens = format!(
+        "[[identity]]\nname = \"bench\"\ntoken_sha256 = \"{}\"\norgs = [\"org-1\"]\n",
+        token_sha256("bench-token")
+    );
+    let secure = grpc::serve(
+        loopback,
+        services(Authorizer::from_toml(&tokens).unwrap()),
+        Some(Identity::from_pem(read("server.pem"), read("server.key"))),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let mut plain_client = SearchClient::new(
+        Channel::from_shared(format!("http://{plain}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let mut tls_client = SearchClient::new(
+        Channel::from_shared(format!("https://{secure}"))
+            .unwrap()
+            .tls_config(
+                ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("ca.pem"))),
+            )
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let request = |k: usize| {
+        tonic::Request::new(SearchRequest {
+            org: "org-1".into(),
+            query: Some(search_request::Query::Text(
+                queries[k % queries.len()].into(),
+            )),
+            limit: 20,
+            ..SearchRequest::default()
+        })
+    };
+    let (mut dp, mut dt) = (Vec::new(), Vec::new());
+    for k in 0..220 {
+        let t = Instant::now();
+        let hits = plain_client
+            .search(request(k))
+            .await
+            .unwrap()
+            .into_inner()
+            .hits;
+        let plain_d = t.elapsed();
+        let mut r = request(k);
+        r.metadata_mut()
+            .insert("authorization", "Bearer bench-token".parse().unwrap());
+        let t = Instant::now();
+        let tls_hits = tls_client.search(r).await.unwrap().into_inner().hits;
+        let tls_d = t.elapsed();
+        assert_eq!(hits.len(), tls_hits.len(), "both servers answer the same");
+        assert!(!hits.is_empty());
+        // The first 20 rounds warm both (connections, caches).
+        if k >= 20 {
+            dp.push(plain_d);
+            dt.push(tls_d);
+        }
+    }
+    // Without the token the TLS server refuses: the cost measured is the check's.
+    let e = tls_client.search(request(0)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    let (p50, p99) = pct(dp);
+    println!("| Search RPC, plaintext, no token | p50 {p50:.1} ms, p99 {p99:.1} ms |");
+    let (t50, t99) = pct(dt);
+    println!(
+        "| Search RPC, TLS + bearer token | p50 {t50:.1} ms, p99 {t99:.1} ms ({:.2}× / {:.2}×) |",
+        t50 / p50,
+        t99 / p99
+    );
+    shutdown.cancel();
 }
