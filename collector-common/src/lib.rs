@@ -41,6 +41,18 @@ pub const EXEC_ARGS_FAULT: u32 = 4;
 /// directory fd, or empty with AT_EMPTY_PATH).
 pub const EXEC_AT: u32 = 8;
 
+/// `ExecEvent::flags`: `filename` is the executable's path walked in the
+/// kernel from the file executed (`bprm->file`): no `..`, symlink or fd
+/// number left; `/memfd:NAME` for a memfd.
+pub const EXEC_RESOLVED: u32 = 16;
+/// `ExecEvent::flags`: argv was read from the new program's image once the
+/// exec succeeded (`sched_process_exec`): what the program really got, not
+/// the caller's memory at syscall entry.
+pub const EXEC_ARGV_FROM_IMAGE: u32 = 32;
+/// `ExecEvent::flags`: the executable file has no links left (deleted
+/// after it was started, or memory-backed: a memfd).
+pub const EXEC_DELETED: u32 = 64;
+
 /// `OpenEvent::path_flags`: the path was longer than [`PATH_CAP`].
 pub const OPEN_PATH_TRUNCATED: u32 = 1;
 /// `OpenEvent::path_flags`: matched a sensitive prefix (a read that was
@@ -48,11 +60,44 @@ pub const OPEN_PATH_TRUNCATED: u32 = 1;
 pub const OPEN_SENSITIVE: u32 = 2;
 /// `OpenEvent::path_flags`: from openat2.
 pub const OPEN_AT2: u32 = 4;
+/// `OpenEvent::path_flags`: `path` was walked in the kernel from the
+/// opened file (after the open succeeded): no `..`, `//`, relative path or
+/// symlink left.
+pub const OPEN_RESOLVED: u32 = 8;
+/// `OpenEvent::path_flags`: the opened file's path could not be walked
+/// (kept, never dropped; `path` is empty).
+pub const OPEN_UNRESOLVED: u32 = 16;
+/// `OpenEvent::path_flags`: sensitive by identity: the file's inode, or
+/// that of a directory up to three levels above it, is a sensitive path's
+/// (`match_id` its index, `match_depth` how far above the file). Through a
+/// hard link or a bind mount `path` is the other name; the collector
+/// reports the real one.
+pub const OPEN_INODE_MATCH: u32 = 32;
+/// `OpenEvent::path_flags`: from an io_uring completion.
+pub const OPEN_URING: u32 = 64;
+
+/// `ConnectEvent::flags`: a datagram (or a TCP Fast Open) sent to an
+/// address by sendto/sendmsg, not a connect.
+pub const CONNECT_SENDMSG: u32 = 1;
+/// `ConnectEvent::flags`: sent with MSG_FASTOPEN.
+pub const CONNECT_FASTOPEN: u32 = 2;
+/// `ConnectEvent::flags`: no return value (seen before the operation).
+pub const CONNECT_NO_RETVAL: u32 = 4;
+/// `ConnectEvent::flags`: the peer was read from the kernel's socket after
+/// the connect, not from the caller's memory.
+pub const CONNECT_KERNEL_PEER: u32 = 8;
+/// `ConnectEvent::flags`: from an io_uring completion.
+pub const CONNECT_URING: u32 = 16;
 
 /// Slots of the per-CPU drop counters (`DROPS` map).
 pub const DROP_RINGBUF_FULL: u32 = 0;
 pub const DROP_READ_FAILED: u32 = 1;
-pub const DROP_SLOTS: u32 = 2;
+/// A per-thread stash was full or could not be written.
+pub const DROP_STASH: u32 = 2;
+/// A datagram destination already reported in the last minute (by design:
+/// one event per process and destination a minute).
+pub const DROP_SENDMSG_REPEAT: u32 = 3;
+pub const DROP_SLOTS: u32 = 4;
 
 /// Fields every record starts with, taken when the syscall was entered.
 #[repr(C)]
@@ -116,6 +161,9 @@ pub struct ConnectEvent {
     pub addr: [u8; 16],
     /// Local address, as `addr` (zero when unknown).
     pub local_addr: [u8; 16],
+    /// `CONNECT_*` flags.
+    pub flags: u32,
+    pub _pad: u32,
 }
 
 /// An openat/openat2 that passed the kernel-side filter, emitted when it
@@ -131,8 +179,23 @@ pub struct OpenEvent {
     pub dfd: i32,
     pub path_flags: u32,
     pub path_len: u32,
+    /// With `OPEN_INODE_MATCH`: the sensitive path's index (in the order
+    /// the collector loaded them) and its distance above the file (0 the
+    /// file itself, 1 its directory, ...).
+    pub match_id: u32,
+    pub match_depth: u32,
     pub _pad: u32,
     pub path: [u8; PATH_CAP],
+}
+
+/// A sensitive path's identity, the key of the inode map: the kernel's
+/// device number of its filesystem (`MKDEV(major, minor)` = major << 20 |
+/// minor) and its inode number.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct InodeKey {
+    pub dev: u64,
+    pub ino: u64,
 }
 
 /// The kernel structure offsets the programs use: (global variable in the
@@ -158,3 +221,48 @@ pub const OFFSETS: [(&str, &str, &str); 14] = [
     ("OFF_SK_RCV_SADDR", "sock_common", "skc_rcv_saddr"),
     ("OFF_SK_V6_RCV_SADDR", "sock_common", "skc_v6_rcv_saddr"),
 ];
+
+/// The offsets the kernel-resolving programs (`btf` hooks) use besides
+/// [`OFFSETS`]: without every one of them the collector stays on the
+/// syscall tracepoints.
+pub const HOOK_OFFSETS: [(&str, &str, &str); 27] = [
+    ("OFF_BPRM_FILE", "linux_binprm", "file"),
+    ("OFF_BPRM_ARGC", "linux_binprm", "argc"),
+    ("OFF_FILE_F_PATH", "file", "f_path"),
+    ("OFF_FILE_F_MODE", "file", "f_mode"),
+    ("OFF_FILE_F_FLAGS", "file", "f_flags"),
+    ("OFF_PATH_MNT", "path", "mnt"),
+    ("OFF_PATH_DENTRY", "path", "dentry"),
+    ("OFF_DENTRY_PARENT", "dentry", "d_parent"),
+    ("OFF_DENTRY_NAME", "dentry", "d_name"),
+    ("OFF_DENTRY_INODE", "dentry", "d_inode"),
+    ("OFF_QSTR_LEN", "qstr", "len"),
+    ("OFF_QSTR_NAME", "qstr", "name"),
+    ("OFF_VFSMOUNT_ROOT", "vfsmount", "mnt_root"),
+    ("OFF_MOUNT_MNT", "mount", "mnt"),
+    ("OFF_MOUNT_PARENT", "mount", "mnt_parent"),
+    ("OFF_MOUNT_MOUNTPOINT", "mount", "mnt_mountpoint"),
+    ("OFF_INODE_INO", "inode", "i_ino"),
+    ("OFF_INODE_SB", "inode", "i_sb"),
+    ("OFF_INODE_NLINK", "inode", "i_nlink"),
+    ("OFF_SB_DEV", "super_block", "s_dev"),
+    ("OFF_TASK_MM", "task_struct", "mm"),
+    ("OFF_MM_ARG_START", "mm_struct", "arg_start"),
+    ("OFF_MM_ARG_END", "mm_struct", "arg_end"),
+    ("OFF_SK_FAMILY", "sock_common", "skc_family"),
+    ("OFF_SK_DADDR", "sock_common", "skc_daddr"),
+    ("OFF_SK_DPORT", "sock_common", "skc_dport"),
+    ("OFF_SK_V6_DADDR", "sock_common", "skc_v6_daddr"),
+];
+
+/// io_uring request offsets: without them io_uring completions are not
+/// captured (kernels before 5.1 have none).
+pub const URING_OFFSETS: [(&str, &str, &str); 2] = [
+    ("OFF_KIOCB_OPCODE", "io_kiocb", "opcode"),
+    ("OFF_KIOCB_FILE", "io_kiocb", "file"),
+];
+
+/// x86-64: `thread_info` (the first member of `task_struct`) `status`,
+/// whose TS_COMPAT bit marks a 32-bit syscall.
+pub const COMPAT_OFFSETS: [(&str, &str, &str); 1] =
+    [("OFF_THREAD_INFO_STATUS", "thread_info", "status")];

@@ -13,6 +13,11 @@
 //! prefix (`SENSITIVE`: credentials, ssh keys, cron, sudoers). Both are LPM
 //! tries filled by the collector.
 //!
+//! On kernels with BPF LSM and BTF the collector attaches the programs of
+//! `hooks.rs` instead (security hooks, resolved paths); these syscall
+//! tracepoints are the fallback, and the exec ones stay attached to report
+//! failed execs.
+//!
 //! Kernel structure offsets (parent task, socket details) are not compiled
 //! in: the collector reads them from the running kernel's BTF and sets the
 //! `OFF_*` read-only globals before loading.
@@ -34,16 +39,20 @@ use aya_ebpf::maps::{LpmTrie, LruHashMap, PerCpuArray, RingBuf};
 use aya_ebpf::programs::TracePointContext;
 use outlier_collector_common::*;
 
+mod hooks;
+
 // ---- maps -----------------------------------------------------------------
 
 /// Records to user space.
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
 
-/// Exec records between entry and return, by process (a successful exec
-/// by a non-leader thread returns as the leader, so the key is the tgid).
+/// Exec records between entry and return, by thread: a sibling thread's
+/// exec cannot replace or remove another's. A successful exec by a
+/// non-leader thread returns as the leader: `sched_process_exec` moves its
+/// record to that id.
 #[map]
-static EXECS: LruHashMap<u32, ExecEvent> = LruHashMap::with_max_entries(2048, 0);
+static EXECS: LruHashMap<u32, ExecEvent> = LruHashMap::with_max_entries(4096, 0);
 /// Open and connect records between entry and return, by thread.
 #[map]
 static OPENS: LruHashMap<u64, OpenEvent> = LruHashMap::with_max_entries(8192, 0);
@@ -239,10 +248,10 @@ unsafe fn exec_enter(
     argv_at: usize,
     flags: u32,
 ) -> Result<(), i32> {
-    let tgid = tgid();
-    if tgid == SELF_TGID.load() {
+    if tgid() == SELF_TGID.load() {
         return Ok(());
     }
+    let tid = bpf_get_current_pid_tgid() as u32;
     let ev = EXEC_SCRATCH.get_ptr_mut(0).ok_or(0)?;
     unsafe {
         fill_header(ptr::addr_of_mut!((*ev).hdr), KIND_EXEC);
@@ -262,7 +271,9 @@ unsafe fn exec_enter(
         }
         let argv = ctx.read_at::<u64>(argv_at)? as *const u64;
         read_args(ev, argv);
-        EXECS.insert(tgid, &*ev, 0)?;
+        if EXECS.insert(tid, &*ev, 0).is_err() {
+            count_drop(DROP_STASH);
+        }
     }
     Ok(())
 }
@@ -346,14 +357,15 @@ pub fn outlier_exec_exit(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 unsafe fn exec_exit(ctx: &TracePointContext) -> Result<(), i32> {
-    let tgid = tgid();
-    let ev = EXECS.get_ptr_mut(tgid).ok_or(0)?;
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let ev = EXECS.get_ptr_mut(tid).ok_or(0)?;
     unsafe {
         let ret = ctx.read_at::<i64>(RET)?;
-        if ret == -ENOENT {
+        if ret == -ENOENT || (ret == 0 && hooks::HOOKS.load() == 1) {
             // A PATH search trying directories (execvp, env): not an
             // execution, and on a busy host most failed execs are these.
-            let _ = EXECS.remove(tgid);
+            // With the hooks, `sched_process_exec` reported the success.
+            let _ = EXECS.remove(tid);
             return Ok(());
         }
         (*ev).retval = ret as i32;
@@ -366,9 +378,30 @@ unsafe fn exec_exit(ctx: &TracePointContext) -> Result<(), i32> {
         }
         let len = offset_of!(ExecEvent, args) + ((*ev).args_len as usize & (ARGS_BUF - 1));
         send(ev, len);
-        let _ = EXECS.remove(tgid);
+        let _ = EXECS.remove(tid);
     }
     Ok(())
+}
+
+/// `sched/sched_process_exec` (syscall tracepoints only): a non-leader
+/// thread that execs returns as the leader, so its record moves to that
+/// thread id (`old_pid` at 16 in the record).
+#[tracepoint]
+pub fn outlier_sched_exec(ctx: TracePointContext) -> u32 {
+    let Ok(old) = (unsafe { ctx.read_at::<i32>(16) }) else {
+        return 0;
+    };
+    let old = old as u32;
+    let tid = bpf_get_current_pid_tgid() as u32;
+    if old != tid
+        && let Some(e) = EXECS.get_ptr(&old)
+    {
+        if unsafe { EXECS.insert(&tid, &*e, 0) }.is_err() {
+            count_drop(DROP_STASH);
+        }
+        let _ = EXECS.remove(&old);
+    }
+    0
 }
 
 // ---- open --------------------------------------------------------------------
@@ -388,6 +421,14 @@ pub fn outlier_openat2(ctx: TracePointContext) -> u32 {
 }
 
 #[tracepoint]
+pub fn outlier_creat(ctx: TracePointContext) -> u32 {
+    // creat(filename, mode) = open(filename, O_CREAT | O_WRONLY | O_TRUNC, mode)
+    let flags = FlagsAt::Const(O_CREAT | O_WRONLY | O_TRUNC);
+    let _ = unsafe { open_enter(&ctx, ARG0, flags, 0) };
+    0
+}
+
+#[tracepoint]
 pub fn outlier_open(ctx: TracePointContext) -> u32 {
     // open(filename, flags, mode)
     let _ = unsafe { open_enter(&ctx, ARG0, FlagsAt::Arg(ARG0 + 8), 0) };
@@ -397,6 +438,8 @@ pub fn outlier_open(ctx: TracePointContext) -> u32 {
 enum FlagsAt {
     /// The flags are this syscall argument.
     Arg(usize),
+    /// Implied by the syscall (creat).
+    Const(u32),
     /// This argument points at a `struct open_how` (flags first).
     How(usize),
 }
@@ -414,6 +457,7 @@ unsafe fn open_enter(
     let flags = unsafe {
         match flags_at {
             FlagsAt::Arg(at) => ctx.read_at::<u64>(at)? as u32,
+            FlagsAt::Const(f) => f,
             FlagsAt::How(at) => {
                 let how = ctx.read_at::<u64>(at)? as *const u64;
                 bpf_probe_read_user(how)? as u32
@@ -434,6 +478,17 @@ unsafe fn open_enter(
         path_flags,
         _pad: 0,
     };
+    if hooks::HOOKS.load() == 1 {
+        // Resolved from the kernel's file at exit; the path the caller
+        // gave is read only if the open fails.
+        if OPEN_RETRY
+            .insert(bpf_get_current_pid_tgid(), &p, 0)
+            .is_err()
+        {
+            count_drop(DROP_STASH);
+        }
+        return Ok(());
+    }
     unsafe { open_record(&p, true) }
 }
 
@@ -465,14 +520,7 @@ unsafe fn open_record(p: &PendingOpen, retry: bool) -> Result<(), i32> {
         let bits = (if n < PREFIX_CAP { n } else { PREFIX_CAP } * 8) as u32;
         ptr::write_unaligned(ptr::addr_of_mut!((*key).prefix_len), bits);
         let sensitive = SENSITIVE.get(&*key).is_some();
-        let keep = if sensitive {
-            true
-        } else if write {
-            OPEN_WRITES.load() == 1 && QUIET.get(&*key).is_none()
-        } else {
-            false
-        };
-        if !keep {
+        if !keep_open(sensitive, write, key) {
             return Ok(());
         }
         fill_header(ptr::addr_of_mut!((*ev).hdr), KIND_OPEN);
@@ -501,7 +549,19 @@ pub fn outlier_open_exit(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 unsafe fn open_exit(ctx: &TracePointContext) -> Result<(), i32> {
     let id = bpf_get_current_pid_tgid();
-    if let Some(p) = unsafe { OPEN_RETRY.get(&id) } {
+    if hooks::HOOKS.load() == 1 {
+        let Some(p) = (unsafe { OPEN_RETRY.get(&id) }).copied() else {
+            return Ok(());
+        };
+        let _ = OPEN_RETRY.remove(&id);
+        let ret = unsafe { ctx.read_at::<i64>(RET)? };
+        if ret >= 0 {
+            unsafe { hooks::resolved_open(ret as i32, p.flags, p.path_flags) };
+            return Ok(());
+        }
+        // Failed: what the caller asked for, if it matters.
+        let _ = unsafe { open_record(&p, false) };
+    } else if let Some(p) = unsafe { OPEN_RETRY.get(&id) } {
         let p = *p;
         let _ = OPEN_RETRY.remove(&id);
         let _ = unsafe { open_record(&p, false) };
@@ -524,6 +584,124 @@ pub fn outlier_connect(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// Reads a caller's sockaddr (family, port, address) into `ev`; false when
+/// it is not AF_INET/AF_INET6.
+#[inline(always)]
+unsafe fn user_sockaddr(ev: &mut ConnectEvent, sa: *const u8) -> Result<bool, i32> {
+    unsafe {
+        let family: u16 = bpf_probe_read_user(sa as *const u16)?;
+        if family != AF_INET && family != AF_INET6 {
+            return Ok(false);
+        }
+        ev.family = family;
+        ev.port = u16::from_be(bpf_probe_read_user(sa.add(2) as *const u16)?);
+        if family == AF_INET {
+            let a: [u8; 4] = bpf_probe_read_user(sa.add(4) as *const [u8; 4])?;
+            ev.addr[..4].copy_from_slice(&a);
+        } else {
+            ev.addr = bpf_probe_read_user(sa.add(8) as *const [u8; 16])?;
+        }
+        Ok(true)
+    }
+}
+
+/// The in-kernel open filter: sensitive opens are kept, writes unless
+/// quiet (with `OPEN_WRITES`), other reads not. `key` holds the path's
+/// prefix-trie key.
+#[inline(always)]
+unsafe fn keep_open(sensitive: bool, write: bool, key: *const Key<[u8; PREFIX_CAP]>) -> bool {
+    sensitive || (write && OPEN_WRITES.load() == 1 && unsafe { QUIET.get(&*key) }.is_none())
+}
+
+/// When each (process, destination) of a datagram was last reported.
+#[map]
+static SENT: LruHashMap<SendKey, u64> = LruHashMap::with_max_entries(16384, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SendKey {
+    tgid: u32,
+    family: u16,
+    port: u16,
+    addr: [u8; 16],
+}
+
+/// One datagram event per process and destination per this long.
+const SEND_REPEAT_NS: u64 = 60_000_000_000;
+const MSG_FASTOPEN: u64 = 0x2000_0000;
+
+#[tracepoint]
+pub fn outlier_sendto(ctx: TracePointContext) -> u32 {
+    // sendto(fd, buff, len, flags, addr, addr_len)
+    let _ = unsafe {
+        match ctx.read_at::<u64>(ARG0 + 32) {
+            Ok(addr) => send_to(&ctx, addr, ARG0 + 24),
+            Err(e) => Err(e as i32),
+        }
+    };
+    0
+}
+
+#[tracepoint]
+pub fn outlier_sendmsg(ctx: TracePointContext) -> u32 {
+    // sendmsg(fd, struct user_msghdr *msg, flags): msg_name first
+    let _ = unsafe {
+        match ctx.read_at::<u64>(ARG0 + 8) {
+            Ok(msg) => match bpf_probe_read_user(msg as *const u64) {
+                Ok(name) => send_to(&ctx, name, ARG0 + 16),
+                Err(e) => Err(e as i32),
+            },
+            Err(e) => Err(e as i32),
+        }
+    };
+    0
+}
+
+/// A send that names its destination (UDP, TCP Fast Open): reported like
+/// a connect, without a result, once a minute per process and destination.
+#[inline(always)]
+unsafe fn send_to(ctx: &TracePointContext, sa: u64, flags_at: usize) -> Result<(), i32> {
+    let me = tgid();
+    if sa == 0 || me == SELF_TGID.load() {
+        return Ok(());
+    }
+    unsafe {
+        let mut ev: ConnectEvent = core::mem::zeroed();
+        if !user_sockaddr(&mut ev, sa as *const u8)? {
+            return Ok(());
+        }
+        let k = SendKey {
+            tgid: me,
+            family: ev.family,
+            port: ev.port,
+            addr: ev.addr,
+        };
+        let now = bpf_ktime_get_ns();
+        if let Some(last) = SENT.get(&k)
+            && now.wrapping_sub(*last) < SEND_REPEAT_NS
+        {
+            count_drop(DROP_SENDMSG_REPEAT);
+            return Ok(());
+        }
+        let _ = SENT.insert(&k, &now, 0);
+        fill_header(&mut ev.hdr, KIND_CONNECT);
+        ev.fd = ctx.read_at::<u64>(ARG0)? as i32;
+        let flags = ctx.read_at::<u64>(flags_at).unwrap_or(0);
+        ev.flags = CONNECT_SENDMSG
+            | CONNECT_NO_RETVAL
+            | if flags & MSG_FASTOPEN != 0 {
+                CONNECT_FASTOPEN
+            } else {
+                0
+            };
+        if OFFSETS_OK.load() == 1 {
+            socket_details(&mut ev);
+        }
+        send(&ev, size_of::<ConnectEvent>());
+    }
+    Ok(())
+}
+
 #[inline(always)]
 unsafe fn connect_enter(ctx: &TracePointContext) -> Result<(), i32> {
     if tgid() == SELF_TGID.load() {
@@ -533,21 +711,12 @@ unsafe fn connect_enter(ctx: &TracePointContext) -> Result<(), i32> {
         // connect(fd, uservaddr, addrlen)
         let fd = ctx.read_at::<u64>(ARG0)? as i32;
         let sa = ctx.read_at::<u64>(ARG0 + 8)? as *const u8;
-        let family: u16 = bpf_probe_read_user(sa as *const u16)?;
-        if family != AF_INET && family != AF_INET6 {
+        let mut ev: ConnectEvent = core::mem::zeroed();
+        if !user_sockaddr(&mut ev, sa)? {
             return Ok(());
         }
-        let mut ev: ConnectEvent = core::mem::zeroed();
         fill_header(&mut ev.hdr, KIND_CONNECT);
         ev.fd = fd;
-        ev.family = family;
-        ev.port = u16::from_be(bpf_probe_read_user(sa.add(2) as *const u16)?);
-        if family == AF_INET {
-            let a: [u8; 4] = bpf_probe_read_user(sa.add(4) as *const [u8; 4])?;
-            ev.addr[..4].copy_from_slice(&a);
-        } else {
-            ev.addr = bpf_probe_read_user(sa.add(8) as *const [u8; 16])?;
-        }
         CONNECTS.insert(bpf_get_current_pid_tgid(), &ev, 0)?;
     }
     Ok(())
@@ -568,6 +737,9 @@ unsafe fn connect_exit(ctx: &TracePointContext) -> Result<(), i32> {
         (*ev).retval = ret;
         if OFFSETS_OK.load() == 1 && (ret == 0 || ret == -EINPROGRESS) {
             socket_details(ev);
+            if hooks::HOOKS.load() == 1 {
+                hooks::kernel_peer(ev);
+            }
         }
         send(ev, size_of::<ConnectEvent>());
         let _ = CONNECTS.remove(id);
@@ -584,44 +756,61 @@ unsafe fn socket_details(ev: *mut ConnectEvent) {
         if fd < 0 {
             return;
         }
+        let sock = kread_u64(fd_file(fd), OFF_FILE_PRIVATE_DATA.load());
+        sock_details(&mut *ev, sock, true);
+    }
+}
+
+/// The current task's open file behind `fd` (0 when there is none).
+#[inline(always)]
+unsafe fn fd_file(fd: i32) -> u64 {
+    if fd < 0 {
+        return 0;
+    }
+    unsafe {
         let task = bpf_get_current_task();
         let files = kread_u64(task, OFF_TASK_FILES.load());
         let fdt = kread_u64(files, OFF_FILES_FDT.load());
         if fdt == 0 {
-            return;
+            return 0;
         }
         let max_fds: u32 =
             bpf_probe_read_kernel((fdt + u64::from(OFF_FDT_MAX_FDS.load())) as *const u32)
                 .unwrap_or(0);
         if fd as u32 >= max_fds {
-            return;
+            return 0;
         }
         let fds = kread_u64(fdt, OFF_FDT_FD.load());
         if fds == 0 {
-            return;
+            return 0;
         }
-        let file: u64 = bpf_probe_read_kernel((fds + 8 * fd as u64) as *const u64).unwrap_or(0);
-        let sock = kread_u64(file, OFF_FILE_PRIVATE_DATA.load());
+        bpf_probe_read_kernel((fds + 8 * fd as u64) as *const u64).unwrap_or(0)
+    }
+}
+
+/// A socket's type and, with `local`, its local address and port.
+#[inline(always)]
+unsafe fn sock_details(ev: &mut ConnectEvent, sock: u64, local: bool) {
+    unsafe {
         if sock == 0 {
             return;
         }
-        let ty: u16 =
+        ev.sock_type =
             bpf_probe_read_kernel((sock + u64::from(OFF_SOCKET_TYPE.load())) as *const u16)
                 .unwrap_or(0);
-        (*ev).sock_type = ty;
         let sk = kread_u64(sock, OFF_SOCKET_SK.load());
-        if sk == 0 {
+        if sk == 0 || !local {
             return;
         }
-        (*ev).local_port =
+        ev.local_port =
             bpf_probe_read_kernel((sk + u64::from(OFF_SK_NUM.load())) as *const u16).unwrap_or(0);
-        if (*ev).family == AF_INET {
+        if ev.family == AF_INET {
             let a: [u8; 4] =
                 bpf_probe_read_kernel((sk + u64::from(OFF_SK_RCV_SADDR.load())) as *const [u8; 4])
                     .unwrap_or([0; 4]);
-            (&mut (*ev).local_addr)[..4].copy_from_slice(&a);
+            ev.local_addr[..4].copy_from_slice(&a);
         } else {
-            (*ev).local_addr = bpf_probe_read_kernel(
+            ev.local_addr = bpf_probe_read_kernel(
                 (sk + u64::from(OFF_SK_V6_RCV_SADDR.load())) as *const [u8; 16],
             )
             .unwrap_or([0; 16]);

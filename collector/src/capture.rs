@@ -235,11 +235,12 @@ impl Builder {
         } else {
             String::new()
         };
-        // The executable: the filename when absolute, else what the kernel
-        // resolved (while the process still exists).
+        // The executable: what the kernel resolved (the security hooks),
+        // else the filename when absolute, else the /proc link (while the
+        // process still exists).
         let exe = if e.retval != 0 {
             None
-        } else if filename.starts_with('/') {
+        } else if e.resolved || filename.starts_with('/') {
             Some(filename.clone())
         } else {
             let l = readlink(e.hdr.tgid, "exe");
@@ -284,7 +285,8 @@ impl Builder {
                 2 => Protocol::Udp,
                 _ => Protocol::Unspecified,
             } as i32,
-            retval: Some(c.retval),
+            // A datagram's send is reported before its result.
+            retval: (!c.no_retval).then_some(c.retval),
         }));
         ev
     }
@@ -364,6 +366,7 @@ mod tests {
             filename: b"/usr/bin/sleep".to_vec(),
             filename_truncated: false,
             execveat: false,
+            resolved: false,
         }));
         assert_eq!(
             (ev.org.as_str(), ev.host.as_str(), ev.workload.as_str()),
@@ -395,6 +398,9 @@ mod tests {
             path_truncated: false,
             sensitive: true,
             openat2: false,
+            resolved: false,
+            unresolved: false,
+            inode_match: None,
         }));
         assert_eq!(
             (ev.exe.as_str(), ev.workload.as_str()),
@@ -416,6 +422,9 @@ mod tests {
             path_truncated: false,
             sensitive: false,
             openat2: false,
+            resolved: false,
+            unresolved: false,
+            inode_match: None,
         }));
         assert_eq!(ev.workload, "host");
         assert_ne!(ev.exe, "/usr/bin/sleep");

@@ -47,11 +47,32 @@ pub enum Mode {
     Procfs,
 }
 
+/// Where in the kernel the eBPF programs capture.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Hooks {
+    /// `btf` when the kernel has BTF, else the syscall tracepoints.
+    Auto,
+    /// What the kernel resolved, read from its own objects (the exec's
+    /// file and new image, the opened file, the connected socket), plus
+    /// io_uring and 32-bit syscalls; refuse to start without kernel BTF.
+    Btf,
+    /// Syscall tracepoints only (the fallback): arguments as the caller's
+    /// memory held them.
+    Tracepoints,
+}
+
 /// `[capture]`
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct CaptureConfig {
     pub mode: Mode,
+    /// With eBPF: which kernel hooks (docs/collector.md).
+    pub hooks: Hooks,
+    /// With `btf` hooks on x86-64: capture 32-bit syscalls too (the
+    /// x86-64 syscall tracepoints skip them). Costs a check on every
+    /// syscall of the host (docs/benchmarks.md).
+    pub compat_syscalls: bool,
     /// Capture opens for writing or creating (outside `quiet_paths`).
     pub open_writes: bool,
     /// Path prefixes whose reads are captured (a trailing `/` means the
@@ -80,6 +101,8 @@ impl Default for CaptureConfig {
         let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect();
         Self {
             mode: Mode::Auto,
+            hooks: Hooks::Auto,
+            compat_syscalls: true,
             open_writes: true,
             sensitive_paths: v(&[
                 "/etc/shadow",

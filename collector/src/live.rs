@@ -49,6 +49,14 @@ impl Source {
             Source::Procfs(_) => "procfs",
         }
     }
+
+    /// Where in the kernel: `lsm`, `tracepoints`, or `none` for /proc.
+    fn hooks(&self) -> &'static str {
+        match self {
+            Source::Ebpf(c) => c.hooks.name(),
+            Source::Procfs(_) => "none",
+        }
+    }
 }
 
 fn choose(cfg: &CollectorConfig) -> Result<Source, RunError> {
@@ -112,9 +120,18 @@ pub async fn run(
 
     let mut source = choose(&cfg)?;
     let mode = source.name();
-    health.set("capture", true, format!("{mode} capture running"));
+    let hooks = source.hooks();
+    health.set(
+        "capture",
+        true,
+        format!("{mode} capture running (hooks: {hooks})"),
+    );
+    metrics::CAPTURE_HOOKS
+        .with_label_values(&[mode, hooks])
+        .set(1);
     tracing::info!(
         mode,
+        hooks,
         org = %cfg.identity.org,
         host = %host,
         default_workload = %cfg.workloads.default,
@@ -138,7 +155,11 @@ pub async fn run(
         let reporter = crate::heartbeat::Reporter {
             org: cfg.identity.org.clone(),
             host: host.clone(),
-            capture_mode: mode.to_string(),
+            capture_mode: if hooks == "none" {
+                mode.to_string()
+            } else {
+                format!("{mode}/{hooks}")
+            },
             started_ns: outlier_common::now_ns(),
         };
         tokio::spawn(crate::heartbeat::run(
@@ -155,7 +176,7 @@ pub async fn run(
     let interval = Duration::from_millis(cfg.capture.proc_interval_ms.max(10));
     let batch_wait = Duration::from_millis(cfg.capture.batch_wait_ms.min(1000));
     let mut last_batch = 0;
-    let mut last_drops = (0, 0);
+    let mut last_drops = [0u64; 4];
     let mut drops_at = Instant::now();
     let mut malformed = 0;
 
@@ -196,20 +217,17 @@ pub async fn run(
                 }
                 if drops_at.elapsed() > Duration::from_secs(1) {
                     drops_at = Instant::now();
-                    let (full, read) = c.kernel_drops();
-                    if full > last_drops.0 {
-                        tracing::warn!(
-                            lost = full - last_drops.0,
-                            "kernel ring buffer was full: records lost"
-                        );
+                    let now = c.kernel_drops();
+                    for (i, (reason, n)) in now.iter().enumerate() {
+                        let new = n.saturating_sub(last_drops[i]);
+                        if new > 0 && *reason != "sendmsg_repeat" {
+                            tracing::warn!(lost = new, reason, "kernel records lost");
+                        }
+                        metrics::KERNEL_DROPS
+                            .with_label_values(&[reason])
+                            .inc_by(new);
+                        last_drops[i] = *n;
                     }
-                    metrics::KERNEL_DROPS
-                        .with_label_values(&["ringbuf_full"])
-                        .inc_by(full.saturating_sub(last_drops.0));
-                    metrics::KERNEL_DROPS
-                        .with_label_values(&["read_failed"])
-                        .inc_by(read.saturating_sub(last_drops.1));
-                    last_drops = (full, read);
                 }
             }
             Source::Procfs(s) => {

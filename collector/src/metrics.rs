@@ -3,8 +3,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    IntCounter, IntCounterVec, IntGauge, register_int_counter, register_int_counter_vec,
-    register_int_gauge,
+    IntCounter, IntCounterVec, IntGauge, IntGaugeVec, register_int_counter,
+    register_int_counter_vec, register_int_gauge, register_int_gauge_vec,
 };
 
 /// Events by outcome: `published` (Kafka acknowledged them), `invalid`
@@ -38,13 +38,27 @@ pub static CAPTURED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
-/// Records the kernel side lost: `ringbuf_full` (user space fell behind),
-/// `read_failed` (a path could not be read from user memory).
+/// Records the kernel side lost or left out: `ringbuf_full` (user space
+/// fell behind), `read_failed` (a path could not be read from user
+/// memory), `stash_full` (a per-thread stash could not be written),
+/// `sendmsg_repeat` (a datagram destination reported in the last minute:
+/// by design).
 pub static KERNEL_DROPS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "outlier_collector_kernel_drops_total",
         "Records lost in the kernel, by reason",
         &["reason"]
+    )
+    .expect("metric registers once")
+});
+
+/// 1 for the capture in use: `mode` ebpf or procfs, `hooks` lsm (security
+/// hooks), tracepoints (syscall tracepoints) or none.
+pub static CAPTURE_HOOKS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "outlier_collector_capture_info",
+        "The capture in use (1): mode and kernel hooks",
+        &["mode", "hooks"]
     )
     .expect("metric registers once")
 });

@@ -254,6 +254,7 @@ impl Scanner {
                 filename: exe.into_bytes(),
                 filename_truncated: false,
                 execveat: false,
+                resolved: false,
             }));
         }
         self.poll_sockets(out);
@@ -324,6 +325,9 @@ impl Scanner {
                 sock_type: ty,
                 local: Some(unmap(s.local)),
                 local_port: s.local_port,
+                sendmsg: false,
+                fastopen: false,
+                no_retval: false,
             }));
         }
     }
