@@ -20,7 +20,9 @@
 //! Environment: OUTLIER_TEST_KAFKA (brokers, default 127.0.0.1:9092),
 //! OUTLIER_BENCH_RATES (events/s, default 1000,5000,20000,40000),
 //! OUTLIER_BENCH_SECS (seconds per phase, default 10; 1,000/s runs twice as
-//! long for the CPU resolution).
+//! long for the CPU resolution), OUTLIER_BENCH_HOOKS (`capture.hooks`:
+//! btf, the default, or tracepoints), OUTLIER_BENCH_COMPAT
+//! (`capture.compat_syscalls`, default true).
 
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -116,6 +118,8 @@ impl Collector {
         let dir = tempfile::tempdir().unwrap();
         let http = free_port();
         let config = dir.path().join("collector.toml");
+        let hooks = std::env::var("OUTLIER_BENCH_HOOKS").unwrap_or_else(|_| "btf".into());
+        let compat = std::env::var("OUTLIER_BENCH_COMPAT").unwrap_or_else(|_| "true".into());
         // The stack's data directory is quiet, as in the stack's own config:
         // Kafka writing the benchmark's events must not become events.
         let state = std::env::var("OUTLIER_STATE")
@@ -129,7 +133,7 @@ impl Collector {
                 "http_addr = \"127.0.0.1:{http}\"\n\
                  [identity]\norg = \"bench\"\nhost = \"bench-host\"\n\
                  [workloads]\ndefault = \"bench\"\n\
-                 [capture]\nmode = \"ebpf\"\n\
+                 [capture]\nmode = \"ebpf\"\nhooks = \"{hooks}\"\ncompat_syscalls = {compat}\n\
                  quiet_paths = [\"/dev/null\", \"/dev/pts/\", \"/proc/\", \"/sys/\", \"{state}/\", \"{}/\"]\n\
                  [spool]\ndir = \"{}\"\n\
                  [kafka]\nbrokers = \"{brokers}\"\n\

@@ -415,7 +415,17 @@ pub async fn serve(
         .add_service(AlertStreamServer::new(services.clone()))
         .add_service(FeedbackServiceServer::new(services));
     tokio::spawn(async move {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        // No Nagle: a TLS response goes out in several writes, and Nagle
+        // with the client's delayed ACK would hold the later ones ~40 ms.
+        let incoming = tokio_stream::StreamExt::map(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            |s| {
+                if let Ok(s) = &s {
+                    let _ = s.set_nodelay(true);
+                }
+                s
+            },
+        );
         if let Err(e) = server
             .serve_with_incoming_shutdown(incoming, async move { shutdown.cancelled().await })
             .await
