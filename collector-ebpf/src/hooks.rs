@@ -547,6 +547,16 @@ unsafe fn in_compat() -> bool {
     unsafe { kread_u32(bpf_get_current_task() + off(&OFF_THREAD_INFO_STATUS)) & TS_COMPAT != 0 }
 }
 
+/// The syscall number of a `raw_syscalls` record (`id` at 8), for 32-bit
+/// syscalls only.
+#[inline(always)]
+fn compat_id(ctx: &TracePointContext) -> Option<u64> {
+    if unsafe { !in_compat() } {
+        return None;
+    }
+    unsafe { ctx.read_at::<u64>(8) }.ok()
+}
+
 /// i386 syscall numbers.
 const NR32_OPEN: u64 = 5;
 const NR32_CREAT: u64 = 8;
@@ -558,10 +568,7 @@ const NR32_OPENAT2: u64 = 437;
 /// arguments from 16 as in the syscall tracepoints.
 #[tracepoint]
 pub fn outlier_compat_enter(ctx: TracePointContext) -> u32 {
-    if unsafe { !in_compat() } {
-        return 0;
-    }
-    let Ok(id) = (unsafe { ctx.read_at::<u64>(8) }) else {
+    let Some(id) = compat_id(&ctx) else {
         return 0;
     };
     let _ = unsafe {
@@ -580,10 +587,7 @@ pub fn outlier_compat_enter(ctx: TracePointContext) -> u32 {
 /// `raw_syscalls/sys_exit`, 32-bit syscalls only: the return value at 16.
 #[tracepoint]
 pub fn outlier_compat_exit(ctx: TracePointContext) -> u32 {
-    if unsafe { !in_compat() } {
-        return 0;
-    }
-    let Ok(id) = (unsafe { ctx.read_at::<u64>(8) }) else {
+    let Some(id) = compat_id(&ctx) else {
         return 0;
     };
     let _ = unsafe {

@@ -398,8 +398,6 @@ mod tests {
             path_truncated: false,
             sensitive: true,
             openat2: false,
-            resolved: false,
-            unresolved: false,
             inode_match: None,
         }));
         assert_eq!(
@@ -422,8 +420,6 @@ mod tests {
             path_truncated: false,
             sensitive: false,
             openat2: false,
-            resolved: false,
-            unresolved: false,
             inode_match: None,
         }));
         assert_eq!(ev.workload, "host");

@@ -325,8 +325,6 @@ impl Scanner {
                 sock_type: ty,
                 local: Some(unmap(s.local)),
                 local_port: s.local_port,
-                sendmsg: false,
-                fastopen: false,
                 no_retval: false,
             }));
         }

@@ -7,10 +7,10 @@ use std::mem::offset_of;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use outlier_collector_common::{
-    ARGS_BUF, COMM_LEN, CONNECT_FASTOPEN, CONNECT_NO_RETVAL, CONNECT_SENDMSG, ConnectEvent,
-    EXEC_ARGS_FAULT, EXEC_ARGS_TRUNCATED, EXEC_AT, EXEC_FILENAME_TRUNCATED, EXEC_RESOLVED,
-    ExecEvent, Header, KIND_CONNECT, KIND_EXEC, KIND_OPEN, OPEN_AT2, OPEN_INODE_MATCH,
-    OPEN_PATH_TRUNCATED, OPEN_RESOLVED, OPEN_SENSITIVE, OPEN_UNRESOLVED, OpenEvent, PATH_CAP,
+    ARGS_BUF, COMM_LEN, CONNECT_NO_RETVAL, ConnectEvent, EXEC_ARGS_FAULT, EXEC_ARGS_TRUNCATED,
+    EXEC_AT, EXEC_FILENAME_TRUNCATED, EXEC_RESOLVED, ExecEvent, Header, KIND_CONNECT, KIND_EXEC,
+    KIND_OPEN, OPEN_AT2, OPEN_INODE_MATCH, OPEN_PATH_TRUNCATED, OPEN_SENSITIVE, OpenEvent,
+    PATH_CAP,
 };
 use thiserror::Error;
 
@@ -70,10 +70,8 @@ pub struct RawConnect {
     pub sock_type: u16,
     pub local: Option<IpAddr>,
     pub local_port: u16,
-    /// A datagram (or TCP Fast Open) sent to an address, not a connect.
-    pub sendmsg: bool,
-    pub fastopen: bool,
-    /// Seen before the operation: `retval` means nothing.
+    /// Seen before the operation (a datagram's send): `retval` means
+    /// nothing.
     pub no_retval: bool,
 }
 
@@ -87,11 +85,6 @@ pub struct RawOpen {
     pub path_truncated: bool,
     pub sensitive: bool,
     pub openat2: bool,
-    /// From the file-open hook: `path` is the kernel's resolved path and
-    /// there is no return value.
-    pub resolved: bool,
-    /// The kernel could not resolve the path.
-    pub unresolved: bool,
     /// Sensitive by identity: (sensitive path index, levels above the
     /// file).
     pub inode_match: Option<(u32, u32)>,
@@ -226,8 +219,6 @@ pub fn parse(b: &[u8]) -> Result<Raw, RecordError> {
                 sock_type: u16_at(b, offset_of!(ConnectEvent, sock_type)),
                 local: (!local.is_unspecified() || local_port != 0).then_some(local),
                 local_port,
-                sendmsg: flags & CONNECT_SENDMSG != 0,
-                fastopen: flags & CONNECT_FASTOPEN != 0,
                 no_retval: flags & CONNECT_NO_RETVAL != 0,
             }))
         }
@@ -246,8 +237,6 @@ pub fn parse(b: &[u8]) -> Result<Raw, RecordError> {
                 path_truncated: pf & OPEN_PATH_TRUNCATED != 0,
                 sensitive: pf & OPEN_SENSITIVE != 0,
                 openat2: pf & OPEN_AT2 != 0,
-                resolved: pf & OPEN_RESOLVED != 0,
-                unresolved: pf & OPEN_UNRESOLVED != 0,
                 inode_match: (pf & OPEN_INODE_MATCH != 0).then(|| {
                     (
                         u32_at(b, offset_of!(OpenEvent, match_id)),

@@ -252,19 +252,7 @@ fn exec_with_racing_argv(out: &Path, round: usize) -> String {
             p as *const libc::c_char,
             std::ptr::null(),
         ];
-        let pid = libc::fork();
-        assert!(pid >= 0);
-        if pid == 0 {
-            let mut t: libc::pthread_t = 0;
-            libc::pthread_create(&mut t, std::ptr::null(), flip, std::ptr::null_mut());
-            for _ in 0..10_000 {
-                std::hint::spin_loop();
-            }
-            libc::execv(sh.as_ptr(), argv.as_ptr());
-            libc::_exit(127);
-        }
-        let mut status = 0;
-        libc::waitpid(pid, &mut status, 0);
+        fork_exec_racing(flip, 10_000, &argv);
     }
     script
 }
@@ -297,15 +285,31 @@ fn exec_racing_failures(noexec: &Path, marker: &str) {
     unsafe {
         let p = std::ptr::addr_of_mut!(BAD) as *mut u8;
         std::ptr::copy_nonoverlapping(bad.as_ptr(), p, bad.len().min(255));
+        fork_exec_racing(fail, 200_000, &argv);
+    }
+}
+
+/// Forks a child that starts `thread`, lets it run for `spin` iterations,
+/// then execs `argv` (null-terminated, `argv[0]` the program); waits for it.
+///
+/// # Safety
+/// `argv` holds valid C strings; `thread` may only touch static memory.
+unsafe fn fork_exec_racing(
+    thread: extern "C" fn(*mut libc::c_void) -> *mut libc::c_void,
+    spin: usize,
+    argv: &[*const libc::c_char],
+) {
+    // SAFETY: the child only starts a thread and execs (or exits).
+    unsafe {
         let pid = libc::fork();
         assert!(pid >= 0);
         if pid == 0 {
             let mut t: libc::pthread_t = 0;
-            libc::pthread_create(&mut t, std::ptr::null(), fail, std::ptr::null_mut());
-            for _ in 0..200_000 {
+            libc::pthread_create(&mut t, std::ptr::null(), thread, std::ptr::null_mut());
+            for _ in 0..spin {
                 std::hint::spin_loop();
             }
-            libc::execv(sh.as_ptr(), argv.as_ptr());
+            libc::execv(argv[0], argv.as_ptr());
             libc::_exit(127);
         }
         let mut status = 0;
