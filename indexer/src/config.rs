@@ -23,6 +23,27 @@ pub struct IndexerConfig {
     pub poison_budget_s: u64,
     pub auth: AuthConfig,
     pub tls: TlsConfig,
+    pub incidents: IncidentsConfig,
+}
+
+/// How flagged events are grouped into incidents (see `incidents.rs`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IncidentsConfig {
+    /// A flagged event joins an incident of its host's process tree or
+    /// behaviour if it happened within this many seconds of it.
+    pub window_s: u64,
+    /// Open incidents held in memory; beyond it the least recent close.
+    pub max_open: usize,
+}
+
+impl Default for IncidentsConfig {
+    fn default() -> Self {
+        Self {
+            window_s: 900,
+            max_open: 100_000,
+        }
+    }
 }
 
 /// Who may call the gRPC services (see `auth.rs`).
@@ -51,6 +72,15 @@ impl IndexerConfig {
     pub fn validate(&self) -> Result<(), String> {
         self.kafka.validate()?;
         self.clickhouse.validate()?;
+        if self.incidents.window_s == 0 || self.incidents.window_s > 86_400 {
+            return Err(format!(
+                "incidents.window_s = {} is out of range (1..=86400 seconds)",
+                self.incidents.window_s
+            ));
+        }
+        if self.incidents.max_open == 0 {
+            return Err("incidents.max_open must be at least 1".into());
+        }
         if self.auth.insecure {
             if !self.grpc_addr.ip().is_loopback() {
                 return Err(format!(
@@ -109,6 +139,7 @@ impl Default for IndexerConfig {
             poison_budget_s: 30,
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
+            incidents: IncidentsConfig::default(),
         }
     }
 }

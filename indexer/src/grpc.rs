@@ -1,5 +1,5 @@
 //! The gRPC services: EventQuery (QueryEvents, GetEvent), Search,
-//! AlertStream and FeedbackService, with reflection and health so `grpcurl`
+//! AlertStream, FeedbackService and IncidentService, with reflection and health so `grpcurl`
 //! works. Every call is scoped by the org it names.
 
 use std::collections::BTreeMap;
@@ -15,12 +15,14 @@ use outlier_common::kafka::KafkaConfig;
 use outlier_proto::alert_stream_server::{AlertStream, AlertStreamServer};
 use outlier_proto::event_query_server::{EventQuery, EventQueryServer};
 use outlier_proto::feedback_service_server::{FeedbackService, FeedbackServiceServer};
+use outlier_proto::incident_service_server::{IncidentService, IncidentServiceServer};
 use outlier_proto::search_server::{Search, SearchServer};
 use outlier_proto::{
-    AlertEnvelope, GetEventRequest, GetEventResponse, HostStatus, ListHostsRequest,
-    ListHostsResponse, QueryEventsRequest, QueryEventsResponse, ScoredEvent, SearchHit,
-    SearchRequest, SearchResponse, StreamAlertsRequest, SubmitFeedbackRequest,
-    SubmitFeedbackResponse, Verdict, search_request,
+    AlertEnvelope, GetEventRequest, GetEventResponse, GetIncidentRequest, GetIncidentResponse,
+    HostStatus, IncidentUpdate, ListHostsRequest, ListHostsResponse, ListIncidentsRequest,
+    ListIncidentsResponse, QueryEventsRequest, QueryEventsResponse, ScoredEvent, SearchHit,
+    SearchRequest, SearchResponse, StreamAlertsRequest, StreamIncidentsRequest,
+    SubmitFeedbackRequest, SubmitFeedbackResponse, Verdict, search_request,
 };
 use prost::Message as _;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -379,6 +381,172 @@ impl FeedbackService for Services {
     }
 }
 
+/// How long an incident change settles before the stream sends it: its
+/// row is stamped before the insert, so a change is only read once every
+/// insert stamped before it has landed.
+const INCIDENT_SETTLE: Duration = Duration::from_secs(2);
+
+fn min_verdict(v: Verdict) -> u8 {
+    match v {
+        Verdict::Unspecified | Verdict::Ok => Verdict::Warn as u8,
+        v => v as u8,
+    }
+}
+
+/// An incident stream's cursor: the last change sent, bound to its org.
+fn encode_incident_cursor(org: &str, updated_ns: u64) -> String {
+    format!("i1.{}.{updated_ns}", hex::encode(org))
+}
+
+fn decode_incident_cursor(org: &str, s: &str) -> Result<u64, Status> {
+    let bad = || Status::invalid_argument("resume_cursor is not a cursor this service issued");
+    let rest = s.strip_prefix("i1.").ok_or_else(bad)?;
+    let (o, t) = rest.split_once('.').ok_or_else(bad)?;
+    if hex::decode(o).map_err(|_| bad())? != org.as_bytes() {
+        return Err(Status::permission_denied(
+            "resume_cursor belongs to another org",
+        ));
+    }
+    t.parse().map_err(|_| bad())
+}
+
+fn clickhouse_status(e: clickhouse::error::Error) -> Status {
+    tracing::warn!(error = %e, "incident query failed");
+    Status::unavailable(format!("clickhouse: {e}"))
+}
+
+type IncidentStreamBox = Pin<Box<dyn Stream<Item = Result<IncidentUpdate, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl IncidentService for Services {
+    type StreamIncidentsStream = IncidentStreamBox;
+
+    async fn list_incidents(
+        &self,
+        request: Request<ListIncidentsRequest>,
+    ) -> Result<Response<ListIncidentsResponse>, Status> {
+        require_org(&request.get_ref().org)?;
+        self.auth
+            .authorize(request.metadata(), &request.get_ref().org)?;
+        let req = request.into_inner();
+        let limit = match req.limit {
+            0 => 50,
+            n => n.min(1000),
+        };
+        let rows = crate::incidents::list(
+            &self.ch,
+            &req.org,
+            req.since_ns,
+            req.until_ns,
+            &req.hosts,
+            min_verdict(req.min_verdict()),
+            u64::from(limit),
+        )
+        .await
+        .map_err(clickhouse_status)?;
+        Ok(Response::new(ListIncidentsResponse {
+            incidents: rows.iter().map(|r| r.to_incident()).collect(),
+        }))
+    }
+
+    async fn get_incident(
+        &self,
+        request: Request<GetIncidentRequest>,
+    ) -> Result<Response<GetIncidentResponse>, Status> {
+        require_org(&request.get_ref().org)?;
+        self.auth
+            .authorize(request.metadata(), &request.get_ref().org)?;
+        let req = request.into_inner();
+        let row = crate::incidents::get(&self.ch, &req.org, &req.incident_id)
+            .await
+            .map_err(clickhouse_status)?
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "no incident {} in org {}",
+                    req.incident_id, req.org
+                ))
+            })?;
+        let keys: Vec<(u64, &str)> = row
+            .event_ts_ns
+            .iter()
+            .zip(&row.event_ids)
+            .map(|(t, id)| (*t, id.as_str()))
+            .collect();
+        let mut events = query::events_by_id(&self.ch, &req.org, &keys)
+            .await
+            .map_err(status)?;
+        events.sort_by(|a, b| (a.ts_ns, &a.event_id).cmp(&(b.ts_ns, &b.event_id)));
+        events.dedup_by(|a, b| a.event_id == b.event_id);
+        Ok(Response::new(GetIncidentResponse {
+            incident: Some(row.to_incident()),
+            events: events.iter().map(|r| r.to_scored()).collect(),
+        }))
+    }
+
+    async fn stream_incidents(
+        &self,
+        request: Request<StreamIncidentsRequest>,
+    ) -> Result<Response<Self::StreamIncidentsStream>, Status> {
+        require_org(&request.get_ref().org)?;
+        self.auth
+            .authorize(request.metadata(), &request.get_ref().org)?;
+        let req = request.into_inner();
+        let mut after = if req.resume_cursor.is_empty() {
+            outlier_common::now_ns().saturating_sub(INCIDENT_SETTLE.as_nanos() as u64)
+        } else {
+            decode_incident_cursor(&req.org, &req.resume_cursor)?
+        };
+        let permit = self.streams.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "{MAX_ALERT_STREAMS} streams are open on this indexer; try another or later"
+            ))
+        })?;
+        let min = min_verdict(req.min_verdict());
+        let (tx, rx) = mpsc::channel(256);
+        let ch = self.ch.clone();
+        let org = req.org;
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tx.closed() => return,
+                    _ = tick.tick() => {}
+                }
+                let until =
+                    outlier_common::now_ns().saturating_sub(INCIDENT_SETTLE.as_nanos() as u64);
+                if until <= after {
+                    continue;
+                }
+                let rows = match crate::incidents::changed(&ch, &org, after, until, min).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = tx.send(Err(clickhouse_status(e))).await;
+                        return;
+                    }
+                };
+                let full = rows.len() >= 500;
+                for r in rows {
+                    after = after.max(r.updated_ns);
+                    let update = IncidentUpdate {
+                        cursor: encode_incident_cursor(&org, r.updated_ns),
+                        incident: Some(r.to_incident()),
+                    };
+                    if tx.send(Ok(update)).await.is_err() {
+                        return;
+                    }
+                }
+                if !full {
+                    after = after.max(until);
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
 /// Serves the gRPC services on `addr` until `shutdown` fires. Returns the
 /// bound address once listening.
 pub async fn serve(
@@ -400,6 +568,9 @@ pub async fn serve(
     health
         .set_serving::<FeedbackServiceServer<Services>>()
         .await;
+    health
+        .set_serving::<IncidentServiceServer<Services>>()
+        .await;
     let mut builder = tonic::transport::Server::builder();
     if let Some(identity) = tls {
         builder = builder
@@ -413,7 +584,8 @@ pub async fn serve(
         .add_service(EventQueryServer::new(services.clone()))
         .add_service(SearchServer::new(services.clone()))
         .add_service(AlertStreamServer::new(services.clone()))
-        .add_service(FeedbackServiceServer::new(services));
+        .add_service(FeedbackServiceServer::new(services.clone()))
+        .add_service(IncidentServiceServer::new(services));
     tokio::spawn(async move {
         // No Nagle: a TLS response goes out in several writes, and Nagle
         // with the client's delayed ACK would hold the later ones ~40 ms.
@@ -433,7 +605,7 @@ pub async fn serve(
             tracing::error!(error = %e, "grpc server failed");
         }
     });
-    tracing::info!(addr = %bound, "serving gRPC (EventQuery, Search, AlertStream, FeedbackService, reflection, health)");
+    tracing::info!(addr = %bound, "serving gRPC (EventQuery, Search, AlertStream, FeedbackService, IncidentService, reflection, health)");
     Ok(bound)
 }
 
@@ -450,5 +622,20 @@ mod tests {
         assert_eq!(e.code(), tonic::Code::PermissionDenied);
         assert!(decode_positions("acme", "garbage").is_err());
         assert!(decode_positions("acme", "v1.3d").is_err());
+    }
+
+    #[test]
+    fn incident_cursors_round_trip_within_their_org_only() {
+        let c = encode_incident_cursor("acme", 1_700_000_000_123);
+        assert_eq!(
+            decode_incident_cursor("acme", &c).unwrap(),
+            1_700_000_000_123
+        );
+        let e = decode_incident_cursor("globex", &c).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        assert!(decode_incident_cursor("acme", "i1.zz.1").is_err());
+        assert!(
+            decode_incident_cursor("acme", &encode_positions("acme", &BTreeMap::new())).is_err()
+        );
     }
 }

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod config;
 pub mod grpc;
 pub mod hosts;
+pub mod incidents;
 pub mod metrics;
 pub mod query;
 pub mod row;

@@ -3,8 +3,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Histogram, IntCounter, IntCounterVec, exponential_buckets, register_histogram,
-    register_int_counter, register_int_counter_vec,
+    Histogram, IntCounter, IntCounterVec, IntGauge, exponential_buckets, register_histogram,
+    register_int_counter, register_int_counter_vec, register_int_gauge,
 };
 
 pub static ROWS: LazyLock<IntCounterVec> = LazyLock::new(|| {
@@ -30,6 +30,32 @@ pub static HEARTBEATS: LazyLock<IntCounterVec> = LazyLock::new(|| {
         "outlier_indexer_heartbeats_total",
         "Collector heartbeats of the heartbeats topic, by outcome (written/invalid)",
         &["outcome"]
+    )
+    .expect("metric registers once")
+});
+
+pub static INCIDENT_EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "outlier_indexer_incident_events_total",
+        "Records of the alerts topic read for incidents, by outcome (grouped/skipped/invalid)",
+        &["outcome"]
+    )
+    .expect("metric registers once")
+});
+
+pub static INCIDENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "outlier_indexer_incidents_total",
+        "Incidents opened, and incident versions written (updated)",
+        &["change"]
+    )
+    .expect("metric registers once")
+});
+
+pub static INCIDENTS_OPEN: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "outlier_indexer_incidents_open",
+        "Incidents new flagged events can still join"
     )
     .expect("metric registers once")
 });

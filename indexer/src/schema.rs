@@ -142,6 +142,13 @@ pub async fn migrate(
         .query(&crate::hosts::create_table_sql(db))
         .execute()
         .await?;
+    client
+        .query(&crate::incidents::create_table_sql(
+            db,
+            version.has_ttl().then_some(retention_days),
+        ))
+        .execute()
+        .await?;
     let existing: Vec<NameRow> = client
         .query("SELECT name FROM system.columns WHERE database = ? AND table = ?")
         .bind(db)

@@ -171,6 +171,14 @@ pub async fn run(cfg: IndexerConfig, shutdown: CancellationToken) -> Result<(), 
         health.clone(),
         shutdown.clone(),
     ));
+    let incidents = tokio::spawn(crate::incidents::run(
+        cfg.kafka.clone(),
+        format!("{}-incidents", cfg.group_id),
+        ch.clone(),
+        cfg.incidents.clone(),
+        health.clone(),
+        shutdown.clone(),
+    ));
     let audit = tokio::spawn(crate::audit::run(
         cfg.kafka.clone(),
         format!("{}-feedback-audit", cfg.group_id),
@@ -258,6 +266,7 @@ pub async fn run(cfg: IndexerConfig, shutdown: CancellationToken) -> Result<(), 
     kafka::commit_stored(&consumer);
     let _ = audit.await;
     let _ = hosts.await;
+    let _ = incidents.await;
     tracing::info!("indexer stopped");
     Ok(())
 }

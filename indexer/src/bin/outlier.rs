@@ -7,6 +7,8 @@
 //!     outlier --org acme event EVENT_ID
 //!     outlier --org acme feedback EVENT_ID --benign --reason "nightly backup"
 //!     outlier --org acme hosts --silent 5m
+//!     outlier --org acme incidents --since 24h
+//!     outlier --org acme incident INCIDENT_ID
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -16,10 +18,12 @@ use outlier_common::now_ns;
 use outlier_proto::alert_stream_client::AlertStreamClient;
 use outlier_proto::event_query_client::EventQueryClient;
 use outlier_proto::feedback_service_client::FeedbackServiceClient;
+use outlier_proto::incident_service_client::IncidentServiceClient;
 use outlier_proto::search_client::SearchClient;
 use outlier_proto::{
-    EventKind, FeedbackLabel, GetEventRequest, ListHostsRequest, QueryEventsRequest, ScoredEvent,
-    SearchRequest, SortOrder, StreamAlertsRequest, SubmitFeedbackRequest, Verdict, event::Detail,
+    EventKind, FeedbackLabel, GetEventRequest, GetIncidentRequest, Incident, ListHostsRequest,
+    ListIncidentsRequest, QueryEventsRequest, ScoredEvent, SearchRequest, SortOrder,
+    StreamAlertsRequest, StreamIncidentsRequest, SubmitFeedbackRequest, Verdict, event::Detail,
     search_request,
 };
 use serde_json::json;
@@ -131,6 +135,28 @@ enum Command {
         #[arg(long)]
         silent: Option<String>,
     },
+    /// Incidents: flagged events grouped by host, process tree and time,
+    /// most recent first.
+    Incidents {
+        /// How far back: 30m, 24h, 7d (default 24h).
+        #[arg(long, default_value = "24h")]
+        since: String,
+        #[arg(long)]
+        host: Vec<String>,
+        /// Only incidents with an alert (not only warnings).
+        #[arg(long)]
+        alerts_only: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Keep following new and growing incidents.
+        #[arg(long)]
+        follow: bool,
+        /// Resume after this cursor (printed with each update in --json mode).
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// One incident and its events.
+    Incident { id: String },
     /// Tell the scorers an event is benign (its workload learns the
     /// behaviour) or malicious (its workload forgets it). Audited with your
     /// identity; the token must be allowed feedback.
@@ -263,6 +289,43 @@ fn print_table(rows: &[(ScoredEvent, Option<f32>)]) {
             Some(x) if sim => println!("{x:<6.2} {line}"),
             _ => println!("{line}"),
         }
+    }
+}
+
+fn incident_json(i: &Incident, extra: serde_json::Value) -> serde_json::Value {
+    let mut v = json!({
+        "incident_id": i.incident_id, "org": i.org, "host": i.host, "workloads": i.workloads,
+        "first_ns": i.first_ns, "last_ns": i.last_ns, "event_count": i.event_count,
+        "alert_count": i.alert_count, "verdict": i.verdict().label(), "max_score": i.max_score,
+        "tactics": i.tactics, "techniques": i.techniques, "summary": i.summary,
+        "event_ids": i.event_ids, "root_pid": i.root_pid, "root_program": i.root_program,
+        "updated_ns": i.updated_ns,
+    });
+    if let (Some(obj), serde_json::Value::Object(x)) = (v.as_object_mut(), extra) {
+        obj.extend(x);
+    }
+    v
+}
+
+fn print_incidents(incidents: &[Incident], header: bool) {
+    if header {
+        println!(
+            "{:<24} {:<8} {:<8} {:<16} {:>6} {:>6} {:<7} SUMMARY",
+            "INCIDENT", "FIRST", "LAST", "HOST", "EVENTS", "ALERTS", "VERDICT"
+        );
+    }
+    for i in incidents {
+        println!(
+            "{:<24} {:<8} {:<8} {:<16} {:>6} {:>6} {:<7} {}",
+            cut(&i.incident_id, 24),
+            time_of(i.first_ns),
+            time_of(i.last_ns),
+            cut(&i.host, 16),
+            i.event_count,
+            i.alert_count,
+            i.verdict().label(),
+            cut(&i.summary, 120)
+        );
     }
 }
 
@@ -499,6 +562,100 @@ async fn run(cli: Cli) -> Result<(), String> {
                         format!(" ({})", cut(&fb.note, 500))
                     }
                 );
+            }
+        }
+        Command::Incidents {
+            since,
+            host,
+            alerts_only,
+            limit,
+            follow,
+            cursor,
+        } => {
+            let min_verdict = if alerts_only {
+                Verdict::Alert
+            } else {
+                Verdict::Warn
+            } as i32;
+            let mut client = IncidentServiceClient::with_interceptor(channel, auth);
+            if follow {
+                let mut stream = client
+                    .stream_incidents(StreamIncidentsRequest {
+                        org,
+                        resume_cursor: cursor.unwrap_or_default(),
+                        min_verdict,
+                    })
+                    .await
+                    .map_err(|e| e.message().to_string())?
+                    .into_inner();
+                if !cli.json {
+                    eprintln!("following incidents (Ctrl-C to stop)…");
+                }
+                while let Some(u) = stream
+                    .message()
+                    .await
+                    .map_err(|e| e.message().to_string())?
+                {
+                    let Some(i) = u.incident else { continue };
+                    if cli.json {
+                        println!("{}", incident_json(&i, json!({ "cursor": u.cursor })));
+                    } else {
+                        print_incidents(&[i], false);
+                    }
+                }
+                return Ok(());
+            }
+            let incidents = client
+                .list_incidents(ListIncidentsRequest {
+                    org,
+                    since_ns: now_ns().saturating_sub(parse_ago(&since)?.as_nanos() as u64),
+                    until_ns: 0,
+                    hosts: host,
+                    min_verdict,
+                    limit,
+                })
+                .await
+                .map_err(|e| e.message().to_string())?
+                .into_inner()
+                .incidents;
+            if cli.json {
+                for i in &incidents {
+                    println!("{}", incident_json(i, json!({})));
+                }
+            } else {
+                print_incidents(&incidents, true);
+            }
+        }
+        Command::Incident { id } => {
+            let resp = IncidentServiceClient::with_interceptor(channel, auth)
+                .get_incident(GetIncidentRequest {
+                    org,
+                    incident_id: id,
+                })
+                .await
+                .map_err(|e| e.message().to_string())?
+                .into_inner();
+            let i = resp.incident.ok_or("no incident in the answer")?;
+            if cli.json {
+                let events: Vec<_> = resp.events.iter().map(|e| to_json(e, json!({}))).collect();
+                println!("{}", incident_json(&i, json!({ "events": events })));
+            } else {
+                println!("incident {}", cut(&i.incident_id, 64));
+                println!("  {}", cut(&i.summary, 2000));
+                println!(
+                    "  host {}, workloads {}, verdict {}, {} events ({} alerts), highest score {:.2}",
+                    cut(&i.host, 200),
+                    cut(&i.workloads.join(", "), 200),
+                    i.verdict().label(),
+                    i.event_count,
+                    i.alert_count,
+                    i.max_score
+                );
+                if !i.techniques.is_empty() {
+                    println!("  techniques {}", cut(&i.techniques.join(", "), 400));
+                }
+                println!();
+                print_events(resp.events, false);
             }
         }
         Command::Event { id } => {
