@@ -188,6 +188,10 @@ pub struct Topics {
     /// Collectors' heartbeats, forwarded by the scorers once their org is
     /// checked; the indexer keeps each host's latest.
     pub heartbeats: String,
+    /// Operators' suppression rules (`outlier.v1.Suppression`), compacted,
+    /// keyed org/id, written only by operators and the indexer; every
+    /// scorer and indexer reads all of it.
+    pub suppressions: String,
 }
 
 impl Topics {
@@ -237,6 +241,7 @@ impl Default for Topics {
             deadletter: "outlier.deadletter.v1".to_string(),
             feedback: "outlier.feedback.v1".to_string(),
             heartbeats: "outlier.heartbeats.v1".to_string(),
+            suppressions: "outlier.suppressions.v1".to_string(),
         }
     }
 }

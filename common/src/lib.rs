@@ -11,6 +11,7 @@ pub mod kafka;
 pub mod lance;
 pub mod names;
 pub mod retry;
+pub mod suppress;
 pub mod telemetry;
 
 /// Now, in nanoseconds since the Unix epoch (0 if the clock is before it).

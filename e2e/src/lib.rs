@@ -57,6 +57,7 @@ impl TestEnv {
             deadletter: format!("{id}.deadletter"),
             feedback: format!("{id}.feedback"),
             heartbeats: format!("{id}.heartbeats"),
+            suppressions: format!("{id}.suppressions"),
         };
         let t = &kafka.topics;
         kafka
@@ -67,6 +68,7 @@ impl TestEnv {
                 (&t.scored, 3),
                 (&t.alerts, 1),
                 (&t.deadletter, 1),
+                (&t.suppressions, 1),
             ])
             .await
             .expect("create test topics");

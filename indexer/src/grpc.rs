@@ -1,5 +1,5 @@
 //! The gRPC services: EventQuery (QueryEvents, GetEvent), Search,
-//! AlertStream, FeedbackService and IncidentService, with reflection and health so `grpcurl`
+//! AlertStream, FeedbackService, IncidentService and SuppressionService, with reflection and health so `grpcurl`
 //! works. Every call is scoped by the org it names.
 
 use std::collections::BTreeMap;
@@ -17,12 +17,15 @@ use outlier_proto::event_query_server::{EventQuery, EventQueryServer};
 use outlier_proto::feedback_service_server::{FeedbackService, FeedbackServiceServer};
 use outlier_proto::incident_service_server::{IncidentService, IncidentServiceServer};
 use outlier_proto::search_server::{Search, SearchServer};
+use outlier_proto::suppression_service_server::{SuppressionService, SuppressionServiceServer};
 use outlier_proto::{
-    AlertEnvelope, GetEventRequest, GetEventResponse, GetIncidentRequest, GetIncidentResponse,
-    HostStatus, IncidentUpdate, ListHostsRequest, ListHostsResponse, ListIncidentsRequest,
-    ListIncidentsResponse, QueryEventsRequest, QueryEventsResponse, ScoredEvent, SearchHit,
-    SearchRequest, SearchResponse, StreamAlertsRequest, StreamIncidentsRequest,
-    SubmitFeedbackRequest, SubmitFeedbackResponse, Verdict, search_request,
+    AlertEnvelope, CreateSuppressionRequest, CreateSuppressionResponse, GetEventRequest,
+    GetEventResponse, GetIncidentRequest, GetIncidentResponse, HostStatus, IncidentUpdate,
+    ListHostsRequest, ListHostsResponse, ListIncidentsRequest, ListIncidentsResponse,
+    ListSuppressionsRequest, ListSuppressionsResponse, QueryEventsRequest, QueryEventsResponse,
+    RevokeSuppressionRequest, RevokeSuppressionResponse, ScoredEvent, SearchHit, SearchRequest,
+    SearchResponse, StreamAlertsRequest, StreamIncidentsRequest, SubmitFeedbackRequest,
+    SubmitFeedbackResponse, Suppression, Verdict, search_request,
 };
 use prost::Message as _;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -50,6 +53,8 @@ pub struct Services {
     pub auth: Arc<Authorizer>,
     /// Publishes feedback to the feedback topic.
     pub producer: rdkafka::producer::FutureProducer,
+    /// The suppression rules, followed from their topic.
+    pub suppressions: outlier_common::suppress::Suppressions,
 }
 
 /// Most StreamAlerts calls served at once; more get RESOURCE_EXHAUSTED.
@@ -547,6 +552,110 @@ impl IncidentService for Services {
     }
 }
 
+/// Longest a suppression may apply: a rule is a decision to revisit.
+pub const MAX_SUPPRESSION_S: u64 = 90 * 86_400;
+
+impl Services {
+    async fn publish_suppression(&self, s: &Suppression) -> Result<(), Status> {
+        outlier_common::suppress::publish(
+            &self.producer,
+            &self.kafka.topics,
+            s,
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|e| Status::unavailable(format!("suppression not delivered to Kafka: {e}")))?;
+        // Listed at once here; the scorers follow the topic.
+        let _ = self.suppressions.apply(s.clone());
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl SuppressionService for Services {
+    async fn create_suppression(
+        &self,
+        request: Request<CreateSuppressionRequest>,
+    ) -> Result<Response<CreateSuppressionResponse>, Status> {
+        require_org(&request.get_ref().org)?;
+        let author = self
+            .auth
+            .authorize_feedback(request.metadata(), &request.get_ref().org)?;
+        let req = request.into_inner();
+        if !(60..=MAX_SUPPRESSION_S).contains(&req.expires_in_s) {
+            return Err(Status::invalid_argument(format!(
+                "expires_in_s = {}: a suppression applies for 60 s to 90 days",
+                req.expires_in_s
+            )));
+        }
+        let now = outlier_common::now_ns();
+        let s = Suppression {
+            suppression_id: format!("sup-{}", uuid::Uuid::now_v7().simple()),
+            org: req.org,
+            workload: req.workload,
+            host: req.host,
+            program: req.program,
+            argv: req.argv,
+            path: req.path,
+            remote: req.remote,
+            expires_ns: now.saturating_add(req.expires_in_s.saturating_mul(1_000_000_000)),
+            reason: req.reason,
+            author,
+            created_ns: now,
+            revoked: false,
+            revoked_by: String::new(),
+        };
+        outlier_common::suppress::validate(&s).map_err(Status::invalid_argument)?;
+        self.publish_suppression(&s).await?;
+        tracing::info!(author = %s.author, org = %s.org, id = %s.suppression_id, "suppression created");
+        Ok(Response::new(CreateSuppressionResponse {
+            suppression: Some(s),
+        }))
+    }
+
+    async fn list_suppressions(
+        &self,
+        request: Request<ListSuppressionsRequest>,
+    ) -> Result<Response<ListSuppressionsResponse>, Status> {
+        require_org(&request.get_ref().org)?;
+        self.auth
+            .authorize(request.metadata(), &request.get_ref().org)?;
+        let req = request.into_inner();
+        Ok(Response::new(ListSuppressionsResponse {
+            suppressions: self
+                .suppressions
+                .list(&req.org, req.all, outlier_common::now_ns()),
+        }))
+    }
+
+    async fn revoke_suppression(
+        &self,
+        request: Request<RevokeSuppressionRequest>,
+    ) -> Result<Response<RevokeSuppressionResponse>, Status> {
+        require_org(&request.get_ref().org)?;
+        let actor = self
+            .auth
+            .authorize_feedback(request.metadata(), &request.get_ref().org)?;
+        let req = request.into_inner();
+        let mut s = self
+            .suppressions
+            .get(&req.org, &req.suppression_id)
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "no suppression {} in org {}",
+                    req.suppression_id, req.org
+                ))
+            })?;
+        s.revoked = true;
+        s.revoked_by = actor;
+        self.publish_suppression(&s).await?;
+        tracing::info!(by = %s.revoked_by, org = %s.org, id = %s.suppression_id, "suppression revoked");
+        Ok(Response::new(RevokeSuppressionResponse {
+            suppression: Some(s),
+        }))
+    }
+}
+
 /// Serves the gRPC services on `addr` until `shutdown` fires. Returns the
 /// bound address once listening.
 pub async fn serve(
@@ -571,6 +680,9 @@ pub async fn serve(
     health
         .set_serving::<IncidentServiceServer<Services>>()
         .await;
+    health
+        .set_serving::<SuppressionServiceServer<Services>>()
+        .await;
     let mut builder = tonic::transport::Server::builder();
     if let Some(identity) = tls {
         builder = builder
@@ -585,7 +697,8 @@ pub async fn serve(
         .add_service(SearchServer::new(services.clone()))
         .add_service(AlertStreamServer::new(services.clone()))
         .add_service(FeedbackServiceServer::new(services.clone()))
-        .add_service(IncidentServiceServer::new(services));
+        .add_service(IncidentServiceServer::new(services.clone()))
+        .add_service(SuppressionServiceServer::new(services));
     tokio::spawn(async move {
         // No Nagle: a TLS response goes out in several writes, and Nagle
         // with the client's delayed ACK would hold the later ones ~40 ms.
@@ -605,7 +718,7 @@ pub async fn serve(
             tracing::error!(error = %e, "grpc server failed");
         }
     });
-    tracing::info!(addr = %bound, "serving gRPC (EventQuery, Search, AlertStream, FeedbackService, IncidentService, reflection, health)");
+    tracing::info!(addr = %bound, "serving gRPC (EventQuery, Search, AlertStream, FeedbackService, IncidentService, SuppressionService, reflection, health)");
     Ok(bound)
 }
 

@@ -49,6 +49,7 @@ pub struct EventRow {
     pub contrib_values: Vec<f64>,
     pub contrib_shap: Vec<f64>,
     pub contrib_sentences: Vec<String>,
+    pub suppressed_by: String,
 }
 
 impl EventRow {
@@ -86,6 +87,7 @@ impl EventRow {
             contrib_values: s.contributions.iter().map(|c| c.value).collect(),
             contrib_shap: s.contributions.iter().map(|c| c.shap).collect(),
             contrib_sentences: s.contributions.iter().map(|c| c.sentence.clone()).collect(),
+            suppressed_by: s.suppressed_by.clone(),
             ..EventRow::default()
         };
         match e.detail {
@@ -198,6 +200,7 @@ impl EventRow {
             baseline_size: 0,
             learned: false,
             behaviour_key: self.behaviour_key,
+            suppressed_by: self.suppressed_by.clone(),
         }
     }
 }

@@ -53,6 +53,8 @@ pub const COLUMNS: &[(&str, &str)] = &[
     ("contrib_values", "Array(Float64)"),
     ("contrib_shap", "Array(Float64)"),
     ("contrib_sentences", "Array(String)"),
+    // The suppression that kept the flagged event from alerting.
+    ("suppressed_by", "String"),
     ("inserted_at", "DateTime DEFAULT now()"),
 ];
 

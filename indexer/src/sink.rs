@@ -127,6 +127,14 @@ pub async fn run(cfg: IndexerConfig, shutdown: CancellationToken) -> Result<(), 
         "clickhouse schema ready"
     );
 
+    let suppressions = outlier_common::suppress::Suppressions::default();
+    tokio::spawn(outlier_common::suppress::follow(
+        cfg.kafka.clone(),
+        "outlier-indexer",
+        suppressions.clone(),
+        health.clone(),
+        shutdown.clone(),
+    ));
     grpc::serve(
         cfg.grpc_addr,
         Services {
@@ -140,6 +148,7 @@ pub async fn run(cfg: IndexerConfig, shutdown: CancellationToken) -> Result<(), 
                 .kafka
                 .producer_config("outlier-indexer-feedback")
                 .create()?,
+            suppressions,
         },
         tls,
         shutdown.clone(),

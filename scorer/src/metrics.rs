@@ -17,6 +17,14 @@ pub static EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+pub static SUPPRESSED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "outlier_scorer_suppressed_total",
+        "Flagged events a suppression kept off the alerts topic"
+    )
+    .expect("metric registers once")
+});
+
 pub static DEADLETTER: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "outlier_scorer_deadletter_total",

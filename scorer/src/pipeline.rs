@@ -184,6 +184,16 @@ pub async fn run(cfg: ScorerConfig, shutdown: CancellationToken) -> Result<(), R
         "scorer running"
     );
 
+    // Operators' suppression rules, followed from their topic.
+    let suppressions = outlier_common::suppress::Suppressions::default();
+    tokio::spawn(outlier_common::suppress::follow(
+        cfg.kafka.clone(),
+        "outlier-scorer",
+        suppressions.clone(),
+        health.clone(),
+        shutdown.clone(),
+    ));
+
     let (persist_tx, persist_rx) = mpsc::channel::<PersistJob>(1024);
     let unloading = Unloading::default();
     let persister = tokio::spawn(persist_loop(
@@ -206,6 +216,7 @@ pub async fn run(cfg: ScorerConfig, shutdown: CancellationToken) -> Result<(), R
         batches: 0,
         poisoned: HashMap::new(),
         unloading,
+        suppressions,
     };
     let mut flush_tick = tokio::time::interval(Duration::from_millis(
         cfg.baseline.flush_interval_ms.max(10),
@@ -481,6 +492,8 @@ struct Worker<'a> {
     /// their records are dead-lettered until the entry expires.
     poisoned: HashMap<WorkloadKey, (String, Instant)>,
     unloading: Unloading,
+    /// Operators' rules that keep matching flagged events off the alerts.
+    suppressions: outlier_common::suppress::Suppressions,
 }
 
 /// How long a workload whose baseline could not be loaded is dead-lettered
@@ -691,8 +704,16 @@ impl Worker<'_> {
         for (msg, outcome) in batch.iter().zip(outcomes) {
             let key = msg.key().unwrap_or_default().to_vec();
             match outcome {
-                Outcome::Scored(scored) => {
+                Outcome::Scored(mut scored) => {
                     let verdict = scored.verdict();
+                    let flagged = matches!(verdict, Verdict::Warn | Verdict::Alert);
+                    if flagged
+                        && let Some(e) = &scored.event
+                        && let Some(id) = self.suppressions.matching(e, scored.scored_at_ns)
+                    {
+                        metrics::SUPPRESSED.inc();
+                        scored.suppressed_by = id;
+                    }
                     metrics::EVENTS.with_label_values(&[verdict.label()]).inc();
                     metrics::SCORE.observe(f64::from(scored.anomaly_score));
                     let lag = scored
@@ -700,7 +721,7 @@ impl Worker<'_> {
                         .saturating_sub(scored.event.as_ref().map_or(0, |e| e.ts_ns));
                     metrics::LAG_SECONDS.observe(lag as f64 / 1e9);
                     let payload = scored.encode_to_vec();
-                    if matches!(verdict, Verdict::Warn | Verdict::Alert) {
+                    if flagged && scored.suppressed_by.is_empty() {
                         records.push(OutRecord {
                             topic: topics.alerts.clone(),
                             key: key.clone(),
@@ -1112,6 +1133,8 @@ impl Judge {
             learned,
             behaviour_key: bkey,
             event: Some(event),
+            // Set when publishing, from the operators' current rules.
+            suppressed_by: String::new(),
         };
         (scored, signals)
     }

@@ -9,6 +9,9 @@
 //!     outlier --org acme hosts --silent 5m
 //!     outlier --org acme incidents --since 24h
 //!     outlier --org acme incident INCIDENT_ID
+//!     outlier --org acme suppress --host 'db-*' --argv 'su postgres -c psql *' --for 30d --reason "monitoring"
+//!     outlier --org acme suppressions
+//!     outlier --org acme unsuppress SUPPRESSION_ID
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -20,10 +23,12 @@ use outlier_proto::event_query_client::EventQueryClient;
 use outlier_proto::feedback_service_client::FeedbackServiceClient;
 use outlier_proto::incident_service_client::IncidentServiceClient;
 use outlier_proto::search_client::SearchClient;
+use outlier_proto::suppression_service_client::SuppressionServiceClient;
 use outlier_proto::{
-    EventKind, FeedbackLabel, GetEventRequest, GetIncidentRequest, Incident, ListHostsRequest,
-    ListIncidentsRequest, QueryEventsRequest, ScoredEvent, SearchRequest, SortOrder,
-    StreamAlertsRequest, StreamIncidentsRequest, SubmitFeedbackRequest, Verdict, event::Detail,
+    CreateSuppressionRequest, EventKind, FeedbackLabel, GetEventRequest, GetIncidentRequest,
+    Incident, ListHostsRequest, ListIncidentsRequest, ListSuppressionsRequest, QueryEventsRequest,
+    RevokeSuppressionRequest, ScoredEvent, SearchRequest, SortOrder, StreamAlertsRequest,
+    StreamIncidentsRequest, SubmitFeedbackRequest, Suppression, Verdict, event::Detail,
     search_request,
 };
 use serde_json::json;
@@ -157,6 +162,41 @@ enum Command {
     },
     /// One incident and its events.
     Incident { id: String },
+    /// Keep matching flagged events from alerting (they are still scored,
+    /// stored and marked) until the rule expires. Every condition given
+    /// must hold; globs take `*` and `?`. Needs a token allowed feedback.
+    Suppress {
+        #[arg(long)]
+        workload: Option<String>,
+        #[arg(long)]
+        host: Option<String>,
+        /// The acting program's name, e.g. psql.
+        #[arg(long)]
+        program: Option<String>,
+        /// An exec's command line (arguments joined by spaces).
+        #[arg(long)]
+        argv: Option<String>,
+        /// An open's path.
+        #[arg(long)]
+        path: Option<String>,
+        /// A connection's address:port.
+        #[arg(long)]
+        remote: Option<String>,
+        /// How long it applies: 1h, 7d (at most 90d).
+        #[arg(long = "for", default_value = "7d")]
+        duration: String,
+        /// Why (required; shown with the rule).
+        #[arg(long)]
+        reason: String,
+    },
+    /// The org's suppressions, newest first.
+    Suppressions {
+        /// Also expired and revoked ones.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Revoke a suppression: matching events alert again.
+    Unsuppress { id: String },
     /// Tell the scorers an event is benign (its workload learns the
     /// behaviour) or malicious (its workload forgets it). Audited with your
     /// identity; the token must be allowed feedback.
@@ -249,6 +289,7 @@ fn to_json(s: &ScoredEvent, extra: serde_json::Value) -> serde_json::Value {
         "anomaly_score": s.anomaly_score, "verdict": s.verdict().label(),
         "threat_category": s.threat_category, "tactic": s.tactic, "technique": s.technique,
         "confidence": s.confidence, "explanation": s.explanation,
+        "suppressed_by": s.suppressed_by,
         "contributions": s.contributions.iter().map(|c| json!({
             "feature": c.feature, "value": c.value, "shap": c.shap, "sentence": c.sentence,
         })).collect::<Vec<_>>(),
@@ -283,7 +324,15 @@ fn print_table(rows: &[(ScoredEvent, Option<f32>)]) {
             cut(&what(s), 44),
             s.anomaly_score,
             s.verdict().label(),
-            cut(&s.explanation, 60)
+            if s.suppressed_by.is_empty() {
+                cut(&s.explanation, 60)
+            } else {
+                format!(
+                    "suppressed by {}; {}",
+                    cut(&s.suppressed_by, 40),
+                    cut(&s.explanation, 40)
+                )
+            }
         );
         match similarity {
             Some(x) if sim => println!("{x:<6.2} {line}"),
@@ -327,6 +376,51 @@ fn print_incidents(incidents: &[Incident], header: bool) {
             cut(&i.summary, 120)
         );
     }
+}
+
+fn suppression_json(x: &Suppression) -> serde_json::Value {
+    json!({
+        "suppression_id": x.suppression_id, "org": x.org, "workload": x.workload,
+        "host": x.host, "program": x.program, "argv": x.argv, "path": x.path,
+        "remote": x.remote, "expires_ns": x.expires_ns, "reason": x.reason,
+        "author": x.author, "created_ns": x.created_ns, "revoked": x.revoked,
+        "revoked_by": x.revoked_by,
+    })
+}
+
+fn print_suppression(x: &Suppression) {
+    let conditions: Vec<String> = [
+        ("workload", &x.workload),
+        ("host", &x.host),
+        ("program", &x.program),
+        ("argv", &x.argv),
+        ("path", &x.path),
+        ("remote", &x.remote),
+    ]
+    .iter()
+    .filter(|(_, v)| !v.is_empty())
+    .map(|(k, v)| format!("{k}={v}"))
+    .collect();
+    let state = if x.revoked {
+        format!("revoked by {}", x.revoked_by)
+    } else if now_ns() >= x.expires_ns {
+        "expired".to_string()
+    } else {
+        let left = (x.expires_ns - now_ns()) / 1_000_000_000;
+        match left {
+            0..7200 => format!("{}m left", left / 60),
+            7200..172_800 => format!("{}h left", left / 3600),
+            _ => format!("{}d left", left / 86_400),
+        }
+    };
+    println!(
+        "{:<36} {:<14} {:<16} {:<50} {}",
+        cut(&x.suppression_id, 36),
+        cut(&state, 14),
+        cut(&x.author, 16),
+        cut(&conditions.join(" "), 50),
+        cut(&x.reason, 80)
+    );
 }
 
 /// Events as JSON lines or as a table.
@@ -656,6 +750,75 @@ async fn run(cli: Cli) -> Result<(), String> {
                 }
                 println!();
                 print_events(resp.events, false);
+            }
+        }
+        Command::Suppress {
+            workload,
+            host,
+            program,
+            argv,
+            path,
+            remote,
+            duration,
+            reason,
+        } => {
+            let x = SuppressionServiceClient::with_interceptor(channel, auth)
+                .create_suppression(CreateSuppressionRequest {
+                    org,
+                    workload: workload.unwrap_or_default(),
+                    host: host.unwrap_or_default(),
+                    program: program.unwrap_or_default(),
+                    argv: argv.unwrap_or_default(),
+                    path: path.unwrap_or_default(),
+                    remote: remote.unwrap_or_default(),
+                    expires_in_s: parse_ago(&duration)?.as_secs(),
+                    reason,
+                })
+                .await
+                .map_err(|e| e.message().to_string())?
+                .into_inner()
+                .suppression
+                .ok_or("no suppression in the answer")?;
+            if cli.json {
+                println!("{}", suppression_json(&x));
+            } else {
+                print_suppression(&x);
+            }
+        }
+        Command::Suppressions { all } => {
+            let list = SuppressionServiceClient::with_interceptor(channel, auth)
+                .list_suppressions(ListSuppressionsRequest { org, all })
+                .await
+                .map_err(|e| e.message().to_string())?
+                .into_inner()
+                .suppressions;
+            if cli.json {
+                for x in &list {
+                    println!("{}", suppression_json(x));
+                }
+            } else {
+                println!(
+                    "{:<36} {:<14} {:<16} {:<50} REASON",
+                    "SUPPRESSION", "STATE", "AUTHOR", "CONDITIONS"
+                );
+                list.iter().for_each(print_suppression);
+            }
+        }
+        Command::Unsuppress { id } => {
+            let x = SuppressionServiceClient::with_interceptor(channel, auth)
+                .revoke_suppression(RevokeSuppressionRequest {
+                    org,
+                    suppression_id: id,
+                })
+                .await
+                .map_err(|e| e.message().to_string())?
+                .into_inner()
+                .suppression
+                .ok_or("no suppression in the answer")?;
+            if cli.json {
+                println!("{}", suppression_json(&x));
+            } else {
+                print_suppression(&x);
             }
         }
         Command::Event { id } => {
