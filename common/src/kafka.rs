@@ -192,6 +192,10 @@ pub struct Topics {
     /// keyed org/id, written only by operators and the indexer; every
     /// scorer and indexer reads all of it.
     pub suppressions: String,
+    /// Fleet signatures (`outlier.v1.Signature`), compacted, keyed org/id,
+    /// written only by operators and the indexer; every scorer reads all
+    /// of it.
+    pub signatures: String,
 }
 
 impl Topics {
@@ -242,6 +246,7 @@ impl Default for Topics {
             feedback: "outlier.feedback.v1".to_string(),
             heartbeats: "outlier.heartbeats.v1".to_string(),
             suppressions: "outlier.suppressions.v1".to_string(),
+            signatures: "outlier.signatures.v1".to_string(),
         }
     }
 }

@@ -3,8 +3,10 @@
 //! set-up, layered configuration, and self-observability (logs, metrics,
 //! health, shutdown).
 
+pub mod compacted;
 pub mod config;
 pub mod featurize;
+pub mod immune;
 pub mod json;
 pub mod kafka;
 #[cfg(feature = "lance")]

@@ -9,8 +9,6 @@ use std::time::Duration;
 
 use outlier_proto::{Event, Suppression, event::Detail};
 use prost::Message as _;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::{Message as _, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::kafka::KafkaConfig;
@@ -184,11 +182,8 @@ impl Suppressions {
 }
 
 /// Reads the whole suppressions topic into `set` and follows it until
-/// `shutdown` fires. A reader of its own (no group offsets): each start
-/// reads the topic from the beginning, compaction keeps it small. Health
-/// check "suppressions" is up once the topic was read to its end. A
-/// deployment without the topic has no suppressions: that is reported in
-/// the check's detail (not as unhealthy) and the topic looked for again.
+/// `shutdown` fires (see [`crate::compacted::follow`]; health check
+/// "suppressions").
 pub async fn follow(
     kafka: KafkaConfig,
     group_prefix: &str,
@@ -197,84 +192,22 @@ pub async fn follow(
     shutdown: CancellationToken,
 ) {
     let topic = kafka.topics.suppressions.clone();
-    let mut delay = Duration::from_millis(250);
-    let consumer = loop {
-        match reader(&kafka, group_prefix, &topic) {
-            Ok(c) => break c,
-            Err(rdkafka::error::KafkaError::MetadataFetch(
-                rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
-            )) => {
-                health.set(
-                    "suppressions",
-                    true,
-                    format!("no topic {topic}: no suppressions"),
-                );
-                delay = Duration::from_secs(10);
-            }
-            Err(e) => {
-                health.set("suppressions", false, format!("{topic}: {e}"));
-                tracing::warn!(topic, error = %e, "suppressions not readable; retrying");
-            }
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(Duration::from_secs(10));
-    };
-    let ends = match end_offsets(&consumer, &topic) {
-        Ok(e) => e,
-        Err(e) => {
-            tracing::warn!(topic, error = %e, "suppressions topic's end unknown");
-            HashMap::new()
-        }
-    };
-    let mut pending: HashMap<i32, i64> = ends.into_iter().filter(|(_, o)| *o > 0).collect();
-    let caught_up = |health: &Health, n: usize| {
-        health.set("suppressions", true, format!("{n} active rules"));
-    };
-    if pending.is_empty() {
-        caught_up(&health, 0);
-    }
-    loop {
-        let m = tokio::select! {
-            () = shutdown.cancelled() => return,
-            m = consumer.recv() => m,
-        };
-        let m = match m {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(topic, error = %e, "suppressions topic: receive failed");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
-        };
-        if let Some(p) = m.payload() {
-            match Suppression::decode(p)
-                .map_err(|e| format!("not an outlier.v1.Suppression: {e}"))
-                .and_then(|s| set.apply(s))
-            {
-                Ok(()) => {}
-                Err(reason) => {
-                    tracing::warn!(
-                        topic,
-                        partition = m.partition(),
-                        offset = m.offset(),
-                        reason,
-                        "suppression record refused"
-                    )
-                }
-            }
-        }
-        if let Some(end) = pending.get(&m.partition())
-            && m.offset() + 1 >= *end
-        {
-            pending.remove(&m.partition());
-            if pending.is_empty() {
-                caught_up(&health, set.active(crate::now_ns()));
-            }
-        }
-    }
+    let status = set.clone();
+    crate::compacted::follow(
+        &kafka,
+        &topic,
+        &format!("{group_prefix}-suppressions"),
+        "suppressions",
+        move |payload| {
+            let s = Suppression::decode(payload)
+                .map_err(|e| format!("not an outlier.v1.Suppression: {e}"))?;
+            set.apply(s)
+        },
+        move || format!("{} active rules", status.active(crate::now_ns())),
+        &health,
+        &shutdown,
+    )
+    .await
 }
 
 /// Publishes a rule (or its new version) on the suppressions topic, keyed
@@ -297,55 +230,6 @@ pub async fn publish(
         .await
         .map(|_| ())
         .map_err(|(e, _)| e)
-}
-
-fn reader(
-    kafka: &KafkaConfig,
-    group_prefix: &str,
-    topic: &str,
-) -> Result<StreamConsumer, rdkafka::error::KafkaError> {
-    let mut cfg = kafka.consumer_config(
-        &format!("{group_prefix}-suppressions"),
-        &format!(
-            "{group_prefix}-suppressions-{}",
-            uuid::Uuid::now_v7().simple()
-        ),
-    );
-    cfg.set("enable.auto.commit", "false");
-    let consumer: StreamConsumer = cfg.create()?;
-    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let partitions: Vec<i32> = md
-        .topics()
-        .first()
-        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
-        .unwrap_or_default();
-    if partitions.is_empty() {
-        return Err(rdkafka::error::KafkaError::MetadataFetch(
-            rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
-        ));
-    }
-    let mut tpl = TopicPartitionList::new();
-    for p in partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
-    }
-    consumer.assign(&tpl)?;
-    Ok(consumer)
-}
-
-fn end_offsets(
-    consumer: &StreamConsumer,
-    topic: &str,
-) -> Result<HashMap<i32, i64>, rdkafka::error::KafkaError> {
-    let assignment = consumer.assignment()?;
-    let mut out = HashMap::new();
-    for e in assignment.elements() {
-        let (low, high) =
-            consumer.fetch_watermarks(topic, e.partition(), Duration::from_secs(10))?;
-        if high > low {
-            out.insert(e.partition(), high);
-        }
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

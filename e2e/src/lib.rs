@@ -58,6 +58,7 @@ impl TestEnv {
             feedback: format!("{id}.feedback"),
             heartbeats: format!("{id}.heartbeats"),
             suppressions: format!("{id}.suppressions"),
+            signatures: format!("{id}.signatures"),
         };
         let t = &kafka.topics;
         kafka
@@ -69,6 +70,7 @@ impl TestEnv {
                 (&t.alerts, 1),
                 (&t.deadletter, 1),
                 (&t.suppressions, 1),
+                (&t.signatures, 1),
             ])
             .await
             .expect("create test topics");
@@ -257,4 +259,41 @@ pub fn feedback_applied() -> u64 {
     outlier_scorer::metrics::EVENTS
         .with_label_values(&["feedback"])
         .get()
+}
+
+/// A reader of a topic of scored events from its start that keeps its
+/// position between calls.
+pub struct TopicReader(rdkafka::consumer::StreamConsumer);
+
+impl TopicReader {
+    pub fn new(kafka: &KafkaConfig, topic: &str) -> Self {
+        use rdkafka::consumer::Consumer as _;
+        let c: rdkafka::consumer::StreamConsumer = kafka
+            .consumer_config(
+                "e2e-reader",
+                &format!("reader-{}", uuid::Uuid::now_v7().simple()),
+            )
+            .create()
+            .expect("consumer");
+        c.subscribe(&[topic]).expect("subscribe");
+        Self(c)
+    }
+
+    /// The next scored event with id `id`, or `None` after `timeout`.
+    pub async fn find(&self, id: &str, timeout: Duration) -> Option<outlier_proto::ScoredEvent> {
+        use prost::Message as _;
+        use rdkafka::Message as _;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let m = tokio::time::timeout_at(deadline, self.0.recv())
+                .await
+                .ok()?;
+            let m = m.expect("kafka");
+            let s = outlier_proto::ScoredEvent::decode(m.payload().unwrap_or_default())
+                .expect("scored event");
+            if s.event.as_ref().is_some_and(|e| e.event_id == id) {
+                return Some(s);
+            }
+        }
+    }
 }

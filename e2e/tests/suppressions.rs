@@ -8,48 +8,15 @@
 use std::time::{Duration, Instant};
 
 use outlier_collector::publish::Publisher;
-use outlier_e2e::{TestEnv, exec, now_ns};
+use outlier_e2e::{TestEnv, TopicReader, exec, now_ns};
 use outlier_proto::event_query_client::EventQueryClient;
 use outlier_proto::suppression_service_client::SuppressionServiceClient;
 use outlier_proto::{
     CreateSuppressionRequest, Event, GetEventRequest, ListSuppressionsRequest,
-    RevokeSuppressionRequest, ScoredEvent, Verdict,
+    RevokeSuppressionRequest, Verdict,
 };
-use prost::Message as _;
-use rdkafka::Message as _;
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
-
-/// A reader of a topic from its start that keeps its position.
-struct Reader(StreamConsumer);
-
-impl Reader {
-    fn new(env: &TestEnv, topic: &str) -> Self {
-        let c: StreamConsumer = env
-            .kafka
-            .consumer_config("e2e-sup", &format!("r-{}", uuid::Uuid::now_v7().simple()))
-            .create()
-            .unwrap();
-        c.subscribe(&[topic]).unwrap();
-        Self(c)
-    }
-
-    /// The next scored event with id `id`, or `None` after `timeout`.
-    async fn find(&self, id: &str, timeout: Duration) -> Option<ScoredEvent> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let m = tokio::time::timeout_at(deadline, self.0.recv())
-                .await
-                .ok()?;
-            let m = m.expect("kafka");
-            let s = ScoredEvent::decode(m.payload().unwrap()).unwrap();
-            if s.event.as_ref().unwrap().event_id == id {
-                return Some(s);
-            }
-        }
-    }
-}
 
 fn attack(org: &str, id: &str, host: &str) -> Event {
     let mut e = exec(
@@ -83,8 +50,8 @@ async fn a_suppression_stops_the_repeat_alert_within_seconds_and_revoking_brings
     let indexer = tokio::spawn(outlier_indexer::run(icfg, stop.clone()));
     let org = format!("o{}", &env.id[env.id.len() - 8..]);
     let publisher = Publisher::new(&env.kafka, "e2e-sup").unwrap();
-    let scored = Reader::new(&env, &env.kafka.topics.scored);
-    let alerts = Reader::new(&env, &env.kafka.topics.alerts);
+    let scored = TopicReader::new(&env.kafka, &env.kafka.topics.scored);
+    let alerts = TopicReader::new(&env.kafka, &env.kafka.topics.alerts);
 
     // Warm the workload up past its warm-up with routine.
     for i in 0..20 {
@@ -219,7 +186,7 @@ async fn a_suppression_stops_the_repeat_alert_within_seconds_and_revoking_brings
     // ... and the suppressed one never reached the alerts topic (c-1 came
     // after it on the same partition, so it would have been read first).
     // Reading from the start again to be sure:
-    let fresh = Reader::new(&env, &env.kafka.topics.alerts);
+    let fresh = TopicReader::new(&env.kafka, &env.kafka.topics.alerts);
     assert!(
         fresh.find(&sid, Duration::from_secs(5)).await.is_none(),
         "{sid} alerted"

@@ -320,6 +320,8 @@ async fn grpc_cost(ch: &clickhouse::Client, idx: std::sync::Arc<SearchIndex>, qu
         streams: std::sync::Arc::new(tokio::sync::Semaphore::new(grpc::MAX_ALERT_STREAMS)),
         auth: std::sync::Arc::new(auth),
         producer: kafka.producer_config("bench").create().unwrap(),
+        suppressions: Default::default(),
+        signatures: Default::default(),
     };
     let loopback = "127.0.0.1:0".parse().unwrap();
     let plain = grpc::serve(

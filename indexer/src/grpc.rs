@@ -1,5 +1,6 @@
 //! The gRPC services: EventQuery (QueryEvents, GetEvent), Search,
-//! AlertStream, FeedbackService, IncidentService and SuppressionService, with reflection and health so `grpcurl`
+//! AlertStream, FeedbackService, IncidentService, SuppressionService and
+//! SignatureService, with reflection and health so `grpcurl`
 //! works. Every call is scoped by the org it names.
 
 use std::collections::BTreeMap;
@@ -17,15 +18,18 @@ use outlier_proto::event_query_server::{EventQuery, EventQueryServer};
 use outlier_proto::feedback_service_server::{FeedbackService, FeedbackServiceServer};
 use outlier_proto::incident_service_server::{IncidentService, IncidentServiceServer};
 use outlier_proto::search_server::{Search, SearchServer};
+use outlier_proto::signature_service_server::{SignatureService, SignatureServiceServer};
 use outlier_proto::suppression_service_server::{SuppressionService, SuppressionServiceServer};
 use outlier_proto::{
-    AlertEnvelope, CreateSuppressionRequest, CreateSuppressionResponse, GetEventRequest,
-    GetEventResponse, GetIncidentRequest, GetIncidentResponse, HostStatus, IncidentUpdate,
-    ListHostsRequest, ListHostsResponse, ListIncidentsRequest, ListIncidentsResponse,
+    AlertEnvelope, ConfirmIncidentRequest, ConfirmIncidentResponse, CreateSuppressionRequest,
+    CreateSuppressionResponse, GetEventRequest, GetEventResponse, GetIncidentRequest,
+    GetIncidentResponse, HostStatus, IncidentUpdate, ListHostsRequest, ListHostsResponse,
+    ListIncidentsRequest, ListIncidentsResponse, ListSignaturesRequest, ListSignaturesResponse,
     ListSuppressionsRequest, ListSuppressionsResponse, QueryEventsRequest, QueryEventsResponse,
-    RevokeSuppressionRequest, RevokeSuppressionResponse, ScoredEvent, SearchHit, SearchRequest,
-    SearchResponse, StreamAlertsRequest, StreamIncidentsRequest, SubmitFeedbackRequest,
-    SubmitFeedbackResponse, Suppression, Verdict, search_request,
+    RevokeSignatureRequest, RevokeSignatureResponse, RevokeSuppressionRequest,
+    RevokeSuppressionResponse, ScoredEvent, SearchHit, SearchRequest, SearchResponse, Signature,
+    StreamAlertsRequest, StreamIncidentsRequest, SubmitFeedbackRequest, SubmitFeedbackResponse,
+    Suppression, Verdict, search_request,
 };
 use prost::Message as _;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -55,6 +59,8 @@ pub struct Services {
     pub producer: rdkafka::producer::FutureProducer,
     /// The suppression rules, followed from their topic.
     pub suppressions: outlier_common::suppress::Suppressions,
+    /// The fleet's signatures, followed from their topic.
+    pub signatures: outlier_common::immune::Signatures,
 }
 
 /// Most StreamAlerts calls served at once; more get RESOURCE_EXHAUSTED.
@@ -656,6 +662,174 @@ impl SuppressionService for Services {
     }
 }
 
+/// Distinct behaviours of one incident made into signatures, at most.
+pub const MAX_SIGNATURES_PER_INCIDENT: usize = 32;
+
+impl Services {
+    async fn publish_signature(&self, s: &Signature) -> Result<(), Status> {
+        outlier_common::immune::publish(
+            &self.producer,
+            &self.kafka.topics,
+            s,
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|e| Status::unavailable(format!("signature not delivered to Kafka: {e}")))?;
+        let _ = self.signatures.apply(s.clone());
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl SignatureService for Services {
+    async fn confirm_incident(
+        &self,
+        request: Request<ConfirmIncidentRequest>,
+    ) -> Result<Response<ConfirmIncidentResponse>, Status> {
+        require_org(&request.get_ref().org)?;
+        let author = self
+            .auth
+            .authorize_feedback(request.metadata(), &request.get_ref().org)?;
+        let req = request.into_inner();
+        if req.reason.trim().is_empty() {
+            return Err(Status::invalid_argument(
+                "reason: say why (it is kept with the signatures)",
+            ));
+        }
+        let expires_in_s = match req.expires_in_s {
+            0 => 90 * 86_400,
+            s if (60..=365 * 86_400).contains(&s) => s,
+            s => {
+                return Err(Status::invalid_argument(format!(
+                    "expires_in_s = {s}: a signature applies for 60 s to 365 days"
+                )));
+            }
+        };
+        let row = crate::incidents::get(&self.ch, &req.org, &req.incident_id)
+            .await
+            .map_err(clickhouse_status)?
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "no incident {} in org {}",
+                    req.incident_id, req.org
+                ))
+            })?;
+        let keys: Vec<(u64, &str)> = row
+            .event_ts_ns
+            .iter()
+            .zip(&row.event_ids)
+            .map(|(t, id)| (*t, id.as_str()))
+            .collect();
+        let mut events = query::events_by_id(&self.ch, &req.org, &keys)
+            .await
+            .map_err(status)?;
+        events.sort_by(|a, b| (a.ts_ns, &a.event_id).cmp(&(b.ts_ns, &b.event_id)));
+        let now = outlier_common::now_ns();
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for r in &events {
+            if out.len() >= MAX_SIGNATURES_PER_INCIDENT {
+                break;
+            }
+            let scored = r.to_scored();
+            let Some(event) = scored.event.clone() else {
+                continue;
+            };
+            let mut s = outlier_common::immune::signature_of(
+                &event,
+                format!("sig-{}", uuid::Uuid::now_v7().simple()),
+            );
+            // One signature per behaviour (the same embedding: the same key).
+            let key = outlier_common::featurize::behaviour_key(
+                &<[f32; outlier_common::featurize::DIM]>::try_from(s.embedding.as_slice())
+                    .expect("embedding of DIM values"),
+            );
+            if !seen.insert(key) {
+                continue;
+            }
+            s.tactic = scored.tactic.clone();
+            s.technique = scored.technique.clone();
+            s.incident_id = row.incident_id.clone();
+            s.summary = crate::incidents::step_of(&scored);
+            s.author = author.clone();
+            s.reason = req.reason.clone();
+            s.created_ns = now;
+            s.expires_ns = now.saturating_add(expires_in_s.saturating_mul(1_000_000_000));
+            self.publish_signature(&s).await?;
+            // The workload that learned it (in its warm-up) forgets it.
+            let feedback = outlier_proto::Feedback {
+                event: Some(event),
+                label: outlier_proto::FeedbackLabel::Malicious as i32,
+                actor: author.clone(),
+                note: format!(
+                    "incident {} confirmed malicious: {}",
+                    row.incident_id, req.reason
+                ),
+                ts_ns: now,
+            };
+            outlier_common::kafka::send_feedback(
+                &self.producer,
+                &self.kafka.topics,
+                &feedback,
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|e| Status::unavailable(format!("feedback not delivered to Kafka: {e}")))?;
+            out.push(s);
+        }
+        if out.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "incident {}: none of its events is stored any more",
+                row.incident_id
+            )));
+        }
+        tracing::info!(author = %author, org = %req.org, incident = %row.incident_id, signatures = out.len(), "incident confirmed malicious");
+        Ok(Response::new(ConfirmIncidentResponse { signatures: out }))
+    }
+
+    async fn list_signatures(
+        &self,
+        request: Request<ListSignaturesRequest>,
+    ) -> Result<Response<ListSignaturesResponse>, Status> {
+        require_org(&request.get_ref().org)?;
+        self.auth
+            .authorize(request.metadata(), &request.get_ref().org)?;
+        let req = request.into_inner();
+        Ok(Response::new(ListSignaturesResponse {
+            signatures: self
+                .signatures
+                .list(&req.org, req.all, outlier_common::now_ns()),
+        }))
+    }
+
+    async fn revoke_signature(
+        &self,
+        request: Request<RevokeSignatureRequest>,
+    ) -> Result<Response<RevokeSignatureResponse>, Status> {
+        require_org(&request.get_ref().org)?;
+        let actor = self
+            .auth
+            .authorize_feedback(request.metadata(), &request.get_ref().org)?;
+        let req = request.into_inner();
+        let mut s = self
+            .signatures
+            .get(&req.org, &req.signature_id)
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "no signature {} in org {}",
+                    req.signature_id, req.org
+                ))
+            })?;
+        s.revoked = true;
+        s.revoked_by = actor;
+        self.publish_signature(&s).await?;
+        tracing::info!(by = %s.revoked_by, org = %s.org, id = %s.signature_id, "signature revoked");
+        Ok(Response::new(RevokeSignatureResponse {
+            signature: Some(s),
+        }))
+    }
+}
+
 /// Serves the gRPC services on `addr` until `shutdown` fires. Returns the
 /// bound address once listening.
 pub async fn serve(
@@ -683,6 +857,9 @@ pub async fn serve(
     health
         .set_serving::<SuppressionServiceServer<Services>>()
         .await;
+    health
+        .set_serving::<SignatureServiceServer<Services>>()
+        .await;
     let mut builder = tonic::transport::Server::builder();
     if let Some(identity) = tls {
         builder = builder
@@ -698,7 +875,8 @@ pub async fn serve(
         .add_service(AlertStreamServer::new(services.clone()))
         .add_service(FeedbackServiceServer::new(services.clone()))
         .add_service(IncidentServiceServer::new(services.clone()))
-        .add_service(SuppressionServiceServer::new(services));
+        .add_service(SuppressionServiceServer::new(services.clone()))
+        .add_service(SignatureServiceServer::new(services));
     tokio::spawn(async move {
         // No Nagle: a TLS response goes out in several writes, and Nagle
         // with the client's delayed ACK would hold the later ones ~40 ms.
@@ -718,7 +896,7 @@ pub async fn serve(
             tracing::error!(error = %e, "grpc server failed");
         }
     });
-    tracing::info!(addr = %bound, "serving gRPC (EventQuery, Search, AlertStream, FeedbackService, IncidentService, SuppressionService, reflection, health)");
+    tracing::info!(addr = %bound, "serving gRPC (EventQuery, Search, AlertStream, FeedbackService, IncidentService, SuppressionService, SignatureService, reflection, health)");
     Ok(bound)
 }
 

@@ -50,6 +50,7 @@ pub struct EventRow {
     pub contrib_shap: Vec<f64>,
     pub contrib_sentences: Vec<String>,
     pub suppressed_by: String,
+    pub signature_id: String,
 }
 
 impl EventRow {
@@ -88,6 +89,7 @@ impl EventRow {
             contrib_shap: s.contributions.iter().map(|c| c.shap).collect(),
             contrib_sentences: s.contributions.iter().map(|c| c.sentence.clone()).collect(),
             suppressed_by: s.suppressed_by.clone(),
+            signature_id: s.signature_id.clone(),
             ..EventRow::default()
         };
         match e.detail {
@@ -201,6 +203,7 @@ impl EventRow {
             learned: false,
             behaviour_key: self.behaviour_key,
             suppressed_by: self.suppressed_by.clone(),
+            signature_id: self.signature_id.clone(),
         }
     }
 }

@@ -55,6 +55,8 @@ pub const COLUMNS: &[(&str, &str)] = &[
     ("contrib_sentences", "Array(String)"),
     // The suppression that kept the flagged event from alerting.
     ("suppressed_by", "String"),
+    // The fleet signature (immune memory) the event matched.
+    ("signature_id", "String"),
     ("inserted_at", "DateTime DEFAULT now()"),
 ];
 

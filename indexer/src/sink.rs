@@ -135,6 +135,14 @@ pub async fn run(cfg: IndexerConfig, shutdown: CancellationToken) -> Result<(), 
         health.clone(),
         shutdown.clone(),
     ));
+    let signatures = outlier_common::immune::Signatures::default();
+    tokio::spawn(outlier_common::immune::follow(
+        cfg.kafka.clone(),
+        "outlier-indexer",
+        signatures.clone(),
+        health.clone(),
+        shutdown.clone(),
+    ));
     grpc::serve(
         cfg.grpc_addr,
         Services {
@@ -149,6 +157,7 @@ pub async fn run(cfg: IndexerConfig, shutdown: CancellationToken) -> Result<(), 
                 .producer_config("outlier-indexer-feedback")
                 .create()?,
             suppressions,
+            signatures,
         },
         tls,
         shutdown.clone(),

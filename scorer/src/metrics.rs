@@ -25,6 +25,14 @@ pub static SUPPRESSED: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+pub static SIGNATURE_MATCHES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "outlier_scorer_signature_matches_total",
+        "Events that matched a fleet signature (immune memory) and alerted"
+    )
+    .expect("metric registers once")
+});
+
 pub static DEADLETTER: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "outlier_scorer_deadletter_total",

@@ -184,6 +184,15 @@ pub async fn run(cfg: ScorerConfig, shutdown: CancellationToken) -> Result<(), R
         "scorer running"
     );
 
+    // The fleet's signatures (immune memory), followed from their topic.
+    let signatures = outlier_common::immune::Signatures::default();
+    tokio::spawn(outlier_common::immune::follow(
+        cfg.kafka.clone(),
+        "outlier-scorer",
+        signatures.clone(),
+        health.clone(),
+        shutdown.clone(),
+    ));
     // Operators' suppression rules, followed from their topic.
     let suppressions = outlier_common::suppress::Suppressions::default();
     tokio::spawn(outlier_common::suppress::follow(
@@ -210,7 +219,10 @@ pub async fn run(cfg: ScorerConfig, shutdown: CancellationToken) -> Result<(), R
         producer: &producer,
         health: &health,
         shutdown: &shutdown,
-        judge: Judge::new(cfg.scoring.clone(), cfg.baseline.warmup_events, classifier),
+        judge: Judge {
+            signatures,
+            ..Judge::new(cfg.scoring.clone(), cfg.baseline.warmup_events, classifier)
+        },
         partition_of: HashMap::new(),
         last_used: HashMap::new(),
         batches: 0,
@@ -974,6 +986,9 @@ pub struct Judge {
     pub scoring: ScoringConfig,
     /// Events a workload learns unconditionally (see `BaselineConfig`).
     pub warmup_events: u64,
+    /// The fleet's immune memory: behaviours confirmed malicious anywhere
+    /// in an org alert on every host of it.
+    pub signatures: outlier_common::immune::Signatures,
 }
 
 impl Judge {
@@ -984,6 +999,7 @@ impl Judge {
             classifier,
             scoring,
             warmup_events,
+            signatures: Default::default(),
         }
     }
 
@@ -1011,6 +1027,8 @@ impl Judge {
         let mut explanation = score::explain(&j, &event.workload);
         let mut verdict = j.verdict;
         let mut threat = None;
+        // Immune memory: confirmed malicious somewhere in the org.
+        let signature = self.signatures.matching(&event, &v, now_ns());
         let mut signals = score::Signals {
             anomaly: j.score,
             nearest_distance: j.nearest_distance,
@@ -1061,6 +1079,9 @@ impl Judge {
                     cc.known_below,
                 ),
             };
+            if signature.is_some() {
+                verdict = Verdict::Alert;
+            }
             // SHAP explanations cost ~10x the classification: computed for
             // what is flagged (by either side) or what the classifier
             // itself would flag, not for every event leaning malicious.
@@ -1077,7 +1098,17 @@ impl Judge {
                 .inc();
             threat = Some(a);
         }
-        let learned = verdict != Verdict::Alert || baseline.events() < self.warmup_events;
+        if let Some(m) = &signature {
+            verdict = Verdict::Alert;
+            metrics::SIGNATURE_MATCHES.inc();
+            explanation = format!(
+                "matches fleet signature {} (confirmed malicious on {}: {}; {}); {explanation}",
+                m.signature_id, m.host, m.summary, m.reason
+            );
+        }
+        // What matches a signature is never learned, even in warm-up.
+        let learned = signature.is_none()
+            && (verdict != Verdict::Alert || baseline.events() < self.warmup_events);
         if learned {
             baseline.observe_keyed(&v, bkey, event.ts_ns);
             history.learn(
@@ -1099,7 +1130,7 @@ impl Judge {
         if !learned {
             explanation.push_str("; not learned until confirmed benign");
         }
-        let threat = threat.unwrap_or_else(|| Assessment {
+        let mut threat = threat.unwrap_or_else(|| Assessment {
             category: String::new(),
             tactic: String::new(),
             technique: String::new(),
@@ -1108,7 +1139,14 @@ impl Judge {
             contributions: Vec::new(),
             explanation: String::new(),
         });
+        if let Some(m) = &signature
+            && threat.tactic.is_empty()
+        {
+            threat.tactic = m.tactic.clone();
+            threat.technique = m.technique.clone();
+        }
         let scored = ScoredEvent {
+            signature_id: signature.map(|m| m.signature_id).unwrap_or_default(),
             anomaly_score: j.score,
             nearest_distance: j.nearest_distance,
             threat_category: threat.category,

@@ -12,6 +12,8 @@
 //!     outlier --org acme suppress --host 'db-*' --argv 'su postgres -c psql *' --for 30d --reason "monitoring"
 //!     outlier --org acme suppressions
 //!     outlier --org acme unsuppress SUPPRESSION_ID
+//!     outlier --org acme confirm INCIDENT_ID --reason "reverse shell, ticket SEC-42"
+//!     outlier --org acme signatures
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -23,13 +25,14 @@ use outlier_proto::event_query_client::EventQueryClient;
 use outlier_proto::feedback_service_client::FeedbackServiceClient;
 use outlier_proto::incident_service_client::IncidentServiceClient;
 use outlier_proto::search_client::SearchClient;
+use outlier_proto::signature_service_client::SignatureServiceClient;
 use outlier_proto::suppression_service_client::SuppressionServiceClient;
 use outlier_proto::{
-    CreateSuppressionRequest, EventKind, FeedbackLabel, GetEventRequest, GetIncidentRequest,
-    Incident, ListHostsRequest, ListIncidentsRequest, ListSuppressionsRequest, QueryEventsRequest,
-    RevokeSuppressionRequest, ScoredEvent, SearchRequest, SortOrder, StreamAlertsRequest,
-    StreamIncidentsRequest, SubmitFeedbackRequest, Suppression, Verdict, event::Detail,
-    search_request,
+    ConfirmIncidentRequest, CreateSuppressionRequest, EventKind, FeedbackLabel, GetEventRequest,
+    GetIncidentRequest, Incident, ListHostsRequest, ListIncidentsRequest, ListSignaturesRequest,
+    ListSuppressionsRequest, QueryEventsRequest, RevokeSignatureRequest, RevokeSuppressionRequest,
+    ScoredEvent, SearchRequest, Signature, SortOrder, StreamAlertsRequest, StreamIncidentsRequest,
+    SubmitFeedbackRequest, Suppression, Verdict, event::Detail, search_request,
 };
 use serde_json::json;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -197,6 +200,27 @@ enum Command {
     },
     /// Revoke a suppression: matching events alert again.
     Unsuppress { id: String },
+    /// Confirm an incident malicious: each of its behaviours becomes a
+    /// fleet signature that alerts on every host of the org (immune
+    /// memory), and the workloads that learned them forget them.
+    Confirm {
+        /// The incident's id (as `outlier incidents` prints it).
+        id: String,
+        /// Why (required; kept with the signatures).
+        #[arg(long)]
+        reason: String,
+        /// How long the signatures apply (at most 365d).
+        #[arg(long = "for", default_value = "90d")]
+        duration: String,
+    },
+    /// The org's fleet signatures, newest first.
+    Signatures {
+        /// Also expired and revoked ones.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Revoke a fleet signature.
+    RevokeSignature { id: String },
     /// Tell the scorers an event is benign (its workload learns the
     /// behaviour) or malicious (its workload forgets it). Audited with your
     /// identity; the token must be allowed feedback.
@@ -289,7 +313,7 @@ fn to_json(s: &ScoredEvent, extra: serde_json::Value) -> serde_json::Value {
         "anomaly_score": s.anomaly_score, "verdict": s.verdict().label(),
         "threat_category": s.threat_category, "tactic": s.tactic, "technique": s.technique,
         "confidence": s.confidence, "explanation": s.explanation,
-        "suppressed_by": s.suppressed_by,
+        "suppressed_by": s.suppressed_by, "signature_id": s.signature_id,
         "contributions": s.contributions.iter().map(|c| json!({
             "feature": c.feature, "value": c.value, "shap": c.shap, "sentence": c.sentence,
         })).collect::<Vec<_>>(),
@@ -421,6 +445,48 @@ fn print_suppression(x: &Suppression) {
         cut(&conditions.join(" "), 50),
         cut(&x.reason, 80)
     );
+}
+
+fn signature_json(x: &Signature) -> serde_json::Value {
+    json!({
+        "signature_id": x.signature_id, "org": x.org, "kind": x.kind, "program": x.program,
+        "max_distance": x.max_distance, "tactic": x.tactic, "technique": x.technique,
+        "incident_id": x.incident_id, "event_id": x.event_id, "host": x.host,
+        "workload": x.workload, "summary": x.summary, "author": x.author, "reason": x.reason,
+        "created_ns": x.created_ns, "expires_ns": x.expires_ns, "revoked": x.revoked,
+        "revoked_by": x.revoked_by,
+    })
+}
+
+fn print_signatures(list: &[Signature], json_out: bool) {
+    if json_out {
+        for x in list {
+            println!("{}", signature_json(x));
+        }
+        return;
+    }
+    println!(
+        "{:<36} {:<8} {:<16} {:<14} {:<16} BEHAVIOUR",
+        "SIGNATURE", "STATE", "FROM HOST", "AUTHOR", "TACTIC"
+    );
+    for x in list {
+        let state = if x.revoked {
+            "revoked"
+        } else if now_ns() >= x.expires_ns {
+            "expired"
+        } else {
+            "active"
+        };
+        println!(
+            "{:<36} {:<8} {:<16} {:<14} {:<16} {}",
+            cut(&x.signature_id, 36),
+            state,
+            cut(&x.host, 16),
+            cut(&x.author, 14),
+            cut(&x.tactic, 16),
+            cut(&x.summary, 80)
+        );
+    }
 }
 
 /// Events as JSON lines or as a table.
@@ -820,6 +886,46 @@ async fn run(cli: Cli) -> Result<(), String> {
             } else {
                 print_suppression(&x);
             }
+        }
+        Command::Confirm {
+            id,
+            reason,
+            duration,
+        } => {
+            let list = SignatureServiceClient::with_interceptor(channel, auth)
+                .confirm_incident(ConfirmIncidentRequest {
+                    org,
+                    incident_id: id,
+                    reason,
+                    expires_in_s: parse_ago(&duration)?.as_secs(),
+                })
+                .await
+                .map_err(|e| e.message().to_string())?
+                .into_inner()
+                .signatures;
+            print_signatures(&list, cli.json);
+        }
+        Command::Signatures { all } => {
+            let list = SignatureServiceClient::with_interceptor(channel, auth)
+                .list_signatures(ListSignaturesRequest { org, all })
+                .await
+                .map_err(|e| e.message().to_string())?
+                .into_inner()
+                .signatures;
+            print_signatures(&list, cli.json);
+        }
+        Command::RevokeSignature { id } => {
+            let x = SignatureServiceClient::with_interceptor(channel, auth)
+                .revoke_signature(RevokeSignatureRequest {
+                    org,
+                    signature_id: id,
+                })
+                .await
+                .map_err(|e| e.message().to_string())?
+                .into_inner()
+                .signature
+                .ok_or("no signature in the answer")?;
+            print_signatures(&[x], cli.json);
         }
         Command::Event { id } => {
             let resp = EventQueryClient::with_interceptor(channel, auth)

@@ -1,0 +1,135 @@
+//! Following a compacted topic of operators' rules (suppressions, fleet
+//! signatures): every reader reads the whole topic from its start and then
+//! follows it, keeping the latest version of each rule in memory.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Message as _, Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use crate::kafka::KafkaConfig;
+use crate::telemetry::Health;
+
+/// Reads `topic` from its start and follows it until `shutdown` fires,
+/// handing each record's payload to `apply` (a refused record is logged
+/// with the reason and skipped). A reader of its own, in no consumer group
+/// (the group id, under `group`, is only a name: nothing is committed).
+/// Health check `check` turns up, with `status()` as its detail, once the
+/// topic was read to the end it had at start. A deployment without the
+/// topic has no rules: said in the check's detail (not unhealthy), and the
+/// topic looked for again every 10 s.
+#[allow(clippy::too_many_arguments)]
+pub async fn follow(
+    kafka: &KafkaConfig,
+    topic: &str,
+    group: &str,
+    check: &'static str,
+    mut apply: impl FnMut(&[u8]) -> Result<(), String> + Send,
+    status: impl Fn() -> String + Send,
+    health: &Health,
+    shutdown: &CancellationToken,
+) {
+    let mut delay = Duration::from_millis(250);
+    let consumer = loop {
+        match reader(kafka, group, topic) {
+            Ok(c) => break c,
+            Err(KafkaError::MetadataFetch(RDKafkaErrorCode::UnknownTopicOrPartition)) => {
+                health.set(check, true, format!("no topic {topic}: none"));
+                delay = Duration::from_secs(10);
+            }
+            Err(e) => {
+                health.set(check, false, format!("{topic}: {e}"));
+                tracing::warn!(topic, error = %e, "rules topic not readable; retrying");
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
+    };
+    let mut pending = match end_offsets(&consumer, topic) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(topic, error = %e, "rules topic's end unknown");
+            HashMap::new()
+        }
+    };
+    if pending.is_empty() {
+        health.set(check, true, status());
+    }
+    loop {
+        let m = tokio::select! {
+            () = shutdown.cancelled() => return,
+            m = consumer.recv() => m,
+        };
+        let m = match m {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(topic, error = %e, "rules topic: receive failed");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        if let Some(p) = m.payload()
+            && let Err(reason) = apply(p)
+        {
+            tracing::warn!(
+                topic,
+                partition = m.partition(),
+                offset = m.offset(),
+                reason,
+                "rule record refused"
+            );
+        }
+        if let Some(end) = pending.get(&m.partition())
+            && m.offset() + 1 >= *end
+        {
+            pending.remove(&m.partition());
+        }
+        if pending.is_empty() {
+            health.set(check, true, status());
+        }
+    }
+}
+
+fn reader(kafka: &KafkaConfig, group: &str, topic: &str) -> Result<StreamConsumer, KafkaError> {
+    let mut cfg =
+        kafka.consumer_config(group, &format!("{group}-{}", uuid::Uuid::now_v7().simple()));
+    cfg.set("enable.auto.commit", "false");
+    let consumer: StreamConsumer = cfg.create()?;
+    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let partitions: Vec<i32> = md
+        .topics()
+        .first()
+        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+        .unwrap_or_default();
+    if partitions.is_empty() {
+        return Err(KafkaError::MetadataFetch(
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+        ));
+    }
+    let mut tpl = TopicPartitionList::new();
+    for p in partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    Ok(consumer)
+}
+
+/// The end offset of each non-empty partition of `topic`.
+fn end_offsets(consumer: &StreamConsumer, topic: &str) -> Result<HashMap<i32, i64>, KafkaError> {
+    let mut out = HashMap::new();
+    for e in consumer.assignment()?.elements() {
+        let (low, high) =
+            consumer.fetch_watermarks(topic, e.partition(), Duration::from_secs(10))?;
+        if high > low {
+            out.insert(e.partition(), high);
+        }
+    }
+    Ok(out)
+}
