@@ -196,6 +196,9 @@ pub struct Topics {
     /// written only by operators and the indexer; every scorer reads all
     /// of it.
     pub signatures: String,
+    /// Alerts as OCSF Detection Findings (JSON), for SIEMs; written by the
+    /// indexer.
+    pub findings: String,
 }
 
 impl Topics {
@@ -247,6 +250,7 @@ impl Default for Topics {
             heartbeats: "outlier.heartbeats.v1".to_string(),
             suppressions: "outlier.suppressions.v1".to_string(),
             signatures: "outlier.signatures.v1".to_string(),
+            findings: "outlier.findings.v1".to_string(),
         }
     }
 }

@@ -59,6 +59,7 @@ impl TestEnv {
             heartbeats: format!("{id}.heartbeats"),
             suppressions: format!("{id}.suppressions"),
             signatures: format!("{id}.signatures"),
+            findings: format!("{id}.findings"),
         };
         let t = &kafka.topics;
         kafka
@@ -71,6 +72,7 @@ impl TestEnv {
                 (&t.deadletter, 1),
                 (&t.suppressions, 1),
                 (&t.signatures, 1),
+                (&t.findings, 1),
             ])
             .await
             .expect("create test topics");

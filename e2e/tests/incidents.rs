@@ -88,6 +88,41 @@ async fn incident_with(
     }
 }
 
+/// The OCSF findings of `ids` from the findings topic, by event id.
+async fn read_findings(
+    env: &TestEnv,
+    ids: &HashSet<String>,
+) -> std::collections::HashMap<String, serde_json::Value> {
+    use rdkafka::Message as _;
+    use rdkafka::consumer::{Consumer as _, StreamConsumer};
+    let c: StreamConsumer = env
+        .kafka
+        .consumer_config(
+            "e2e-ocsf",
+            &format!("ocsf-{}", uuid::Uuid::now_v7().simple()),
+        )
+        .create()
+        .unwrap();
+    c.subscribe(&[env.kafka.topics.findings.as_str()]).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut out = std::collections::HashMap::new();
+    while out.len() < ids.len() {
+        let m = tokio::time::timeout_at(deadline, c.recv())
+            .await
+            .unwrap_or_else(|_| panic!("findings of {ids:?} not all published: {:?}", out.keys()))
+            .expect("kafka");
+        let f: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).expect("JSON");
+        let id = f["finding_info"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if ids.contains(&id) {
+            out.insert(id, f);
+        }
+    }
+    out
+}
+
 async fn connect_client(addr: std::net::SocketAddr) -> IncidentServiceClient<Channel> {
     loop {
         if let Ok(c) = Channel::from_shared(format!("http://{addr}"))
@@ -251,6 +286,19 @@ async fn an_attack_chain_is_one_incident_listed_got_and_streamed() {
         flagged.contains("u-1"),
         "the unrelated new process was not flagged: {flagged:?}"
     );
+
+    // Each alert is also an OCSF Detection Finding on the findings topic,
+    // valid against the OCSF schema.
+    let schema =
+        outlier_indexer::ocsf_schema::Schema::load(&outlier_indexer::ocsf_schema::vendored_dir())
+            .expect("OCSF schema");
+    let findings = read_findings(&env, &chain_flagged).await;
+    for (id, f) in &findings {
+        let errors = schema.validate("detection_finding", f);
+        assert!(errors.is_empty(), "{id}: {errors:#?}\n{f:#}");
+        assert_eq!(f["device"]["hostname"], "web-1");
+        assert_eq!(f["metadata"]["tenant_uid"].as_str(), Some(org.as_str()));
+    }
 
     // One incident holds the whole flagged chain, and nothing else.
     let (inc, all) = incident_with(&mut client, &org, &chain_flagged).await;

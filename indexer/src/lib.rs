@@ -10,6 +10,8 @@ pub mod grpc;
 pub mod hosts;
 pub mod incidents;
 pub mod metrics;
+pub mod ocsf;
+pub mod ocsf_schema;
 pub mod query;
 pub mod row;
 pub mod schema;

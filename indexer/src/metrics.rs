@@ -60,6 +60,15 @@ pub static INCIDENTS_OPEN: LazyLock<IntGauge> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+pub static FINDINGS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "outlier_indexer_ocsf_findings_total",
+        "OCSF Detection Findings published, and alerts that could not be read (invalid)",
+        &["outcome"]
+    )
+    .expect("metric registers once")
+});
+
 pub static INSERT_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "outlier_indexer_insert_errors_total",

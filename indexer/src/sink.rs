@@ -197,6 +197,12 @@ pub async fn run(cfg: IndexerConfig, shutdown: CancellationToken) -> Result<(), 
         health.clone(),
         shutdown.clone(),
     ));
+    let findings = tokio::spawn(crate::ocsf::run(
+        cfg.kafka.clone(),
+        format!("{}-ocsf", cfg.group_id),
+        health.clone(),
+        shutdown.clone(),
+    ));
     let audit = tokio::spawn(crate::audit::run(
         cfg.kafka.clone(),
         format!("{}-feedback-audit", cfg.group_id),
@@ -285,6 +291,7 @@ pub async fn run(cfg: IndexerConfig, shutdown: CancellationToken) -> Result<(), 
     let _ = audit.await;
     let _ = hosts.await;
     let _ = incidents.await;
+    let _ = findings.await;
     tracing::info!("indexer stopped");
     Ok(())
 }

@@ -213,6 +213,15 @@ enum Command {
         #[arg(long = "for", default_value = "90d")]
         duration: String,
     },
+    /// Write the protobuf descriptor set of Outlier's contract (events,
+    /// scored events, feedback, heartbeats, suppressions, signatures, the
+    /// gRPC services) for consumers of the Kafka topics: `protoc
+    /// --decode`, Schema Registry, Kafka Connect converters.
+    DescriptorSet {
+        /// Where to write it (`-`: standard output).
+        #[arg(long, default_value = "-")]
+        out: std::path::PathBuf,
+    },
     /// The org's fleet signatures, newest first.
     Signatures {
         /// Also expired and revoked ones.
@@ -501,6 +510,17 @@ fn print_events(events: Vec<ScoredEvent>, json: bool) {
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
+    if let Command::DescriptorSet { out } = &cli.command {
+        let bytes = outlier_proto::FILE_DESCRIPTOR_SET;
+        return if out.as_os_str() == "-" {
+            use std::io::Write as _;
+            std::io::stdout()
+                .write_all(bytes)
+                .map_err(|e| format!("stdout: {e}"))
+        } else {
+            std::fs::write(out, bytes).map_err(|e| format!("{}: {e}", out.display()))
+        };
+    }
     let org = cli
         .org
         .clone()
@@ -927,6 +947,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .ok_or("no signature in the answer")?;
             print_signatures(&[x], cli.json);
         }
+        Command::DescriptorSet { .. } => unreachable!("answered before connecting"),
         Command::Event { id } => {
             let resp = EventQueryClient::with_interceptor(channel, auth)
                 .get_event(GetEventRequest { org, event_id: id })
