@@ -1025,6 +1025,17 @@ async fn run(cli: Cli) -> Result<(), String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // `outlier … | head` ends quietly when the reader goes away, as other
+    // command-line tools do, instead of panicking on a broken pipe.
+    // SAFETY: restores the default disposition of SIGPIPE (process-wide); no
+    // handler of ours is replaced and none runs.
+    #[allow(unsafe_code)]
+    unsafe {
+        let _ = nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigDfl,
+        );
+    }
     let cli = Cli::parse();
     let plaintext = cli.ca.is_none();
     match run(cli).await {
