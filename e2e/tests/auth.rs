@@ -229,6 +229,7 @@ async fn only_a_known_token_reads_and_only_its_orgs() {
                 event_id: id.into(),
                 label: FeedbackLabel::Benign as i32,
                 reason: "our deploy script".into(),
+                ..SubmitFeedbackRequest::default()
             }),
             token,
         )
@@ -293,6 +294,61 @@ async fn only_a_known_token_reads_and_only_its_orgs() {
         ("alice", "our deploy script", "benign")
     );
     assert!(applied() > before, "the scorer applied the feedback");
+
+    // Beyond the workload: benign for the host is a suppression of exactly
+    // this behaviour there, malicious for the org a fleet signature, both
+    // authored by the caller; malicious for one host is refused.
+    let scoped = |label: FeedbackLabel, scope: outlier_proto::FeedbackScope| {
+        with_token(
+            tonic::Request::new(SubmitFeedbackRequest {
+                org: org.clone(),
+                event_id: "mine".into(),
+                label: label as i32,
+                reason: "reviewed".into(),
+                scope: scope as i32,
+                expires_in_s: 3600,
+            }),
+            "t-alice",
+        )
+    };
+    let r = f
+        .submit_feedback(scoped(
+            FeedbackLabel::Benign,
+            outlier_proto::FeedbackScope::Host,
+        ))
+        .await
+        .expect("host-scoped benign feedback")
+        .into_inner();
+    let sup = r.suppression.expect("a suppression for the host");
+    assert_eq!(sup.author, "alice");
+    assert_eq!(
+        sup.host,
+        r.feedback.as_ref().unwrap().event.as_ref().unwrap().host
+    );
+    assert!(!sup.program.is_empty() && !sup.argv.is_empty(), "{sup:?}");
+    assert!(r.signature.is_none());
+    let e = f
+        .submit_feedback(scoped(
+            FeedbackLabel::Malicious,
+            outlier_proto::FeedbackScope::Host,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    let r = f
+        .submit_feedback(scoped(
+            FeedbackLabel::Malicious,
+            outlier_proto::FeedbackScope::Org,
+        ))
+        .await
+        .expect("org-scoped malicious feedback")
+        .into_inner();
+    let sig = r.signature.expect("a fleet signature");
+    assert_eq!(
+        (sig.author.as_str(), sig.org.as_str()),
+        ("alice", org.as_str())
+    );
+    assert_eq!(sig.event_id, "mine");
 
     // Plaintext cannot talk to the TLS server.
     let plain = Channel::from_shared(format!("http://{addr}"))

@@ -360,6 +360,17 @@ impl FeedbackService for Services {
             .ok()
             .filter(|l| *l != outlier_proto::FeedbackLabel::Unspecified)
             .ok_or_else(|| Status::invalid_argument("label must be benign or malicious"))?;
+        let scope = outlier_proto::FeedbackScope::try_from(req.scope)
+            .map_err(|_| Status::invalid_argument("scope must be workload, host or org"))?;
+        if scope == outlier_proto::FeedbackScope::Host
+            && label == outlier_proto::FeedbackLabel::Malicious
+        {
+            // Fleet signatures are org-wide: a malicious verdict is for the
+            // workload or the whole org.
+            return Err(Status::invalid_argument(
+                "malicious feedback is for the workload or the org (a fleet signature); host scope is for benign feedback",
+            ));
+        }
         let row = query::get_event(&self.ch, &req.org, &req.event_id)
             .await
             .map_err(status)?
@@ -386,8 +397,75 @@ impl FeedbackService for Services {
         .await
         .map_err(|e| Status::unavailable(format!("feedback not delivered to Kafka: {e}")))?;
         tracing::info!(actor = %feedback.actor, org = %req.org, event_id = %req.event_id, label = ?label, "feedback published");
+        let (mut suppression, mut signature) = (None, None);
+        if matches!(
+            scope,
+            outlier_proto::FeedbackScope::Host | outlier_proto::FeedbackScope::Org
+        ) {
+            let event = feedback.event.as_ref().expect("set above");
+            let host = if scope == outlier_proto::FeedbackScope::Host {
+                event.host.clone()
+            } else {
+                String::new()
+            };
+            let now = outlier_common::now_ns();
+            let reason = format!(
+                "feedback on event {} by {}: {}",
+                event.event_id, feedback.actor, feedback.note
+            );
+            if label == outlier_proto::FeedbackLabel::Benign {
+                let expires_in_s = match req.expires_in_s {
+                    0 => 30 * 86_400,
+                    s => s.clamp(60, MAX_SUPPRESSION_S),
+                };
+                // Exactly this behaviour: its program and what it did.
+                let mut s = Suppression {
+                    suppression_id: format!("sup-{}", uuid::Uuid::now_v7().simple()),
+                    org: req.org.clone(),
+                    host,
+                    program: event.program_name().to_string(),
+                    expires_ns: now.saturating_add(expires_in_s.saturating_mul(1_000_000_000)),
+                    reason,
+                    author: feedback.actor.clone(),
+                    created_ns: now,
+                    ..Suppression::default()
+                };
+                match &event.detail {
+                    Some(outlier_proto::event::Detail::Exec(x)) => s.argv = x.argv.join(" "),
+                    Some(outlier_proto::event::Detail::Open(o)) => s.path = o.path.clone(),
+                    Some(outlier_proto::event::Detail::Connect(c)) => {
+                        s.remote = format!("{}:{}", c.remote_ip, c.remote_port)
+                    }
+                    None => {}
+                }
+                outlier_common::suppress::validate(&s).map_err(Status::invalid_argument)?;
+                self.publish_suppression(&s).await?;
+                suppression = Some(s);
+            } else {
+                let expires_in_s = match req.expires_in_s {
+                    0 => 90 * 86_400,
+                    s => s.clamp(60, 365 * 86_400),
+                };
+                let mut s = outlier_common::immune::signature_of(
+                    event,
+                    format!("sig-{}", uuid::Uuid::now_v7().simple()),
+                );
+                let scored = row.to_scored();
+                s.tactic = scored.tactic.clone();
+                s.technique = scored.technique.clone();
+                s.summary = crate::incidents::step_of(&scored);
+                s.author = feedback.actor.clone();
+                s.reason = reason;
+                s.created_ns = now;
+                s.expires_ns = now.saturating_add(expires_in_s.saturating_mul(1_000_000_000));
+                self.publish_signature(&s).await?;
+                signature = Some(s);
+            }
+        }
         Ok(Response::new(SubmitFeedbackResponse {
             feedback: Some(feedback),
+            suppression,
+            signature,
         }))
     }
 }

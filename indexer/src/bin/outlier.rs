@@ -244,6 +244,15 @@ enum Command {
         /// Why (recorded in the audit).
         #[arg(long, default_value = "")]
         reason: String,
+        /// workload (its baseline only), host (benign: also a suppression
+        /// of exactly this behaviour on the host) or org (benign: a
+        /// suppression org-wide; malicious: a fleet signature).
+        #[arg(long, value_enum, default_value = "workload")]
+        scope: ScopeArg,
+        /// For host and org scope: how long it applies (default 30d for
+        /// benign, 90d for malicious).
+        #[arg(long = "for")]
+        duration: Option<String>,
     },
 }
 
@@ -252,6 +261,13 @@ enum VerdictArg {
     Ok,
     Warn,
     Alert,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ScopeArg {
+    Workload,
+    Host,
+    Org,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -704,7 +720,13 @@ async fn run(cli: Cli) -> Result<(), String> {
             benign,
             malicious: _,
             reason,
+            scope,
+            duration,
         } => {
+            let expires_in_s = match duration {
+                Some(d) => parse_ago(&d)?.as_secs(),
+                None => 0,
+            };
             let label = if benign {
                 FeedbackLabel::Benign
             } else {
@@ -716,6 +738,12 @@ async fn run(cli: Cli) -> Result<(), String> {
                     event_id: id.clone(),
                     label: label as i32,
                     reason,
+                    scope: match scope {
+                        ScopeArg::Workload => outlier_proto::FeedbackScope::Workload,
+                        ScopeArg::Host => outlier_proto::FeedbackScope::Host,
+                        ScopeArg::Org => outlier_proto::FeedbackScope::Org,
+                    } as i32,
+                    expires_in_s,
                 })
                 .await
                 .map_err(|e| e.message().to_string())?
@@ -724,7 +752,12 @@ async fn run(cli: Cli) -> Result<(), String> {
             if cli.json {
                 println!(
                     "{}",
-                    json!({ "event_id": id, "label": if benign { "benign" } else { "malicious" }, "actor": fb.actor, "reason": fb.note, "ts_ns": fb.ts_ns })
+                    json!({
+                        "event_id": id, "label": if benign { "benign" } else { "malicious" },
+                        "actor": fb.actor, "reason": fb.note, "ts_ns": fb.ts_ns,
+                        "suppression": resp.suppression.as_ref().map(suppression_json),
+                        "signature": resp.signature.as_ref().map(signature_json),
+                    })
                 );
             } else {
                 println!(
@@ -742,6 +775,14 @@ async fn run(cli: Cli) -> Result<(), String> {
                         format!(" ({})", cut(&fb.note, 500))
                     }
                 );
+                if let Some(x) = &resp.suppression {
+                    println!("and beyond the workload, a suppression of this behaviour:");
+                    print_suppression(x);
+                }
+                if let Some(x) = &resp.signature {
+                    println!("and org-wide, a fleet signature of this behaviour:");
+                    print_signatures(std::slice::from_ref(x), false);
+                }
             }
         }
         Command::Incidents {
