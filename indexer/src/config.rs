@@ -24,6 +24,8 @@ pub struct IndexerConfig {
     pub auth: AuthConfig,
     pub tls: TlsConfig,
     pub incidents: IncidentsConfig,
+    /// Push output of OCSF findings to an HTTP webhook (off by default).
+    pub webhook: crate::webhook::WebhookConfig,
 }
 
 /// How flagged events are grouped into incidents (see `incidents.rs`).
@@ -78,6 +80,7 @@ impl IndexerConfig {
                 self.incidents.window_s
             ));
         }
+        self.webhook.validate()?;
         if self.incidents.max_open == 0 {
             return Err("incidents.max_open must be at least 1".into());
         }
@@ -140,6 +143,7 @@ impl Default for IndexerConfig {
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
             incidents: IncidentsConfig::default(),
+            webhook: crate::webhook::WebhookConfig::default(),
         }
     }
 }

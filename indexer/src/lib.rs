@@ -18,6 +18,7 @@ pub mod schema;
 pub mod search_index;
 pub mod sink;
 pub mod topic_sink;
+pub mod webhook;
 
 pub use config::IndexerConfig;
 pub use sink::run;

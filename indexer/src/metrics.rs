@@ -69,6 +69,15 @@ pub static FINDINGS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+pub static WEBHOOK: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "outlier_indexer_webhook_total",
+        "Findings posted to the webhook, POSTs retried, findings dead-lettered after refusals",
+        &["outcome"]
+    )
+    .expect("metric registers once")
+});
+
 pub static INSERT_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "outlier_indexer_insert_errors_total",

@@ -203,6 +203,16 @@ pub async fn run(cfg: IndexerConfig, shutdown: CancellationToken) -> Result<(), 
         health.clone(),
         shutdown.clone(),
     ));
+    let webhook = (!cfg.webhook.url.is_empty()).then(|| {
+        tokio::spawn(crate::webhook::run(
+            cfg.kafka.clone(),
+            format!("{}-webhook", cfg.group_id),
+            cfg.webhook.clone(),
+            Duration::from_secs(cfg.poison_budget_s.max(1)),
+            health.clone(),
+            shutdown.clone(),
+        ))
+    });
     let audit = tokio::spawn(crate::audit::run(
         cfg.kafka.clone(),
         format!("{}-feedback-audit", cfg.group_id),
@@ -292,6 +302,9 @@ pub async fn run(cfg: IndexerConfig, shutdown: CancellationToken) -> Result<(), 
     let _ = hosts.await;
     let _ = incidents.await;
     let _ = findings.await;
+    if let Some(w) = webhook {
+        let _ = w.await;
+    }
     tracing::info!("indexer stopped");
     Ok(())
 }
