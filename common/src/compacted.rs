@@ -14,6 +14,65 @@ use tokio_util::sync::CancellationToken;
 use crate::kafka::KafkaConfig;
 use crate::telemetry::Health;
 
+/// The in-memory rules one compacted topic feeds.
+pub trait RuleSet: Clone + Send + Sync + 'static {
+    /// The record on the topic.
+    type Rule: prost::Message + Default;
+    /// Takes a record (a new rule or a new version of one), or says why not.
+    fn apply(&self, rule: Self::Rule) -> Result<(), String>;
+    /// The health check's detail once the topic is read ("3 active rules").
+    fn status(&self) -> String;
+}
+
+/// Follows `topic` into `set` (see [`follow`]), decoding each record as the
+/// set's rule.
+pub async fn follow_set<S: RuleSet>(
+    kafka: KafkaConfig,
+    topic: String,
+    group: String,
+    check: &'static str,
+    set: S,
+    health: Health,
+    shutdown: CancellationToken,
+) {
+    let status = set.clone();
+    follow(
+        &kafka,
+        &topic,
+        &group,
+        check,
+        move |payload| {
+            let rule = <S::Rule as prost::Message>::decode(payload)
+                .map_err(|e| format!("not a rule record: {e}"))?;
+            set.apply(rule)
+        },
+        move || status.status(),
+        &health,
+        &shutdown,
+    )
+    .await
+}
+
+/// Publishes a rule (or its new version) keyed `org/id`, so compaction
+/// keeps each rule's latest version.
+pub async fn publish<M: prost::Message>(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    org: &str,
+    id: &str,
+    rule: &M,
+    timeout: Duration,
+) -> Result<(), KafkaError> {
+    crate::kafka::send_keyed(
+        producer,
+        topic,
+        &format!("{org}/{id}"),
+        &rule.encode_to_vec(),
+        timeout,
+    )
+    .await
+}
+
 /// Reads `topic` from its start and follows it until `shutdown` fires,
 /// handing each record's payload to `apply` (a refused record is logged
 /// with the reason and skipped). A reader of its own, in no consumer group

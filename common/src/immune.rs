@@ -10,7 +10,6 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use outlier_proto::{Event, Signature};
-use prost::Message as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::featurize::{DIM, Embedding, FEATURIZER_VERSION, cosine_distance};
@@ -172,6 +171,16 @@ impl Signatures {
     }
 }
 
+impl crate::compacted::RuleSet for Signatures {
+    type Rule = Signature;
+    fn apply(&self, rule: Signature) -> Result<(), String> {
+        Signatures::apply(self, rule)
+    }
+    fn status(&self) -> String {
+        format!("{} active signatures", self.active(crate::now_ns()))
+    }
+}
+
 /// Reads the whole signatures topic into `set` and follows it until
 /// `shutdown` fires (see [`crate::compacted::follow`]; health check
 /// "signatures").
@@ -183,44 +192,26 @@ pub async fn follow(
     shutdown: CancellationToken,
 ) {
     let topic = kafka.topics.signatures.clone();
-    let status = set.clone();
-    crate::compacted::follow(
-        &kafka,
-        &topic,
-        &format!("{group_prefix}-signatures"),
-        "signatures",
-        move |payload| {
-            let s = Signature::decode(payload)
-                .map_err(|e| format!("not an outlier.v1.Signature: {e}"))?;
-            set.apply(s)
-        },
-        move || format!("{} active signatures", status.active(crate::now_ns())),
-        &health,
-        &shutdown,
-    )
-    .await
+    let group = format!("{group_prefix}-signatures");
+    crate::compacted::follow_set(kafka, topic, group, "signatures", set, health, shutdown).await
 }
 
-/// Publishes a signature (or its new version) on the signatures topic,
-/// keyed org/id so compaction keeps its latest version.
+/// Publishes a signature (or its new version) on the signatures topic.
 pub async fn publish(
     producer: &rdkafka::producer::FutureProducer,
     topics: &crate::kafka::Topics,
     s: &Signature,
     timeout: Duration,
 ) -> Result<(), rdkafka::error::KafkaError> {
-    let key = format!("{}/{}", s.org, s.signature_id);
-    let payload = s.encode_to_vec();
-    producer
-        .send(
-            rdkafka::producer::FutureRecord::to(&topics.signatures)
-                .key(&key)
-                .payload(&payload),
-            timeout,
-        )
-        .await
-        .map(|_| ())
-        .map_err(|(e, _)| e)
+    crate::compacted::publish(
+        producer,
+        &topics.signatures,
+        &s.org,
+        &s.signature_id,
+        s,
+        timeout,
+    )
+    .await
 }
 
 /// A signature of `e`'s behaviour (embedded by this build's featurizer).

@@ -263,6 +263,26 @@ pub const RECORD_KIND_HEADER: &str = "outlier-record";
 /// [`RECORD_KIND_HEADER`] value of a collector's heartbeat.
 pub const HEARTBEAT_KIND: &str = "heartbeat";
 
+/// Sends one record and waits for Kafka's acknowledgement.
+pub async fn send_keyed(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    key: &str,
+    payload: &[u8],
+    timeout: Duration,
+) -> Result<(), KafkaError> {
+    producer
+        .send(
+            rdkafka::producer::FutureRecord::to(topic)
+                .key(key)
+                .payload(payload),
+            timeout,
+        )
+        .await
+        .map(|_| ())
+        .map_err(|(e, _)| e)
+}
+
 /// Sends an operator's feedback to the feedback topic, keyed like its event
 /// so that it reaches the scorer that owns the workload (the scorers read
 /// the feedback topic co-partitioned with the events topics).
@@ -278,17 +298,14 @@ pub async fn send_feedback(
         .as_ref()
         .map(|e| e.partition_key())
         .unwrap_or_default();
-    let payload = fb.encode_to_vec();
-    producer
-        .send(
-            rdkafka::producer::FutureRecord::to(&topics.feedback)
-                .key(&key)
-                .payload(&payload),
-            timeout,
-        )
-        .await
-        .map(|_| ())
-        .map_err(|(e, _)| e)
+    send_keyed(
+        producer,
+        &topics.feedback,
+        &key,
+        &fb.encode_to_vec(),
+        timeout,
+    )
+    .await
 }
 
 /// The [`RECORD_KIND_HEADER`] value of a record, if it has the header.
@@ -669,6 +686,32 @@ pub async fn fill_batch<X: rdkafka::consumer::ConsumerContext + 'static>(
         }
     }
     batch
+}
+
+/// The next batch of a side consumer (the indexer's incident, OCSF,
+/// webhook and side-table writers): waits for a first record, then takes
+/// what else arrives within `max_wait`, up to `max`. `None` once `shutdown`
+/// fires. A failed receive is logged and waited out.
+pub async fn next_batch<X: rdkafka::consumer::ConsumerContext + 'static>(
+    consumer: &rdkafka::consumer::StreamConsumer<X>,
+    max: usize,
+    max_wait: Duration,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Option<Vec<rdkafka::message::OwnedMessage>> {
+    loop {
+        let first = tokio::select! {
+            () = shutdown.cancelled() => return None,
+            m = consumer.recv() => match m {
+                Ok(m) => m.detach(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "kafka receive failed");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            },
+        };
+        return Some(fill_batch(consumer, first, max, max_wait).await);
+    }
 }
 
 /// The highest offset per (topic, partition) in `batch`, to store once the

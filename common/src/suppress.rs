@@ -8,7 +8,6 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use outlier_proto::{Event, Suppression, event::Detail};
-use prost::Message as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::kafka::KafkaConfig;
@@ -181,6 +180,16 @@ impl Suppressions {
     }
 }
 
+impl crate::compacted::RuleSet for Suppressions {
+    type Rule = Suppression;
+    fn apply(&self, rule: Suppression) -> Result<(), String> {
+        Suppressions::apply(self, rule)
+    }
+    fn status(&self) -> String {
+        format!("{} active rules", self.active(crate::now_ns()))
+    }
+}
+
 /// Reads the whole suppressions topic into `set` and follows it until
 /// `shutdown` fires (see [`crate::compacted::follow`]; health check
 /// "suppressions").
@@ -192,44 +201,26 @@ pub async fn follow(
     shutdown: CancellationToken,
 ) {
     let topic = kafka.topics.suppressions.clone();
-    let status = set.clone();
-    crate::compacted::follow(
-        &kafka,
-        &topic,
-        &format!("{group_prefix}-suppressions"),
-        "suppressions",
-        move |payload| {
-            let s = Suppression::decode(payload)
-                .map_err(|e| format!("not an outlier.v1.Suppression: {e}"))?;
-            set.apply(s)
-        },
-        move || format!("{} active rules", status.active(crate::now_ns())),
-        &health,
-        &shutdown,
-    )
-    .await
+    let group = format!("{group_prefix}-suppressions");
+    crate::compacted::follow_set(kafka, topic, group, "suppressions", set, health, shutdown).await
 }
 
-/// Publishes a rule (or its new version) on the suppressions topic, keyed
-/// org/id so compaction keeps its latest version.
+/// Publishes a rule (or its new version) on the suppressions topic.
 pub async fn publish(
     producer: &rdkafka::producer::FutureProducer,
     topics: &crate::kafka::Topics,
     s: &Suppression,
     timeout: Duration,
 ) -> Result<(), rdkafka::error::KafkaError> {
-    let key = format!("{}/{}", s.org, s.suppression_id);
-    let payload = s.encode_to_vec();
-    producer
-        .send(
-            rdkafka::producer::FutureRecord::to(&topics.suppressions)
-                .key(&key)
-                .payload(&payload),
-            timeout,
-        )
-        .await
-        .map(|_| ())
-        .map_err(|(e, _)| e)
+    crate::compacted::publish(
+        producer,
+        &topics.suppressions,
+        &s.org,
+        &s.suppression_id,
+        s,
+        timeout,
+    )
+    .await
 }
 
 #[cfg(test)]

@@ -64,9 +64,21 @@ async fn a_short_load_run_loses_nothing() {
     assert!(!r.queryable_latency.is_empty());
     let (benign, malicious, _) = outlier_loadtest::report::detection(&r);
     assert!(benign.events > 0 && malicious.events > 0);
+    // Every flagged event of the run was grouped into an incident, each
+    // counted once, and there are fewer incidents than flagged events
+    // (an attack's events group).
+    let flagged = r.flagged;
+    assert!(flagged > 0);
+    assert_eq!(r.incidents.events, flagged, "{:?}", r.incidents);
+    assert!(
+        r.incidents.incidents > 0 && r.incidents.incidents < flagged,
+        "{:?}",
+        r.incidents
+    );
     let dir = tempfile::tempdir().unwrap();
     let md = outlier_loadtest::report::write(&r, dir.path(), "test", "test").unwrap();
     assert!(md.contains("sustained rate"));
+    assert!(md.contains("incidents per host-hour"));
     assert!(dir.path().join("latency.png").metadata().unwrap().len() > 1000);
 
     shutdown.cancel();

@@ -84,15 +84,63 @@ fn require_org(org: &str) -> Result<(), Status> {
     outlier_common::names::validate("org", org).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
+/// A request that names the org it reads or changes.
+trait OrgScoped {
+    fn org(&self) -> &str;
+}
+
+macro_rules! org_scoped {
+    ($($t:ty),* $(,)?) => {
+        $(impl OrgScoped for $t {
+            fn org(&self) -> &str {
+                &self.org
+            }
+        })*
+    };
+}
+
+org_scoped!(
+    QueryEventsRequest,
+    GetEventRequest,
+    ListHostsRequest,
+    SearchRequest,
+    StreamAlertsRequest,
+    SubmitFeedbackRequest,
+    ListIncidentsRequest,
+    GetIncidentRequest,
+    StreamIncidentsRequest,
+    CreateSuppressionRequest,
+    ListSuppressionsRequest,
+    RevokeSuppressionRequest,
+    ConfirmIncidentRequest,
+    ListSignaturesRequest,
+    RevokeSignatureRequest,
+);
+
+impl Services {
+    /// The request's org is well formed and the caller may read it.
+    fn may_read<T: OrgScoped>(&self, request: &Request<T>) -> Result<(), Status> {
+        let org = request.get_ref().org();
+        require_org(org)?;
+        self.auth.authorize(request.metadata(), org).map(|_| ())
+    }
+
+    /// ... and the caller may change what Outlier decides for it (an
+    /// identity allowed feedback): its name, for the record.
+    fn may_change<T: OrgScoped>(&self, request: &Request<T>) -> Result<String, Status> {
+        let org = request.get_ref().org();
+        require_org(org)?;
+        self.auth.authorize_feedback(request.metadata(), org)
+    }
+}
+
 #[tonic::async_trait]
 impl EventQuery for Services {
     async fn query_events(
         &self,
         request: Request<QueryEventsRequest>,
     ) -> Result<Response<QueryEventsResponse>, Status> {
-        require_org(&request.get_ref().org)?;
-        self.auth
-            .authorize(request.metadata(), &request.get_ref().org)?;
+        self.may_read(&request)?;
         let req = request.into_inner();
         let (rows, next) = query::query_events(&self.ch, &req).await.map_err(status)?;
         Ok(Response::new(QueryEventsResponse {
@@ -105,9 +153,7 @@ impl EventQuery for Services {
         &self,
         request: Request<GetEventRequest>,
     ) -> Result<Response<GetEventResponse>, Status> {
-        require_org(&request.get_ref().org)?;
-        self.auth
-            .authorize(request.metadata(), &request.get_ref().org)?;
+        self.may_read(&request)?;
         let req = request.into_inner();
         match query::get_event(&self.ch, &req.org, &req.event_id)
             .await
@@ -127,9 +173,7 @@ impl EventQuery for Services {
         &self,
         request: Request<ListHostsRequest>,
     ) -> Result<Response<ListHostsResponse>, Status> {
-        require_org(&request.get_ref().org)?;
-        self.auth
-            .authorize(request.metadata(), &request.get_ref().org)?;
+        self.may_read(&request)?;
         let req = request.into_inner();
         let now_ns = outlier_common::now_ns();
         let before = if req.silent_for_s == 0 {
@@ -158,9 +202,7 @@ impl Search for Services {
         &self,
         request: Request<SearchRequest>,
     ) -> Result<Response<SearchResponse>, Status> {
-        require_org(&request.get_ref().org)?;
-        self.auth
-            .authorize(request.metadata(), &request.get_ref().org)?;
+        self.may_read(&request)?;
         let req = request.into_inner();
         let q = match &req.query {
             Some(search_request::Query::Text(t)) if !t.trim().is_empty() => embed_text(t),
@@ -233,9 +275,7 @@ impl AlertStream for Services {
         &self,
         request: Request<StreamAlertsRequest>,
     ) -> Result<Response<Self::StreamAlertsStream>, Status> {
-        require_org(&request.get_ref().org)?;
-        self.auth
-            .authorize(request.metadata(), &request.get_ref().org)?;
+        self.may_read(&request)?;
         let req = request.into_inner();
         let permit = self.streams.clone().try_acquire_owned().map_err(|_| {
             Status::resource_exhausted(format!(
@@ -351,10 +391,7 @@ impl FeedbackService for Services {
         &self,
         request: Request<SubmitFeedbackRequest>,
     ) -> Result<Response<SubmitFeedbackResponse>, Status> {
-        require_org(&request.get_ref().org)?;
-        let actor = self
-            .auth
-            .authorize_feedback(request.metadata(), &request.get_ref().org)?;
+        let actor = self.may_change(&request)?;
         let req = request.into_inner();
         let label = outlier_proto::FeedbackLabel::try_from(req.label)
             .ok()
@@ -514,9 +551,7 @@ impl IncidentService for Services {
         &self,
         request: Request<ListIncidentsRequest>,
     ) -> Result<Response<ListIncidentsResponse>, Status> {
-        require_org(&request.get_ref().org)?;
-        self.auth
-            .authorize(request.metadata(), &request.get_ref().org)?;
+        self.may_read(&request)?;
         let req = request.into_inner();
         let limit = match req.limit {
             0 => 50,
@@ -542,9 +577,7 @@ impl IncidentService for Services {
         &self,
         request: Request<GetIncidentRequest>,
     ) -> Result<Response<GetIncidentResponse>, Status> {
-        require_org(&request.get_ref().org)?;
-        self.auth
-            .authorize(request.metadata(), &request.get_ref().org)?;
+        self.may_read(&request)?;
         let req = request.into_inner();
         let row = crate::incidents::get(&self.ch, &req.org, &req.incident_id)
             .await
@@ -576,9 +609,7 @@ impl IncidentService for Services {
         &self,
         request: Request<StreamIncidentsRequest>,
     ) -> Result<Response<Self::StreamIncidentsStream>, Status> {
-        require_org(&request.get_ref().org)?;
-        self.auth
-            .authorize(request.metadata(), &request.get_ref().org)?;
+        self.may_read(&request)?;
         let req = request.into_inner();
         let mut after = if req.resume_cursor.is_empty() {
             outlier_common::now_ns().saturating_sub(INCIDENT_SETTLE.as_nanos() as u64)
@@ -661,10 +692,7 @@ impl SuppressionService for Services {
         &self,
         request: Request<CreateSuppressionRequest>,
     ) -> Result<Response<CreateSuppressionResponse>, Status> {
-        require_org(&request.get_ref().org)?;
-        let author = self
-            .auth
-            .authorize_feedback(request.metadata(), &request.get_ref().org)?;
+        let author = self.may_change(&request)?;
         let req = request.into_inner();
         if !(60..=MAX_SUPPRESSION_S).contains(&req.expires_in_s) {
             return Err(Status::invalid_argument(format!(
@@ -701,9 +729,7 @@ impl SuppressionService for Services {
         &self,
         request: Request<ListSuppressionsRequest>,
     ) -> Result<Response<ListSuppressionsResponse>, Status> {
-        require_org(&request.get_ref().org)?;
-        self.auth
-            .authorize(request.metadata(), &request.get_ref().org)?;
+        self.may_read(&request)?;
         let req = request.into_inner();
         Ok(Response::new(ListSuppressionsResponse {
             suppressions: self
@@ -716,10 +742,7 @@ impl SuppressionService for Services {
         &self,
         request: Request<RevokeSuppressionRequest>,
     ) -> Result<Response<RevokeSuppressionResponse>, Status> {
-        require_org(&request.get_ref().org)?;
-        let actor = self
-            .auth
-            .authorize_feedback(request.metadata(), &request.get_ref().org)?;
+        let actor = self.may_change(&request)?;
         let req = request.into_inner();
         let mut s = self
             .suppressions
@@ -764,10 +787,7 @@ impl SignatureService for Services {
         &self,
         request: Request<ConfirmIncidentRequest>,
     ) -> Result<Response<ConfirmIncidentResponse>, Status> {
-        require_org(&request.get_ref().org)?;
-        let author = self
-            .auth
-            .authorize_feedback(request.metadata(), &request.get_ref().org)?;
+        let author = self.may_change(&request)?;
         let req = request.into_inner();
         if req.reason.trim().is_empty() {
             return Err(Status::invalid_argument(
@@ -869,9 +889,7 @@ impl SignatureService for Services {
         &self,
         request: Request<ListSignaturesRequest>,
     ) -> Result<Response<ListSignaturesResponse>, Status> {
-        require_org(&request.get_ref().org)?;
-        self.auth
-            .authorize(request.metadata(), &request.get_ref().org)?;
+        self.may_read(&request)?;
         let req = request.into_inner();
         Ok(Response::new(ListSignaturesResponse {
             signatures: self
@@ -884,10 +902,7 @@ impl SignatureService for Services {
         &self,
         request: Request<RevokeSignatureRequest>,
     ) -> Result<Response<RevokeSignatureResponse>, Status> {
-        require_org(&request.get_ref().org)?;
-        let actor = self
-            .auth
-            .authorize_feedback(request.metadata(), &request.get_ref().org)?;
+        let actor = self.may_change(&request)?;
         let req = request.into_inner();
         let mut s = self
             .signatures

@@ -467,19 +467,9 @@ pub async fn run(
         "grouping alerts into incidents"
     );
     let mut newest_ns = 0u64;
-    loop {
-        let first = tokio::select! {
-            () = shutdown.cancelled() => break,
-            m = consumer.recv() => match m {
-                Ok(m) => m.detach(),
-                Err(e) => {
-                    tracing::warn!(topic, error = %e, "kafka receive failed");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
-                }
-            },
-        };
-        let batch = kafka::fill_batch(&consumer, first, 1000, Duration::from_millis(100)).await;
+    while let Some(batch) =
+        kafka::next_batch(&consumer, 1000, Duration::from_millis(100), &shutdown).await
+    {
         let offsets = kafka::batch_offsets(&batch);
         let now_ns = outlier_common::now_ns();
         let mut changed: Vec<(String, String, String)> = Vec::new();

@@ -216,19 +216,9 @@ pub async fn run(
         }
     };
     tracing::info!(from = source, to = topic, group, "publishing OCSF findings");
-    loop {
-        let first = tokio::select! {
-            () = shutdown.cancelled() => break,
-            m = consumer.recv() => match m {
-                Ok(m) => m.detach(),
-                Err(e) => {
-                    tracing::warn!(topic = source, error = %e, "kafka receive failed");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
-                }
-            },
-        };
-        let batch = kafka::fill_batch(&consumer, first, 1000, Duration::from_millis(100)).await;
+    while let Some(batch) =
+        kafka::next_batch(&consumer, 1000, Duration::from_millis(100), &shutdown).await
+    {
         let offsets = kafka::batch_offsets(&batch);
         let mut out: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         for m in &batch {

@@ -183,20 +183,14 @@ pub async fn run(
     };
     health.set("webhook", true, format!("posting findings to {}", cfg.url));
     tracing::info!(url = %cfg.url, group, "posting OCSF findings to the webhook");
-    loop {
-        let first = tokio::select! {
-            () = shutdown.cancelled() => break,
-            m = consumer.recv() => match m {
-                Ok(m) => m.detach(),
-                Err(e) => {
-                    tracing::warn!(topic = source, error = %e, "kafka receive failed");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
-                }
-            },
-        };
-        let batch =
-            kafka::fill_batch(&consumer, first, cfg.max_batch, Duration::from_millis(200)).await;
+    while let Some(batch) = kafka::next_batch(
+        &consumer,
+        cfg.max_batch,
+        Duration::from_millis(200),
+        &shutdown,
+    )
+    .await
+    {
         let offsets = kafka::batch_offsets(&batch);
         let findings: Vec<(serde_json::Value, &OwnedMessage)> = batch
             .iter()

@@ -133,6 +133,24 @@ pub fn write(r: &RunResult, dir: &Path, command: &str, machine: &str) -> anyhow:
         r.scored_duplicates
     )?;
     writeln!(md, "| loss: produced − rows in ClickHouse | {loss_rows} |")?;
+    let inc = r.incidents;
+    let host_hours = r.hosts as f64 * r.produce_secs / 3600.0;
+    writeln!(
+        md,
+        "| flagged events grouped into incidents (whole run) | {} in {} incidents: {:.1} per incident; {} incidents with an alert |",
+        inc.events,
+        inc.incidents,
+        inc.events as f64 / inc.incidents.max(1) as f64,
+        inc.with_alert
+    )?;
+    writeln!(
+        md,
+        "| incidents per host-hour ({} hosts × {:.0} s) | {:.1} ({:.1} with an alert) |",
+        r.hosts,
+        r.produce_secs,
+        inc.incidents as f64 / host_hours.max(1e-9),
+        inc.with_alert as f64 / host_hours.max(1e-9)
+    )?;
     writeln!(
         md,
         "| attack events flagged (warn or alert), after warm-up | {:.1}% of {} ({:.1}% alert) |",

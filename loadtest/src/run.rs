@@ -77,6 +77,45 @@ pub struct RunResult {
     /// Per event (after warm-up): label index and what the scorer said.
     pub outcomes: Vec<(u32, Option<Seen>)>,
     pub org: String,
+    /// Events flagged (warn or alert) over the whole run, warm-up included.
+    pub flagged: u64,
+    /// How the indexer grouped the run's flagged events into incidents.
+    pub incidents: IncidentStats,
+    /// Simulated hosts (for incidents per host-hour).
+    pub hosts: usize,
+}
+
+/// The run's incidents (ClickHouse `incidents`), once grouping settled.
+#[derive(Debug, Default, Clone, Copy, serde::Deserialize, clickhouse::Row)]
+pub struct IncidentStats {
+    /// Incidents, flagged events in them, and incidents with an alert.
+    pub incidents: u64,
+    pub events: u64,
+    pub with_alert: u64,
+}
+
+/// The org's incident figures, read until two reads 2 s apart agree (the
+/// indexer groups alerts from their own topic, a little behind the rows).
+async fn incident_stats(ch: &clickhouse::Client, org: &str) -> IncidentStats {
+    let read = || async {
+        ch.query(
+            "SELECT count() AS incidents, sum(event_count) AS events, countIf(verdict = 3) AS with_alert FROM incidents FINAL WHERE org = ?",
+        )
+        .bind(org)
+        .fetch_one::<IncidentStats>()
+        .await
+        .unwrap_or_default()
+    };
+    let mut last = read().await;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = read().await;
+        if now.events == last.events && now.incidents == last.incidents {
+            return now;
+        }
+        last = now;
+    }
+    last
 }
 
 fn seq_of(prefix: &str, id: &str) -> Option<usize> {
@@ -353,6 +392,7 @@ pub async fn run(cfg: RunConfig, corpus: Arc<Corpus>) -> anyhow::Result<RunResul
         rows = count_rows(&ch, &org).await.unwrap_or(0);
     }
     stop_consumers.store(true, Ordering::Relaxed);
+    let incidents = incident_stats(&ch, &org).await;
     let (dups, scored_latency) = scored_task.await?;
     let queryable_latency = ch_task.await?;
     if let Some((pb, sb)) = bar {
@@ -397,6 +437,12 @@ pub async fn run(cfg: RunConfig, corpus: Arc<Corpus>) -> anyhow::Result<RunResul
         labels,
         outcomes,
         org,
+        flagged: seen
+            .values()
+            .filter(|s| matches!(s.0.verdict, Verdict::Warn | Verdict::Alert))
+            .count() as u64,
+        incidents,
+        hosts: cfg.sim.hosts,
     })
 }
 
