@@ -13,7 +13,7 @@ use outlier_e2e::{TestEnv, TopicReader, exec, now_ns};
 use outlier_proto::incident_service_client::IncidentServiceClient;
 use outlier_proto::signature_service_client::SignatureServiceClient;
 use outlier_proto::{
-    ConfirmIncidentRequest, Event, ListIncidentsRequest, ListSignaturesRequest,
+    ConfirmIncidentRequest, Event, GetIncidentRequest, ListIncidentsRequest, ListSignaturesRequest,
     RevokeSignatureRequest, Verdict,
 };
 use tokio_util::sync::CancellationToken;
@@ -182,6 +182,27 @@ async fn a_confirmed_incident_becomes_every_hosts_instant_recognition() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
     assert_eq!(incident.host, "web-1");
+
+    // The operator looks at it first: its events as stored.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = incidents
+            .get_incident(GetIncidentRequest {
+                org: org.clone(),
+                incident_id: incident.incident_id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if got.events.len() == incident.event_count as usize {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the incident's events were not stored"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // Confirmed malicious: a signature per behaviour of the incident.
     let mut sigs = SignatureServiceClient::new(channel);

@@ -325,15 +325,23 @@ async fn an_attack_chain_is_one_incident_listed_got_and_streamed() {
         "{other:#?}"
     );
 
-    // Get: the incident with its events as stored, oldest first.
-    let got = client
-        .get_incident(GetIncidentRequest {
-            org: org.clone(),
-            incident_id: inc.incident_id.clone(),
-        })
-        .await
-        .expect("GetIncident")
-        .into_inner();
+    // Get: the incident with its events as stored, oldest first (the
+    // incident can be listed a moment before its events' rows land).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let got = loop {
+        let got = client
+            .get_incident(GetIncidentRequest {
+                org: org.clone(),
+                incident_id: inc.incident_id.clone(),
+            })
+            .await
+            .expect("GetIncident")
+            .into_inner();
+        if got.events.len() >= chain_flagged.len() || tokio::time::Instant::now() > deadline {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let ids: Vec<String> = got
         .events
         .iter()

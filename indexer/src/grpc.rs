@@ -822,7 +822,20 @@ impl SignatureService for Services {
             .await
             .map_err(status)?;
         events.sort_by(|a, b| (a.ts_ns, &a.event_id).cmp(&(b.ts_ns, &b.event_id)));
+        events.dedup_by(|a, b| a.event_id == b.event_id);
         let now = outlier_common::now_ns();
+        // An incident is grouped from the alerts topic, a little ahead of
+        // its events' rows: a just-changed incident whose events are not all
+        // stored yet is confirmed once they are, never in part.
+        let recent = now.saturating_sub(row.updated_ns) < 120_000_000_000;
+        if recent && events.len() < keys.len() {
+            return Err(Status::unavailable(format!(
+                "incident {}: {} of its {} events are stored so far; retry in a few seconds",
+                row.incident_id,
+                events.len(),
+                keys.len()
+            )));
+        }
         let mut seen = std::collections::HashSet::new();
         let mut out = Vec::new();
         for r in &events {
