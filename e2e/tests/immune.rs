@@ -46,7 +46,27 @@ async fn send(p: &Publisher, e: &Event) {
 async fn a_confirmed_incident_becomes_every_hosts_instant_recognition() {
     let env = TestEnv::new("immune").await;
     let stop = CancellationToken::new();
-    let scorer = tokio::spawn(outlier_scorer::run(env.scorer_config(), stop.clone()));
+    let mut scfg = env.scorer_config();
+    scfg.http_addr = outlier_e2e::free_addr();
+    let scorer_http = scfg.http_addr;
+    let scorer = tokio::spawn(outlier_scorer::run(scfg, stop.clone()));
+    // A second scorer process elsewhere in the fleet (its own group and
+    // events, none of this test's): the signatures must reach it too.
+    let mut other = env.scorer_config();
+    other.group_id = format!("{}-other-scorer", env.id);
+    other.kafka.topics.events = format!("{}.other-events", env.id);
+    other.kafka.topics.feedback = format!("{}.other-feedback", env.id);
+    other.baseline.uri = env.dir.path().join("other-baselines").display().to_string();
+    other.http_addr = outlier_e2e::free_addr();
+    let other_http = other.http_addr;
+    env.kafka
+        .ensure_topics(&[
+            (&other.kafka.topics.events, 1),
+            (&other.kafka.topics.feedback, 1),
+        ])
+        .await
+        .unwrap();
+    let other_scorer = tokio::spawn(outlier_scorer::run(other, stop.clone()));
     let icfg = env.indexer_config();
     let addr = icfg.grpc_addr;
     let indexer = tokio::spawn(outlier_indexer::run(icfg, stop.clone()));
@@ -231,6 +251,23 @@ async fn a_confirmed_incident_becomes_every_hosts_instant_recognition() {
         .into_inner()
         .signatures;
     let confirmed = Instant::now();
+    // Every scorer holds the signatures within 5 s (their health says how
+    // many they apply).
+    let want = format!("{} active signatures", made.len());
+    for (name, addr) in [("scorer", scorer_http), ("other scorer", other_http)] {
+        loop {
+            let body = outlier_e2e::http_get(addr, "/health").await.map(|(_, b)| b);
+            if body.as_deref().is_some_and(|b| b.contains(&want)) {
+                break;
+            }
+            assert!(
+                confirmed.elapsed() < Duration::from_secs(5),
+                "{name} does not hold the signatures 5 s after confirmation: {body:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    eprintln!("signatures on every scorer after {:?}", confirmed.elapsed());
     let programs: HashSet<&str> = made.iter().map(|s| s.program.as_str()).collect();
     assert!(programs.contains("python3"), "{made:#?}");
     assert_eq!(
@@ -357,6 +394,7 @@ async fn a_confirmed_incident_becomes_every_hosts_instant_recognition() {
 
     stop.cancel();
     scorer.await.unwrap().unwrap();
+    other_scorer.await.unwrap().unwrap();
     indexer.await.unwrap().unwrap();
     env.cleanup().await;
 }
