@@ -194,11 +194,9 @@ impl Default for ClassifierConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ScoringConfig {
-    /// Neighbours returned by the kNN.
-    pub k: usize,
     /// Thresholds for workloads without their own.
     pub thresholds: Thresholds,
     /// Per-workload thresholds, keyed `org/workload`.
@@ -290,18 +288,6 @@ impl DecisionConfig {
             ));
         }
         Ok(())
-    }
-}
-
-impl Default for ScoringConfig {
-    fn default() -> Self {
-        Self {
-            k: 10,
-            thresholds: Thresholds::default(),
-            workloads: BTreeMap::new(),
-            classifier: ClassifierConfig::default(),
-            decision: DecisionConfig::default(),
-        }
     }
 }
 
