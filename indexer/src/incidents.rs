@@ -380,26 +380,39 @@ impl Grouper {
 
     /// Keeps at most `max_open` incidents: the least recent close first.
     fn bound(&mut self) {
-        while self.n_open > self.max_open {
-            let oldest = self
-                .open
-                .iter()
-                .flat_map(|(k, l)| {
-                    l.iter()
-                        .enumerate()
-                        .map(move |(i, o)| (o.row.last_ns, k, i))
-                })
-                .min_by_key(|(t, _, _)| *t)
-                .map(|(_, k, i)| (k.clone(), i));
-            let Some((k, i)) = oldest else { return };
-            if let Some(l) = self.open.get_mut(&k) {
-                l.remove(i);
-                if l.is_empty() {
-                    self.open.remove(&k);
-                }
-            }
-            self.n_open -= 1;
+        if self.n_open <= self.max_open {
+            return;
         }
+        // Over the bound: close the least recent 1% (at least the excess)
+        // in one pass, so a flood of new incidents does not scan every open
+        // one for each event.
+        let n = (self.n_open - self.max_open)
+            .max(self.max_open / 100)
+            .min(self.n_open);
+        let mut times: Vec<u64> = self
+            .open
+            .values()
+            .flatten()
+            .map(|o| o.row.last_ns)
+            .collect();
+        let cutoff = *times.select_nth_unstable(n - 1).1;
+        let mut closed = 0;
+        for strict in [true, false] {
+            for list in self.open.values_mut() {
+                list.retain(|o| {
+                    let close = closed < n
+                        && if strict {
+                            o.row.last_ns < cutoff
+                        } else {
+                            o.row.last_ns == cutoff
+                        };
+                    closed += usize::from(close);
+                    !close
+                });
+            }
+        }
+        self.open.retain(|_, l| !l.is_empty());
+        self.n_open -= closed;
     }
 }
 
