@@ -102,7 +102,13 @@ pub async fn run(
             _ = tick.tick() => {}
         }
         let h = reporter.heartbeat();
-        match publish(&producer, &kafka.topics.events, &h).await {
+        // A delivery waits up to the producer's message timeout while Kafka
+        // is unreachable: shutdown must not wait for it.
+        let sent = tokio::select! {
+            () = shutdown.cancelled() => return,
+            r = publish(&producer, &kafka.topics.events, &h) => r,
+        };
+        match sent {
             Ok(()) => metrics::HEARTBEATS.with_label_values(&["sent"]).inc(),
             Err(e) => {
                 metrics::HEARTBEATS.with_label_values(&["failed"]).inc();

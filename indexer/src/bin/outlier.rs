@@ -53,7 +53,11 @@ impl Interceptor for Bearer {
 }
 
 #[derive(Parser)]
-#[command(version, about = "Search, list and follow Outlier's scored events")]
+#[command(
+    name = "outlier",
+    version,
+    about = "Search, list and follow Outlier's scored events"
+)]
 struct Cli {
     /// The indexer's gRPC address.
     #[arg(
