@@ -603,7 +603,53 @@ mod tests {
     #[tokio::test]
     async fn a_workload_coming_back_sees_what_another_scorer_wrote_meanwhile() {
         let dir = tempfile::tempdir().unwrap();
-        let uri = dir.path().to_str().unwrap();
+        shared_by_two_scorers(dir.path().to_str().unwrap()).await;
+    }
+
+    /// A fresh prefix of the stack's object store (`scripts/stack env`:
+    /// OUTLIER_S3_BUCKET and the AWS_* variables object_store reads), or
+    /// None without one. scripts/test sets OUTLIER_REQUIRE_S3=1: there, a
+    /// missing object store fails instead of skipping.
+    fn object_store_uri(test: &str) -> Option<String> {
+        match std::env::var("OUTLIER_S3_BUCKET") {
+            Ok(bucket) if !bucket.is_empty() => {
+                let nonce = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos();
+                Some(format!("s3://{bucket}/tests/{test}-{nonce:x}"))
+            }
+            _ => {
+                assert_ne!(
+                    std::env::var("OUTLIER_REQUIRE_S3").as_deref(),
+                    Ok("1"),
+                    "OUTLIER_REQUIRE_S3=1 but no object store: eval \"$(scripts/stack env)\""
+                );
+                eprintln!("no object store (OUTLIER_S3_BUCKET unset): skipped");
+                None
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn baselines_in_the_object_store_are_shared_by_scorers_on_other_machines() {
+        let Some(uri) = object_store_uri("shared") else {
+            return;
+        };
+        shared_by_two_scorers(&uri).await;
+        // A scorer started later (another machine, nothing on its disk)
+        // loads the workload's baseline from the object store.
+        let late = Store::open(&uri).await.unwrap();
+        let loaded = late
+            .load("o", "w", 0, IndexParams::default())
+            .await
+            .unwrap();
+        assert_eq!((loaded.len(), loaded.events()), (2, 3));
+        let (d, _) = loaded.min_distance(&vec_of("certbot renew")).unwrap();
+        assert!(d < 1e-6, "the behaviour learnt elsewhere is known: {d}");
+    }
+
+    async fn shared_by_two_scorers(uri: &str) {
         let (a, b) = (
             Store::open(uri).await.unwrap(),
             Store::open(uri).await.unwrap(),
