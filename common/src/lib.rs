@@ -26,3 +26,13 @@ pub fn now_ns() -> u64 {
 
 /// Version of the Outlier build, stamped on scored events.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Makes ring rustls's process-wide crypto provider. The indexer's gRPC
+/// services, the CLI, the webhook client and LanceDB's object-store client
+/// use TLS through rustls, and LanceDB's S3 support enables rustls's
+/// aws-lc-rs provider besides ring: with two compiled in, rustls picks
+/// neither by itself and the first TLS handshake panics. Idempotent; call
+/// it at start, before any TLS is set up.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -151,6 +151,7 @@ async fn only_a_known_token_reads_and_only_its_orgs() {
     replay(text.as_bytes(), &publisher).await.unwrap();
 
     let ca = std::fs::read(dir.join("ca.pem")).unwrap();
+    outlier_indexer::install_crypto_provider();
     let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
     let mut channel = None;
     for _ in 0..120 {

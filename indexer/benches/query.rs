@@ -109,6 +109,7 @@ fn row(i: u64, now_ns: u64, rng: &mut Rng) -> EventRow {
 
 #[tokio::main]
 async fn main() {
+    outlier_indexer::install_crypto_provider();
     let rows_n = env_usize("OUTLIER_BENCH_ROWS", 10_000_000) as u64;
     let vectors_n = env_usize("OUTLIER_BENCH_VECTORS", 1_000_000);
     let url =

@@ -967,6 +967,7 @@ pub async fn serve(
         .set_serving::<SignatureServiceServer<Services>>()
         .await;
     let mut builder = tonic::transport::Server::builder();
+    crate::install_crypto_provider();
     if let Some(identity) = tls {
         builder = builder
             .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))

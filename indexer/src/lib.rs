@@ -20,5 +20,7 @@ pub mod sink;
 pub mod topic_sink;
 pub mod webhook;
 
+pub use outlier_common::install_crypto_provider;
+
 pub use config::IndexerConfig;
 pub use sink::run;

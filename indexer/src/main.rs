@@ -26,6 +26,7 @@ struct Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     telemetry::init_tracing();
+    outlier_indexer::install_crypto_provider();
     let cli = Cli::parse();
     let mut cfg: IndexerConfig = match config::load("OUTLIER_INDEXER", cli.config.as_deref()) {
         Ok(c) => c,

@@ -152,6 +152,7 @@ pub async fn run(
             }
         },
     };
+    crate::install_crypto_provider();
     let client = match reqwest::Client::builder()
         .timeout(Duration::from_millis(cfg.timeout_ms))
         .build()

@@ -53,6 +53,7 @@ enum Label {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    outlier_common::install_crypto_provider();
     telemetry::init_tracing();
     let cli = Cli::parse();
     let mut cfg: ScorerConfig = match config::load("OUTLIER_SCORER", cli.config.as_deref()) {

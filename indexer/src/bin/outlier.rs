@@ -1070,6 +1070,7 @@ async fn run(cli: Cli) -> Result<(), String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    outlier_indexer::install_crypto_provider();
     // `outlier … | head` ends quietly when the reader goes away, as other
     // command-line tools do, instead of panicking on a broken pipe.
     // SAFETY: restores the default disposition of SIGPIPE (process-wide); no
