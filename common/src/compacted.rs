@@ -73,9 +73,28 @@ pub async fn publish<M: prost::Message>(
     .await
 }
 
+/// Records of a rules topic refused by `apply` (malformed or invalid), by
+/// topic. They are logged and counted, not dead-lettered: every follower
+/// reads the whole compacted topic at each start, so a dead letter would
+/// repeat per reader and per restart; the record stays until a valid
+/// version of its key replaces it.
+static REFUSED: std::sync::LazyLock<prometheus::IntCounterVec> = std::sync::LazyLock::new(|| {
+    prometheus::register_int_counter_vec!(
+        "outlier_rules_refused_total",
+        "Records of a rules topic (suppressions, signatures) refused as malformed or invalid, by topic",
+        &["topic"]
+    )
+    .expect("metric registers once")
+});
+
+/// How many records of `topic` this process refused (every follower in it).
+pub fn refused(topic: &str) -> u64 {
+    REFUSED.with_label_values(&[topic]).get()
+}
+
 /// Reads `topic` from its start and follows it until `shutdown` fires,
 /// handing each record's payload to `apply` (a refused record is logged
-/// with the reason and skipped). A reader of its own, in no consumer group
+/// with the reason, counted in `outlier_rules_refused_total` and skipped). A reader of its own, in no consumer group
 /// (the group id, under `group`, is only a name: nothing is committed).
 /// Health check `check` turns up, with `status()` as its detail, once the
 /// topic was read to the end it had at start. A deployment without the
@@ -137,6 +156,7 @@ pub async fn follow(
         if let Some(p) = m.payload()
             && let Err(reason) = apply(p)
         {
+            REFUSED.with_label_values(&[topic]).inc();
             tracing::warn!(
                 topic,
                 partition = m.partition(),

@@ -122,6 +122,23 @@ async fn a_suppression_stops_the_repeat_alert_within_seconds_and_revoking_brings
         assert_eq!(e.code(), tonic::Code::InvalidArgument, "{}", e.message());
     }
 
+    // A malformed record on the rules topic (not a rule at all) is refused
+    // and counted by every follower, and stalls none of them: the valid
+    // rule below still reaches the scorer within seconds.
+    let topic = env.kafka.topics.suppressions.clone();
+    let refused_before = outlier_common::compacted::refused(&topic);
+    let producer: rdkafka::producer::FutureProducer =
+        env.kafka.producer_config("e2e-garbage").create().unwrap();
+    outlier_common::kafka::send_keyed(
+        &producer,
+        &topic,
+        &format!("{org}/garbage"),
+        &[0xff; 12],
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("garbage published");
+
     let rule = sup
         .create_suppression(CreateSuppressionRequest {
             org: org.clone(),
@@ -166,6 +183,12 @@ async fn a_suppression_stops_the_repeat_alert_within_seconds_and_revoking_brings
     let took = created.elapsed();
     eprintln!("suppression effective after {took:?} ({n} repeats)");
     assert!(took < Duration::from_secs(5));
+    // The garbage came before the rule on the topic's one partition: the
+    // followers that applied the rule have refused it.
+    assert!(
+        outlier_common::compacted::refused(&topic) > refused_before,
+        "the malformed rule record was not counted"
+    );
     assert_eq!(suppressed.suppressed_by, rule.suppression_id);
     assert_eq!(
         suppressed.verdict(),
