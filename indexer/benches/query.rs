@@ -123,7 +123,9 @@ async fn main() {
         .execute()
         .await
         .expect("clickhouse reachable (scripts/stack up --infra)");
-    schema::migrate(&admin, db, 30).await.unwrap();
+    schema::migrate(&admin, db, &schema::Layout::Single, 30)
+        .await
+        .unwrap();
     let ch = clickhouse::Client::default()
         .with_url(&url)
         .with_database(db)

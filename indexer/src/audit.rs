@@ -43,10 +43,14 @@ pub struct AuditRow {
     pub source: String,
 }
 
-/// The `CREATE TABLE` statement of the audit table in `db`.
-pub fn create_table_sql(db: &str) -> String {
-    format!(
-        "CREATE TABLE IF NOT EXISTS {db}.{TABLE} (\n    ts DateTime,\n    ts_ns UInt64,\n    actor String,\n    label String,\n    note String,\n    org String,\n    workload String,\n    host String,\n    event_id String,\n    kind String,\n    what String,\n    source String,\n    inserted_at DateTime DEFAULT now()\n) ENGINE = ReplacingMergeTree()\nPARTITION BY toYYYYMM(ts)\nORDER BY (org, ts, source)"
+/// The statements that create the audit table in `db`.
+pub fn create_table_sql(db: &str, layout: &crate::schema::Layout) -> Vec<String> {
+    layout.create(
+        db,
+        TABLE,
+        "(\n    ts DateTime,\n    ts_ns UInt64,\n    actor String,\n    label String,\n    note String,\n    org String,\n    workload String,\n    host String,\n    event_id String,\n    kind String,\n    what String,\n    source String,\n    inserted_at DateTime DEFAULT now()\n)",
+        "",
+        "PARTITION BY toYYYYMM(ts)\nORDER BY (org, ts, source)",
     )
 }
 

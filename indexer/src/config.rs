@@ -162,6 +162,10 @@ pub struct ClickHouseConfig {
     /// Days of events kept: a TTL where the server supports one, otherwise
     /// the indexer drops older daily partitions itself.
     pub retention_days: u32,
+    /// Name of a ClickHouse cluster (the servers' `remote_servers`) whose
+    /// replicas hold the tables: replicated storage tables behind
+    /// Distributed ones, created `ON CLUSTER`. Empty: one server.
+    pub cluster: String,
 }
 
 impl Default for ClickHouseConfig {
@@ -173,6 +177,7 @@ impl Default for ClickHouseConfig {
             password: String::new(),
             password_file: String::new(),
             retention_days: 30,
+            cluster: String::new(),
         }
     }
 }
@@ -189,6 +194,17 @@ impl ClickHouseConfig {
     pub fn validate(&self) -> Result<(), String> {
         if !self.password.is_empty() && !self.password_file.is_empty() {
             return Err("clickhouse.password and clickhouse.password_file are both set".into());
+        }
+        // Part of DDL: a plain identifier only.
+        if !self
+            .cluster
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return Err(format!(
+                "clickhouse.cluster `{}`: letters, digits and _ only",
+                self.cluster
+            ));
         }
         self.password().map(|_| ())
     }

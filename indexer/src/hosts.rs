@@ -54,10 +54,14 @@ impl HostRow {
     }
 }
 
-/// The `CREATE TABLE` statement of the hosts table in `db`.
-pub fn create_table_sql(db: &str) -> String {
-    format!(
-        "CREATE TABLE IF NOT EXISTS {db}.{TABLE} (\n    org String,\n    host String,\n    ts DateTime,\n    ts_ns UInt64,\n    version String,\n    capture_mode String,\n    started_ns UInt64,\n    events_captured UInt64,\n    kernel_drops UInt64,\n    spool_dropped UInt64,\n    spool_backlog UInt64\n) ENGINE = ReplacingMergeTree(ts_ns)\nORDER BY (org, host)"
+/// The statements that create the hosts table in `db`.
+pub fn create_table_sql(db: &str, layout: &crate::schema::Layout) -> Vec<String> {
+    layout.create(
+        db,
+        TABLE,
+        "(\n    org String,\n    host String,\n    ts DateTime,\n    ts_ns UInt64,\n    version String,\n    capture_mode String,\n    started_ns UInt64,\n    events_captured UInt64,\n    kernel_drops UInt64,\n    spool_dropped UInt64,\n    spool_backlog UInt64\n)",
+        "ts_ns",
+        "ORDER BY (org, host)",
     )
 }
 

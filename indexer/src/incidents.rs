@@ -74,14 +74,22 @@ pub struct IncidentRow {
     pub steps: Vec<String>,
 }
 
-/// The `CREATE TABLE` statement of the incidents table in `db`.
-pub fn create_table_sql(db: &str, ttl_days: Option<u32>) -> String {
+/// The statements that create the incidents table in `db`.
+pub fn create_table_sql(
+    db: &str,
+    layout: &crate::schema::Layout,
+    ttl_days: Option<u32>,
+) -> Vec<String> {
     let ttl = match ttl_days {
         Some(d) if d > 0 => format!("\nTTL ts + INTERVAL {d} DAY"),
         _ => String::new(),
     };
-    format!(
-        "CREATE TABLE IF NOT EXISTS {db}.{TABLE} (\n    org String,\n    incident_id String,\n    host String,\n    workloads Array(String),\n    ts DateTime,\n    first_ns UInt64,\n    last_ns UInt64,\n    updated_ns UInt64,\n    event_count UInt32,\n    alert_count UInt32,\n    verdict UInt8,\n    max_score Float32,\n    tactics Array(String),\n    techniques Array(String),\n    summary String,\n    event_ids Array(String),\n    event_ts_ns Array(UInt64),\n    pids Array(UInt32),\n    behaviour_keys Array(UInt64),\n    root_pid UInt32,\n    root_program String,\n    steps Array(String)\n) ENGINE = ReplacingMergeTree(updated_ns)\nORDER BY (org, incident_id){ttl}"
+    layout.create(
+        db,
+        TABLE,
+        "(\n    org String,\n    incident_id String,\n    host String,\n    workloads Array(String),\n    ts DateTime,\n    first_ns UInt64,\n    last_ns UInt64,\n    updated_ns UInt64,\n    event_count UInt32,\n    alert_count UInt32,\n    verdict UInt8,\n    max_score Float32,\n    tactics Array(String),\n    techniques Array(String),\n    summary String,\n    event_ids Array(String),\n    event_ts_ns Array(UInt64),\n    pids Array(UInt32),\n    behaviour_keys Array(UInt64),\n    root_pid UInt32,\n    root_program String,\n    steps Array(String)\n)",
+        "updated_ns",
+        &format!("ORDER BY (org, incident_id){ttl}"),
     )
 }
 

@@ -2,6 +2,15 @@
 //! from 18.16 (Debian's package, what the tests run) to current releases.
 //! Newer features (TTL) are used only after `version()` says they exist;
 //! without TTL the indexer drops expired daily partitions itself.
+//!
+//! Two layouts ([`Layout`]): one server, where each table is a
+//! `ReplacingMergeTree`; or a ClickHouse cluster (`clickhouse.cluster`),
+//! where each table's rows live in `<table>_local`, a
+//! `ReplicatedReplacingMergeTree` on every replica (coordinated by
+//! ZooKeeper), and `<table>` is a `Distributed` table over them: the rest of
+//! the indexer reads and writes `<table>` in both layouts. Cluster DDL runs
+//! `ON CLUSTER`: a replica that is down when the indexer starts runs it
+//! when it is back.
 
 use clickhouse::Client;
 use serde::Deserialize;
@@ -85,9 +94,111 @@ impl Version {
     }
 }
 
+/// Where the indexer's tables live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Layout {
+    /// One server.
+    Single,
+    /// Replicas of the named cluster (the server's `remote_servers`), one
+    /// shard: every replica holds every row.
+    Cluster(String),
+}
+
+impl Layout {
+    /// The layout of `clickhouse.cluster` (empty: one server).
+    pub fn of(cluster: &str) -> Self {
+        if cluster.is_empty() {
+            Layout::Single
+        } else {
+            Layout::Cluster(cluster.to_string())
+        }
+    }
+
+    /// The table that stores `table`'s rows (partitions, parts, columns).
+    pub fn storage(&self, table: &str) -> String {
+        match self {
+            Layout::Single => table.to_string(),
+            Layout::Cluster(_) => format!("{table}_local"),
+        }
+    }
+
+    /// ` ON CLUSTER <name>` for DDL that every replica must run.
+    fn on_cluster(&self) -> String {
+        match self {
+            Layout::Single => String::new(),
+            Layout::Cluster(c) => format!(" ON CLUSTER {c}"),
+        }
+    }
+
+    /// The statements that create `db.table`: `columns` (the parenthesised
+    /// list), a replacing engine with `version_column` (may be empty) and
+    /// `tail` (PARTITION BY, ORDER BY, TTL, SETTINGS). In a cluster, the
+    /// replicated storage table first, then the Distributed table over it.
+    pub fn create(
+        &self,
+        db: &str,
+        table: &str,
+        columns: &str,
+        version_column: &str,
+        tail: &str,
+    ) -> Vec<String> {
+        match self {
+            Layout::Single => vec![format!(
+                "CREATE TABLE IF NOT EXISTS {db}.{table} {columns} \
+                 ENGINE = ReplacingMergeTree({version_column})\n{tail}"
+            )],
+            Layout::Cluster(cluster) => {
+                let local = self.storage(table);
+                let on = self.on_cluster();
+                let version = if version_column.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {version_column}")
+                };
+                vec![
+                    format!(
+                        "CREATE TABLE IF NOT EXISTS {db}.{local}{on} {columns} \
+                         ENGINE = ReplicatedReplacingMergeTree(\
+                         '/clickhouse/tables/{{shard}}/{db}/{table}', '{{replica}}'{version})\n{tail}"
+                    ),
+                    format!(
+                        "CREATE TABLE IF NOT EXISTS {db}.{table}{on} AS {db}.{local} \
+                         ENGINE = Distributed({cluster}, {db}, {local})"
+                    ),
+                ]
+            }
+        }
+    }
+
+    /// The statements that add `name type` to `db.table` (after `after`,
+    /// when not empty), storage table first.
+    fn add_column(&self, db: &str, table: &str, name: &str, ty: &str, after: &str) -> Vec<String> {
+        let position = if after.is_empty() {
+            String::new()
+        } else {
+            format!(" AFTER {after}")
+        };
+        let on = self.on_cluster();
+        let mut tables = vec![self.storage(table)];
+        if matches!(self, Layout::Cluster(_)) {
+            // A Distributed table's columns are its own.
+            tables.push(table.to_string());
+        }
+        tables
+            .into_iter()
+            .map(|t| format!("ALTER TABLE {db}.{t}{on} ADD COLUMN {name} {ty}{position}"))
+            .collect()
+    }
+}
+
 #[derive(Debug, Deserialize, clickhouse::Row)]
 struct VersionRow {
     v: String,
+}
+
+#[derive(Debug, Deserialize, clickhouse::Row)]
+struct EngineRow {
+    engine: String,
 }
 
 #[derive(Debug, Deserialize, clickhouse::Row)]
@@ -103,8 +214,14 @@ pub async fn server_version(client: &Client) -> Result<Version, clickhouse::erro
     })
 }
 
-/// The `CREATE TABLE` statement for `db`, for a server of `version`.
-pub fn create_table_sql(db: &str, version: Version, retention_days: u32) -> String {
+/// The statements that create the events table in `db`, for a server of
+/// `version`.
+pub fn create_table_sql(
+    db: &str,
+    layout: &Layout,
+    version: Version,
+    retention_days: u32,
+) -> Vec<String> {
     let cols = COLUMNS
         .iter()
         .map(|(n, t)| format!("    {n} {t}"))
@@ -117,63 +234,127 @@ pub fn create_table_sql(db: &str, version: Version, retention_days: u32) -> Stri
     };
     // ReplacingMergeTree + ORDER BY ending in event_id: a replayed event (same
     // id, same timestamp) collapses into one row; queries read with FINAL.
-    format!(
-        "CREATE TABLE IF NOT EXISTS {db}.{TABLE} (\n{cols}\n) ENGINE = ReplacingMergeTree()\n\
-         PARTITION BY toYYYYMMDD(ts)\nORDER BY (org, ts, event_id){ttl}\nSETTINGS index_granularity = 8192"
+    layout.create(
+        db,
+        TABLE,
+        &format!("(\n{cols}\n)"),
+        "",
+        &format!(
+            "PARTITION BY toYYYYMMDD(ts)\nORDER BY (org, ts, event_id){ttl}\nSETTINGS index_granularity = 8192"
+        ),
     )
 }
 
-/// Creates the database and table if missing and adds any missing columns.
+/// In a cluster, DDL waits this long for every replica; one that is down
+/// runs it when it is back.
+const CLUSTER_DDL_WAIT_S: &str = "20";
+
+/// Runs one DDL statement. In a cluster, a replica that did not answer in
+/// time (code 159) is not an error: the statement is queued for it.
+async fn ddl(client: &Client, layout: &Layout, sql: &str) -> Result<(), clickhouse::error::Error> {
+    match layout {
+        Layout::Single => client.query(sql).execute().await,
+        Layout::Cluster(_) => {
+            let r = client
+                .query(sql)
+                .with_setting("distributed_ddl_task_timeout", CLUSTER_DDL_WAIT_S)
+                .execute()
+                .await;
+            match r {
+                Err(e) if e.to_string().contains("Code: 159") => {
+                    tracing::warn!(error = %e, "a ClickHouse replica did not run the schema change in time; it runs it when it is back");
+                    Ok(())
+                }
+                r => r,
+            }
+        }
+    }
+}
+
+async fn columns_of(
+    client: &Client,
+    db: &str,
+    table: &str,
+) -> Result<Vec<String>, clickhouse::error::Error> {
+    let rows: Vec<NameRow> = client
+        .query("SELECT name FROM system.columns WHERE database = ? AND table = ?")
+        .bind(db)
+        .bind(table)
+        .fetch_all()
+        .await?;
+    Ok(rows.into_iter().map(|r| r.name).collect())
+}
+
+/// Creates the database and tables if missing and adds any missing columns.
 pub async fn migrate(
     client: &Client,
     db: &str,
+    layout: &Layout,
     retention_days: u32,
 ) -> Result<Version, clickhouse::error::Error> {
     let version = server_version(client).await?;
-    client
-        .query(&format!("CREATE DATABASE IF NOT EXISTS {db}"))
-        .execute()
-        .await?;
-    client
-        .query(&create_table_sql(db, version, retention_days))
-        .execute()
-        .await?;
-    client
-        .query(&crate::audit::create_table_sql(db))
-        .execute()
-        .await?;
-    client
-        .query(&crate::hosts::create_table_sql(db))
-        .execute()
-        .await?;
-    client
-        .query(&crate::incidents::create_table_sql(
-            db,
-            version.has_ttl().then_some(retention_days),
-        ))
-        .execute()
-        .await?;
-    let existing: Vec<NameRow> = client
-        .query("SELECT name FROM system.columns WHERE database = ? AND table = ?")
-        .bind(db)
-        .bind(TABLE)
-        .fetch_all()
-        .await?;
+    ddl(
+        client,
+        layout,
+        &format!("CREATE DATABASE IF NOT EXISTS {db}{}", layout.on_cluster()),
+    )
+    .await?;
+    let mut statements = create_table_sql(db, layout, version, retention_days);
+    statements.extend(crate::audit::create_table_sql(db, layout));
+    statements.extend(crate::hosts::create_table_sql(db, layout));
+    statements.extend(crate::incidents::create_table_sql(
+        db,
+        layout,
+        version.has_ttl().then_some(retention_days),
+    ));
+    for sql in &statements {
+        ddl(client, layout, sql).await?;
+    }
+    if let Layout::Cluster(cluster) = layout {
+        // CREATE ... IF NOT EXISTS leaves a one-server table where the
+        // Distributed one belongs: say so instead of writing past the
+        // replicas.
+        for table in [
+            TABLE,
+            crate::audit::TABLE,
+            crate::hosts::TABLE,
+            crate::incidents::TABLE,
+        ] {
+            let row: EngineRow = client
+                .query("SELECT engine FROM system.tables WHERE database = ? AND name = ?")
+                .bind(db)
+                .bind(table)
+                .fetch_one()
+                .await?;
+            if row.engine != "Distributed" {
+                return Err(clickhouse::error::Error::Custom(format!(
+                    "{db}.{table} is a {} table, not a Distributed table over cluster \
+                     {cluster}: it was made for one server; move its rows into \
+                     {db}.{}_local and drop it (docs/deploy.md)",
+                    row.engine, table
+                )));
+            }
+        }
+    }
+    let existing = columns_of(client, db, TABLE).await?;
     let mut after = "";
     for (name, ty) in COLUMNS {
-        if !existing.iter().any(|r| r.name == *name) {
-            let position = if after.is_empty() {
-                String::new()
-            } else {
-                format!(" AFTER {after}")
-            };
+        if !existing.iter().any(|c| c == name) {
             tracing::info!(column = name, "adding column to {TABLE}");
-            client
-                .query(&format!(
-                    "ALTER TABLE {db}.{TABLE} ADD COLUMN {name} {ty}{position}"
-                ))
-                .execute()
-                .await?;
+            for sql in layout.add_column(db, TABLE, name, ty, after) {
+                if let Err(e) = ddl(client, layout, &sql).await {
+                    // Another indexer of the cluster may have added it first.
+                    let table = sql.split_whitespace().nth(2).unwrap_or_default();
+                    let table = table.rsplit('.').next().unwrap_or_default();
+                    if !columns_of(client, db, table)
+                        .await?
+                        .iter()
+                        .any(|c| c == name)
+                    {
+                        return Err(e);
+                    }
+                }
+            }
         }
         after = name;
     }
@@ -190,6 +371,7 @@ struct PartitionRow {
 pub async fn drop_expired_partitions(
     client: &Client,
     db: &str,
+    layout: &Layout,
     retention_days: u32,
     today_yyyymmdd: u32,
 ) -> Result<Vec<String>, clickhouse::error::Error> {
@@ -197,7 +379,7 @@ pub async fn drop_expired_partitions(
     let parts: Vec<PartitionRow> = client
         .query("SELECT DISTINCT partition FROM system.parts WHERE database = ? AND table = ? AND active")
         .bind(db)
-        .bind(TABLE)
+        .bind(layout.storage(TABLE))
         .fetch_all()
         .await?;
     let mut dropped = Vec::new();
@@ -207,7 +389,11 @@ pub async fn drop_expired_partitions(
         };
         if day < cutoff {
             client
-                .query(&format!("ALTER TABLE {db}.{TABLE} DROP PARTITION {day}"))
+                // A replicated table drops it on every replica.
+                .query(&format!(
+                    "ALTER TABLE {db}.{} DROP PARTITION {day}",
+                    layout.storage(TABLE)
+                ))
                 .execute()
                 .await?;
             dropped.push(p.partition);
@@ -260,11 +446,78 @@ mod tests {
 
     #[test]
     fn ttl_only_where_supported() {
-        let old = create_table_sql("outlier", Version::parse("18.16.1").unwrap(), 30);
+        let old = create_table_sql(
+            "outlier",
+            &Layout::Single,
+            Version::parse("18.16.1").unwrap(),
+            30,
+        )
+        .join("\n");
         assert!(!old.contains("TTL"));
         assert!(old.contains("ReplacingMergeTree"));
-        let new = create_table_sql("outlier", Version::parse("24.8.4.13").unwrap(), 30);
+        let new = create_table_sql(
+            "outlier",
+            &Layout::Single,
+            Version::parse("24.8.4.13").unwrap(),
+            30,
+        )
+        .join("\n");
         assert!(new.contains("TTL ts + INTERVAL 30 DAY"));
+    }
+
+    #[test]
+    fn a_cluster_stores_rows_in_replicated_tables_behind_distributed_ones() {
+        let layout = Layout::of("outlier");
+        let v = Version::parse("24.8.4.13").unwrap();
+        let sql = create_table_sql("db", &layout, v, 30);
+        assert_eq!(sql.len(), 2, "{sql:?}");
+        assert!(
+            sql[0].starts_with(
+                "CREATE TABLE IF NOT EXISTS db.security_events_local ON CLUSTER outlier ("
+            ),
+            "{}",
+            sql[0]
+        );
+        assert!(
+            sql[0].contains("ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/db/security_events', '{replica}')"),
+            "{}",
+            sql[0]
+        );
+        // The TTL and keys belong to the storage table.
+        assert!(sql[0].contains("TTL ts + INTERVAL 30 DAY"));
+        assert_eq!(
+            sql[1],
+            "CREATE TABLE IF NOT EXISTS db.security_events ON CLUSTER outlier AS db.security_events_local \
+             ENGINE = Distributed(outlier, db, security_events_local)"
+        );
+        // A version column follows the replica's name.
+        let hosts = crate::hosts::create_table_sql("db", &layout).join("\n");
+        assert!(
+            hosts.contains("'/clickhouse/tables/{shard}/db/hosts', '{replica}', ts_ns)"),
+            "{hosts}"
+        );
+        assert_eq!(layout.storage("hosts"), "hosts_local");
+        assert_eq!(
+            layout.add_column("db", "t", "c", "String", "b"),
+            vec![
+                "ALTER TABLE db.t_local ON CLUSTER outlier ADD COLUMN c String AFTER b".to_string(),
+                "ALTER TABLE db.t ON CLUSTER outlier ADD COLUMN c String AFTER b".to_string(),
+            ]
+        );
+        // One server: the table itself, no ON CLUSTER.
+        let single = Layout::of("");
+        assert_eq!(single.storage("hosts"), "hosts");
+        assert_eq!(
+            single.add_column("db", "t", "c", "String", ""),
+            vec!["ALTER TABLE db.t ADD COLUMN c String".to_string()]
+        );
+        let hosts = crate::hosts::create_table_sql("db", &single);
+        assert_eq!(hosts.len(), 1);
+        assert!(
+            hosts[0].contains("ENGINE = ReplacingMergeTree(ts_ns)"),
+            "{}",
+            hosts[0]
+        );
     }
 
     #[test]

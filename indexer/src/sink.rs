@@ -49,12 +49,20 @@ pub enum RunError {
 
 /// A ClickHouse client for `cfg` (validation off: works on 18.16 too).
 pub fn client(cfg: &crate::config::ClickHouseConfig) -> Client {
-    Client::default()
+    let c = Client::default()
         .with_url(&cfg.url)
         .with_user(&cfg.user)
         .with_password(cfg.password().unwrap_or_default())
         .with_database(&cfg.database)
-        .with_validation(false)
+        .with_validation(false);
+    if cfg.cluster.is_empty() {
+        c
+    } else {
+        // An insert into a Distributed table returns once a replica has
+        // stored it, not once it is queued on the server that received it
+        // (which may die before sending it on): offsets follow only then.
+        c.with_setting("insert_distributed_sync", "1")
+    }
 }
 
 /// Runs the indexer until `shutdown` fires.
@@ -94,11 +102,13 @@ pub async fn run(cfg: IndexerConfig, shutdown: CancellationToken) -> Result<(), 
         .with_user(&cfg.clickhouse.user)
         .with_password(cfg.clickhouse.password().unwrap_or_default())
         .with_validation(false);
+    let layout = schema::Layout::of(&cfg.clickhouse.cluster);
     let mut delay = Duration::from_millis(250);
     let version = loop {
         match schema::migrate(
             &admin,
             &cfg.clickhouse.database,
+            &layout,
             cfg.clickhouse.retention_days,
         )
         .await
@@ -266,7 +276,7 @@ pub async fn run(cfg: IndexerConfig, shutdown: CancellationToken) -> Result<(), 
             },
             _ = retention_tick.tick(), if !version.has_ttl() => {
                 let today = schema::yyyymmdd_of_unix(SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0));
-                match schema::drop_expired_partitions(&admin, &cfg.clickhouse.database, cfg.clickhouse.retention_days, today).await {
+                match schema::drop_expired_partitions(&admin, &cfg.clickhouse.database, &layout, cfg.clickhouse.retention_days, today).await {
                     Ok(d) if !d.is_empty() => tracing::info!(partitions = ?d, "dropped expired partitions"),
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "retention pass failed"),
