@@ -446,22 +446,13 @@ mod tests {
 
     #[test]
     fn ttl_only_where_supported() {
-        let old = create_table_sql(
-            "outlier",
-            &Layout::Single,
-            Version::parse("18.16.1").unwrap(),
-            30,
-        )
-        .join("\n");
+        let sql = |v| {
+            create_table_sql("outlier", &Layout::Single, Version::parse(v).unwrap(), 30).join("\n")
+        };
+        let old = sql("18.16.1");
         assert!(!old.contains("TTL"));
         assert!(old.contains("ReplacingMergeTree"));
-        let new = create_table_sql(
-            "outlier",
-            &Layout::Single,
-            Version::parse("24.8.4.13").unwrap(),
-            30,
-        )
-        .join("\n");
+        let new = sql("24.8.4.13");
         assert!(new.contains("TTL ts + INTERVAL 30 DAY"));
     }
 
