@@ -145,10 +145,30 @@ pub fn dlq_reason(m: &impl rdkafka::Message) -> Option<String> {
         .map(|v| String::from_utf8_lossy(v).to_string())
 }
 
-/// A loopback address with a port free right now.
+/// A loopback address with a port free right now, for a service the test
+/// starts and then dials.
+///
+/// The port comes from below the kernel's ephemeral range (32768 and up by
+/// default): a port from `127.0.0.1:0` is released before the service binds
+/// it, and in that gap the services' own `:0` listeners (metrics, health)
+/// could be handed the same port — a gRPC client then reached an HTTP server
+/// and got 404. Ports below the range are never handed out for `:0`; a
+/// counter offset by the process id keeps the tests of one binary apart.
 pub fn free_addr() -> std::net::SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = std::process::id().wrapping_mul(7919);
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = LOW + base.wrapping_add(n) % SPAN;
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port as u16));
+        if std::net::TcpListener::bind(addr).is_ok() {
+            return addr;
+        }
+    }
+    panic!("no free loopback port in {LOW}..{}", LOW + SPAN)
 }
 
 async fn reqwest_ping(url: &str) -> bool {
