@@ -2,8 +2,6 @@
 //! exactly as live capture would. A malformed line is reported with its line
 //! number and skipped; it never stops the replay.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use outlier_common::json;
@@ -56,10 +54,7 @@ pub async fn replay<R: AsyncBufRead + Unpin>(
             continue;
         }
         stats.lines += 1;
-        let now_ns = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
+        let now_ns = outlier_common::now_ns();
         match json::parse_line(text, now_ns, || uuid::Uuid::now_v7().to_string()) {
             Ok(event) => match publisher.send(&event).await {
                 Ok(fut) => pending.push(fut),

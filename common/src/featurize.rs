@@ -9,6 +9,7 @@
 //! embedding, say) is a change to this module only. The output is
 //! deterministic across runs, machines and builds.
 
+use outlier_proto::facts::{AddrClass, OpenMode, UidClass};
 use outlier_proto::{Event, Protocol, event::Detail};
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
@@ -62,7 +63,7 @@ pub fn embed(e: &Event) -> Embedding {
     if exe != comm {
         h.add_norm("exe", exe, W_EXE);
     }
-    h.add("user", uid_class(e.uid), W_USER);
+    h.add("user", UidClass::of(e.uid).name(), W_USER);
     match &e.detail {
         Some(Detail::Exec(x)) => {
             let mut words = Vec::with_capacity(16);
@@ -105,7 +106,7 @@ pub fn embed(e: &Event) -> Embedding {
             let norm = normalize_path(&o.path);
             h.add("path", &norm, W_PATH);
             h.add("dir", parent_dir(&norm), W_PATH * 0.7);
-            h.add("oflags", open_mode(o.flags), W_PATH * 0.7);
+            h.add("oflags", OpenMode::of(o.flags).name(), W_PATH * 0.7);
         }
         None => {}
     }
@@ -384,15 +385,6 @@ fn basename(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
 }
 
-fn uid_class(uid: u32) -> &'static str {
-    match uid {
-        0 => "root",
-        1..=999 => "system",
-        65534 => "nobody",
-        _ => "user",
-    }
-}
-
 fn port_token(port: u32) -> String {
     if port >= 32768 {
         "ephemeral".to_string()
@@ -405,47 +397,20 @@ fn ip_tokens(ip: &str) -> Vec<(&'static str, String)> {
     match ip.parse::<std::net::IpAddr>() {
         Ok(std::net::IpAddr::V4(a)) => {
             let o = a.octets();
-            let class = if a.is_loopback() {
-                "loopback"
-            } else if a.is_private() || a.is_link_local() {
-                "private"
-            } else {
-                "public"
-            };
             vec![
-                ("ipclass", class.to_string()),
+                ("ipclass", AddrClass::of(a.into()).name().to_string()),
                 ("net24", format!("{}.{}.{}", o[0], o[1], o[2])),
                 ("net16", format!("{}.{}", o[0], o[1])),
             ]
         }
         Ok(std::net::IpAddr::V6(a)) => {
             let s = a.segments();
-            let class = if a.is_loopback() {
-                "loopback"
-            } else if (s[0] & 0xfe00) == 0xfc00 || (s[0] & 0xffc0) == 0xfe80 {
-                "private"
-            } else {
-                "public"
-            };
             vec![
-                ("ipclass", class.to_string()),
+                ("ipclass", AddrClass::of(a.into()).name().to_string()),
                 ("net48", format!("{:x}:{:x}:{:x}", s[0], s[1], s[2])),
             ]
         }
         Err(_) => vec![("ipclass", "invalid".to_string())],
-    }
-}
-
-fn open_mode(flags: u32) -> &'static str {
-    const O_ACCMODE: u32 = 0o3;
-    const O_CREAT: u32 = 0o100;
-    const O_TRUNC: u32 = 0o1000;
-    if flags & (O_CREAT | O_TRUNC) != 0 {
-        "create"
-    } else if flags & O_ACCMODE != 0 {
-        "write"
-    } else {
-        "read"
     }
 }
 

@@ -2,7 +2,9 @@
 //! format"): one event per line, unknown fields ignored, `event_id` and
 //! `ts_ns` optional. Lines become the same protobuf events live capture makes.
 
-use outlier_proto::{AddressFamily, Connect, Event, Exec, Open, Protocol, event::Detail};
+use outlier_proto::{
+    AddressFamily, Connect, Event, EventKind, Exec, Open, Protocol, event::Detail,
+};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -108,8 +110,8 @@ pub fn to_event(
     names::validate("workload", &workload)?;
     names::validate("host", &host)?;
     let kind = raw.kind.ok_or(JsonError::Missing("kind"))?;
-    let detail = match kind.as_str() {
-        "exec" => {
+    let detail = match EventKind::from_label(&kind).unwrap_or_default() {
+        EventKind::Exec => {
             let argv = raw.argv.unwrap_or_default();
             let argc = u32::try_from(argv.len()).unwrap_or(u32::MAX);
             let (argv, argv_truncated) = bound_argv(argv);
@@ -121,7 +123,7 @@ pub fn to_event(
                 retval: None,
             })
         }
-        "connect" => {
+        EventKind::Connect => {
             let remote_ip = raw.remote_ip.ok_or(JsonError::Missing("remote_ip"))?;
             let addr: std::net::IpAddr = remote_ip
                 .parse()
@@ -148,7 +150,7 @@ pub fn to_event(
                 retval: None,
             })
         }
-        "open" => {
+        EventKind::Open => {
             let path = raw.path.ok_or(JsonError::Missing("path"))?;
             let (path, path_truncated) = bound_str(path, MAX_PATH_BYTES);
             Detail::Open(Open {
@@ -158,7 +160,7 @@ pub fn to_event(
                 retval: None,
             })
         }
-        other => return Err(JsonError::UnknownKind(other.to_string())),
+        EventKind::Unspecified => return Err(JsonError::UnknownKind(kind)),
     };
     let event_id = match raw.event_id {
         Some(id) if !id.is_empty() => id,

@@ -13,6 +13,7 @@ pub mod kafka;
 pub mod lance;
 pub mod names;
 pub mod retry;
+pub mod rng;
 pub mod suppress;
 pub mod telemetry;
 

@@ -18,9 +18,10 @@
 //!
 //! Prints a Markdown table.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use outlier_common::featurize::{DIM, Embedding, embed_text};
+use outlier_common::rng::Rng;
 use outlier_indexer::query;
 use outlier_indexer::row::EventRow;
 use outlier_indexer::schema;
@@ -43,20 +44,10 @@ fn pct(mut d: Vec<Duration>) -> (f64, f64) {
     )
 }
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 fn unit(rng: &mut Rng) -> Embedding {
     let mut v = [0f32; DIM];
     for x in &mut v {
-        *x = (rng.next() % 2001) as f32 / 1000.0 - 1.0;
+        *x = (rng.next_u64() % 2001) as f32 / 1000.0 - 1.0;
     }
     let n = v.iter().map(|a| a * a).sum::<f32>().sqrt();
     v.iter_mut().for_each(|a| *a /= n);
@@ -74,35 +65,35 @@ const COMMANDS: [&[&str]; 6] = [
 
 fn row(i: u64, now_ns: u64, rng: &mut Rng) -> EventRow {
     let org = format!("org-{}", i % 20);
-    let verdict = match rng.next() % 100 {
+    let verdict = match rng.next_u64() % 100 {
         0 => "alert",
         1..=4 => "warn",
         _ => "ok",
     };
-    let ts_ns = now_ns - (rng.next() % (6 * 3600)) * 1_000_000_000;
+    let ts_ns = now_ns - (rng.next_u64() % (6 * 3600)) * 1_000_000_000;
     EventRow {
         event_id: format!("bench-{i}"),
         org,
-        workload: format!("w{}", rng.next() % 50),
-        host: format!("host-{}", rng.next() % 500),
+        workload: format!("w{}", rng.next_u64() % 50),
+        host: format!("host-{}", rng.next_u64() % 500),
         kind: "exec".into(),
         ts: (ts_ns / 1_000_000_000) as u32,
         ts_ns,
-        pid: (rng.next() % 60000) as u32,
+        pid: (rng.next_u64() % 60000) as u32,
         ppid: 1,
         uid: 33,
         comm: "bash".into(),
         parent_comm: "sshd".into(),
         exe: "/usr/bin/bash".into(),
-        argv: COMMANDS[(rng.next() % 6) as usize]
+        argv: COMMANDS[(rng.next_u64() % 6) as usize]
             .iter()
             .map(|s| s.to_string())
             .collect(),
-        anomaly_score: (rng.next() % 1000) as f32 / 1000.0,
+        anomaly_score: (rng.next_u64() % 1000) as f32 / 1000.0,
         verdict: verdict.into(),
         explanation: "unlike all 120 known behaviours of w1 (nearest at cosine distance 0.31)"
             .into(),
-        behaviour_key: rng.next() % 1_000_000,
+        behaviour_key: rng.next_u64() % 1_000_000,
         ..EventRow::default()
     }
 }
@@ -135,11 +126,8 @@ async fn main() {
     println!("|---|---|");
 
     // 1. Inserts, in the sink's batch size.
-    let now_ns = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let now_ns = outlier_common::now_ns();
+    let mut rng = Rng::new(0x9E37_79B9_7F4A_7C15);
     let batch = 50_000u64;
     let t = Instant::now();
     let mut i = 0;
@@ -210,7 +198,7 @@ async fn main() {
             .await
             .unwrap(),
     );
-    let mut rng = Rng(42);
+    let mut rng = Rng::new(42);
     let t = Instant::now();
     for chunk in (0..vectors_n).collect::<Vec<_>>().chunks(100_000) {
         let entries: Vec<Entry> = chunk

@@ -25,6 +25,7 @@ use clickhouse::{Client, Row};
 use outlier_common::kafka::{self, Assignment, KafkaConfig};
 use outlier_common::retry::{Backoff, RetryPolicy};
 use outlier_common::telemetry::Health;
+use outlier_proto::facts::OpenMode;
 use outlier_proto::{Incident, ScoredEvent, Verdict, event::Detail};
 use prost::Message as _;
 use rdkafka::Message as _;
@@ -140,8 +141,11 @@ pub fn step_of(s: &ScoredEvent) -> String {
             )
         }
         Some(Detail::Open(o)) => {
-            let write = o.flags & 0o3 != 0 || o.flags & 0o100 != 0;
-            let verb = if write { "wrote" } else { "read" };
+            let verb = if OpenMode::of(o.flags).writes() {
+                "wrote"
+            } else {
+                "read"
+            };
             format!("{} {verb} {}", e.program_name(), o.path)
         }
         None => String::new(),

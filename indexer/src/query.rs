@@ -70,15 +70,6 @@ fn decode_cursor(token: &str) -> Result<Cursor, QueryError> {
     Err(bad())
 }
 
-fn kind_name(k: EventKind) -> Option<&'static str> {
-    match k {
-        EventKind::Exec => Some("exec"),
-        EventKind::Connect => Some("connect"),
-        EventKind::Open => Some("open"),
-        EventKind::Unspecified => None,
-    }
-}
-
 /// Runs a QueryEvents request: the page of rows and the next page's token.
 pub async fn query_events(
     ch: &Client,
@@ -130,7 +121,7 @@ pub async fn query_events(
     }
     let kinds: Vec<String> = req
         .kinds()
-        .filter_map(kind_name)
+        .filter_map(EventKind::label)
         .map(String::from)
         .collect();
     if !kinds.is_empty() {

@@ -123,16 +123,16 @@ impl EventRow {
     /// The scored event a row was made from (the inverse of
     /// [`EventRow::from_scored`]).
     pub fn to_scored(&self) -> ScoredEvent {
-        use outlier_proto::{AddressFamily, Connect, Event, Exec, Open, Verdict};
-        let detail = match self.kind.as_str() {
-            "exec" => Some(Detail::Exec(Exec {
+        use outlier_proto::{AddressFamily, Connect, Event, EventKind, Exec, Open, Verdict};
+        let detail = match EventKind::from_label(&self.kind).unwrap_or_default() {
+            EventKind::Exec => Some(Detail::Exec(Exec {
                 argv: self.argv.clone(),
                 argv_truncated: self.argv_truncated != 0,
                 argc: self.argv.len() as u32,
                 cwd: self.cwd.clone(),
                 retval: None,
             })),
-            "connect" => Some(Detail::Connect(Connect {
+            EventKind::Connect => Some(Detail::Connect(Connect {
                 family: if self.remote_ip.contains(':') {
                     AddressFamily::Inet6
                 } else {
@@ -149,20 +149,15 @@ impl EventRow {
                 } as i32,
                 retval: None,
             })),
-            "open" => Some(Detail::Open(Open {
+            EventKind::Open => Some(Detail::Open(Open {
                 path: self.path.clone(),
                 path_truncated: false,
                 flags: self.open_flags,
                 retval: None,
             })),
-            _ => None,
+            EventKind::Unspecified => None,
         };
-        let verdict = match self.verdict.as_str() {
-            "ok" => Verdict::Ok,
-            "warn" => Verdict::Warn,
-            "alert" => Verdict::Alert,
-            _ => Verdict::Unspecified,
-        };
+        let verdict = Verdict::from_label(&self.verdict).unwrap_or_default();
         ScoredEvent {
             event: Some(Event {
                 event_id: self.event_id.clone(),

@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use clickhouse::Client;
 use futures::StreamExt;
@@ -275,7 +275,7 @@ pub async fn run(cfg: IndexerConfig, shutdown: CancellationToken) -> Result<(), 
                 None => break, // shut down before the batch was safely stored
             },
             _ = retention_tick.tick(), if !version.has_ttl() => {
-                let today = schema::yyyymmdd_of_unix(SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0));
+                let today = schema::yyyymmdd_of_unix(outlier_common::now_ns() / 1_000_000_000);
                 match schema::drop_expired_partitions(&admin, &cfg.clickhouse.database, &layout, cfg.clickhouse.retention_days, today).await {
                     Ok(d) if !d.is_empty() => tracing::info!(partitions = ?d, "dropped expired partitions"),
                     Ok(_) => {}

@@ -12,15 +12,22 @@ pub mod v1 {
 
 pub use v1::*;
 
+pub mod facts;
+
 impl Event {
+    /// The event's kind; `Unspecified` when it carries no detail.
+    pub fn kind(&self) -> EventKind {
+        match self.detail {
+            Some(event::Detail::Exec(_)) => EventKind::Exec,
+            Some(event::Detail::Connect(_)) => EventKind::Connect,
+            Some(event::Detail::Open(_)) => EventKind::Open,
+            None => EventKind::Unspecified,
+        }
+    }
+
     /// Short name of the event's kind: "exec", "connect", "open" or "unknown".
     pub fn kind_name(&self) -> &'static str {
-        match self.detail {
-            Some(event::Detail::Exec(_)) => "exec",
-            Some(event::Detail::Connect(_)) => "connect",
-            Some(event::Detail::Open(_)) => "open",
-            None => "unknown",
-        }
+        self.kind().label().unwrap_or("unknown")
     }
 
     /// The name of the program the event's process runs. For an exec it is
@@ -56,6 +63,13 @@ impl Heartbeat {
 }
 
 impl Verdict {
+    const ALL: [Verdict; 4] = [
+        Verdict::Ok,
+        Verdict::Warn,
+        Verdict::Alert,
+        Verdict::Unspecified,
+    ];
+
     /// Lower-case name used in storage and on the command line.
     pub fn label(self) -> &'static str {
         match self {
@@ -64,5 +78,60 @@ impl Verdict {
             Verdict::Alert => "alert",
             Verdict::Unspecified => "unspecified",
         }
+    }
+
+    /// The verdict a [`label`](Self::label) names.
+    pub fn from_label(label: &str) -> Option<Verdict> {
+        Self::ALL.into_iter().find(|v| v.label() == label)
+    }
+}
+
+impl EventKind {
+    const ALL: [EventKind; 4] = [
+        EventKind::Exec,
+        EventKind::Connect,
+        EventKind::Open,
+        EventKind::Unspecified,
+    ];
+
+    /// Lower-case name used in storage, JSON and queries; `None` for
+    /// `Unspecified`.
+    pub fn label(self) -> Option<&'static str> {
+        match self {
+            EventKind::Exec => Some("exec"),
+            EventKind::Connect => Some("connect"),
+            EventKind::Open => Some("open"),
+            EventKind::Unspecified => None,
+        }
+    }
+
+    /// The kind a [`label`](Self::label) names.
+    pub fn from_label(label: &str) -> Option<EventKind> {
+        Self::ALL.into_iter().find(|k| k.label() == Some(label))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_and_their_inverses_agree() {
+        for v in Verdict::ALL {
+            assert_eq!(Verdict::from_label(v.label()), Some(v));
+        }
+        for k in EventKind::ALL {
+            if let Some(l) = k.label() {
+                assert_eq!(EventKind::from_label(l), Some(k));
+            }
+        }
+        assert_eq!(Verdict::from_label("ALERT"), None);
+        assert_eq!(EventKind::from_label("unknown"), None);
+        let e = Event {
+            detail: Some(event::Detail::Open(Open::default())),
+            ..Event::default()
+        };
+        assert_eq!(e.kind_name(), "open");
+        assert_eq!(Event::default().kind_name(), "unknown");
     }
 }

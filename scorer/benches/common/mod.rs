@@ -27,23 +27,7 @@ pub fn corpus() -> Vec<Vec<String>> {
         .collect()
 }
 
-/// A small deterministic generator (xorshift).
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
+pub use outlier_common::rng::Rng;
 
 const PARENTS: [&str; 6] = ["bash", "cron", "sshd", "systemd", "runner", "python3"];
 
