@@ -1,8 +1,11 @@
 //! From SHAP values to sentences a person can act on, and from the features
 //! that drove a classification to the ATT&CK technique they point at.
 
-use crate::features::{Context, N_FEATURES, at, names};
-use crate::lexicon::{self, FAMILIES, INDICATORS};
+use crate::features::{
+    Ancestry, CmdDerived, CmdShape, Context, Feature, File, Head, N_FEATURES, Net, Placement,
+    Temporal,
+};
+use crate::lexicon::{self, FAMILIES, INDICATORS, indicator};
 
 /// ATT&CK tactic ids of the classes (tactic short names as ATT&CK spells them).
 pub fn tactic_id(tactic: &str) -> &'static str {
@@ -53,30 +56,34 @@ pub fn tactic_of_technique(technique: &str) -> &'static str {
 /// does these on the way; a tactic is named from them only when nothing
 /// more specific is present.
 pub fn generic_evidence(feature: usize) -> bool {
-    matches!(
-        names()[feature].as_str(),
-        "cmd_spawn_shell"
-            | "cmd_eval"
-            | "cmd_pipe_to_shell"
-            | "cmd_interp_inline"
-            | "cmd_fd_redirect"
-            | "cmd_shell_escape"
-            | "cmd_background"
-            | "cmd_tmp_path"
-            | "cmd_hidden_file"
-            | "cmd_url"
-            | "cmd_remote_copy"
-            | "cmd_wipe"
-            | "cmd_sudo"
-            | "cmd_su"
-            | "cmd_downloader"
-            | "shell_under_service"
-            | "net_by_shell_or_interpreter"
-            | "net_by_non_network_program"
-            | "exe_in_tmp"
-            | "exe_hidden"
-            | "root_under_non_root_parent"
-    )
+    const GENERIC_INDICATORS: [usize; 15] = [
+        indicator("cmd_spawn_shell"),
+        indicator("cmd_eval"),
+        indicator("cmd_pipe_to_shell"),
+        indicator("cmd_interp_inline"),
+        indicator("cmd_fd_redirect"),
+        indicator("cmd_shell_escape"),
+        indicator("cmd_background"),
+        indicator("cmd_tmp_path"),
+        indicator("cmd_hidden_file"),
+        indicator("cmd_url"),
+        indicator("cmd_remote_copy"),
+        indicator("cmd_wipe"),
+        indicator("cmd_sudo"),
+        indicator("cmd_su"),
+        indicator("cmd_downloader"),
+    ];
+    match Feature::at(feature) {
+        Some(Feature::Indicator(i)) => GENERIC_INDICATORS.contains(&i),
+        Some(f) => matches!(
+            f,
+            Feature::Ancestry(Ancestry::ShellUnderService)
+                | Feature::Net(Net::ByShellOrInterpreter | Net::ByNonNetworkProgram)
+                | Feature::Placement(Placement::ExeInTmp | Placement::ExeHidden)
+                | Feature::Head(Head::RootUnderNonRootParent)
+        ),
+        None => false,
+    }
 }
 
 fn fam_phrase(comm: &str) -> &'static str {
@@ -89,11 +96,12 @@ fn fam_phrase(comm: &str) -> &'static str {
 
 /// The technique a feature points at, when it is clear.
 pub fn technique(feature: usize, ctx: &Context) -> &'static str {
-    if (at::IND..at::IND + INDICATORS.len()).contains(&feature) {
-        return INDICATORS[feature - at::IND].technique;
-    }
-    match names()[feature].as_str() {
-        "shell_under_service" => {
+    let Some(f) = Feature::at(feature) else {
+        return "";
+    };
+    match f {
+        Feature::Indicator(i) => INDICATORS[i].technique,
+        Feature::Ancestry(Ancestry::ShellUnderService) => {
             if lexicon::has(
                 lexicon::families(&ctx.service_ancestor),
                 lexicon::Family::WebServer,
@@ -103,22 +111,26 @@ pub fn technique(feature: usize, ctx: &Context) -> &'static str {
                 "T1059.004"
             }
         }
-        "shell_under_cron" | "file_cron" => "T1053.003",
-        "cmd_download_exec" => "T1105",
-        "cmd_sudo_shell" => "T1548.003",
-        "root_under_non_root_parent" => "T1548",
-        "net_port_suspicious" | "cmd_suspicious_port_literal" => "T1571",
-        "net_by_shell_or_interpreter" | "net_by_non_network_program" => "T1059.004",
-        "file_authorized_keys" => "T1098.004",
-        "file_shadow" => "T1003.008",
-        "file_passwd" => "T1087.001",
-        "file_sudoers" => "T1548.003",
-        "file_ld_preload" => "T1574.006",
-        "file_systemd" => "T1543.002",
-        "file_profile" => "T1546.004",
-        "file_credentials" => "T1552.001",
-        "file_boot_modules" => "T1547.006",
-        "exe_in_tmp" | "exe_hidden" => "T1036.005",
+        Feature::Ancestry(Ancestry::ShellUnderCron) | Feature::File(File::Cron) => "T1053.003",
+        Feature::CmdDerived(CmdDerived::DownloadExec) => "T1105",
+        Feature::CmdDerived(CmdDerived::SudoShell) => "T1548.003",
+        Feature::Head(Head::RootUnderNonRootParent) => "T1548",
+        Feature::Net(Net::PortSuspicious)
+        | Feature::CmdDerived(CmdDerived::SuspiciousPortLiteral) => "T1571",
+        Feature::Net(Net::ByShellOrInterpreter | Net::ByNonNetworkProgram) => "T1059.004",
+        Feature::File(f) => match f {
+            File::AuthorizedKeys => "T1098.004",
+            File::Shadow => "T1003.008",
+            File::Passwd => "T1087.001",
+            File::Sudoers => "T1548.003",
+            File::LdPreload => "T1574.006",
+            File::Systemd => "T1543.002",
+            File::Profile => "T1546.004",
+            File::Credentials => "T1552.001",
+            File::BootModules => "T1547.006",
+            _ => "",
+        },
+        Feature::Placement(Placement::ExeInTmp | Placement::ExeHidden) => "T1036.005",
         _ => "",
     }
 }
@@ -135,107 +147,143 @@ pub fn sentence(feature: usize, value: f32, ctx: &Context) -> String {
     } else {
         &ctx.parent_comm
     };
-    if (at::IND..at::IND + INDICATORS.len()).contains(&feature) {
-        return format!("{comm}: {}", INDICATORS[feature - at::IND].sentence);
-    }
-    if (at::PROC_FAM..at::PROC_FAM + FAMILIES.len()).contains(&feature) {
-        return format!("{comm} is a {}", FAMILIES[feature - at::PROC_FAM].phrase());
-    }
-    if (at::PARENT_FAM..at::PARENT_FAM + FAMILIES.len()).contains(&feature) {
-        return format!(
-            "started by {} {parent}",
-            FAMILIES[feature - at::PARENT_FAM].phrase()
-        );
-    }
     let svc = &ctx.service_ancestor;
     let path = &ctx.path;
     let port = ctx.port;
     let remote = &ctx.remote;
     let n = value.round() as i64;
-    match names()[feature].as_str() {
-        "kind_exec" => format!("{comm} started"),
-        "kind_connect" => format!("{comm} connected out"),
-        "kind_open" => format!("{comm} opened {path}"),
-        "uid_root" => format!("{comm} runs as root"),
-        "uid_service" => format!("{comm} runs as a service account"),
-        "uid_user" => format!("{comm} runs as a login user"),
-        "gid_root" => format!("{comm} runs with group root"),
-        "uid_differs_from_parent" => format!("{comm} runs as another user than {parent}"),
-        "root_under_non_root_parent" => format!("{comm} became root under non-root {parent}"),
-        "exe_in_tmp" => format!("{comm} runs from a world-writable directory"),
-        "exe_hidden" => format!("{comm} runs from a hidden path"),
-        "exe_nonstandard_dir" => format!("{comm} runs from outside the system directories"),
-        "comm_exe_mismatch" => format!("{comm}'s name differs from its executable"),
-        "comm_len" => format!("{comm} has a {n}-character name"),
-        "cwd_tmp" => format!("{comm} works in a world-writable directory"),
-        "cwd_web_root" => format!("{comm} works in the web root"),
-        "ancestry_depth" => format!("{comm} is {n} levels deep in its process tree"),
-        "ancestor_webserver" | "ancestor_database" | "ancestor_cron" | "ancestor_sshd"
-        | "ancestor_ci" => format!("{comm} runs under {} {svc}", fam_phrase(svc)),
-        "shells_in_chain" => format!("{n} shells in {comm}'s ancestry"),
-        "interpreters_in_chain" => format!("{n} interpreters in {comm}'s ancestry"),
-        "shell_under_service" => format!("shell {comm} spawned by {} {svc}", fam_phrase(svc)),
-        "shell_under_cron" => format!("shell {comm} spawned by scheduler {svc}"),
-        "cmd_argc" => format!("{comm} has {n} arguments"),
-        "cmd_len_log2" => format!("{comm} has an unusually long command line"),
-        "cmd_max_token_len" => format!("{comm}'s command line carries a {n}-character token"),
-        "cmd_entropy" => format!("{comm}'s command line looks random (entropy {value:.1} bits)"),
-        "cmd_nonalnum_ratio" => format!("{comm}'s command line is dense with symbols"),
-        "cmd_digit_ratio" => format!("{comm}'s command line is dense with digits"),
-        "cmd_upper_ratio" => format!("{comm}'s command line is dense with capitals"),
-        "cmd_quotes" => format!("{comm}'s command line nests {n} quotes"),
-        "cmd_pipes" => format!("{comm}'s command line chains {n} pipes"),
-        "cmd_separators" => format!("{comm}'s command line chains {n} commands"),
-        "cmd_substitutions" => format!("{comm}'s command line substitutes commands"),
-        "cmd_redirects" => format!("{comm}'s command line redirects {n} streams"),
-        "cmd_download_exec" => format!("{comm} downloads code and runs it"),
-        "cmd_ip_literal" => format!("{comm} names a raw IP address"),
-        "cmd_port_literal" => format!("{comm} names a high port"),
-        "cmd_suspicious_port_literal" => format!("{comm} names a port typical of reverse shells"),
-        "cmd_sudo_shell" => format!("{comm} gets a shell through sudo"),
-        "net_port_log2" | "net_port_ephemeral" => {
-            format!("outbound connection to unusual port {port}")
-        }
-        "net_port_common" => format!("connection to service port {port}"),
-        "net_port_suspicious" => format!("outbound connection to rare port {port}"),
-        "net_port_privileged" => format!("connection to privileged port {port}"),
-        "net_remote_private" => format!("connection to internal address {remote}"),
-        "net_remote_loopback" => format!("connection to loopback {remote}"),
-        "net_remote_public" => format!("connection to public address {remote}"),
-        "net_ipv6" => format!("IPv6 connection to {remote}"),
-        "net_port_first_seen" => format!("first connection from this host to port {port}"),
-        "net_remote_first_seen" => format!("first connection from this host to {remote}"),
-        "net_port_seen_log2" | "net_remote_seen_log2" => {
-            format!("rarely used destination {remote}:{port}")
-        }
-        "net_by_shell_or_interpreter" => format!("network connection made by {comm}"),
-        "net_by_non_network_program" => {
-            format!("{comm} connects to {remote}:{port} though it is no network program")
-        }
-        "net_by_web_descendant" => format!("connection from a child of {} {svc}", fam_phrase(svc)),
-        "execs_1s" | "execs_10s" | "execs_60s" => {
-            format!("burst of {n} program starts on the host")
-        }
-        "connects_60s" => format!("{n} connections from the host in a minute"),
-        "writes_60s" => format!("{n} file writes on the host in a minute"),
-        "sensitive_reads_60s" => format!("{n} sensitive files read on the host in a minute"),
-        "program_first_seen" => format!("{comm} never ran on this host before"),
-        "program_idle_log2s" => format!("{comm} has not run here for a long time"),
-        "parent_age_log2s" => format!("{parent} started moments before {comm}"),
-        "siblings_10s" => format!("{parent} started {n} processes in 10 s"),
-        "file_write" => format!("{comm} writes {path}"),
-        "file_create" => format!("{comm} creates {path}"),
-        "file_dir_first_write" => format!("first write to {}", dir(path)),
-        "file_shadow" => format!("{comm} reads password hashes ({path})"),
-        "file_authorized_keys" => format!("{comm} touches SSH authorized keys ({path})"),
-        "file_cron" => format!("{comm} touches a cron table ({path})"),
-        "file_sudoers" => format!("{comm} touches sudoers ({path})"),
-        "file_ld_preload" => format!("{comm} touches the dynamic loader's preload ({path})"),
-        "file_credentials" => format!("{comm} touches credentials ({path})"),
-        "file_etc" | "file_bin_dir" | "file_ssh_dir" | "file_passwd" | "file_systemd"
-        | "file_tmp" | "file_hidden" | "file_proc" | "file_var_log" | "file_boot_modules"
-        | "file_profile" | "file_web_root" => format!("{comm} opens {path}"),
-        other => format!("{other} = {value}"),
+    let Some(f) = Feature::at(feature) else {
+        return format!("feature {feature} = {value}");
+    };
+    match f {
+        Feature::Indicator(i) => format!("{comm}: {}", INDICATORS[i].sentence),
+        Feature::ProcFamily(fam) => format!("{comm} is a {}", fam.phrase()),
+        Feature::ParentFamily(fam) => format!("started by {} {parent}", fam.phrase()),
+        Feature::Head(h) => match h {
+            Head::KindExec => format!("{comm} started"),
+            Head::KindConnect => format!("{comm} connected out"),
+            Head::KindOpen => format!("{comm} opened {path}"),
+            Head::UidRoot => format!("{comm} runs as root"),
+            Head::UidService => format!("{comm} runs as a service account"),
+            Head::UidUser => format!("{comm} runs as a login user"),
+            Head::GidRoot => format!("{comm} runs with group root"),
+            Head::UidDiffersFromParent => format!("{comm} runs as another user than {parent}"),
+            Head::RootUnderNonRootParent => format!("{comm} became root under non-root {parent}"),
+        },
+        Feature::Placement(p) => match p {
+            Placement::ExeInTmp => format!("{comm} runs from a world-writable directory"),
+            Placement::ExeHidden => format!("{comm} runs from a hidden path"),
+            Placement::ExeNonstandardDir => {
+                format!("{comm} runs from outside the system directories")
+            }
+            Placement::CommExeMismatch => format!("{comm}'s name differs from its executable"),
+            Placement::CommLen => format!("{comm} has a {n}-character name"),
+            Placement::CwdTmp => format!("{comm} works in a world-writable directory"),
+            Placement::CwdRoot => format!("{comm} works in /"),
+            Placement::CwdWebRoot => format!("{comm} works in the web root"),
+        },
+        Feature::Ancestry(a) => match a {
+            Ancestry::Depth => format!("{comm} is {n} levels deep in its process tree"),
+            Ancestry::WebServer
+            | Ancestry::Database
+            | Ancestry::Cron
+            | Ancestry::Sshd
+            | Ancestry::Ci => format!("{comm} runs under {} {svc}", fam_phrase(svc)),
+            Ancestry::Shells => format!("{n} shells in {comm}'s ancestry"),
+            Ancestry::Interpreters => format!("{n} interpreters in {comm}'s ancestry"),
+            Ancestry::ShellUnderService => {
+                format!("shell {comm} spawned by {} {svc}", fam_phrase(svc))
+            }
+            Ancestry::ShellUnderCron => format!("shell {comm} spawned by scheduler {svc}"),
+        },
+        Feature::CmdShape(c) => match c {
+            CmdShape::Argc => format!("{comm} has {n} arguments"),
+            CmdShape::LenLog2 => format!("{comm} has an unusually long command line"),
+            CmdShape::MaxTokenLen => {
+                format!("{comm}'s command line carries a {n}-character token")
+            }
+            CmdShape::Entropy => {
+                format!("{comm}'s command line looks random (entropy {value:.1} bits)")
+            }
+            CmdShape::NonalnumRatio => format!("{comm}'s command line is dense with symbols"),
+            CmdShape::DigitRatio => format!("{comm}'s command line is dense with digits"),
+            CmdShape::UpperRatio => format!("{comm}'s command line is dense with capitals"),
+            CmdShape::Quotes => format!("{comm}'s command line nests {n} quotes"),
+            CmdShape::Pipes => format!("{comm}'s command line chains {n} pipes"),
+            CmdShape::Separators => format!("{comm}'s command line chains {n} commands"),
+            CmdShape::Substitutions => format!("{comm}'s command line substitutes commands"),
+            CmdShape::Redirects => format!("{comm}'s command line redirects {n} streams"),
+        },
+        Feature::CmdDerived(c) => match c {
+            CmdDerived::DownloadExec => format!("{comm} downloads code and runs it"),
+            CmdDerived::IpLiteral => format!("{comm} names a raw IP address"),
+            CmdDerived::PortLiteral => format!("{comm} names a high port"),
+            CmdDerived::SuspiciousPortLiteral => {
+                format!("{comm} names a port typical of reverse shells")
+            }
+            CmdDerived::SudoShell => format!("{comm} gets a shell through sudo"),
+        },
+        Feature::Net(x) => match x {
+            Net::PortLog2 | Net::PortEphemeral => {
+                format!("outbound connection to unusual port {port}")
+            }
+            Net::PortCommon => format!("connection to service port {port}"),
+            Net::PortSuspicious => format!("outbound connection to rare port {port}"),
+            Net::PortPrivileged => format!("connection to privileged port {port}"),
+            Net::RemotePrivate => format!("connection to internal address {remote}"),
+            Net::RemoteLoopback => format!("connection to loopback {remote}"),
+            Net::RemotePublic => format!("connection to public address {remote}"),
+            Net::Ipv6 => format!("IPv6 connection to {remote}"),
+            Net::PortFirstSeen => format!("first connection from this host to port {port}"),
+            Net::RemoteFirstSeen => format!("first connection from this host to {remote}"),
+            Net::PortSeenLog2 | Net::RemoteSeenLog2 => {
+                format!("rarely used destination {remote}:{port}")
+            }
+            Net::ByShellOrInterpreter => format!("network connection made by {comm}"),
+            Net::ByNonNetworkProgram => {
+                format!("{comm} connects to {remote}:{port} though it is no network program")
+            }
+            Net::ByWebDescendant => {
+                format!("connection from a child of {} {svc}", fam_phrase(svc))
+            }
+        },
+        Feature::Temporal(t) => match t {
+            Temporal::Execs1s | Temporal::Execs10s | Temporal::Execs60s => {
+                format!("burst of {n} program starts on the host")
+            }
+            Temporal::Connects60s => format!("{n} connections from the host in a minute"),
+            Temporal::Writes60s => format!("{n} file writes on the host in a minute"),
+            Temporal::SensitiveReads60s => {
+                format!("{n} sensitive files read on the host in a minute")
+            }
+            Temporal::ProgramFirstSeen => format!("{comm} never ran on this host before"),
+            Temporal::ProgramIdleLog2s => format!("{comm} has not run here for a long time"),
+            Temporal::ParentAgeLog2s => format!("{parent} started moments before {comm}"),
+            Temporal::Siblings10s => format!("{parent} started {n} processes in 10 s"),
+        },
+        Feature::File(x) => match x {
+            File::Write => format!("{comm} writes {path}"),
+            File::Create => format!("{comm} creates {path}"),
+            File::DirFirstWrite => format!("first write to {}", dir(path)),
+            File::Shadow => format!("{comm} reads password hashes ({path})"),
+            File::AuthorizedKeys => format!("{comm} touches SSH authorized keys ({path})"),
+            File::Cron => format!("{comm} touches a cron table ({path})"),
+            File::Sudoers => format!("{comm} touches sudoers ({path})"),
+            File::LdPreload => format!("{comm} touches the dynamic loader's preload ({path})"),
+            File::Credentials => format!("{comm} touches credentials ({path})"),
+            File::Etc
+            | File::BinDir
+            | File::SshDir
+            | File::Passwd
+            | File::Systemd
+            | File::Tmp
+            | File::Hidden
+            | File::Proc
+            | File::VarLog
+            | File::BootModules
+            | File::Profile
+            | File::WebRoot => format!("{comm} opens {path}"),
+        },
     }
 }
 
@@ -248,5 +296,7 @@ fn dir(path: &str) -> &str {
 /// absent indicator ("no /dev/tcp") makes a poor sentence and is skipped.
 pub fn present(feature: usize, value: f32) -> bool {
     // A negative parent age means "parent unknown".
-    feature < N_FEATURES && value != 0.0 && !(value < 0.0 && names()[feature] == "parent_age_log2s")
+    feature < N_FEATURES
+        && value != 0.0
+        && !(value < 0.0 && feature == Temporal::ParentAgeLog2s.slot())
 }

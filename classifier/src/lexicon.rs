@@ -84,6 +84,29 @@ pub const INDICATORS: &[Indicator] = indicators! {
     "cmd_eval" => ["eval ", "eval(", "$(", "`", "source /dev", ". /dev/stdin", "<(", "exec "], "dynamically evaluated shell code", "T1059.004";
 };
 
+/// The index of the indicator named `name`. Used in a `const`, a name that
+/// is no indicator fails the build.
+pub const fn indicator(name: &str) -> usize {
+    let name = name.as_bytes();
+    let mut i = 0;
+    'next: while i < INDICATORS.len() {
+        let n = INDICATORS[i].name.as_bytes();
+        if n.len() == name.len() {
+            let mut j = 0;
+            while j < n.len() {
+                if n[j] != name[j] {
+                    i += 1;
+                    continue 'next;
+                }
+                j += 1;
+            }
+            return i;
+        }
+        i += 1;
+    }
+    panic!("no indicator of that name")
+}
+
 /// Automaton over every pattern; the match's pattern id maps to its indicator.
 pub struct Matcher {
     ac: AhoCorasick,

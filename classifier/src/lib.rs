@@ -17,6 +17,9 @@ use std::sync::Arc;
 
 use outlier_proto::v1::Event;
 
+use features::{CmdDerived, Feature, File};
+use lexicon::indicator;
+
 pub use features::{Extractor, Features, N_FEATURES};
 pub use model::{Model, ModelError, Prediction};
 pub use state::Limits;
@@ -149,12 +152,11 @@ impl Classifier {
         let class = p.threat_class;
         let phi = self.model.shap(&f.values, class);
         let names = features::names();
-        let hp = high_precision_slots();
         let mut evidence: Vec<(u8, f32, &'static str)> = (0..N_FEATURES)
             .filter(|&i| explain::present(i, f.values[i]))
             .filter_map(|i| {
                 let t = explain::technique(i, &f.context);
-                let tier = if hp.contains(&i) {
+                let tier = if HIGH_PRECISION.iter().any(|h| h.slot() == i) {
                     0
                 } else if explain::generic_evidence(i) {
                     2
@@ -236,52 +238,30 @@ pub fn class_of(malicious: bool, tactic: &str) -> Option<usize> {
 /// workload has shown repeatedly only when one of these fires
 /// (docs/detection.md): a repeat of ordinary work is not an alarm because
 /// its command line resembles an attack.
-pub const HIGH_PRECISION: &[&str] = &[
-    "cmd_dev_tcp",
-    "cmd_pipe_to_shell",
-    "cmd_fd_redirect",
-    "cmd_nc_exec",
-    "cmd_mkfifo",
-    "cmd_history",
-    "cmd_mining",
-    "cmd_download_exec",
-    "file_ld_preload",
-    "file_authorized_keys",
-    "file_shadow",
-    "file_sudoers",
+pub const HIGH_PRECISION: &[Feature] = &[
+    Feature::Indicator(indicator("cmd_dev_tcp")),
+    Feature::Indicator(indicator("cmd_pipe_to_shell")),
+    Feature::Indicator(indicator("cmd_fd_redirect")),
+    Feature::Indicator(indicator("cmd_nc_exec")),
+    Feature::Indicator(indicator("cmd_mkfifo")),
+    Feature::Indicator(indicator("cmd_history")),
+    Feature::Indicator(indicator("cmd_mining")),
+    Feature::CmdDerived(CmdDerived::DownloadExec),
+    Feature::File(File::LdPreload),
+    Feature::File(File::AuthorizedKeys),
+    Feature::File(File::Shadow),
+    Feature::File(File::Sudoers),
 ];
 
-/// Feature indices of [`HIGH_PRECISION`].
-fn high_precision_slots() -> &'static [usize] {
-    static SLOTS: std::sync::OnceLock<Vec<usize>> = std::sync::OnceLock::new();
-    SLOTS.get_or_init(|| {
-        HIGH_PRECISION
-            .iter()
-            .map(|n| {
-                features::names()
-                    .iter()
-                    .position(|m| m == n)
-                    .unwrap_or_else(|| panic!("high-precision feature {n} is not a feature"))
-            })
-            .collect()
-    })
-}
-
-/// The first high-precision indicator present in `f`, if any. File
+/// The first high-precision indicator present in `f`, by name, if any. File
 /// indicators count for writes only: reading the password file is what
 /// every PAM login does.
 pub fn high_precision(f: &Features) -> Option<&'static str> {
-    static WRITE: std::sync::OnceLock<[usize; 2]> = std::sync::OnceLock::new();
-    let [w, c] = *WRITE.get_or_init(|| {
-        let at = |n: &str| features::names().iter().position(|m| m == n).unwrap_or(0);
-        [at("file_write"), at("file_create")]
-    });
-    let writes = f.values[w] > 0.0 || f.values[c] > 0.0;
-    high_precision_slots()
+    let writes = f.get(File::Write) > 0.0 || f.get(File::Create) > 0.0;
+    HIGH_PRECISION
         .iter()
-        .zip(HIGH_PRECISION)
-        .find(|(i, n)| f.values[**i] > 0.0 && (writes || !n.starts_with("file_")))
-        .map(|(_, n)| *n)
+        .find(|h| f.values[h.slot()] > 0.0 && (writes || !matches!(h, Feature::File(_))))
+        .map(|h| features::names()[h.slot()].as_str())
 }
 
 #[cfg(test)]
@@ -290,23 +270,21 @@ mod tests {
 
     #[test]
     fn high_precision_indicators_name_themselves_and_files_count_for_writes() {
-        let names = features::names();
-        let at = |n: &str| names.iter().position(|m| m == n).unwrap();
         let mut f = Features {
             values: [0.0; N_FEATURES],
             context: Default::default(),
         };
         assert_eq!(high_precision(&f), None);
         // Reading the password file is what every PAM login does.
-        f.values[at("file_shadow")] = 1.0;
+        f.values[File::Shadow.slot()] = 1.0;
         assert_eq!(high_precision(&f), None);
-        f.values[at("file_write")] = 1.0;
+        f.values[File::Write.slot()] = 1.0;
         assert_eq!(high_precision(&f), Some("file_shadow"));
         let mut g = Features {
             values: [0.0; N_FEATURES],
             context: Default::default(),
         };
-        g.values[at("cmd_dev_tcp")] = 1.0;
+        g.values[Feature::Indicator(indicator("cmd_dev_tcp")).slot()] = 1.0;
         assert_eq!(high_precision(&g), Some("cmd_dev_tcp"));
     }
 }

@@ -140,7 +140,7 @@ pub struct Proc {
     /// Command-line indicators of the process's exec (bit set).
     pub indicators: u64,
     /// Numeric command-line features of the exec, for its later events.
-    pub cmd_numeric: [f32; crate::features::CMD_NUMERIC],
+    pub cmd_shape: [f32; crate::features::CmdShape::LEN],
     /// Whether the process (or a parent shell of its pipeline) connected out.
     pub connected: bool,
 }
