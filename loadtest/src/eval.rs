@@ -550,8 +550,8 @@ pub struct Outcome {
 /// validation part is scored (and learned, as in production).
 pub fn score_streams(
     s: &Streams,
-    judge: &mut outlier_scorer::pipeline::Judge,
-    previous: &mut outlier_scorer::pipeline::Judge,
+    judge: &mut outlier_scorer::judge::Judge,
+    previous: &mut outlier_scorer::judge::Judge,
 ) -> Vec<Outcome> {
     let mut seed = SeedKnn::default();
     for (i, e) in s.baseline.iter().enumerate() {

@@ -302,7 +302,7 @@ fn eval(
         .as_ref()
         .map(|c| c.model().meta.warn_threshold)
         .unwrap_or(1.0);
-    let mut judge = outlier_scorer::pipeline::Judge::new(
+    let mut judge = outlier_scorer::judge::Judge::new(
         cfg.scoring.clone(),
         cfg.baseline.warmup_events,
         classifier,
@@ -311,7 +311,7 @@ fn eval(
     prev_scoring.decision.mode = outlier_scorer::config::DecisionMode::Max;
     let prev_classifier =
         outlier_scorer::threat::classifier(&cfg.scoring.classifier).map_err(anyhow::Error::msg)?;
-    let mut previous = outlier_scorer::pipeline::Judge::new(
+    let mut previous = outlier_scorer::judge::Judge::new(
         prev_scoring,
         cfg.baseline.warmup_events,
         prev_classifier,

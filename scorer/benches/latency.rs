@@ -21,7 +21,7 @@ use lancedb::query::{ExecutableQuery, QueryBase};
 use outlier_common::featurize::{DIM, embed};
 use outlier_scorer::baseline::IndexParams;
 use outlier_scorer::config::ScoringConfig;
-use outlier_scorer::pipeline::Judge;
+use outlier_scorer::judge::Judge;
 
 struct Stats {
     mean: Duration,
@@ -68,10 +68,7 @@ fn outlier_case(
     } else {
         ""
     };
-    let mut judge = Judge {
-        baselines,
-        ..Judge::new(scoring, 0, classifier)
-    };
+    let mut judge = Judge::new(scoring, 0, classifier).with_baselines(baselines);
     let mut rng = common::Rng::new(3);
     let repeats: Vec<_> = (0..n)
         .map(|_| events[rng.below(workloads)][rng.below(behaviours)].clone())

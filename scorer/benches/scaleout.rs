@@ -20,7 +20,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use outlier_common::kafka::KafkaConfig;
-use outlier_scorer::pipeline::workload_key;
+use outlier_scorer::judge::workload_key;
 use prost::Message as _;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};

@@ -10,15 +10,12 @@ mod common;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use outlier_scorer::baseline::IndexParams;
 use outlier_scorer::config::ScoringConfig;
-use outlier_scorer::pipeline::Judge;
+use outlier_scorer::judge::Judge;
 
 fn bench(c: &mut Criterion) {
     for (name, workloads, behaviours) in [("1000x1000", 1000, 1000), ("1x100000", 1, 100_000)] {
         let (baselines, events) = common::fleet(workloads, behaviours, IndexParams::default());
-        let mut judge = Judge {
-            baselines,
-            ..Judge::new(ScoringConfig::default(), 0, None)
-        };
+        let mut judge = Judge::new(ScoringConfig::default(), 0, None).with_baselines(baselines);
         let mut g = c.benchmark_group(format!("score_event/{name}"));
         g.throughput(Throughput::Elements(1));
         // Repeated behaviour: an event seen before in its workload.

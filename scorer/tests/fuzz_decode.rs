@@ -7,7 +7,7 @@
 use outlier_common::kafka::Topics;
 use outlier_proto::{Event, Exec, Feedback, FeedbackLabel, event::Detail};
 use outlier_scorer::config::ScorerConfig;
-use outlier_scorer::pipeline::{Input, decode};
+use outlier_scorer::decode::{Input, decode};
 use proptest::prelude::*;
 use prost::Message as _;
 use rdkafka::Timestamp;

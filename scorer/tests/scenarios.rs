@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use outlier_common::json;
 use outlier_proto::{Event, ScoredEvent, Verdict};
 use outlier_scorer::config::ScoringConfig;
-use outlier_scorer::pipeline::Judge;
+use outlier_scorer::judge::Judge;
 
 /// The demo's events, one second apart; `start` continues the clock.
 fn load(file: &str, start: u64) -> Vec<Event> {

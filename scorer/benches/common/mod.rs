@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use outlier_common::featurize::embed;
 use outlier_proto::{Event, Exec, event::Detail};
 use outlier_scorer::baseline::{Baseline, IndexParams};
-use outlier_scorer::pipeline::workload_key;
+use outlier_scorer::judge::workload_key;
 
 pub fn corpus() -> Vec<Vec<String>> {
     let path =

@@ -18,8 +18,16 @@
 
 use std::collections::HashMap;
 
+mod ivf;
+mod quant;
+mod topk;
+
 use lance_linalg::distance::Dot;
 use outlier_common::featurize::{DIM, Embedding};
+
+use ivf::{Ivf, build_ivf, nearest_centroid};
+use quant::{Cols, Query, Scan};
+use topk::TopK;
 
 /// One distinct behaviour of a workload.
 #[derive(Debug, Clone, PartialEq)]
@@ -73,274 +81,6 @@ struct Meta {
     persisted_ns: u64,
     /// Count as of the last write to storage.
     persisted_count: u64,
-}
-
-/// Smallest capacity of a [`Cols`], in rows; capacities double from it.
-const MIN_CAP: usize = 8;
-
-/// Rows quantised to 8 bits, symmetrically per row (`x[d] ≈ scale × code[d]`,
-/// so a zero stays exactly zero), laid out column by column: a query reads
-/// only the columns of its non-zero dimensions. Grows like a `Vec`; slots
-/// past the last row are zero.
-#[derive(Debug, Default)]
-struct Cols {
-    /// `DIM × cap`: column d is `codes[d × cap ..][.. cap]`.
-    codes: Vec<i8>,
-    /// Per row: the value of one code step.
-    scale: Vec<f32>,
-    cap: usize,
-}
-
-impl Cols {
-    fn len(&self) -> usize {
-        self.scale.len()
-    }
-
-    /// Appends a row; only its non-zero dimensions are written.
-    fn push(&mut self, v: &[f32]) {
-        let i = self.len();
-        if i == self.cap {
-            self.grow();
-        }
-        let max = v.iter().fold(0f32, |m, x| m.max(x.abs()));
-        let scale = max / 127.0;
-        if scale > 0.0 {
-            for (d, &x) in v.iter().enumerate() {
-                if x != 0.0 {
-                    self.codes[d * self.cap + i] = (x / scale).round().clamp(-127.0, 127.0) as i8;
-                }
-            }
-        }
-        self.scale.push(scale);
-    }
-
-    fn grow(&mut self) {
-        let cap = (self.cap * 2).max(MIN_CAP);
-        let n = self.len();
-        let mut codes = vec![0i8; DIM * cap];
-        for d in 0..DIM {
-            codes[d * cap..d * cap + n].copy_from_slice(&self.codes[d * self.cap..][..n]);
-        }
-        self.codes = codes;
-        self.cap = cap;
-    }
-}
-
-/// `out[i] = Σ w × code[d][i]` over the query's non-zero `(d, w)`, for the
-/// first `out.len()` rows (a multiple of 8, at most `cap`): 64 rows at a
-/// time, their sums kept in registers while the columns stream past.
-type ColDots = unsafe fn(&[i8], &[(u32, f32)], usize, &mut [f32]);
-
-#[inline(always)]
-fn col_block<const W: usize, const FMA: bool>(
-    codes: &[i8],
-    cap: usize,
-    nz: &[(u32, f32)],
-    base: usize,
-    out: &mut [f32],
-) {
-    let mut acc = [0f32; W];
-    for &(d, w) in nz {
-        let col: &[i8; W] = codes[d as usize * cap + base..][..W]
-            .try_into()
-            .expect("W codes");
-        for (a, &c) in acc.iter_mut().zip(col) {
-            *a = if FMA {
-                w.mul_add(f32::from(c), *a)
-            } else {
-                *a + w * f32::from(c)
-            };
-        }
-    }
-    out[base..base + W].copy_from_slice(&acc);
-}
-
-#[inline(always)]
-fn col_dots<const FMA: bool>(codes: &[i8], nz: &[(u32, f32)], cap: usize, out: &mut [f32]) {
-    let n = out.len();
-    assert!(n.is_multiple_of(8) && n <= cap && codes.len() == DIM * cap);
-    let mut base = 0;
-    while base + 64 <= n {
-        col_block::<64, FMA>(codes, cap, nz, base, out);
-        base += 64;
-    }
-    while base < n {
-        col_block::<8, FMA>(codes, cap, nz, base, out);
-        base += 8;
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-lance_core::target_kernel! {
-    #[target_features("avx2", "fma")]
-    #[candidate(COL_DOTS_AVX2: ColDots)]
-    /// AVX2: eight registers of eight sums; each code is sign-extended,
-    /// converted and fused-multiply-added.
-    fn col_dots_avx2(codes: &[i8], nz: &[(u32, f32)], cap: usize, out: &mut [f32]) {
-        col_dots::<true>(codes, nz, cap, out)
-    }
-}
-
-lance_core::target_kernel! {
-    #[target_features()]
-    #[candidate(COL_DOTS_BASE: ColDots)]
-    fn col_dots_base(codes: &[i8], nz: &[(u32, f32)], cap: usize, out: &mut [f32]) {
-        col_dots::<false>(codes, nz, cap, out)
-    }
-}
-
-lance_core::dispatch! {
-    static COL_DOTS: Dispatch<ColDots> = {
-        #[cfg(target_arch = "x86_64")]
-        {
-            &[COL_DOTS_AVX2, COL_DOTS_BASE]
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            &[COL_DOTS_BASE]
-        }
-    };
-}
-
-/// A query prepared for the quantised scan.
-struct Query<'a> {
-    v: &'a [f32],
-    /// The query's non-zero dimensions and their values.
-    nz: Vec<(u32, f32)>,
-    /// The error of a row's quantised similarity per unit of its scale.
-    err_per_scale: f32,
-}
-
-impl<'a> Query<'a> {
-    fn new(v: &'a [f32]) -> Self {
-        let nz: Vec<(u32, f32)> = v
-            .iter()
-            .enumerate()
-            .filter(|(_, x)| **x != 0.0)
-            .map(|(d, &x)| (d as u32, x))
-            .collect();
-        let l1: f32 = nz.iter().map(|(_, x)| x.abs()).sum();
-        Self {
-            v,
-            nz,
-            // Each code is off by at most half a step, so `q·x` is off by at
-            // most `scale/2 × ‖q‖₁`; the f32 sum of ≤ 128 terms of at most
-            // `127 × |q_d|` adds < 0.001 × ‖q‖₁ steps.
-            err_per_scale: 0.502 * l1,
-        }
-    }
-
-    /// Bounds on the similarity `q·x` of a quantised row: `(lower, upper)`.
-    /// 1e-5 covers the f32 rounding of the exact comparison itself.
-    #[inline]
-    fn bounds(&self, dot: f32, scale: f32) -> (f32, f32) {
-        let approx = scale * dot;
-        let err = scale * self.err_per_scale + 1e-5;
-        (approx - err, approx + err)
-    }
-}
-
-/// The exact top-k over quantised rows: a first pass keeps the rows whose
-/// upper bound reaches the k-th best lower bound seen so far, a second
-/// compares those in f32.
-struct Scan {
-    k: usize,
-    /// The k best lower bounds, best first.
-    lowers: Vec<f32>,
-    /// `(upper bound, row)` of the rows still in the running.
-    candidates: Vec<(f32, usize)>,
-    /// Scratch: the code dot products of one list, and their bounds.
-    dots: Vec<f32>,
-    bounds: Vec<(f32, f32)>,
-}
-
-impl Scan {
-    fn new(k: usize) -> Self {
-        Self {
-            k,
-            lowers: Vec::with_capacity(k + 1),
-            candidates: Vec::new(),
-            dots: Vec::new(),
-            bounds: Vec::new(),
-        }
-    }
-
-    /// The bound below which a row cannot be among the k nearest.
-    #[inline]
-    fn threshold(&self) -> f32 {
-        if self.lowers.len() < self.k {
-            f32::NEG_INFINITY
-        } else {
-            self.lowers[self.k - 1]
-        }
-    }
-
-    #[inline]
-    fn offer(&mut self, lower: f32, upper: f32, row: usize) {
-        if upper < self.threshold() {
-            return;
-        }
-        self.candidates.push((upper, row));
-        if self.lowers.len() < self.k || lower > self.lowers[self.k - 1] {
-            let pos = self.lowers.partition_point(|&l| l >= lower);
-            self.lowers.insert(pos, lower);
-            self.lowers.truncate(self.k);
-        }
-    }
-
-    fn scan(&mut self, q: &Query<'_>, cols: &Cols, row: impl Fn(usize) -> usize) {
-        let n = cols.len();
-        if n == 0 {
-            return;
-        }
-        let mut dots = std::mem::take(&mut self.dots);
-        dots.clear();
-        dots.resize(n.next_multiple_of(8), 0.0);
-        COL_DOTS.get().call(&cols.codes, &q.nz, cols.cap, &mut dots);
-        // Bounds in one branch-free (vectorisable) pass, then the few rows
-        // that can still matter are picked out.
-        let mut bounds = std::mem::take(&mut self.bounds);
-        bounds.clear();
-        bounds.extend(
-            dots[..n]
-                .iter()
-                .zip(&cols.scale)
-                .map(|(&dot, &scale)| q.bounds(dot, scale)),
-        );
-        let best_lower = bounds.iter().fold(f32::NEG_INFINITY, |m, b| m.max(b.0));
-        if self.k == 1 && best_lower > self.threshold() {
-            self.lowers.clear();
-            self.lowers.push(best_lower);
-        }
-        for (j, &(lower, upper)) in bounds.iter().enumerate() {
-            if upper >= self.threshold() {
-                self.offer(lower, upper, row(j));
-            }
-        }
-        self.dots = dots;
-        self.bounds = bounds;
-    }
-
-    /// Compares the remaining candidates exactly.
-    fn finish(self, q: &Query<'_>, vectors: &[f32], top: &mut TopK) {
-        let t = self.threshold();
-        for (upper, i) in self.candidates {
-            if upper >= t {
-                top.offer(f32::dot(q.v, &vectors[i * DIM..(i + 1) * DIM]), i);
-            }
-        }
-    }
-}
-
-#[derive(Debug)]
-struct Ivf {
-    /// `nlist × DIM`, unit vectors.
-    centroids: Vec<f32>,
-    lists: Vec<Vec<u32>>,
-    /// The quantised rows of each list.
-    list_cols: Vec<Cols>,
-    /// Baseline size when the index was built; rebuilt at twice that.
-    built_at: usize,
 }
 
 #[derive(Debug, Default)]
@@ -648,108 +388,12 @@ impl Baseline {
     }
 }
 
-/// Keeps the `k` most similar candidates seen, most similar first.
-struct TopK {
-    k: usize,
-    items: Vec<(f32, usize)>,
-}
-
-impl TopK {
-    fn new(k: usize) -> Self {
-        Self {
-            k,
-            items: Vec::with_capacity(k + 1),
-        }
-    }
-
-    #[inline]
-    fn offer(&mut self, sim: f32, index: usize) {
-        if self.items.len() == self.k && sim <= self.items[self.k - 1].0 {
-            return;
-        }
-        if self.items.iter().any(|(_, i)| *i == index) {
-            return;
-        }
-        let pos = self.items.partition_point(|(s, _)| *s >= sim);
-        self.items.insert(pos, (sim, index));
-        self.items.truncate(self.k);
-    }
-
-    fn into_neighbours(self) -> Vec<Neighbour> {
-        self.items
-            .into_iter()
-            .map(|(s, index)| Neighbour {
-                index,
-                distance: (1.0 - s).clamp(0.0, 2.0),
-            })
-            .collect()
-    }
-}
-
-fn nearest_centroid(centroids: &[f32], v: &[f32]) -> usize {
-    let mut sims = vec![0f32; centroids.len() / DIM];
-    f32::dot_batch_into(v, centroids, DIM, &mut sims);
-    sims.iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .map_or(0, |(i, _)| i)
-}
-
-/// Spherical k-means over `n` rows with √n lists: deterministic (seeded
-/// initial picks), a few iterations on a sample, then every row assigned.
-fn build_ivf(vectors: &[f32], n: usize) -> Ivf {
-    let nlist = ((n as f64).sqrt() as usize).max(1);
-    let sample_step = (n / 50_000).max(1);
-    let sample: Vec<usize> = (0..n).step_by(sample_step).collect();
-    // Initial centroids: evenly spaced sample rows.
-    let mut centroids = Vec::with_capacity(nlist * DIM);
-    for c in 0..nlist {
-        let i = sample[c * sample.len() / nlist];
-        centroids.extend_from_slice(&vectors[i * DIM..(i + 1) * DIM]);
-    }
-    for _ in 0..6 {
-        let mut sums = vec![0f32; nlist * DIM];
-        let mut counts = vec![0usize; nlist];
-        for &i in &sample {
-            let row = &vectors[i * DIM..(i + 1) * DIM];
-            let l = nearest_centroid(&centroids, row);
-            counts[l] += 1;
-            for (s, x) in sums[l * DIM..(l + 1) * DIM].iter_mut().zip(row) {
-                *s += x;
-            }
-        }
-        for l in 0..nlist {
-            let sum = &sums[l * DIM..(l + 1) * DIM];
-            let norm = sum.iter().map(|x| x * x).sum::<f32>().sqrt();
-            if counts[l] > 0 && norm > 0.0 {
-                for (c, s) in centroids[l * DIM..(l + 1) * DIM].iter_mut().zip(sum) {
-                    *c = s / norm;
-                }
-            }
-        }
-    }
-    let mut lists = vec![Vec::new(); nlist];
-    let mut list_cols: Vec<Cols> = (0..nlist).map(|_| Cols::default()).collect();
-    for i in 0..n {
-        let row = &vectors[i * DIM..(i + 1) * DIM];
-        let l = nearest_centroid(&centroids, row);
-        lists[l].push(i as u32);
-        list_cols[l].push(row);
-    }
-    Ivf {
-        centroids,
-        lists,
-        list_cols,
-        built_at: n,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use outlier_common::featurize::cosine_distance;
 
-    pub(crate) fn unit(seed: u64) -> Embedding {
+    pub(super) fn unit(seed: u64) -> Embedding {
         let mut v = [0f32; DIM];
         let mut x = seed
             .wrapping_mul(6364136223846793005)
@@ -861,7 +505,7 @@ mod tests {
     }
 
     /// A sparse unit vector with `nnz` non-zeros, as feature hashing makes.
-    fn sparse(seed: u64, nnz: usize) -> Embedding {
+    pub(super) fn sparse(seed: u64, nnz: usize) -> Embedding {
         let x = unit(seed);
         let mut v = [0f32; DIM];
         for i in 0..nnz {
@@ -870,73 +514,6 @@ mod tests {
         let n = v.iter().map(|a| a * a).sum::<f32>().sqrt();
         v.iter_mut().for_each(|a| *a /= n);
         v
-    }
-
-    #[test]
-    fn quantised_bounds_hold_the_exact_similarity() {
-        for s in 0..500u64 {
-            let q = if s % 2 == 0 { unit(s) } else { sparse(s, 18) };
-            let rows = [unit(s + 7_000), sparse(s + 7_000, 20), sparse(s, 3), q];
-            let mut cols = Cols::default();
-            for r in &rows {
-                cols.push(r);
-            }
-            let query = Query::new(&q);
-            let mut dots = vec![0f32; cols.len().next_multiple_of(8)];
-            COL_DOTS
-                .get()
-                .call(&cols.codes, &query.nz, cols.cap, &mut dots);
-            for (i, row) in rows.iter().enumerate() {
-                let (lo, hi) = query.bounds(dots[i], cols.scale[i]);
-                let exact = f32::dot(&q, row);
-                assert!(lo <= exact && exact <= hi, "{lo} <= {exact} <= {hi}");
-                assert!(hi - lo < 0.1, "bound too loose: {}", hi - lo);
-            }
-        }
-    }
-
-    #[test]
-    fn every_column_kernel_the_host_runs_agrees_with_the_plain_sum() {
-        let mut cols = Cols::default();
-        for s in 0..203 {
-            cols.push(&sparse(s, 1 + s as usize % 40));
-        }
-        assert_eq!((cols.len(), cols.cap), (203, 256));
-        let q = sparse(9_999, 25);
-        let nz = Query::new(&q).nz;
-        assert_eq!(nz.len(), 25);
-        let want: Vec<f64> = (0..208)
-            .map(|i| {
-                nz.iter()
-                    .map(|&(d, w)| f64::from(w) * f64::from(cols.codes[d as usize * cols.cap + i]))
-                    .sum()
-            })
-            .collect();
-        let mut ran = 0;
-        for c in COL_DOTS.candidates() {
-            if let Some(kernel) = c.kernel() {
-                let mut out = vec![f32::NAN; 208];
-                kernel.call(&cols.codes, &nz, cols.cap, &mut out);
-                for (i, (o, w)) in out.iter().zip(&want).enumerate() {
-                    assert!(
-                        (f64::from(*o) - w).abs() < 1e-3,
-                        "{} row {i}: {o} vs {w}",
-                        c.name()
-                    );
-                }
-                ran += 1;
-            }
-        }
-        assert!(ran >= 1);
-        // Rows past the last are zero, and growing keeps every code.
-        assert!(want[203..].iter().all(|w| *w == 0.0));
-        let before: Vec<i8> = (0..DIM).map(|d| cols.codes[d * cols.cap + 100]).collect();
-        for s in 0..60 {
-            cols.push(&sparse(500 + s, 10));
-        }
-        assert_eq!(cols.cap, 512);
-        let after: Vec<i8> = (0..DIM).map(|d| cols.codes[d * cols.cap + 100]).collect();
-        assert_eq!(before, after);
     }
 
     #[test]

@@ -1,0 +1,305 @@
+//! The judge: scores events against their workload's baseline and the
+//! threat classifier and applies operators' feedback. Pure domain logic,
+//! no I/O: the worker moves it onto a blocking thread for each batch, and
+//! the benchmarks and the evaluation drive it directly.
+
+use std::collections::HashMap;
+
+use outlier_classifier::{Assessment, Classifier};
+use outlier_common::featurize::embed;
+use outlier_common::now_ns;
+use outlier_proto::{
+    Contribution, Event, Feedback, FeedbackLabel, Heartbeat, ScoredEvent, Verdict,
+};
+
+use crate::baseline::Baseline;
+use crate::config::{DecisionMode, ScoringConfig};
+use crate::decode::{DeadLetter, Input};
+use crate::metrics;
+use crate::score;
+
+/// Identifies a workload's baseline: `org\0workload` (names cannot contain
+/// control characters, so the pair is unambiguous).
+pub type WorkloadKey = String;
+
+pub fn workload_key(org: &str, workload: &str) -> WorkloadKey {
+    let mut k = String::with_capacity(org.len() + workload.len() + 1);
+    k.push_str(org);
+    k.push('\0');
+    k.push_str(workload);
+    k
+}
+
+pub(crate) fn split_key(k: &str) -> (&str, &str) {
+    k.split_once('\0').unwrap_or((k, ""))
+}
+
+/// What became of a consumed record.
+pub enum Outcome {
+    Scored(Box<ScoredEvent>),
+    /// Feedback applied to a baseline; nothing to publish.
+    Applied,
+    /// A heartbeat to forward to the heartbeats topic.
+    Heartbeat(Heartbeat),
+    Dead(DeadLetter),
+}
+
+/// Judges events: the workloads' baselines, the threat classifier with its
+/// per-host state, and the settings that combine them. Owned by one worker;
+/// moved onto a blocking thread for each batch.
+#[derive(Default)]
+pub struct Judge {
+    pub(crate) baselines: HashMap<WorkloadKey, Baseline>,
+    /// Per workload: the classifier's log-odds over what it learned and
+    /// the lineages it showed (see `score::WorkloadHistory`).
+    pub(crate) history: HashMap<WorkloadKey, score::WorkloadHistory>,
+    classifier: Option<Classifier>,
+    scoring: ScoringConfig,
+    /// Events a workload learns unconditionally (see `BaselineConfig`).
+    warmup_events: u64,
+    /// The fleet's immune memory: behaviours confirmed malicious anywhere
+    /// in an org alert on every host of it.
+    signatures: outlier_common::immune::Signatures,
+}
+
+impl Judge {
+    pub fn new(scoring: ScoringConfig, warmup_events: u64, classifier: Option<Classifier>) -> Self {
+        Self {
+            baselines: HashMap::new(),
+            history: HashMap::new(),
+            classifier,
+            scoring,
+            warmup_events,
+            signatures: Default::default(),
+        }
+    }
+
+    /// With these baselines already learned (benchmarks, evaluations).
+    pub fn with_baselines(mut self, baselines: HashMap<WorkloadKey, Baseline>) -> Self {
+        self.baselines = baselines;
+        self
+    }
+
+    /// Following the fleet's immune memory.
+    pub fn with_signatures(mut self, signatures: outlier_common::immune::Signatures) -> Self {
+        self.signatures = signatures;
+        self
+    }
+
+    /// Baselines in memory.
+    pub fn workloads(&self) -> usize {
+        self.baselines.len()
+    }
+
+    /// Scores one event against its workload's baseline, classifies it,
+    /// combines both into the verdict, and learns the behaviour unless the
+    /// event alerted after warm-up. This is the whole per-event hot path.
+    pub fn score(&mut self, event: Event) -> ScoredEvent {
+        self.score_detailed(event).0
+    }
+
+    /// [`Judge::score`], with the evidence the verdict was decided on.
+    pub fn score_detailed(&mut self, event: Event) -> (ScoredEvent, score::Signals) {
+        let key = workload_key(&event.org, &event.workload);
+        if !self.history.contains_key(&key) {
+            self.history
+                .insert(key.clone(), score::WorkloadHistory::default());
+        }
+        let history = self.history.get_mut(&key).expect("inserted above");
+        let lineage = outlier_common::featurize::lineage_key(&event);
+        let baseline = self.baselines.entry(key).or_default();
+        let v = embed(&event);
+        let bkey = outlier_common::featurize::behaviour_key(&v);
+        let t = self.scoring.thresholds_for(&event.org, &event.workload);
+        let j = score::judge_keyed(baseline, &v, bkey, t);
+        let mut explanation = score::explain(&j, &event.workload);
+        let mut verdict = j.verdict;
+        let mut threat = None;
+        // Immune memory: confirmed malicious somewhere in the org.
+        let signature = self.signatures.matching(&event, &v, now_ns());
+        let mut signals = score::Signals {
+            anomaly: j.score,
+            nearest_distance: j.nearest_distance,
+            nearest_count: j.nearest_count,
+            baseline_events: baseline.events(),
+            p_malicious: 0.0,
+            high_precision: None,
+            workload_offset: 0.0,
+            p_decision: 0.0,
+            new_lineage: history.is_new_lineage(lineage, self.scoring.decision.adapt_min_events),
+        };
+        if let Some(c) = self.classifier.as_mut() {
+            let (features, p) = c.classify(&event);
+            signals.p_malicious = p.p_malicious;
+            signals.high_precision = outlier_classifier::high_precision(&features);
+            let meta = &c.model().meta;
+            let cc = &self.scoring.classifier;
+            let d = &self.scoring.decision;
+            let warn = t.classifier_warn.unwrap_or(meta.warn_threshold);
+            let alert = t.classifier_alert.unwrap_or(meta.alert_threshold);
+            signals.workload_offset = history
+                .log_odds
+                .offset(d.adapt_quantile, d.adapt_min_events);
+            verdict = match d.mode {
+                DecisionMode::Calibrated => {
+                    let (pd, v) = score::decide(
+                        &signals,
+                        d,
+                        t.decision_warn.unwrap_or(d.warn),
+                        t.decision_alert.unwrap_or(d.alert),
+                    );
+                    signals.p_decision = pd;
+                    // Until the workload's history is long enough to say
+                    // what is ordinary for it, novelty alone still warns
+                    // and alerts as in the seed's design.
+                    if history.watched() < d.adapt_min_events && j.verdict as i32 > v as i32 {
+                        j.verdict
+                    } else {
+                        v
+                    }
+                }
+                DecisionMode::Max => score::combine(
+                    j.verdict,
+                    j.score,
+                    p.p_malicious,
+                    warn,
+                    alert,
+                    cc.known_below,
+                ),
+            };
+            if signature.is_some() {
+                verdict = Verdict::Alert;
+            }
+            // SHAP explanations cost ~10x the classification: computed for
+            // what is flagged (by either side) or what the classifier
+            // itself would flag, not for every event leaning malicious.
+            // A flagged event is always given a tactic and technique, from
+            // its evidence, whatever the classifier's own call.
+            let flagged = matches!(verdict, Verdict::Warn | Verdict::Alert);
+            let a = if flagged || p.p_malicious >= warn {
+                c.explain(&features, &p, cc.explain_top)
+            } else {
+                c.assess(&p)
+            };
+            metrics::THREATS
+                .with_label_values(&[a.category.as_str()])
+                .inc();
+            threat = Some(a);
+        }
+        if let Some(m) = &signature {
+            verdict = Verdict::Alert;
+            metrics::SIGNATURE_MATCHES.inc();
+            explanation = format!(
+                "matches fleet signature {} (confirmed malicious on {}: {}; {}); {explanation}",
+                m.signature_id, m.host, m.summary, m.reason
+            );
+        }
+        // What matches a signature is never learned, even in warm-up.
+        let learned = signature.is_none()
+            && (verdict != Verdict::Alert || baseline.events() < self.warmup_events);
+        if learned {
+            baseline.observe_keyed(&v, bkey, event.ts_ns);
+            history.learn(
+                lineage,
+                self.classifier
+                    .is_some()
+                    .then(|| score::logit(signals.p_malicious)),
+            );
+        }
+        if let Some(a) = threat.as_ref().filter(|a| !a.explanation.is_empty()) {
+            explanation.push_str("; ");
+            if a.category == "benign" {
+                explanation.push_str("malicious-looking (below the classifier's threshold): ");
+            } else {
+                explanation.push_str(&format!("{} ({:.0}%): ", a.category, 100.0 * a.confidence));
+            }
+            explanation.push_str(&a.explanation);
+        }
+        if !learned {
+            explanation.push_str("; not learned until confirmed benign");
+        }
+        let mut threat = threat.unwrap_or_else(|| Assessment {
+            category: String::new(),
+            tactic: String::new(),
+            technique: String::new(),
+            confidence: 0.0,
+            p_malicious: 0.0,
+            contributions: Vec::new(),
+            explanation: String::new(),
+        });
+        if let Some(m) = &signature
+            && threat.tactic.is_empty()
+        {
+            threat.tactic = m.tactic.clone();
+            threat.technique = m.technique.clone();
+        }
+        let scored = ScoredEvent {
+            signature_id: signature.map(|m| m.signature_id).unwrap_or_default(),
+            anomaly_score: j.score,
+            nearest_distance: j.nearest_distance,
+            threat_category: threat.category,
+            tactic: threat.tactic,
+            technique: threat.technique,
+            confidence: threat.confidence,
+            verdict: verdict as i32,
+            explanation,
+            contributions: threat
+                .contributions
+                .into_iter()
+                .map(|c| Contribution {
+                    feature: c.feature,
+                    value: f64::from(c.value),
+                    shap: f64::from(c.shap),
+                    sentence: c.sentence,
+                })
+                .collect(),
+            scored_at_ns: now_ns(),
+            scorer_version: outlier_common::VERSION.to_string(),
+            baseline_size: j.baseline_size as u64,
+            learned,
+            behaviour_key: bkey,
+            event: Some(event),
+            // Set when publishing, from the operators' current rules.
+            suppressed_by: String::new(),
+        };
+        (scored, signals)
+    }
+
+    /// Applies an operator's verdict to the workload's baseline.
+    pub fn feedback(&mut self, fb: &Feedback) {
+        let Some(event) = &fb.event else { return };
+        let baseline = self
+            .baselines
+            .entry(workload_key(&event.org, &event.workload))
+            .or_default();
+        let v = embed(event);
+        match fb.label() {
+            FeedbackLabel::Benign => {
+                // Seen now, as far as retention goes: the confirmation is recent.
+                baseline.observe(&v, event.ts_ns.max(fb.ts_ns));
+                tracing::info!(org = %event.org, workload = %event.workload, event_id = %event.event_id, actor = %fb.actor, "behaviour confirmed benign: learned");
+            }
+            FeedbackLabel::Malicious => {
+                let removed = baseline.forget(&v);
+                tracing::info!(org = %event.org, workload = %event.workload, event_id = %event.event_id, actor = %fb.actor, removed, "behaviour confirmed malicious: forgotten");
+            }
+            FeedbackLabel::Unspecified => {}
+        }
+    }
+
+    /// Scores a batch in order.
+    pub fn score_batch(&mut self, inputs: Vec<Result<Input, DeadLetter>>) -> Vec<Outcome> {
+        inputs
+            .into_iter()
+            .map(|input| match input {
+                Ok(Input::Event(e)) => Outcome::Scored(Box::new(self.score(e))),
+                Ok(Input::Feedback(fb)) => {
+                    self.feedback(&fb);
+                    Outcome::Applied
+                }
+                Ok(Input::Heartbeat(h)) => Outcome::Heartbeat(h),
+                Err(dl) => Outcome::Dead(dl),
+            })
+            .collect()
+    }
+}
