@@ -344,6 +344,78 @@ pub fn dead_letter_headers(reason: &str, source: &str) -> rdkafka::message::Owne
         })
 }
 
+/// Where a consumed record came from, as dead-letter copies name it:
+/// `topic/partition/offset`.
+pub fn source_of<M: rdkafka::Message>(m: &M) -> String {
+    format!("{}/{}/{}", m.topic(), m.partition(), m.offset())
+}
+
+/// A record for the dead-letter topic: the original key, the payload cut
+/// to [`DLQ_MAX_PAYLOAD`], and headers with the reason and the source.
+#[derive(Debug, Clone)]
+pub struct DeadLetterCopy {
+    pub key: Vec<u8>,
+    pub payload: Vec<u8>,
+    pub headers: rdkafka::message::OwnedHeaders,
+}
+
+impl DeadLetterCopy {
+    pub fn new(key: &[u8], payload: &[u8], reason: &str, source: &str) -> Self {
+        Self {
+            key: key.to_vec(),
+            payload: payload[..payload.len().min(DLQ_MAX_PAYLOAD)].to_vec(),
+            headers: dead_letter_headers(reason, source),
+        }
+    }
+
+    /// The copy of a consumed record.
+    pub fn of<M: rdkafka::Message>(m: &M, reason: &str) -> Self {
+        Self::new(
+            m.key().unwrap_or_default(),
+            m.payload().unwrap_or_default(),
+            reason,
+            &source_of(m),
+        )
+    }
+}
+
+/// Sends a dead-letter copy to `topic`, retrying while Kafka is away; a
+/// copy Kafka refuses for itself (too large, invalid) is cut to 1 KiB once,
+/// then dropped and logged, so it never holds anything up. `false` if
+/// shutdown came first.
+pub async fn send_dead_letter(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    copy: &DeadLetterCopy,
+    shutdown: &CancellationToken,
+) -> bool {
+    let mut payload = copy.payload.as_slice();
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let rec = rdkafka::producer::FutureRecord::to(topic)
+            .key(&copy.key)
+            .payload(payload)
+            .headers(copy.headers.clone());
+        match producer.send(rec, Duration::from_secs(5)).await {
+            Ok(_) => return true,
+            Err((e, _)) if failure(&e) == crate::retry::Failure::Poison => {
+                if payload.len() > 1024 {
+                    payload = &payload[..1024];
+                    continue;
+                }
+                tracing::error!(topic, error = %e, "dead-letter copy refused by Kafka; dropped");
+                return true;
+            }
+            Err((e, _)) => tracing::warn!(topic, error = %e, "dead-letter delivery failed"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return false,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
+}
+
 impl KafkaConfig {
     fn base(&self, client_id: &str) -> ClientConfig {
         let mut c = ClientConfig::new();

@@ -3,6 +3,7 @@
 //! set-up, layered configuration, and self-observability (logs, metrics,
 //! health, shutdown).
 
+pub mod batch;
 pub mod compacted;
 pub mod config;
 pub mod featurize;

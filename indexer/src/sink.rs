@@ -12,10 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clickhouse::Client;
-use futures::StreamExt;
-use futures::stream::FuturesOrdered;
+use outlier_common::batch;
 use outlier_common::featurize::{behaviour_key, embed};
-use outlier_common::kafka::{self, DLQ_MAX_PAYLOAD};
+use outlier_common::kafka::{self, DeadLetterCopy};
 use outlier_common::retry::{self, Attempt, Failure, RetryPolicy};
 use outlier_common::telemetry::{self, Health};
 use outlier_proto::ScoredEvent;
@@ -23,7 +22,7 @@ use prost::Message as _;
 use rdkafka::Message;
 use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedMessage;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
@@ -247,67 +246,29 @@ pub async fn run(cfg: IndexerConfig, shutdown: CancellationToken) -> Result<(), 
     // The consumer only reports Kafka lost; the probe reports it back.
     kafka::spawn_health_probe(cfg.kafka.clone(), health.clone(), shutdown.clone());
 
-    let max_wait = Duration::from_millis(cfg.batch.max_wait_ms);
-    let search_lock = tokio::sync::Mutex::new(());
     let mut sink = Sink {
-        ch: &ch,
-        producer: &producer,
-        cfg: &cfg,
-        health: &health,
-        shutdown: &shutdown,
-        search: &search,
-        search_lock: &search_lock,
+        ch: ch.clone(),
+        admin: &admin,
+        layout: &layout,
+        retention: !version.has_ttl(),
+        producer,
+        cfg: Arc::new(cfg.clone()),
+        health: health.clone(),
+        shutdown: shutdown.clone(),
+        search: search.clone(),
+        search_lock: Arc::default(),
         known: HashSet::new(),
     };
-    // Batches being written, oldest first: a batch's offsets are stored
-    // once it and every batch before it are in ClickHouse and the search
-    // index, so consuming and decoding the next batch overlaps with the
-    // inserts, and at-least-once holds.
-    let mut inflight: FuturesOrdered<Pending<'_>> = FuturesOrdered::new();
-    let max_inflight = cfg.batch.max_inflight.max(1);
-    let mut retention_tick = tokio::time::interval(Duration::from_secs(3600));
-    loop {
-        tokio::select! {
-            biased;
-            () = shutdown.cancelled() => break,
-            Some(done) = inflight.next(), if !inflight.is_empty() => match done {
-                Some(offsets) => kafka::store_offsets(&consumer, &offsets),
-                None => break, // shut down before the batch was safely stored
-            },
-            _ = retention_tick.tick(), if !version.has_ttl() => {
-                let today = schema::yyyymmdd_of_unix(outlier_common::now_ns() / 1_000_000_000);
-                match schema::drop_expired_partitions(&admin, &cfg.clickhouse.database, &layout, cfg.clickhouse.retention_days, today).await {
-                    Ok(d) if !d.is_empty() => tracing::info!(partitions = ?d, "dropped expired partitions"),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "retention pass failed"),
-                }
-            }
-            first = consumer.recv(), if inflight.len() < max_inflight => {
-                let first = match first {
-                    Ok(m) => m.detach(),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "kafka receive failed");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        continue;
-                    }
-                };
-                let batch = kafka::fill_batch(&consumer, first, cfg.batch.max_rows, max_wait).await;
-                let offsets = kafka::batch_offsets(&batch);
-                match sink.prepare(&batch).await {
-                    Some(write) => inflight.push_back(Box::pin(async move {
-                        write.await.then_some(offsets)
-                    })),
-                    None => break, // shut down while dead-lettering
-                }
-            }
-        }
-    }
-    // Finish the writes in flight and store their offsets, in order; at
-    // shutdown a write still retrying is given up and its batch is redone
-    // by the next owner.
-    kafka::finish_in_order(&mut inflight, &consumer).await;
-    drop(inflight);
-    kafka::commit_stored(&consumer);
+    // Up to max_inflight batches are written at once; a batch's offsets
+    // are stored once it and every batch before it are in ClickHouse and
+    // the search index (at shutdown a write still retrying is given up and
+    // its batch is redone by the next owner).
+    let settings = batch::Settings {
+        max_records: cfg.batch.max_rows,
+        max_wait: Duration::from_millis(cfg.batch.max_wait_ms),
+        max_inflight: cfg.batch.max_inflight,
+    };
+    let Ok(()) = batch::run(&consumer, settings, &mut sink, &shutdown).await;
     let _ = audit.await;
     let _ = hosts.await;
     let _ = incidents.await;
@@ -319,21 +280,21 @@ pub async fn run(cfg: IndexerConfig, shutdown: CancellationToken) -> Result<(), 
     Ok(())
 }
 
-/// A batch being written: its offsets once it is safely stored, `None` if
-/// shutdown came first.
-type Pending<'a> = Pin<Box<dyn Future<Output = Option<Offsets>> + Send + 'a>>;
-use kafka::Offsets;
-
 struct Sink<'a> {
-    ch: &'a Client,
-    producer: &'a FutureProducer,
-    cfg: &'a IndexerConfig,
-    health: &'a Health,
-    shutdown: &'a CancellationToken,
-    search: &'a SearchIndex,
+    ch: Client,
+    /// Partition upkeep (retention on servers without TTL).
+    admin: &'a Client,
+    layout: &'a schema::Layout,
+    /// Whether expired partitions are dropped here (no TTL on the server).
+    retention: bool,
+    producer: FutureProducer,
+    cfg: Arc<IndexerConfig>,
+    health: Health,
+    shutdown: CancellationToken,
+    search: Arc<SearchIndex>,
     /// One search-index write at a time: concurrent merge-inserts into one
     /// LanceDB table would only conflict and retry.
-    search_lock: &'a tokio::sync::Mutex<()>,
+    search_lock: Arc<tokio::sync::Mutex<()>>,
     /// Behaviours already in the search index, or on their way there
     /// (hashes of org and row id), so repeated behaviour costs no embedding
     /// and no write.
@@ -342,6 +303,43 @@ struct Sink<'a> {
 
 /// Most behaviour ids remembered before the memory is reset.
 const KNOWN_MAX: usize = 2_000_000;
+
+impl batch::Stage for Sink<'_> {
+    type Error = std::convert::Infallible;
+
+    /// Dropping expired partitions, where the server has no TTL.
+    fn periods(&self) -> Vec<Duration> {
+        if self.retention {
+            vec![Duration::from_secs(3600)]
+        } else {
+            Vec::new()
+        }
+    }
+
+    async fn batch(
+        &mut self,
+        batch: Vec<OwnedMessage>,
+    ) -> Result<Option<batch::Pending>, Self::Error> {
+        let offsets = kafka::batch_offsets(&batch);
+        Ok(self
+            .prepare(&batch)
+            .await
+            .map(|write| Box::pin(async move { write.await.then_some(offsets) }) as batch::Pending))
+    }
+
+    async fn tick(&mut self, _: usize) {
+        let today = schema::yyyymmdd_of_unix(outlier_common::now_ns() / 1_000_000_000);
+        let (db, days) = (
+            &self.cfg.clickhouse.database,
+            self.cfg.clickhouse.retention_days,
+        );
+        match schema::drop_expired_partitions(self.admin, db, self.layout, days, today).await {
+            Ok(d) if !d.is_empty() => tracing::info!(partitions = ?d, "dropped expired partitions"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "retention pass failed"),
+        }
+    }
+}
 
 impl<'a> Sink<'a> {
     /// Decodes a batch (undecodable records go to the dead-letter topic)
@@ -352,7 +350,7 @@ impl<'a> Sink<'a> {
     async fn prepare(
         &mut self,
         batch: &[OwnedMessage],
-    ) -> Option<Pin<Box<dyn Future<Output = bool> + Send + 'a>>> {
+    ) -> Option<Pin<Box<dyn Future<Output = bool> + Send>>> {
         let mut scored = Vec::with_capacity(batch.len());
         for m in batch {
             match m.payload().map(ScoredEvent::decode) {
@@ -363,20 +361,11 @@ impl<'a> Sink<'a> {
                         Some(Ok(_)) => "scored event without an event".to_string(),
                         None => "empty record".to_string(),
                     };
-                    let source = format!("{}/{}/{}", m.topic(), m.partition(), m.offset());
                     let (key, payload) =
                         (m.key().unwrap_or_default(), m.payload().unwrap_or_default());
-                    if !dead_letter(
-                        self.producer,
-                        self.cfg,
-                        key,
-                        payload,
-                        &reason,
-                        &source,
-                        self.shutdown,
-                    )
-                    .await
-                    {
+                    let source = kafka::source_of(m);
+                    let (producer, cfg, shutdown) = (&self.producer, &*self.cfg, &self.shutdown);
+                    if !dead_letter(producer, cfg, key, payload, &reason, &source, shutdown).await {
                         return None;
                     }
                 }
@@ -421,10 +410,12 @@ impl<'a> Sink<'a> {
                 r
             })
             .collect();
-        let (ch, health, shutdown) = (self.ch, self.health, self.shutdown);
-        let (producer, cfg) = (self.producer, self.cfg);
-        let (search, search_lock) = (self.search, self.search_lock);
+        let (ch, health, shutdown) = (self.ch.clone(), self.health.clone(), self.shutdown.clone());
+        let (producer, cfg) = (self.producer.clone(), self.cfg.clone());
+        let (search, search_lock) = (self.search.clone(), self.search_lock.clone());
         Some(Box::pin(async move {
+            let (ch, health, shutdown) = (&ch, &health, &shutdown);
+            let (producer, cfg, search) = (&producer, &*cfg, &*search);
             if rows.is_empty() {
                 return true;
             }
@@ -538,14 +529,9 @@ async fn insert_all(
                             let reason = format!("refused by ClickHouse: {reason}");
                             let source =
                                 format!("{}/event/{}", cfg.kafka.topics.scored, r.event_id);
+                            let key = r.org.as_bytes();
                             if !dead_letter(
-                                producer,
-                                cfg,
-                                r.org.as_bytes(),
-                                &payload,
-                                &reason,
-                                &source,
-                                shutdown,
+                                producer, cfg, key, &payload, &reason, &source, shutdown,
                             )
                             .await
                             {
@@ -606,8 +592,7 @@ async fn insert(ch: &Client, rows: &[EventRow]) -> Result<(), clickhouse::error:
 }
 
 /// Sends a record's payload to the dead-letter topic with the reason,
-/// retrying while Kafka is away; a copy Kafka refuses for itself is
-/// truncated once, then dropped and counted. `false` if shutdown came first.
+/// counted and logged; `false` if shutdown came first.
 async fn dead_letter(
     producer: &FutureProducer,
     cfg: &IndexerConfig,
@@ -619,30 +604,6 @@ async fn dead_letter(
 ) -> bool {
     metrics::ROWS.with_label_values(&["deadletter"]).inc();
     tracing::warn!(source, reason, "record sent to dead-letter topic");
-    let mut payload = &payload[..payload.len().min(DLQ_MAX_PAYLOAD)];
-    let mut delay = Duration::from_millis(100);
-    loop {
-        let headers = kafka::dead_letter_headers(reason, source);
-        let rec = FutureRecord::to(&cfg.kafka.topics.deadletter)
-            .key(key)
-            .payload(payload)
-            .headers(headers);
-        match producer.send(rec, Duration::from_secs(5)).await {
-            Ok(_) => return true,
-            Err((e, _)) if kafka::failure(&e) == Failure::Poison => {
-                if payload.len() > 1024 {
-                    payload = &payload[..1024];
-                    continue;
-                }
-                tracing::error!(source, error = %e, "dead-letter copy refused by Kafka; dropped");
-                return true;
-            }
-            Err((e, _)) => tracing::warn!(error = %e, "dead-letter delivery failed"),
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return false,
-            () = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(Duration::from_secs(10));
-    }
+    let copy = DeadLetterCopy::new(key, payload, reason, source);
+    kafka::send_dead_letter(producer, &cfg.kafka.topics.deadletter, &copy, shutdown).await
 }

@@ -10,14 +10,14 @@
 
 use std::time::{Duration, Instant};
 
-use outlier_common::kafka::{self, Assignment, DLQ_MAX_PAYLOAD, KafkaConfig};
+use outlier_common::kafka::{self, Assignment, KafkaConfig};
 use outlier_common::retry::{Backoff, RetryPolicy};
 use outlier_common::telemetry::Health;
 use outlier_proto::{ScoredEvent, Verdict};
 use prost::Message as _;
 use rdkafka::Message as _;
 use rdkafka::message::OwnedMessage;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -228,7 +228,7 @@ pub async fn run(
                         let since = *refused_since.get_or_insert_with(Instant::now);
                         if since.elapsed() >= poison_budget {
                             tracing::error!(url = %cfg.url, why, findings = findings.len(), "webhook refuses the batch; dead-lettered");
-                            dead_letter(&producer, &kafka_cfg, &findings, &why).await;
+                            dead_letter(&producer, &kafka_cfg, &findings, &why, &shutdown).await;
                             metrics::WEBHOOK
                                 .with_label_values(&["deadletter"])
                                 .inc_by(findings.len() as u64);
@@ -254,18 +254,13 @@ async fn dead_letter(
     kafka_cfg: &KafkaConfig,
     findings: &[(serde_json::Value, &OwnedMessage)],
     why: &str,
+    shutdown: &CancellationToken,
 ) {
     let reason = format!("webhook refused the batch: {why}");
     for (_, m) in findings {
-        let source = format!("{}/{}/{}", m.topic(), m.partition(), m.offset());
-        let payload = m.payload().unwrap_or_default();
-        let payload = &payload[..payload.len().min(DLQ_MAX_PAYLOAD)];
-        let record = FutureRecord::to(&kafka_cfg.topics.deadletter)
-            .key(m.key().unwrap_or_default())
-            .payload(payload)
-            .headers(kafka::dead_letter_headers(&reason, &source));
-        if let Err((e, _)) = producer.send(record, Duration::from_secs(30)).await {
-            tracing::error!(error = %e, source, "dead letter not written");
+        let copy = kafka::DeadLetterCopy::of(*m, &reason);
+        if !kafka::send_dead_letter(producer, &kafka_cfg.topics.deadletter, &copy, shutdown).await {
+            return;
         }
     }
 }

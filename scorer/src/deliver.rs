@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use futures::future::join_all;
-use outlier_common::kafka::{self, DLQ_MAX_PAYLOAD};
+use outlier_common::kafka::{self, DeadLetterCopy};
 use outlier_common::retry::Failure;
 use outlier_common::telemetry::Health;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -24,9 +24,16 @@ pub(crate) struct OutRecord {
     pub headers: Option<OwnedHeaders>,
 }
 
-/// A batch's delivery to Kafka: yields its offsets once every record is
-/// acknowledged, `None` if shutdown came first.
-pub(crate) type Delivery = std::pin::Pin<Box<dyn Future<Output = Option<kafka::Offsets>> + Send>>;
+impl OutRecord {
+    pub fn dead_letter(topic: &str, copy: DeadLetterCopy) -> Self {
+        Self {
+            topic: topic.to_string(),
+            key: copy.key,
+            payload: copy.payload,
+            headers: Some(copy.headers),
+        }
+    }
+}
 
 /// Sends records and waits until Kafka has acknowledged all of them,
 /// re-sending failures with backoff. `false` if shutdown came first. A
@@ -102,15 +109,9 @@ pub(crate) async fn deliver(
                 continue;
             }
             tracing::error!(topic = %r.topic, bytes = r.payload.len(), error = %reason, "record refused by Kafka; sent truncated to the dead-letter topic");
-            let payload = r.payload[..r.payload.len().min(DLQ_MAX_PAYLOAD)].to_vec();
             let reason = format!("refused by Kafka on {}: {reason}", r.topic);
-            let headers = kafka::dead_letter_headers(&reason, &r.topic);
-            records[i] = OutRecord {
-                topic: deadletter_topic.to_string(),
-                key: r.key.clone(),
-                payload,
-                headers: Some(headers),
-            };
+            let copy = DeadLetterCopy::new(&r.key, &r.payload, &reason, &r.topic);
+            records[i] = OutRecord::dead_letter(deadletter_topic, copy);
             failed.push(i);
         }
         if failed.is_empty() {

@@ -22,16 +22,14 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
-use futures::stream::FuturesOrdered;
-use outlier_common::kafka::{self, DLQ_MAX_PAYLOAD};
+use outlier_common::batch;
+use outlier_common::kafka::{self, DeadLetterCopy};
 use outlier_common::now_ns;
 use outlier_common::retry::{self, Attempt};
 use outlier_common::telemetry::{self, Health};
 use outlier_proto::Verdict;
 use prost::Message as _;
 use rdkafka::Message;
-use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::FutureProducer;
@@ -42,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 use crate::baseline::Baseline;
 use crate::config::ScorerConfig;
 use crate::decode::{DeadLetter, Input, decode};
-use crate::deliver::{Delivery, OutRecord, deliver};
+use crate::deliver::{OutRecord, deliver};
 use crate::judge::{Judge, Outcome, WorkloadKey, split_key, workload_key};
 use crate::metrics;
 use crate::persist::{PersistJob, Unloading, persist_loop};
@@ -141,70 +139,23 @@ pub async fn run(cfg: ScorerConfig, shutdown: CancellationToken) -> Result<(), R
         poisoned: HashMap::new(),
         unloading,
         suppressions,
+        persist: persist_tx,
     };
-    let mut flush_tick = tokio::time::interval(Duration::from_millis(
-        cfg.baseline.flush_interval_ms.max(10),
-    ));
-    let mut prune_tick = tokio::time::interval(Duration::from_secs(3600));
     kafka::spawn_health_probe(cfg.kafka.clone(), health.clone(), shutdown.clone());
-    let max_wait = Duration::from_millis(cfg.batch.max_wait_ms);
-
-    // Deliveries in flight, oldest first: a batch's offsets are stored
-    // when it and every batch before it are acknowledged, so scoring the
-    // next batch overlaps with waiting for Kafka, and at-least-once holds.
-    let mut inflight: FuturesOrdered<Delivery> = FuturesOrdered::new();
-    let max_inflight = cfg.batch.max_inflight.max(1);
-
-    let result = loop {
-        let revoked = consumer.context().take_revoked();
-        if !revoked.is_empty() {
-            // Finish what is in flight first: its offsets are stored before
-            // the revoked partitions' offsets are committed.
-            if !kafka::finish_in_order(&mut inflight, &consumer).await {
-                break Ok(());
-            }
-            worker.release(&revoked, &persist_tx).await;
-        }
-        tokio::select! {
-            biased;
-            () = shutdown.cancelled() => break Ok(()),
-            Some(done) = inflight.next(), if !inflight.is_empty() => match done {
-                Some(offsets) => kafka::store_offsets(&consumer, &offsets),
-                None => break Ok(()), // shut down before it was acknowledged
-            },
-            _ = flush_tick.tick() => {
-                worker.flush(&persist_tx, false).await;
-                worker.evict(&persist_tx).await;
-            }
-            _ = prune_tick.tick() => worker.prune(&persist_tx).await,
-            first = consumer.recv(), if inflight.len() < max_inflight => {
-                let first = match first {
-                    Ok(m) => m.detach(),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "kafka receive failed");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        continue;
-                    }
-                };
-                let batch = kafka::fill_batch(&consumer, first, cfg.batch.max_events, max_wait).await;
-                match worker.process(batch).await {
-                    Ok(Some(delivery)) => inflight.push_back(delivery),
-                    Ok(None) => break Ok(()), // shut down mid-batch: offsets not stored
-                    Err(e) => break Err(e),
-                }
-            }
-        }
+    let settings = batch::Settings {
+        max_records: cfg.batch.max_events,
+        max_wait: Duration::from_millis(cfg.batch.max_wait_ms),
+        max_inflight: cfg.batch.max_inflight,
     };
+    let result = batch::run(&consumer, settings, &mut worker, &shutdown).await;
     // What was scored is delivered (or, at shutdown, given up on and
-    // redone by the next owner: its offsets are not stored).
-    kafka::finish_in_order(&mut inflight, &consumer).await;
-
-    worker.flush(&persist_tx, true).await;
-    drop(persist_tx);
+    // redone by the next owner: its offsets are not stored); what was
+    // learned is persisted.
+    worker.flush(true).await;
+    drop(worker);
     if persister.await.is_err() {
         tracing::error!("baseline persister panicked");
     }
-    kafka::commit_stored(&consumer);
     tracing::info!("scorer stopped");
     result
 }
@@ -229,6 +180,41 @@ struct Worker<'a> {
     unloading: Unloading,
     /// Operators' rules that keep matching flagged events off the alerts.
     suppressions: outlier_common::suppress::Suppressions,
+    /// Jobs for the baseline persister.
+    persist: mpsc::Sender<PersistJob>,
+}
+
+impl batch::Stage for Worker<'_> {
+    type Error = RunError;
+
+    /// Flushing learned behaviour (and unloading idle baselines), and
+    /// pruning behaviour past the retention.
+    fn periods(&self) -> Vec<Duration> {
+        vec![
+            Duration::from_millis(self.cfg.baseline.flush_interval_ms.max(10)),
+            Duration::from_secs(3600),
+        ]
+    }
+
+    async fn batch(
+        &mut self,
+        batch: Vec<OwnedMessage>,
+    ) -> Result<Option<batch::Pending>, RunError> {
+        self.process(batch).await
+    }
+
+    async fn tick(&mut self, which: usize) {
+        if which == 0 {
+            self.flush(false).await;
+            self.evict().await;
+        } else {
+            self.prune().await;
+        }
+    }
+
+    async fn revoked(&mut self, partitions: &[(String, i32)]) {
+        self.release(partitions).await;
+    }
 }
 
 /// How long a workload whose baseline could not be loaded is dead-lettered
@@ -243,7 +229,10 @@ impl Worker<'_> {
     /// batch's delivery (which yields the offsets to store once Kafka
     /// acknowledged every record), or `None` when shutdown interrupted the
     /// batch before it was scored.
-    async fn process(&mut self, batch: Vec<OwnedMessage>) -> Result<Option<Delivery>, RunError> {
+    async fn process(
+        &mut self,
+        batch: Vec<OwnedMessage>,
+    ) -> Result<Option<batch::Pending>, RunError> {
         let offsets = kafka::batch_offsets(&batch);
         let max_bytes = self.cfg.limits.max_event_bytes;
         let mut decoded: Vec<Result<Input, DeadLetter>> = batch
@@ -390,16 +379,10 @@ impl Worker<'_> {
                         topic = msg.topic(), partition = msg.partition(), offset = msg.offset(),
                         reason = %dl.reason, "record sent to dead-letter topic"
                     );
-                    let source = format!("{}/{}/{}", msg.topic(), msg.partition(), msg.offset());
-                    let headers = kafka::dead_letter_headers(&dl.reason, &source);
-                    let payload = msg.payload().unwrap_or_default();
-                    let payload = payload[..payload.len().min(DLQ_MAX_PAYLOAD)].to_vec();
-                    records.push(OutRecord {
-                        topic: topics.deadletter.clone(),
-                        key,
-                        payload,
-                        headers: Some(headers),
-                    });
+                    records.push(OutRecord::dead_letter(
+                        &topics.deadletter,
+                        DeadLetterCopy::of(msg, &dl.reason),
+                    ));
                 }
             }
         }
@@ -472,7 +455,7 @@ impl Worker<'_> {
     /// in rounds, not at every batch). They load again from LanceDB when
     /// their workload reports; their in-memory adaptation history starts
     /// over.
-    async fn evict(&mut self, tx: &mpsc::Sender<PersistJob>) {
+    async fn evict(&mut self) {
         let max = self.cfg.limits.max_loaded_baselines;
         if self.judge.baselines.len() <= max {
             return;
@@ -487,7 +470,7 @@ impl Worker<'_> {
         by_age.sort_unstable();
         let n = self.judge.baselines.len() - target;
         for (_, key) in by_age.into_iter().take(n) {
-            self.unload(&key, tx).await;
+            self.unload(&key).await;
             metrics::EVICTIONS.inc();
         }
         tracing::info!(
@@ -501,7 +484,7 @@ impl Worker<'_> {
 
     /// Persists what a workload's baseline has not yet written and drops
     /// it, and everything held for it, from memory.
-    async fn unload(&mut self, key: &WorkloadKey, tx: &mpsc::Sender<PersistJob>) {
+    async fn unload(&mut self, key: &WorkloadKey) {
         self.partition_of.remove(key);
         self.last_used.remove(key);
         self.judge.history.remove(key);
@@ -518,7 +501,7 @@ impl Worker<'_> {
                     .unwrap_or_else(|p| p.into_inner())
                     .entry(key.clone())
                     .or_default() += 1;
-                if tx.send(job).await.is_err() {
+                if self.persist.send(job).await.is_err() {
                     tracing::error!("baseline persister is gone");
                     self.unloading
                         .lock()
@@ -535,7 +518,7 @@ impl Worker<'_> {
     /// Sends what is due to the persister: new and forgotten behaviour,
     /// and repeats whose write-back is due (`touch_interval_s`); with
     /// `full`, everything pending (at shutdown).
-    async fn flush(&mut self, tx: &mpsc::Sender<PersistJob>, full: bool) {
+    async fn flush(&mut self, full: bool) {
         let touch_ns = self
             .cfg
             .baseline
@@ -552,7 +535,7 @@ impl Worker<'_> {
                 if job.is_empty() {
                     continue;
                 }
-                if tx.send(job).await.is_err() {
+                if self.persist.send(job).await.is_err() {
                     tracing::error!("baseline persister is gone");
                     return;
                 }
@@ -562,7 +545,7 @@ impl Worker<'_> {
 
     /// Persists and unloads the workloads of revoked partitions: their next
     /// owner loads them from LanceDB.
-    async fn release(&mut self, revoked: &[(String, i32)], tx: &mpsc::Sender<PersistJob>) {
+    async fn release(&mut self, revoked: &[(String, i32)]) {
         let gone: Vec<WorkloadKey> = self
             .partition_of
             .iter()
@@ -570,14 +553,14 @@ impl Worker<'_> {
             .map(|(k, _)| k.clone())
             .collect();
         for key in gone {
-            self.unload(&key, tx).await;
+            self.unload(&key).await;
         }
         metrics::WORKLOADS.set(self.judge.baselines.len() as i64);
     }
 
     /// Forgets behaviour older than the retention, in memory and (through
     /// the persister, which owns the writes) in LanceDB.
-    async fn prune(&mut self, tx: &mpsc::Sender<PersistJob>) {
+    async fn prune(&mut self) {
         let cutoff =
             now_ns().saturating_sub(self.cfg.baseline.retention_days * 86_400 * 1_000_000_000);
         for (key, b) in &mut self.judge.baselines {
@@ -589,7 +572,7 @@ impl Worker<'_> {
                     prune_before: Some(cutoff),
                     ..PersistJob::new(key.clone(), b, Vec::new())
                 };
-                if tx.send(job).await.is_err() {
+                if self.persist.send(job).await.is_err() {
                     tracing::error!("baseline persister is gone");
                     return;
                 }
