@@ -1,9 +1,153 @@
-//! Upkeep of LanceDB tables written in many small appends: every append
-//! adds files and a version, and LanceDB never removes either by itself.
+//! LanceDB tables written in many small appends, as the scorer (one table
+//! per workload's baseline) and the indexer (one search table per org) use
+//! them: [`Tables`] opens each table once and keeps the handle, creates a
+//! table on its first write (or joins the one another process created
+//! first), and counts writes to compact a table every
+//! [`Tables::compact_every`]: every append adds files and a version, and
+//! LanceDB never removes either by itself.
 
-use lancedb::Table;
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+
+use arrow_array::RecordBatch;
 use lancedb::table::optimize::Duration;
 use lancedb::table::{CompactionOptions, OptimizeAction};
+use lancedb::{Connection, Table};
+use tokio::sync::Mutex;
+
+/// Brings a table written by an older version up to date when it is first
+/// opened (adds a column, say).
+pub type Migration =
+    for<'t> fn(&'t Table) -> Pin<Box<dyn Future<Output = Result<(), lancedb::Error>> + Send + 't>>;
+
+/// The tables of one LanceDB database that this process uses.
+pub struct Tables {
+    db: Connection,
+    open: Mutex<HashMap<String, Table>>,
+    /// Writes per table since its last compaction.
+    writes: Mutex<HashMap<String, u32>>,
+    compact_every: u32,
+    migrate: Option<Migration>,
+}
+
+impl Tables {
+    /// Tables of `db`, each compacted every `compact_every` counted writes.
+    pub fn new(db: Connection, compact_every: u32) -> Self {
+        Self {
+            db,
+            open: Mutex::new(HashMap::new()),
+            writes: Mutex::new(HashMap::new()),
+            compact_every: compact_every.max(1),
+            migrate: None,
+        }
+    }
+
+    /// Runs `migrate` on every table when this process first opens it.
+    pub fn with_migration(mut self, migrate: Migration) -> Self {
+        self.migrate = Some(migrate);
+        self
+    }
+
+    pub fn db(&self) -> &Connection {
+        &self.db
+    }
+
+    /// Writes between compactions of a table.
+    pub fn compact_every(&self) -> u32 {
+        self.compact_every
+    }
+
+    /// Whether LanceDB answers at all (it lists its tables): tells an
+    /// outage from a write that fails on its own.
+    pub async fn probe(&self) -> bool {
+        self.db.table_names().limit(1).execute().await.is_ok()
+    }
+
+    /// The table `name`, opened once per process; `None` when it does not
+    /// exist.
+    pub async fn get(&self, name: &str) -> Result<Option<Table>, lancedb::Error> {
+        if let Some(t) = self.open.lock().await.get(name) {
+            return Ok(Some(t.clone()));
+        }
+        match self.db.open_table(name).execute().await {
+            Ok(t) => {
+                if let Some(migrate) = self.migrate {
+                    migrate(&t).await?;
+                }
+                self.open.lock().await.insert(name.to_string(), t.clone());
+                Ok(Some(t))
+            }
+            Err(lancedb::Error::TableNotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates `name` with `first` as its rows. When another process
+    /// created it meanwhile, `Joined` is that table and `first` was not
+    /// written.
+    pub async fn create(&self, name: &str, first: RecordBatch) -> Result<Created, lancedb::Error> {
+        match self.db.create_table(name, first).execute().await {
+            Ok(t) => {
+                self.open.lock().await.insert(name.to_string(), t.clone());
+                self.writes.lock().await.insert(name.to_string(), 1);
+                Ok(Created::New(t))
+            }
+            Err(lancedb::Error::TableAlreadyExists { .. }) => match self.get(name).await? {
+                Some(t) => Ok(Created::Joined(t)),
+                None => Err(lancedb::Error::TableNotFound {
+                    name: name.to_string(),
+                    source: "created by another process, then dropped".into(),
+                }),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Counts a write to `table`; every [`Tables::compact_every`] writes it
+    /// is compacted (a failure is logged, and the compaction comes round
+    /// again).
+    pub async fn wrote(&self, name: &str, table: &Table) {
+        let due = {
+            let mut writes = self.writes.lock().await;
+            let n = writes.entry(name.to_string()).or_default();
+            *n += 1;
+            if *n >= self.compact_every {
+                *n = 0;
+                true
+            } else {
+                false
+            }
+        };
+        if due && let Err(e) = compact(table).await {
+            tracing::warn!(table = name, error = %e, "table compaction failed");
+        }
+    }
+
+    /// Starts a table's write count again (it was just rewritten whole).
+    pub async fn rewritten(&self, name: &str) {
+        self.writes.lock().await.remove(name);
+    }
+
+    /// Drops this process's handle of `name` (its owner moved elsewhere).
+    pub async fn forget(&self, name: &str) {
+        self.open.lock().await.remove(name);
+        self.writes.lock().await.remove(name);
+    }
+
+    /// Handles held.
+    pub async fn open_count(&self) -> usize {
+        self.open.lock().await.len()
+    }
+}
+
+/// What [`Tables::create`] found.
+pub enum Created {
+    /// Created with the first rows.
+    New(Table),
+    /// Another process created it first; the rows were not written.
+    Joined(Table),
+}
 
 /// Versions older than this are deleted with the files only they use. A
 /// read takes seconds; a reader that still lost a file is retried.

@@ -21,8 +21,9 @@ use futures::TryStreamExt;
 use lancedb::index::Index;
 use lancedb::query::{ExecutableQuery, QueryBase, Select};
 use lancedb::table::{NewColumnTransform, OptimizeAction, OptimizeOptions};
-use lancedb::{Connection, DistanceType, Table};
+use lancedb::{DistanceType, Table};
 use outlier_common::featurize::{DIM, Embedding};
+use outlier_common::lance::{Created, Tables};
 use outlier_common::names::org_storage_name;
 use thiserror::Error;
 use tokio::sync::Mutex;
@@ -85,21 +86,32 @@ pub const MAX_DELTAS: usize = 8;
 /// Rows per IVF partition at training.
 const ROWS_PER_PARTITION: usize = 1_000;
 
-/// What this process knows a table holds.
-#[derive(Default)]
-struct Held {
-    ids: HashSet<i64>,
-    writes_since_compaction: u32,
-}
-
 pub struct SearchIndex {
-    db: Connection,
-    tables: Mutex<HashMap<String, Table>>,
+    tables: Tables,
     /// The row ids each written table holds, read on the first write.
-    held: Mutex<HashMap<String, Held>>,
+    held: Mutex<HashMap<String, HashSet<i64>>>,
     /// Row count when the vector index was last trained, per table.
     indexed_at: Mutex<HashMap<String, usize>>,
     schema: SchemaRef,
+}
+
+/// Tables written before examples were kept gain the column (empty: Search
+/// then looks their events up by behaviour).
+fn add_event_id(
+    t: &Table,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), lancedb::Error>> + Send + '_>> {
+    Box::pin(async move {
+        if t.schema().await?.field_with_name("event_id").is_err() {
+            t.add_columns()
+                .transform(NewColumnTransform::AllNulls(Arc::new(Schema::new(vec![
+                    Field::new("event_id", DataType::Utf8, true),
+                ]))))
+                .execute()
+                .await?;
+            tracing::info!(table = t.name(), "search table migrated: event_id added");
+        }
+        Ok(())
+    })
 }
 
 fn schema() -> SchemaRef {
@@ -129,11 +141,14 @@ impl SearchIndex {
     pub async fn open(uri: &str) -> Result<Self, SearchIndexError> {
         Ok(Self {
             // Other indexers' writes to a table show within seconds.
-            db: lancedb::connect(uri)
-                .read_consistency_interval(std::time::Duration::from_secs(5))
-                .execute()
-                .await?,
-            tables: Mutex::new(HashMap::new()),
+            tables: Tables::new(
+                lancedb::connect(uri)
+                    .read_consistency_interval(std::time::Duration::from_secs(5))
+                    .execute()
+                    .await?,
+                COMPACT_EVERY,
+            )
+            .with_migration(add_event_id),
             held: Mutex::new(HashMap::new()),
             indexed_at: Mutex::new(HashMap::new()),
             schema: schema(),
@@ -141,28 +156,7 @@ impl SearchIndex {
     }
 
     async fn table(&self, name: &str) -> Result<Option<Table>, SearchIndexError> {
-        if let Some(t) = self.tables.lock().await.get(name) {
-            return Ok(Some(t.clone()));
-        }
-        match self.db.open_table(name).execute().await {
-            Ok(t) => {
-                // Tables written before examples were kept gain the column
-                // (empty: Search then looks their events up by behaviour).
-                if t.schema().await?.field_with_name("event_id").is_err() {
-                    t.add_columns()
-                        .transform(NewColumnTransform::AllNulls(Arc::new(Schema::new(vec![
-                            Field::new("event_id", DataType::Utf8, true),
-                        ]))))
-                        .execute()
-                        .await?;
-                    tracing::info!(table = name, "search table migrated: event_id added");
-                }
-                self.tables.lock().await.insert(name.to_string(), t.clone());
-                Ok(Some(t))
-            }
-            Err(lancedb::Error::TableNotFound { .. }) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        Ok(self.tables.get(name).await?)
     }
 
     /// Writes the behaviours of one org that its table does not hold yet
@@ -184,48 +178,26 @@ impl SearchIndex {
                     .filter(|e| seen.insert(row_id(&e.workload, e.behaviour_key)))
                     .cloned()
                     .collect();
-                match self
-                    .db
-                    .create_table(&name, self.batch(&first)?)
-                    .execute()
-                    .await
-                {
-                    Ok(t) => {
-                        self.tables.lock().await.insert(name.clone(), t);
-                        held.insert(
-                            name,
-                            Held {
-                                ids: seen,
-                                writes_since_compaction: 0,
-                            },
-                        );
+                match self.tables.create(&name, self.batch(&first)?).await? {
+                    Created::New(_) => {
+                        held.insert(name, seen);
                         return Ok(());
                     }
-                    Err(lancedb::Error::TableAlreadyExists { .. }) => self
-                        .table(&name)
-                        .await?
-                        .ok_or_else(|| SearchIndexError::Schema(name.clone()))?,
-                    Err(e) => return Err(e.into()),
+                    Created::Joined(t) => t,
                 }
             }
         };
         if !held.contains_key(&name) {
             let ids = read_ids(&table).await?;
-            held.insert(
-                name.clone(),
-                Held {
-                    ids,
-                    writes_since_compaction: 0,
-                },
-            );
+            held.insert(name.clone(), ids);
         }
-        let h = held.get_mut(&name).expect("inserted above");
+        let ids = held.get_mut(&name).expect("inserted above");
         let mut fresh = HashSet::new();
         let new: Vec<Entry> = entries
             .iter()
             .filter(|e| {
                 let id = row_id(&e.workload, e.behaviour_key);
-                !h.ids.contains(&id) && fresh.insert(id)
+                !ids.contains(&id) && fresh.insert(id)
             })
             .cloned()
             .collect();
@@ -233,14 +205,8 @@ impl SearchIndex {
             return Ok(());
         }
         table.add(self.batch(&new)?).execute().await?;
-        h.ids.extend(fresh);
-        h.writes_since_compaction += 1;
-        if h.writes_since_compaction >= COMPACT_EVERY {
-            h.writes_since_compaction = 0;
-            if let Err(e) = outlier_common::lance::compact(&table).await {
-                tracing::warn!(table = %name, error = %e, "search table compaction failed");
-            }
-        }
+        ids.extend(fresh);
+        self.tables.wrote(&name, &table).await;
         Ok(())
     }
 
@@ -368,7 +334,7 @@ impl SearchIndex {
     /// meanwhile. Returns the tables whose index was trained.
     pub async fn maintain(&self, min_rows: usize) -> Result<Vec<String>, SearchIndexError> {
         let mut trained = Vec::new();
-        for name in self.db.table_names().execute().await? {
+        for name in self.tables.db().table_names().execute().await? {
             if !name.starts_with("org_") {
                 continue;
             }

@@ -22,10 +22,11 @@ use arrow_array::types::Float32Type;
 use arrow_array::{Array, FixedSizeListArray, Float32Array, Int32Array, Int64Array, RecordBatch};
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 use futures::TryStreamExt;
+use lancedb::Table;
 use lancedb::query::ExecutableQuery;
 use lancedb::table::AddDataMode;
-use lancedb::{Connection, Table};
 use outlier_common::featurize::{DIM, FEATURIZER_VERSION};
+use outlier_common::lance::{Created, Tables};
 use outlier_common::names::storage_name;
 use thiserror::Error;
 use tokio::sync::Mutex;
@@ -65,37 +66,22 @@ pub const COMPACT_EVERY: u32 = 50;
 /// Rows beyond twice a table's behaviours that it may hold before a fold.
 pub const FOLD_SLACK: u64 = 1024;
 
-/// Rows and distinct behaviours of a table, as far as this process knows,
-/// and its writes since it was last compacted or folded.
+/// Rows and distinct behaviours of a table, as far as this process knows.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 struct Shape {
     rows: u64,
     behaviours: u64,
-    writes: u32,
 }
 
 impl Shape {
     /// A table just read or rewritten.
     fn new(rows: u64, behaviours: u64) -> Self {
-        Self {
-            rows,
-            behaviours,
-            writes: 0,
-        }
+        Self { rows, behaviours }
     }
 }
 
-/// Upkeep a table is due after a write.
-#[derive(Debug, PartialEq)]
-enum Upkeep {
-    None,
-    Compact,
-    Fold,
-}
-
 pub struct Store {
-    db: Connection,
-    tables: Mutex<HashMap<String, Table>>,
+    tables: Tables,
     shapes: Mutex<HashMap<String, Shape>>,
     schema: SchemaRef,
 }
@@ -123,8 +109,7 @@ impl Store {
     pub async fn open(uri: &str) -> Result<Self, StoreError> {
         let db = lancedb::connect(uri).execute().await?;
         Ok(Self {
-            db,
-            tables: Mutex::new(HashMap::new()),
+            tables: Tables::new(db, COMPACT_EVERY),
             shapes: Mutex::new(HashMap::new()),
             schema: schema(),
         })
@@ -133,34 +118,24 @@ impl Store {
     /// Whether LanceDB answers at all (it lists its tables): tells an
     /// outage from a record that fails on its own.
     pub async fn probe(&self) -> bool {
-        self.db.table_names().limit(1).execute().await.is_ok()
+        self.tables.probe().await
     }
 
     /// Drops what this process holds of a workload's table (its handle and
     /// shape), when its baseline is unloaded.
     pub async fn forget(&self, org: &str, workload: &str) {
         let name = storage_name(org, workload);
-        self.tables.lock().await.remove(&name);
+        self.tables.forget(&name).await;
         self.shapes.lock().await.remove(&name);
     }
 
     /// Open table handles (bounded by the loaded baselines).
     pub async fn open_tables(&self) -> usize {
-        self.tables.lock().await.len()
+        self.tables.open_count().await
     }
 
     async fn table(&self, name: &str) -> Result<Option<Table>, StoreError> {
-        if let Some(t) = self.tables.lock().await.get(name) {
-            return Ok(Some(t.clone()));
-        }
-        match self.db.open_table(name).execute().await {
-            Ok(t) => {
-                self.tables.lock().await.insert(name.to_string(), t.clone());
-                Ok(Some(t))
-            }
-            Err(lancedb::Error::TableNotFound { .. }) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        Ok(self.tables.get(name).await?)
     }
 
     /// Loads the baseline of a workload (empty when it has none), leaving out
@@ -241,24 +216,16 @@ impl Store {
         let table = match self.table(&name).await? {
             Some(t) => t,
             None => match self
-                .db
-                .create_table(&name, encode(&self.schema, rows)?)
-                .execute()
-                .await
+                .tables
+                .create(&name, encode(&self.schema, rows)?)
+                .await?
             {
-                Ok(t) => {
-                    self.tables.lock().await.insert(name.clone(), t);
+                Created::New(_) => {
                     self.count_write(&name, rows, Shape::default()).await;
                     return Ok(());
                 }
                 // Another scorer created it first: append to theirs.
-                Err(lancedb::Error::TableAlreadyExists { .. }) => {
-                    self.table(&name).await?.ok_or_else(|| StoreError::Schema {
-                        table: name.clone(),
-                        detail: "vanished".into(),
-                    })?
-                }
-                Err(e) => return Err(e.into()),
+                Created::Joined(t) => t,
             },
         };
         table.add(encode(&self.schema, rows)?).execute().await?;
@@ -272,43 +239,29 @@ impl Store {
                 Shape::new(n, n)
             }
         };
-        match self.count_write(&name, rows, before).await {
-            Upkeep::None => {}
-            // Failures are logged and the upkeep comes round again.
-            Upkeep::Compact => {
-                if let Err(e) = outlier_common::lance::compact(&table).await {
-                    tracing::warn!(table = name, error = %e, "baseline compaction failed");
-                }
+        // Failures are logged and the upkeep comes round again.
+        if self.count_write(&name, rows, before).await {
+            if let Err(e) = self.fold_table(&name, &table, 0).await {
+                tracing::warn!(table = name, error = %e, "baseline fold failed");
             }
-            Upkeep::Fold => {
-                if let Err(e) = self.fold_table(&name, &table, 0).await {
-                    tracing::warn!(table = name, error = %e, "baseline fold failed");
-                }
-            }
+        } else {
+            self.tables.wrote(&name, &table).await;
         }
         Ok(())
     }
 
     /// Records a write of `rows` to a table that had shape `before` (unless
-    /// this process knows it already), and says what upkeep is due: a fold
-    /// when it holds more than twice as many rows as behaviours plus
-    /// [`FOLD_SLACK`]; else every [`COMPACT_EVERY`] writes (each adds files,
-    /// and loads read all of them) a compaction, which also deletes old
-    /// versions.
-    async fn count_write(&self, name: &str, rows: &[Behaviour], before: Shape) -> Upkeep {
+    /// this process knows it already), and says whether a fold is due: the
+    /// table holds more than twice as many rows as behaviours plus
+    /// [`FOLD_SLACK`]. Otherwise the write counts towards the table's
+    /// compaction every [`COMPACT_EVERY`] writes (each adds files, and
+    /// loads read all of them), which also deletes old versions.
+    async fn count_write(&self, name: &str, rows: &[Behaviour], before: Shape) -> bool {
         let mut shapes = self.shapes.lock().await;
         let shape = shapes.entry(name.to_string()).or_insert(before);
         shape.rows += rows.len() as u64;
         shape.behaviours += rows.iter().filter(|r| !r.stored).count() as u64;
-        shape.writes += 1;
-        if shape.rows > 2 * shape.behaviours + FOLD_SLACK {
-            Upkeep::Fold
-        } else if shape.writes >= COMPACT_EVERY {
-            shape.writes = 0;
-            Upkeep::Compact
-        } else {
-            Upkeep::None
-        }
+        shape.rows > 2 * shape.behaviours + FOLD_SLACK
     }
 
     /// Rewrites a workload's table with one row per behaviour, leaving out
@@ -345,6 +298,7 @@ impl Store {
             .lock()
             .await
             .insert(name.to_string(), Shape::new(n, n));
+        self.tables.rewritten(name).await;
         tracing::debug!(table = name, behaviours = n, "baseline folded");
         if let Err(e) = outlier_common::lance::clean_up(table).await {
             tracing::warn!(table = name, error = %e, "baseline clean-up failed");
@@ -555,7 +509,7 @@ mod tests {
         assert!(reload(&dir, org, wl, 0).await.is_empty());
 
         // Table names never contain the raw strings.
-        let names = store2.db.table_names().execute().await.unwrap();
+        let names = store2.tables.db().table_names().execute().await.unwrap();
         assert_eq!(names, vec![storage_name(org, wl)]);
     }
 
