@@ -4,6 +4,7 @@
 //! Kafka. Capture never waits for Kafka: the spool absorbs an outage (up to
 //! its bound) and the sender drains it in order when Kafka returns.
 
+use outlier_common::telemetry::Check;
 use std::time::{Duration, Instant};
 
 use outlier_common::names;
@@ -108,7 +109,7 @@ pub async fn run(
     let host = identity::host_name(&cfg.identity);
     names::validate("identity.host", &host).map_err(|e| RunError::Config(e.to_string()))?;
 
-    let health = Health::new(&["kafka", "capture"]);
+    let health = Health::new(&[Check::Kafka, Check::Capture]);
     telemetry::serve_http(cfg.http_addr, health.clone(), shutdown.clone()).await?;
     let spool = Spool::open(&cfg.spool.dir, cfg.spool.max_bytes, cfg.spool.segment_bytes)?;
     if spool.backlog() > 0 {
@@ -122,7 +123,7 @@ pub async fn run(
     let mode = source.name();
     let hooks = source.hooks();
     health.set(
-        "capture",
+        Check::Capture,
         true,
         format!("{mode} capture running (hooks: {hooks})"),
     );
@@ -275,7 +276,7 @@ pub async fn run(
             // The disk is the only place events can wait; without it they
             // are lost, and we say so loudly.
             tracing::error!(error = %e, "spool write failed: events lost");
-            health.set("capture", false, format!("spool write failed: {e}"));
+            health.set(Check::Capture, false, format!("spool write failed: {e}"));
         }
         if stopping || shutdown.is_cancelled() {
             break;

@@ -9,6 +9,7 @@
 //! invalid) is skipped and counted (`outcome="refused"`) rather than resent
 //! for ever.
 
+use outlier_common::telemetry::Check;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -60,7 +61,7 @@ pub async fn run(
         Ok(p) => p,
         Err(e) => {
             tracing::error!(error = %e, "cannot create the kafka producer");
-            health.set("kafka", false, e.to_string());
+            health.set(Check::Kafka, false, e.to_string());
             return;
         }
     };
@@ -156,7 +157,7 @@ pub async fn run(
                 }
                 metrics::EVENTS.with_label_values(&["published"]).inc();
                 delay = Duration::from_millis(200);
-                health.set("kafka", true, "events delivered");
+                health.set(Check::Kafka, true, "events delivered");
                 if last_sync.elapsed() > Duration::from_millis(200) {
                     sync(&spool);
                     last_sync = Instant::now();
@@ -178,7 +179,7 @@ pub async fn run(
                     _ => "producer dropped the record".to_string(),
                 };
                 metrics::PUBLISH_FAILURES.inc();
-                health.set("kafka", false, error.clone());
+                health.set(Check::Kafka, false, error.clone());
                 tracing::warn!(
                     error = %error,
                     backlog = spool.backlog(),

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::featurize::{DIM, Embedding, FEATURIZER_VERSION, cosine_distance};
 use crate::kafka::KafkaConfig;
-use crate::telemetry::Health;
+use crate::telemetry::{Check, Health};
 
 /// Cosine distance within which an event matches a signature, unless the
 /// signature says otherwise: the same behaviour up to volatile details.
@@ -193,7 +193,16 @@ pub async fn follow(
 ) {
     let topic = kafka.topics.signatures.clone();
     let group = format!("{group_prefix}-signatures");
-    crate::compacted::follow_set(kafka, topic, group, "signatures", set, health, shutdown).await
+    crate::compacted::follow_set(
+        kafka,
+        topic,
+        group,
+        Check::Signatures,
+        set,
+        health,
+        shutdown,
+    )
+    .await
 }
 
 /// Publishes a signature (or its new version) on the signatures topic.

@@ -2,6 +2,7 @@
 //! consumer settings that make delivery at-least-once, and a start-up wait
 //! that retries with backoff when the broker is not there yet.
 
+use crate::telemetry::Check;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -601,8 +602,12 @@ pub fn spawn_health_probe(
             }
             let k = kafka.clone();
             match tokio::task::spawn_blocking(move || k.probe(Duration::from_secs(5))).await {
-                Ok(Ok(_)) => health.set("kafka", true, format!("reachable at {}", kafka.brokers)),
-                Ok(Err(e)) => health.set("kafka", false, e.to_string()),
+                Ok(Ok(_)) => health.set(
+                    Check::Kafka,
+                    true,
+                    format!("reachable at {}", kafka.brokers),
+                ),
+                Ok(Err(e)) => health.set(Check::Kafka, false, e.to_string()),
                 Err(_) => {}
             }
         }
@@ -640,7 +645,7 @@ impl rdkafka::ClientContext for CommitOnRevoke {
             error.rdkafka_error_code(),
             Some(RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure)
         ) {
-            self.health.set("kafka", false, reason.to_string());
+            self.health.set(Check::Kafka, false, reason.to_string());
         }
     }
 }
@@ -714,7 +719,11 @@ pub async fn at_least_once_clients(
     if !kafka.wait_until_reachable(shutdown).await {
         return Ok(None);
     }
-    health.set("kafka", true, format!("reachable at {}", kafka.brokers));
+    health.set(
+        Check::Kafka,
+        true,
+        format!("reachable at {}", kafka.brokers),
+    );
     let mut config = kafka.consumer_config(client_id, group);
     if assignment == Assignment::CoPartitioned {
         config.set("partition.assignment.strategy", "range");

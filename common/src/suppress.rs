@@ -11,7 +11,7 @@ use outlier_proto::{Event, Suppression, event::Detail};
 use tokio_util::sync::CancellationToken;
 
 use crate::kafka::KafkaConfig;
-use crate::telemetry::Health;
+use crate::telemetry::{Check, Health};
 
 /// Longest glob of a condition.
 pub const MAX_GLOB: usize = 512;
@@ -202,7 +202,16 @@ pub async fn follow(
 ) {
     let topic = kafka.topics.suppressions.clone();
     let group = format!("{group_prefix}-suppressions");
-    crate::compacted::follow_set(kafka, topic, group, "suppressions", set, health, shutdown).await
+    crate::compacted::follow_set(
+        kafka,
+        topic,
+        group,
+        Check::Suppressions,
+        set,
+        health,
+        shutdown,
+    )
+    .await
 }
 
 /// Publishes a rule (or its new version) on the suppressions topic.

@@ -80,25 +80,59 @@ static HEALTH_CHECK: std::sync::LazyLock<prometheus::IntGaugeVec> =
 
 /// Health of a binary's dependencies, one named check each ("kafka",
 /// "clickhouse", "lancedb"). Healthy when every check is ok.
+/// A dependency whose state the health endpoint reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Check {
+    Kafka,
+    ClickHouse,
+    LanceDb,
+    /// The collector's kernel (or /proc) capture.
+    Capture,
+    /// The webhook receiving findings.
+    Webhook,
+    /// The fleet signatures followed from their topic.
+    Signatures,
+    /// The suppression rules followed from their topic.
+    Suppressions,
+}
+
+impl Check {
+    /// The name in `/health` and in the `check` label of
+    /// `outlier_health_check_ok`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Check::Kafka => "kafka",
+            Check::ClickHouse => "clickhouse",
+            Check::LanceDb => "lancedb",
+            Check::Capture => "capture",
+            Check::Webhook => "webhook",
+            Check::Signatures => "signatures",
+            Check::Suppressions => "suppressions",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Health {
-    checks: Arc<Mutex<BTreeMap<&'static str, CheckState>>>,
+    checks: Arc<Mutex<BTreeMap<Check, CheckState>>>,
 }
 
 impl Health {
-    pub fn new(names: &[&'static str]) -> Self {
+    pub fn new(checks: &[Check]) -> Self {
         let h = Self::default();
-        for n in names {
-            h.set(n, false, "not checked yet");
+        for c in checks {
+            h.set(*c, false, "not checked yet");
         }
         h
     }
 
-    pub fn set(&self, name: &'static str, ok: bool, detail: impl Into<String>) {
+    pub fn set(&self, name: Check, ok: bool, detail: impl Into<String>) {
         let detail = detail.into();
-        HEALTH_CHECK.with_label_values(&[name]).set(i64::from(ok));
+        HEALTH_CHECK
+            .with_label_values(&[name.name()])
+            .set(i64::from(ok));
         let mut checks = self.checks.lock().unwrap_or_else(|p| p.into_inner());
-        let changed = checks.get(name).is_none_or(|c| c.ok != ok);
+        let changed = checks.get(&name).is_none_or(|c| c.ok != ok);
         if changed {
             let since_unix_s = SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
@@ -112,7 +146,7 @@ impl Health {
                     since_unix_s,
                 },
             );
-        } else if let Some(c) = checks.get_mut(name) {
+        } else if let Some(c) = checks.get_mut(&name) {
             c.detail = detail;
         }
     }
@@ -126,11 +160,13 @@ impl Health {
     }
 
     fn report(&self) -> serde_json::Value {
-        let checks = self
+        let checks: BTreeMap<&str, CheckState> = self
             .checks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone();
+            .iter()
+            .map(|(k, v)| (k.name(), v.clone()))
+            .collect();
         serde_json::json!({ "healthy": checks.values().all(|c| c.ok), "checks": checks })
     }
 }
@@ -190,13 +226,13 @@ mod tests {
 
     #[test]
     fn health_is_the_conjunction_of_checks() {
-        let h = Health::new(&["kafka", "clickhouse"]);
+        let h = Health::new(&[Check::Kafka, Check::ClickHouse]);
         assert!(!h.is_healthy());
-        h.set("kafka", true, "ok");
+        h.set(Check::Kafka, true, "ok");
         assert!(!h.is_healthy());
-        h.set("clickhouse", true, "ok");
+        h.set(Check::ClickHouse, true, "ok");
         assert!(h.is_healthy());
-        h.set("kafka", false, "broker down");
+        h.set(Check::Kafka, false, "broker down");
         assert!(!h.is_healthy());
         assert_eq!(h.report()["checks"]["kafka"]["detail"], "broker down");
     }

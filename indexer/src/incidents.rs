@@ -18,6 +18,7 @@
 //! a host whose workloads are read by different indexers of one group are
 //! grouped by each of them apart (documented in docs/incidents.md).
 
+use outlier_common::telemetry::Check;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
@@ -458,7 +459,7 @@ pub async fn run(
                 break;
             }
             Err(e) => {
-                health.set("clickhouse", false, format!("{TABLE}: {e}"));
+                health.set(Check::ClickHouse, false, format!("{TABLE}: {e}"));
                 tracing::warn!(error = %e, "open incidents not read; retrying");
             }
         }
@@ -481,7 +482,7 @@ pub async fn run(
         Ok(None) => return,
         Err(e) => {
             tracing::error!(topic, error = %e, "consumer not created");
-            health.set("kafka", false, format!("{topic}: {e}"));
+            health.set(Check::Kafka, false, format!("{topic}: {e}"));
             return;
         }
     };
@@ -544,7 +545,7 @@ pub async fn run(
                     break;
                 }
                 Err(e) => {
-                    health.set("clickhouse", false, format!("{TABLE}: {e}"));
+                    health.set(Check::ClickHouse, false, format!("{TABLE}: {e}"));
                     tracing::warn!(error = %e, "incident insert failed; retrying");
                 }
             }

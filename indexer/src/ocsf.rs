@@ -13,6 +13,7 @@
 //! are acknowledged by Kafka (at-least-once; `finding_info.uid` is the
 //! event id, the de-duplication key).
 
+use outlier_common::telemetry::Check;
 use std::time::Duration;
 
 use outlier_common::kafka::{self, Assignment, KafkaConfig};
@@ -211,7 +212,7 @@ pub async fn run(
         Ok(None) => return,
         Err(e) => {
             tracing::error!(topic = source, error = %e, "consumer not created");
-            health.set("kafka", false, format!("{source}: {e}"));
+            health.set(Check::Kafka, false, format!("{source}: {e}"));
             return;
         }
     };

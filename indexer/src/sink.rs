@@ -5,6 +5,7 @@
 //! is committed meanwhile, so nothing acknowledged is lost; a replayed batch
 //! collapses into the same rows (ReplacingMergeTree on event_id).
 
+use outlier_common::telemetry::Check;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
@@ -85,11 +86,11 @@ pub async fn run(cfg: IndexerConfig, shutdown: CancellationToken) -> Result<(), 
             read("tls.key", &cfg.tls.key)?,
         ))
     };
-    let health = Health::new(&["kafka", "clickhouse", "lancedb"]);
+    let health = Health::new(&[Check::Kafka, Check::ClickHouse, Check::LanceDb]);
     telemetry::serve_http(cfg.http_addr, health.clone(), shutdown.clone()).await?;
     let search = Arc::new(SearchIndex::open(&cfg.search.uri).await?);
     health.set(
-        "lancedb",
+        Check::LanceDb,
         true,
         format!("search index at {}", cfg.search.uri),
     );
@@ -114,7 +115,7 @@ pub async fn run(cfg: IndexerConfig, shutdown: CancellationToken) -> Result<(), 
         {
             Ok(v) => break v,
             Err(e) => {
-                health.set("clickhouse", false, e.to_string());
+                health.set(Check::ClickHouse, false, e.to_string());
                 tracing::warn!(url = %cfg.clickhouse.url, error = %e, retry_in_ms = delay.as_millis() as u64, "clickhouse unreachable or schema migration failed");
             }
         }
@@ -125,7 +126,7 @@ pub async fn run(cfg: IndexerConfig, shutdown: CancellationToken) -> Result<(), 
         delay = (delay * 2).min(Duration::from_secs(30));
     };
     health.set(
-        "clickhouse",
+        Check::ClickHouse,
         true,
         format!("server {}.{}", version.major, version.minor),
     );
@@ -441,7 +442,7 @@ impl<'a> Sink<'a> {
                 match index(search, health, &entries).await {
                     Ok(()) => return true,
                     Err(e) => {
-                        health.set("lancedb", false, e.to_string());
+                        health.set(Check::LanceDb, false, e.to_string());
                         tracing::warn!(error = %e, "search index write failed; retrying");
                     }
                 }
@@ -462,7 +463,7 @@ async fn index(
         search.upsert(org, e).await?;
         metrics::SEARCH_UPSERTS.inc_by(e.len() as u64);
     }
-    health.set("lancedb", true, "search index writes succeed");
+    health.set(Check::LanceDb, true, "search index writes succeed");
     Ok(())
 }
 
@@ -501,7 +502,7 @@ async fn insert_all(
             || clickhouse_answers(ch),
             |e, delay| {
                 metrics::INSERT_ERRORS.inc();
-                health.set("clickhouse", false, e.to_string());
+                health.set(Check::ClickHouse, false, e.to_string());
                 tracing::warn!(rows = rows.len(), error = %e, retry_in_ms = delay.as_millis() as u64, "clickhouse insert failed");
             },
         )
@@ -511,7 +512,7 @@ async fn insert_all(
                 metrics::ROWS
                     .with_label_values(&["inserted"])
                     .inc_by(rows.len() as u64);
-                health.set("clickhouse", true, "inserts succeed");
+                health.set(Check::ClickHouse, true, "inserts succeed");
                 return true;
             }
             Attempt::Shutdown => return false,
@@ -538,7 +539,7 @@ async fn insert_all(
                                 return false;
                             }
                         }
-                        health.set("clickhouse", true, "inserts succeed");
+                        health.set(Check::ClickHouse, true, "inserts succeed");
                         return true;
                     }
                     // ClickHouse went away meanwhile: back to retrying.

@@ -3,6 +3,7 @@
 //! row of a ClickHouse table, at-least-once, in the indexer's own consumer
 //! group.
 
+use outlier_common::telemetry::Check;
 use std::time::Duration;
 
 use clickhouse::Client;
@@ -46,7 +47,7 @@ pub async fn run<T>(
         Ok(None) => return,
         Err(e) => {
             tracing::error!(topic, error = %e, "consumer not created");
-            health.set("kafka", false, format!("{topic}: {e}"));
+            health.set(Check::Kafka, false, format!("{topic}: {e}"));
             return;
         }
     };
@@ -84,7 +85,7 @@ pub async fn run<T>(
                     break;
                 }
                 Err(e) => {
-                    health.set("clickhouse", false, format!("{table}: {e}"));
+                    health.set(Check::ClickHouse, false, format!("{table}: {e}"));
                     tracing::warn!(table, error = %e, "insert failed; retrying");
                 }
             }

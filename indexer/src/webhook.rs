@@ -8,6 +8,7 @@
 //! the receiver keeps refusing (another 4xx) for `poison_budget_s` is
 //! dead-lettered with the receiver's answer and the output moves on.
 
+use outlier_common::telemetry::Check;
 use std::time::{Duration, Instant};
 
 use outlier_common::kafka::{self, Assignment, KafkaConfig};
@@ -147,7 +148,7 @@ pub async fn run(
         f => match outlier_common::config::read_secret_file("webhook.token_file", f) {
             Ok(t) => Some(t),
             Err(e) => {
-                health.set("webhook", false, e);
+                health.set(Check::Webhook, false, e);
                 return;
             }
         },
@@ -159,7 +160,7 @@ pub async fn run(
     {
         Ok(c) => c,
         Err(e) => {
-            health.set("webhook", false, format!("http client: {e}"));
+            health.set(Check::Webhook, false, format!("http client: {e}"));
             return;
         }
     };
@@ -178,11 +179,15 @@ pub async fn run(
         Ok(Some(c)) => c,
         Ok(None) => return,
         Err(e) => {
-            health.set("kafka", false, format!("{source}: {e}"));
+            health.set(Check::Kafka, false, format!("{source}: {e}"));
             return;
         }
     };
-    health.set("webhook", true, format!("posting findings to {}", cfg.url));
+    health.set(
+        Check::Webhook,
+        true,
+        format!("posting findings to {}", cfg.url),
+    );
     tracing::info!(url = %cfg.url, group, "posting OCSF findings to the webhook");
     while let Some(batch) = kafka::next_batch(
         &consumer,
@@ -215,13 +220,17 @@ pub async fn run(
                         metrics::WEBHOOK
                             .with_label_values(&["posted"])
                             .inc_by(findings.len() as u64);
-                        health.set("webhook", true, format!("posting findings to {}", cfg.url));
+                        health.set(
+                            Check::Webhook,
+                            true,
+                            format!("posting findings to {}", cfg.url),
+                        );
                         break;
                     }
                     Posted::Retry(why) => {
                         refused_since = None;
                         metrics::WEBHOOK.with_label_values(&["retried"]).inc();
-                        health.set("webhook", false, format!("{}: {why}", cfg.url));
+                        health.set(Check::Webhook, false, format!("{}: {why}", cfg.url));
                         tracing::warn!(url = %cfg.url, why, "webhook not reached; retrying");
                     }
                     Posted::Refused(why) => {

@@ -22,7 +22,46 @@ pub enum Input {
 /// A record that could not be used.
 pub struct DeadLetter {
     pub reason: String,
-    pub label: &'static str,
+    pub label: Reason,
+}
+
+/// Why a record was dead-lettered: the `reason` label of
+/// `outlier_scorer_deadletter_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Empty,
+    /// Over `limits.max_event_bytes`.
+    Oversize,
+    /// Not the protobuf message its topic carries.
+    Decode,
+    /// An event without exec, connect or open detail.
+    NoDetail,
+    /// Feedback without a label.
+    NoLabel,
+    /// An org or workload name that is not a valid name.
+    InvalidName,
+    /// An event naming another org than its topic's.
+    OrgMismatch,
+    /// Feedback published on an events topic.
+    FeedbackOnEvents,
+    /// The workload's baseline cannot be loaded while LanceDB answers.
+    PoisonBaseline,
+}
+
+impl Reason {
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::Empty => "empty",
+            Reason::Oversize => "oversize",
+            Reason::Decode => "decode",
+            Reason::NoDetail => "no_detail",
+            Reason::NoLabel => "no_label",
+            Reason::InvalidName => "invalid_name",
+            Reason::OrgMismatch => "org_mismatch",
+            Reason::FeedbackOnEvents => "feedback_on_events",
+            Reason::PoisonBaseline => "poison_baseline",
+        }
+    }
 }
 
 /// An org named on an org's own topic must be that org.
@@ -30,7 +69,7 @@ fn check_topic_org(topics: &Topics, topic: &str, org: &str) -> Result<(), DeadLe
     match topics.org_of_events_topic(topic) {
         Some(owner) if owner != org => Err(DeadLetter {
             reason: format!("event of org `{org}` on org `{owner}`'s topic {topic}"),
-            label: "org_mismatch",
+            label: Reason::OrgMismatch,
         }),
         _ => Ok(()),
     }
@@ -40,7 +79,7 @@ fn check_names(pairs: [(&'static str, &str); 2]) -> Result<(), DeadLetter> {
     for (field, value) in pairs {
         names::validate(field, value).map_err(|e| DeadLetter {
             reason: e.to_string(),
-            label: "invalid_name",
+            label: Reason::InvalidName,
         })?;
     }
     Ok(())
@@ -51,7 +90,7 @@ fn check_event(event: &Event) -> Result<(), DeadLetter> {
     if event.detail.is_none() {
         return Err(DeadLetter {
             reason: "event has no exec, connect or open detail".into(),
-            label: "no_detail",
+            label: Reason::NoDetail,
         });
     }
     Ok(())
@@ -63,7 +102,7 @@ fn check_event(event: &Event) -> Result<(), DeadLetter> {
 pub fn decode(msg: &OwnedMessage, topics: &Topics, max_bytes: usize) -> Result<Input, DeadLetter> {
     let payload = msg.payload().ok_or(DeadLetter {
         reason: "empty record".into(),
-        label: "empty",
+        label: Reason::Empty,
     })?;
     if payload.len() > max_bytes {
         return Err(DeadLetter {
@@ -71,23 +110,23 @@ pub fn decode(msg: &OwnedMessage, topics: &Topics, max_bytes: usize) -> Result<I
                 "record of {} bytes is over limits.max_event_bytes ({max_bytes})",
                 payload.len()
             ),
-            label: "oversize",
+            label: Reason::Oversize,
         });
     }
     if msg.topic() == topics.feedback {
         let fb = Feedback::decode(payload).map_err(|e| DeadLetter {
             reason: format!("not an outlier.v1.Feedback: {e}"),
-            label: "decode",
+            label: Reason::Decode,
         })?;
         let event = fb.event.as_ref().ok_or(DeadLetter {
             reason: "feedback without an event".into(),
-            label: "no_detail",
+            label: Reason::NoDetail,
         })?;
         check_event(event)?;
         if fb.label() == FeedbackLabel::Unspecified {
             return Err(DeadLetter {
                 reason: "feedback without a label".into(),
-                label: "no_label",
+                label: Reason::NoLabel,
             });
         }
         return Ok(Input::Feedback(fb));
@@ -97,7 +136,7 @@ pub fn decode(msg: &OwnedMessage, topics: &Topics, max_bytes: usize) -> Result<I
         Some(k) if k == kafka::HEARTBEAT_KIND.as_bytes() => {
             let h = Heartbeat::decode(payload).map_err(|e| DeadLetter {
                 reason: format!("not an outlier.v1.Heartbeat: {e}"),
-                label: "decode",
+                label: Reason::Decode,
             })?;
             check_names([("org", &h.org), ("host", &h.host)])?;
             check_topic_org(topics, msg.topic(), &h.org)?;
@@ -110,13 +149,13 @@ pub fn decode(msg: &OwnedMessage, topics: &Topics, max_bytes: usize) -> Result<I
                     "feedback on an events topic is refused; operators publish it to {}",
                     topics.feedback
                 ),
-                label: "feedback_on_events",
+                label: Reason::FeedbackOnEvents,
             });
         }
     }
     let event = Event::decode(payload).map_err(|e| DeadLetter {
         reason: format!("not an outlier.v1.Event: {e}"),
-        label: "decode",
+        label: Reason::Decode,
     })?;
     check_event(&event)?;
     check_topic_org(topics, msg.topic(), &event.org)?;

@@ -3,6 +3,7 @@
 //! is replaced by a truncated copy on the dead-letter topic, so no record
 //! holds its partition.
 
+use outlier_common::telemetry::Check;
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -119,7 +120,7 @@ pub(crate) async fn deliver(
         }
         metrics::PRODUCE_RETRIES.inc_by(failed.len() as u64);
         health.set(
-            "kafka",
+            Check::Kafka,
             false,
             format!("{} records not acknowledged", failed.len()),
         );

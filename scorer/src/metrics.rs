@@ -128,3 +128,19 @@ pub static POISON: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
     .expect("metric registers once")
 });
+
+/// A record sent to the dead-letter topic: logged with where it came from
+/// and why, and counted among the events and by reason.
+pub fn dead_lettered(msg: &rdkafka::message::OwnedMessage, dl: &crate::decode::DeadLetter) {
+    use rdkafka::Message as _;
+    EVENTS.with_label_values(&["deadletter"]).inc();
+    DEADLETTER.with_label_values(&[dl.label.name()]).inc();
+    tracing::warn!(
+        topic = msg.topic(),
+        partition = msg.partition(),
+        offset = msg.offset(),
+        reason = %dl.reason,
+        label = dl.label.name(),
+        "record sent to dead-letter topic"
+    );
+}

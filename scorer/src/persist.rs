@@ -3,6 +3,7 @@
 //! time, retried while LanceDB is away and given up (logged, counted) when
 //! it fails while LanceDB answers.
 
+use outlier_common::telemetry::Check;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -79,13 +80,13 @@ pub(crate) async fn persist_loop(
             },
             |e, delay| {
                 metrics::PERSIST.with_label_values(&["error"]).inc();
-                health.set("lancedb", false, e.to_string());
+                health.set(Check::LanceDb, false, e.to_string());
                 tracing::error!(org, workload, error = %e, retry_in_ms = delay.as_millis() as u64, "baseline write failed");
             },
         )
         .await;
         match attempt {
-            Attempt::Done(()) => health.set("lancedb", true, "writes succeed"),
+            Attempt::Done(()) => health.set(Check::LanceDb, true, "writes succeed"),
             Attempt::Poison(e) => {
                 metrics::POISON.with_label_values(&["persist"]).inc();
                 let rows = job.lock().await.rows.len();

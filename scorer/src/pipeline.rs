@@ -18,6 +18,7 @@
 //! and the baselines of workloads on revoked partitions are persisted and
 //! dropped from memory, so the next owner loads them from LanceDB.
 
+use outlier_common::telemetry::Check;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::baseline::Baseline;
 use crate::config::ScorerConfig;
-use crate::decode::{DeadLetter, Input, decode};
+use crate::decode::{DeadLetter, Input, Reason, decode};
 use crate::deliver::{OutRecord, deliver};
 use crate::judge::{Judge, Outcome, WorkloadKey, split_key, workload_key};
 use crate::metrics;
@@ -65,11 +66,15 @@ pub enum RunError {
 pub async fn run(cfg: ScorerConfig, shutdown: CancellationToken) -> Result<(), RunError> {
     let classifier =
         crate::threat::classifier(&cfg.scoring.classifier).map_err(RunError::Classifier)?;
-    let health = Health::new(&["kafka", "lancedb"]);
+    let health = Health::new(&[Check::Kafka, Check::LanceDb]);
     telemetry::serve_http(cfg.http_addr, health.clone(), shutdown.clone()).await?;
 
     let store = Arc::new(Store::open(&cfg.baseline.uri).await?);
-    health.set("lancedb", true, format!("open at {}", cfg.baseline.uri));
+    health.set(
+        Check::LanceDb,
+        true,
+        format!("open at {}", cfg.baseline.uri),
+    );
 
     // The shared events topic, every org's own (by pattern) and the
     // feedback topic, co-partitioned: a workload's feedback is keyed like
@@ -298,7 +303,7 @@ impl Worker<'_> {
                 {
                     *input = Err(DeadLetter {
                         reason: format!("baseline cannot be loaded: {reason}"),
-                        label: "poison_baseline",
+                        label: Reason::PoisonBaseline,
                     });
                 }
             }
@@ -373,12 +378,7 @@ impl Worker<'_> {
                     });
                 }
                 Outcome::Dead(dl) => {
-                    metrics::EVENTS.with_label_values(&["deadletter"]).inc();
-                    metrics::DEADLETTER.with_label_values(&[dl.label]).inc();
-                    tracing::warn!(
-                        topic = msg.topic(), partition = msg.partition(), offset = msg.offset(),
-                        reason = %dl.reason, "record sent to dead-letter topic"
-                    );
+                    metrics::dead_lettered(msg, &dl);
                     records.push(OutRecord::dead_letter(
                         &topics.deadletter,
                         DeadLetterCopy::of(msg, &dl.reason),
@@ -430,14 +430,14 @@ impl Worker<'_> {
             StoreError::failure,
             || self.store.probe(),
             |e, delay| {
-                self.health.set("lancedb", false, e.to_string());
+                self.health.set(Check::LanceDb, false, e.to_string());
                 tracing::error!(org, workload, error = %e, retry_in_ms = delay.as_millis() as u64, "baseline load failed");
             },
         )
         .await;
         match attempt {
             Attempt::Done(b) => {
-                self.health.set("lancedb", true, "loads succeed");
+                self.health.set(Check::LanceDb, true, "loads succeed");
                 tracing::debug!(org, workload, behaviours = b.len(), "baseline loaded");
                 Some(Ok(b))
             }
