@@ -109,9 +109,9 @@ pub async fn run(
             r = publish(&producer, &kafka.topics.events, &h) => r,
         };
         match sent {
-            Ok(()) => metrics::HEARTBEATS.with_label_values(&["sent"]).inc(),
+            Ok(()) => metrics::HEARTBEATS.inc(crate::metrics::HeartbeatOutcome::Sent),
             Err(e) => {
-                metrics::HEARTBEATS.with_label_values(&["failed"]).inc();
+                metrics::HEARTBEATS.inc(crate::metrics::HeartbeatOutcome::Failed);
                 tracing::warn!(error = %e, "heartbeat not delivered");
             }
         }

@@ -4,11 +4,10 @@
 //! Kafka. Capture never waits for Kafka: the spool absorbs an outage (up to
 //! its bound) and the sender drains it in order when Kafka returns.
 
-use outlier_common::telemetry::Check;
 use std::time::{Duration, Instant};
 
 use outlier_common::names;
-use outlier_common::telemetry::{self, Health};
+use outlier_common::telemetry::{self, Check, Health};
 use outlier_proto::Event;
 use prost::Message as _;
 use thiserror::Error;

@@ -2,33 +2,52 @@
 
 use std::sync::LazyLock;
 
+use outlier_common::labels;
+use outlier_common::telemetry::Counter;
+
 use prometheus::{
     IntCounter, IntCounterVec, IntGauge, IntGaugeVec, register_int_counter,
     register_int_counter_vec, register_int_gauge, register_int_gauge_vec,
 };
 
-/// Events by outcome: `published` (Kafka acknowledged them), `invalid`
-/// (malformed replay input), `failed` (Kafka did not acknowledge a replay),
-/// `refused` (Kafka will never take the record: too large, invalid).
-pub static EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
+labels! {
+    /// Events by outcome.
+    pub enum EventOutcome {
+        /// Kafka acknowledged them.
+        Published = "published",
+        /// Malformed replay input.
+        Invalid = "invalid",
+        /// Kafka did not acknowledge a replay.
+        Failed = "failed",
+        /// Kafka will never take the record: too large, invalid.
+        Refused = "refused",
+    }
+}
+
+pub static EVENTS: LazyLock<Counter<EventOutcome>> = LazyLock::new(|| {
+    Counter::register(
         "outlier_collector_events_total",
         "Events handled by the collector, by outcome",
-        &["outcome"]
+        "outcome",
     )
-    .expect("metric registers once")
+});
+
+labels! {
+    pub enum HeartbeatOutcome {
+        Sent = "sent",
+        Failed = "failed",
+    }
+}
+
+pub static HEARTBEATS: LazyLock<Counter<HeartbeatOutcome>> = LazyLock::new(|| {
+    Counter::register(
+        "outlier_collector_heartbeats_total",
+        "Heartbeats published, by outcome (sent/failed)",
+        "outcome",
+    )
 });
 
 /// Events captured on this host, by kind and source (ebpf, procfs).
-pub static HEARTBEATS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
-        "outlier_collector_heartbeats_total",
-        "Heartbeats published, by outcome (sent/failed)",
-        &["outcome"]
-    )
-    .expect("metric registers once")
-});
-
 pub static CAPTURED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "outlier_collector_captured_total",

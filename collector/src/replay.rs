@@ -45,7 +45,7 @@ pub async fn replay<R: AsyncBufRead + Unpin>(
             Err(e) => {
                 stats.lines += 1;
                 stats.invalid += 1;
-                EVENTS.with_label_values(&["invalid"]).inc();
+                EVENTS.inc(crate::metrics::EventOutcome::Invalid);
                 tracing::warn!(line = line_no, error = %e, "skipping line that is not UTF-8");
                 continue;
             }
@@ -60,13 +60,13 @@ pub async fn replay<R: AsyncBufRead + Unpin>(
                 Ok(fut) => pending.push(fut),
                 Err(e) => {
                     stats.failed += 1;
-                    EVENTS.with_label_values(&["failed"]).inc();
+                    EVENTS.inc(crate::metrics::EventOutcome::Failed);
                     tracing::error!(line = line_no, error = %e, "could not queue event");
                 }
             },
             Err(e) => {
                 stats.invalid += 1;
-                EVENTS.with_label_values(&["invalid"]).inc();
+                EVENTS.inc(crate::metrics::EventOutcome::Invalid);
                 tracing::warn!(line = line_no, error = %e, "skipping malformed line");
             }
         }
@@ -92,16 +92,16 @@ fn account(
     match res {
         Ok(Ok(_)) => {
             stats.published += 1;
-            EVENTS.with_label_values(&["published"]).inc();
+            EVENTS.inc(crate::metrics::EventOutcome::Published);
         }
         Ok(Err((e, _))) => {
             stats.failed += 1;
-            EVENTS.with_label_values(&["failed"]).inc();
+            EVENTS.inc(crate::metrics::EventOutcome::Failed);
             tracing::error!(error = %e, "kafka did not acknowledge an event");
         }
         Err(_) => {
             stats.failed += 1;
-            EVENTS.with_label_values(&["failed"]).inc();
+            EVENTS.inc(crate::metrics::EventOutcome::Failed);
             tracing::error!("producer dropped an event before delivery");
         }
     }

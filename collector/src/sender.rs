@@ -9,13 +9,12 @@
 //! invalid) is skipped and counted (`outcome="refused"`) rather than resent
 //! for ever.
 
-use outlier_common::telemetry::Check;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use outlier_common::kafka::KafkaConfig;
 use outlier_common::retry::Failure;
-use outlier_common::telemetry::Health;
+use outlier_common::telemetry::{Check, Health};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use tokio_util::sync::CancellationToken;
@@ -155,7 +154,7 @@ pub async fn run(
                 if let Err(e) = spool.ack(done.seq, done.end) {
                     tracing::error!(error = %e, "spool ack failed");
                 }
-                metrics::EVENTS.with_label_values(&["published"]).inc();
+                metrics::EVENTS.inc(crate::metrics::EventOutcome::Published);
                 delay = Duration::from_millis(200);
                 health.set(Check::Kafka, true, "events delivered");
                 if last_sync.elapsed() > Duration::from_millis(200) {
@@ -167,7 +166,7 @@ pub async fn run(
                 // Kafka will never take this record (too large, invalid):
                 // resending it would hold every later event behind it. It
                 // is skipped, logged and counted; the cursor moves on.
-                metrics::EVENTS.with_label_values(&["refused"]).inc();
+                metrics::EVENTS.inc(crate::metrics::EventOutcome::Refused);
                 tracing::error!(error = %e, "kafka refused an event for itself; skipped");
                 if let Err(e) = spool.ack(done.seq, done.end) {
                     tracing::error!(error = %e, "spool ack failed");

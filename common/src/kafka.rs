@@ -2,7 +2,6 @@
 //! consumer settings that make delivery at-least-once, and a start-up wait
 //! that retries with backoff when the broker is not there yet.
 
-use crate::telemetry::Check;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -14,6 +13,8 @@ use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
+
+use crate::telemetry::Check;
 
 /// Connection settings and topic names.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -80,6 +80,90 @@ static HEALTH_CHECK: std::sync::LazyLock<prometheus::IntGaugeVec> =
 
 /// Health of a binary's dependencies, one named check each ("kafka",
 /// "clickhouse", "lancedb"). Healthy when every check is ok.
+/// The values of a metric's label, known at compile time: declared with
+/// [`labels!`](crate::labels), counted with [`Counter`] and timed with
+/// [`Histograms`], so a call site names a variant, never a string.
+pub trait Label: Copy + 'static {
+    const ALL: &'static [Self];
+    fn name(self) -> &'static str;
+}
+
+/// Declares a [`Label`] enum: `labels! { pub enum Outcome { Ok = "ok", Error = "error" } }`.
+#[macro_export]
+macro_rules! labels {
+    ($(#[$m:meta])* $vis:vis enum $ty:ident { $($(#[$vm:meta])* $var:ident = $name:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        $vis enum $ty { $($(#[$vm])* $var),+ }
+        impl $crate::telemetry::Label for $ty {
+            const ALL: &'static [Self] = &[$($ty::$var),+];
+            fn name(self) -> &'static str {
+                match self { $($ty::$var => $name),+ }
+            }
+        }
+    };
+}
+
+/// A counter with one label whose values are the variants of `L`. Every
+/// value's series exists from registration on (at 0), so rates and alert
+/// rules see it before the first occurrence.
+pub struct Counter<L: Label> {
+    vec: prometheus::IntCounterVec,
+    label: std::marker::PhantomData<L>,
+}
+
+impl<L: Label> Counter<L> {
+    /// Registers `name` in the default registry (once per process).
+    pub fn register(name: &str, help: &str, label: &str) -> Self {
+        let vec = prometheus::register_int_counter_vec!(name, help, &[label])
+            .expect("metric registers once");
+        for l in L::ALL {
+            vec.with_label_values(&[l.name()]);
+        }
+        Self {
+            vec,
+            label: std::marker::PhantomData,
+        }
+    }
+
+    pub fn inc(&self, l: L) {
+        self.vec.with_label_values(&[l.name()]).inc();
+    }
+
+    pub fn inc_by(&self, l: L, n: u64) {
+        self.vec.with_label_values(&[l.name()]).inc_by(n);
+    }
+
+    pub fn get(&self, l: L) -> u64 {
+        self.vec.with_label_values(&[l.name()]).get()
+    }
+}
+
+/// A histogram with one label whose values are the variants of `L`.
+pub struct Histograms<L: Label> {
+    vec: prometheus::HistogramVec,
+    label: std::marker::PhantomData<L>,
+}
+
+impl<L: Label> Histograms<L> {
+    /// Registers `name` in the default registry (once per process).
+    pub fn register(name: &str, help: &str, label: &str, buckets: Vec<f64>) -> Self {
+        let vec = prometheus::register_histogram_vec!(name, help, &[label], buckets)
+            .expect("metric registers once");
+        for l in L::ALL {
+            vec.with_label_values(&[l.name()]);
+        }
+        Self {
+            vec,
+            label: std::marker::PhantomData,
+        }
+    }
+
+    pub fn observe(&self, l: L, v: f64) {
+        self.vec.with_label_values(&[l.name()]).observe(v);
+    }
+}
+
 /// A dependency whose state the health endpoint reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Check {
@@ -223,6 +307,36 @@ pub async fn serve_http(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    crate::labels! {
+        enum Outcome {
+            Done = "done",
+            Failed = "failed",
+        }
+    }
+
+    #[test]
+    fn a_labelled_counter_has_every_series_from_the_start_and_counts_by_variant() {
+        let c: Counter<Outcome> =
+            Counter::register("outlier_test_outcomes_total", "test", "outcome");
+        let series = |want: &str| {
+            prometheus::gather()
+                .into_iter()
+                .find(|f| f.name() == "outlier_test_outcomes_total")
+                .map(|f| {
+                    f.get_metric()
+                        .iter()
+                        .find(|m| m.get_label()[0].value() == want)
+                        .map(|m| m.get_counter().get_value())
+                })
+        };
+        assert_eq!(series("failed"), Some(Some(0.0)), "registered at 0");
+        c.inc(Outcome::Done);
+        c.inc_by(Outcome::Done, 2);
+        assert_eq!((c.get(Outcome::Done), c.get(Outcome::Failed)), (3, 0));
+        assert_eq!(series("done"), Some(Some(3.0)));
+        assert_eq!(Outcome::ALL.len(), 2);
+    }
 
     #[test]
     fn health_is_the_conjunction_of_checks() {

@@ -278,9 +278,7 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, St
 /// Feedback records the scorers of this test process have applied so far
 /// (`outlier_scorer_events_total{result="feedback"}`).
 pub fn feedback_applied() -> u64 {
-    outlier_scorer::metrics::EVENTS
-        .with_label_values(&["feedback"])
-        .get()
+    outlier_scorer::metrics::EVENTS.get(outlier_scorer::metrics::EventResult::Feedback)
 }
 
 /// A reader of a topic of scored events from its start that keeps its

@@ -18,14 +18,13 @@
 //! a host whose workloads are read by different indexers of one group are
 //! grouped by each of them apart (documented in docs/incidents.md).
 
-use outlier_common::telemetry::Check;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use clickhouse::{Client, Row};
 use outlier_common::kafka::{self, Assignment, KafkaConfig};
 use outlier_common::retry::{Backoff, RetryPolicy};
-use outlier_common::telemetry::Health;
+use outlier_common::telemetry::{Check, Health};
 use outlier_proto::facts::OpenMode;
 use outlier_proto::{Incident, ScoredEvent, Verdict, event::Detail};
 use prost::Message as _;
@@ -501,9 +500,7 @@ pub async fn run(
         let mut changed: Vec<(String, String, String)> = Vec::new();
         for m in &batch {
             let Some(s) = m.payload().and_then(|p| ScoredEvent::decode(p).ok()) else {
-                metrics::INCIDENT_EVENTS
-                    .with_label_values(&["invalid"])
-                    .inc();
+                metrics::INCIDENT_EVENTS.inc(metrics::IncidentEvent::Invalid);
                 continue;
             };
             let Some(e) = s.event.as_ref() else { continue };
@@ -511,17 +508,13 @@ pub async fn run(
             let (org, host) = (e.org.clone(), e.host.clone());
             match grouper.add(&s, now_ns) {
                 Some(id) => {
-                    metrics::INCIDENT_EVENTS
-                        .with_label_values(&["grouped"])
-                        .inc();
+                    metrics::INCIDENT_EVENTS.inc(metrics::IncidentEvent::Grouped);
                     let key = (org, host, id);
                     if !changed.contains(&key) {
                         changed.push(key);
                     }
                 }
-                None => metrics::INCIDENT_EVENTS
-                    .with_label_values(&["skipped"])
-                    .inc(),
+                None => metrics::INCIDENT_EVENTS.inc(metrics::IncidentEvent::Skipped),
             }
         }
         let rows: Vec<IncidentRow> = changed
@@ -536,12 +529,8 @@ pub async fn run(
         while !rows.is_empty() {
             match insert(&ch, &rows).await {
                 Ok(()) => {
-                    metrics::INCIDENTS
-                        .with_label_values(&["opened"])
-                        .inc_by(opened as u64);
-                    metrics::INCIDENTS
-                        .with_label_values(&["updated"])
-                        .inc_by(rows.len() as u64);
+                    metrics::INCIDENTS.inc_by(metrics::IncidentChange::Opened, opened as u64);
+                    metrics::INCIDENTS.inc_by(metrics::IncidentChange::Updated, rows.len() as u64);
                     break;
                 }
                 Err(e) => {

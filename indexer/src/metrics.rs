@@ -2,54 +2,79 @@
 
 use std::sync::LazyLock;
 
+use outlier_common::labels;
+use outlier_common::telemetry::Counter;
+
 use prometheus::{
-    Histogram, IntCounter, IntCounterVec, IntGauge, exponential_buckets, register_histogram,
-    register_int_counter, register_int_counter_vec, register_int_gauge,
+    Histogram, IntCounter, IntGauge, exponential_buckets, register_histogram, register_int_counter,
+    register_int_gauge,
 };
 
-pub static ROWS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
+labels! {
+    pub enum RowOutcome {
+        Inserted = "inserted",
+        DeadLetter = "deadletter",
+        Poison = "poison",
+    }
+}
+pub static ROWS: LazyLock<Counter<RowOutcome>> = LazyLock::new(|| {
+    Counter::register(
         "outlier_indexer_rows_total",
         "Scored events handled, by outcome (inserted/deadletter)",
-        &["outcome"]
+        "outcome",
     )
-    .expect("metric registers once")
 });
 
-pub static AUDIT: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
+labels! {
+    /// A record of a side topic written to its table, or refused.
+    pub enum Written {
+        Written = "written",
+        Invalid = "invalid",
+    }
+}
+pub static AUDIT: LazyLock<Counter<Written>> = LazyLock::new(|| {
+    Counter::register(
         "outlier_indexer_feedback_audit_total",
         "Feedback records of the feedback topic, by outcome (written/invalid)",
-        &["outcome"]
+        "outcome",
     )
-    .expect("metric registers once")
 });
 
-pub static HEARTBEATS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
+pub static HEARTBEATS: LazyLock<Counter<Written>> = LazyLock::new(|| {
+    Counter::register(
         "outlier_indexer_heartbeats_total",
         "Collector heartbeats of the heartbeats topic, by outcome (written/invalid)",
-        &["outcome"]
+        "outcome",
     )
-    .expect("metric registers once")
 });
 
-pub static INCIDENT_EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
+labels! {
+    pub enum IncidentEvent {
+        Grouped = "grouped",
+        Skipped = "skipped",
+        Invalid = "invalid",
+    }
+}
+pub static INCIDENT_EVENTS: LazyLock<Counter<IncidentEvent>> = LazyLock::new(|| {
+    Counter::register(
         "outlier_indexer_incident_events_total",
         "Records of the alerts topic read for incidents, by outcome (grouped/skipped/invalid)",
-        &["outcome"]
+        "outcome",
     )
-    .expect("metric registers once")
 });
 
-pub static INCIDENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
+labels! {
+    pub enum IncidentChange {
+        Opened = "opened",
+        Updated = "updated",
+    }
+}
+pub static INCIDENTS: LazyLock<Counter<IncidentChange>> = LazyLock::new(|| {
+    Counter::register(
         "outlier_indexer_incidents_total",
         "Incidents opened, and incident versions written (updated)",
-        &["change"]
+        "change",
     )
-    .expect("metric registers once")
 });
 
 pub static INCIDENTS_OPEN: LazyLock<IntGauge> = LazyLock::new(|| {
@@ -60,22 +85,33 @@ pub static INCIDENTS_OPEN: LazyLock<IntGauge> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
-pub static FINDINGS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
+labels! {
+    pub enum FindingOutcome {
+        Published = "published",
+        Invalid = "invalid",
+    }
+}
+pub static FINDINGS: LazyLock<Counter<FindingOutcome>> = LazyLock::new(|| {
+    Counter::register(
         "outlier_indexer_ocsf_findings_total",
         "OCSF Detection Findings published, and alerts that could not be read (invalid)",
-        &["outcome"]
+        "outcome",
     )
-    .expect("metric registers once")
 });
 
-pub static WEBHOOK: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
+labels! {
+    pub enum WebhookOutcome {
+        Posted = "posted",
+        Retried = "retried",
+        DeadLetter = "deadletter",
+    }
+}
+pub static WEBHOOK: LazyLock<Counter<WebhookOutcome>> = LazyLock::new(|| {
+    Counter::register(
         "outlier_indexer_webhook_total",
         "Findings posted to the webhook, POSTs retried, findings dead-lettered after refusals",
-        &["outcome"]
+        "outcome",
     )
-    .expect("metric registers once")
 });
 
 pub static INSERT_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {

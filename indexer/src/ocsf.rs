@@ -13,12 +13,11 @@
 //! are acknowledged by Kafka (at-least-once; `finding_info.uid` is the
 //! event id, the de-duplication key).
 
-use outlier_common::telemetry::Check;
 use std::time::Duration;
 
 use outlier_common::kafka::{self, Assignment, KafkaConfig};
 use outlier_common::retry::{Backoff, RetryPolicy};
-use outlier_common::telemetry::Health;
+use outlier_common::telemetry::{Check, Health};
 use outlier_proto::{ScoredEvent, Verdict, event::Detail};
 use prost::Message as _;
 use rdkafka::Message as _;
@@ -229,7 +228,7 @@ pub async fn run(
                     out.push((m.key().unwrap_or_default().to_vec(), body));
                 }
                 Some(Ok(_)) => {}
-                _ => metrics::FINDINGS.with_label_values(&["invalid"]).inc(),
+                _ => metrics::FINDINGS.inc(metrics::FindingOutcome::Invalid),
             }
         }
         let mut backoff = Backoff::new(RetryPolicy {
@@ -246,9 +245,7 @@ pub async fn run(
             let results = futures::future::join_all(sends).await;
             let failed = results.iter().filter(|r| r.is_err()).count();
             if failed == 0 {
-                metrics::FINDINGS
-                    .with_label_values(&["published"])
-                    .inc_by(out.len() as u64);
+                metrics::FINDINGS.inc_by(metrics::FindingOutcome::Published, out.len() as u64);
                 break;
             }
             tracing::warn!(

@@ -5,7 +5,6 @@
 //! is committed meanwhile, so nothing acknowledged is lost; a replayed batch
 //! collapses into the same rows (ReplacingMergeTree on event_id).
 
-use outlier_common::telemetry::Check;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
@@ -17,7 +16,7 @@ use outlier_common::batch;
 use outlier_common::featurize::{behaviour_key, embed};
 use outlier_common::kafka::{self, DeadLetterCopy};
 use outlier_common::retry::{self, Attempt, Failure, RetryPolicy};
-use outlier_common::telemetry::{self, Health};
+use outlier_common::telemetry::{self, Check, Health};
 use outlier_proto::ScoredEvent;
 use prost::Message as _;
 use rdkafka::Message;
@@ -509,9 +508,7 @@ async fn insert_all(
         .await;
         match attempt {
             Attempt::Done(()) => {
-                metrics::ROWS
-                    .with_label_values(&["inserted"])
-                    .inc_by(rows.len() as u64);
+                metrics::ROWS.inc_by(metrics::RowOutcome::Inserted, rows.len() as u64);
                 health.set(Check::ClickHouse, true, "inserts succeed");
                 return true;
             }
@@ -521,9 +518,7 @@ async fn insert_all(
                 match isolate(ch, rows).await {
                     Ok(bad) => {
                         let inserted = rows.len() - bad.len();
-                        metrics::ROWS
-                            .with_label_values(&["inserted"])
-                            .inc_by(inserted as u64);
+                        metrics::ROWS.inc_by(metrics::RowOutcome::Inserted, inserted as u64);
                         for (i, reason) in bad {
                             let r = &rows[i];
                             let payload = r.to_scored().encode_to_vec();
@@ -571,7 +566,7 @@ async fn isolate(
                 if !clickhouse_answers(ch).await {
                     return Err(e);
                 }
-                metrics::ROWS.with_label_values(&["poison"]).inc();
+                metrics::ROWS.inc(metrics::RowOutcome::Poison);
                 bad.push((lo, e.to_string()));
             }
             Err(_) => {
@@ -603,7 +598,7 @@ async fn dead_letter(
     source: &str,
     shutdown: &CancellationToken,
 ) -> bool {
-    metrics::ROWS.with_label_values(&["deadletter"]).inc();
+    metrics::ROWS.inc(metrics::RowOutcome::DeadLetter);
     tracing::warn!(source, reason, "record sent to dead-letter topic");
     let copy = DeadLetterCopy::new(key, payload, reason, source);
     kafka::send_dead_letter(producer, &cfg.kafka.topics.deadletter, &copy, shutdown).await

@@ -3,13 +3,14 @@
 //! row of a ClickHouse table, at-least-once, in the indexer's own consumer
 //! group.
 
-use outlier_common::telemetry::Check;
 use std::time::Duration;
 
 use clickhouse::Client;
 use outlier_common::kafka::{self, Assignment, KafkaConfig};
 use outlier_common::retry::{Backoff, RetryPolicy};
-use outlier_common::telemetry::Health;
+use outlier_common::telemetry::{Check, Health};
+
+use crate::metrics;
 use rdkafka::Message as _;
 use rdkafka::message::OwnedMessage;
 use tokio_util::sync::CancellationToken;
@@ -25,7 +26,7 @@ pub async fn run<T>(
     group: &str,
     table: &str,
     decode: fn(&OwnedMessage) -> Result<T, String>,
-    counter: &prometheus::IntCounterVec,
+    counter: &outlier_common::telemetry::Counter<metrics::Written>,
     ch: &Client,
     health: &Health,
     shutdown: &CancellationToken,
@@ -61,7 +62,7 @@ pub async fn run<T>(
             match decode(m) {
                 Ok(r) => rows.push(r),
                 Err(reason) => {
-                    counter.with_label_values(&["invalid"]).inc();
+                    counter.inc(metrics::Written::Invalid);
                     tracing::warn!(
                         topic = m.topic(),
                         partition = m.partition(),
@@ -79,9 +80,7 @@ pub async fn run<T>(
         while !rows.is_empty() {
             match insert(ch, table, &rows).await {
                 Ok(()) => {
-                    counter
-                        .with_label_values(&["written"])
-                        .inc_by(rows.len() as u64);
+                    counter.inc_by(metrics::Written::Written, rows.len() as u64);
                     break;
                 }
                 Err(e) => {

@@ -8,12 +8,11 @@
 //! the receiver keeps refusing (another 4xx) for `poison_budget_s` is
 //! dead-lettered with the receiver's answer and the output moves on.
 
-use outlier_common::telemetry::Check;
 use std::time::{Duration, Instant};
 
 use outlier_common::kafka::{self, Assignment, KafkaConfig};
 use outlier_common::retry::{Backoff, RetryPolicy};
-use outlier_common::telemetry::Health;
+use outlier_common::telemetry::{Check, Health};
 use outlier_proto::{ScoredEvent, Verdict};
 use prost::Message as _;
 use rdkafka::Message as _;
@@ -218,8 +217,7 @@ pub async fn run(
                 match post(&client, &cfg, &token, body.clone()).await {
                     Posted::Ok => {
                         metrics::WEBHOOK
-                            .with_label_values(&["posted"])
-                            .inc_by(findings.len() as u64);
+                            .inc_by(metrics::WebhookOutcome::Posted, findings.len() as u64);
                         health.set(
                             Check::Webhook,
                             true,
@@ -229,7 +227,7 @@ pub async fn run(
                     }
                     Posted::Retry(why) => {
                         refused_since = None;
-                        metrics::WEBHOOK.with_label_values(&["retried"]).inc();
+                        metrics::WEBHOOK.inc(metrics::WebhookOutcome::Retried);
                         health.set(Check::Webhook, false, format!("{}: {why}", cfg.url));
                         tracing::warn!(url = %cfg.url, why, "webhook not reached; retrying");
                     }
@@ -239,11 +237,10 @@ pub async fn run(
                             tracing::error!(url = %cfg.url, why, findings = findings.len(), "webhook refuses the batch; dead-lettered");
                             dead_letter(&producer, &kafka_cfg, &findings, &why, &shutdown).await;
                             metrics::WEBHOOK
-                                .with_label_values(&["deadletter"])
-                                .inc_by(findings.len() as u64);
+                                .inc_by(metrics::WebhookOutcome::DeadLetter, findings.len() as u64);
                             break;
                         }
-                        metrics::WEBHOOK.with_label_values(&["retried"]).inc();
+                        metrics::WEBHOOK.inc(metrics::WebhookOutcome::Retried);
                         tracing::warn!(url = %cfg.url, why, "webhook refused the batch; retrying until the poison budget");
                     }
                 }

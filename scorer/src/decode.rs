@@ -25,42 +25,27 @@ pub struct DeadLetter {
     pub label: Reason,
 }
 
-/// Why a record was dead-lettered: the `reason` label of
-/// `outlier_scorer_deadletter_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    Empty,
-    /// Over `limits.max_event_bytes`.
-    Oversize,
-    /// Not the protobuf message its topic carries.
-    Decode,
-    /// An event without exec, connect or open detail.
-    NoDetail,
-    /// Feedback without a label.
-    NoLabel,
-    /// An org or workload name that is not a valid name.
-    InvalidName,
-    /// An event naming another org than its topic's.
-    OrgMismatch,
-    /// Feedback published on an events topic.
-    FeedbackOnEvents,
-    /// The workload's baseline cannot be loaded while LanceDB answers.
-    PoisonBaseline,
-}
-
-impl Reason {
-    pub fn name(self) -> &'static str {
-        match self {
-            Reason::Empty => "empty",
-            Reason::Oversize => "oversize",
-            Reason::Decode => "decode",
-            Reason::NoDetail => "no_detail",
-            Reason::NoLabel => "no_label",
-            Reason::InvalidName => "invalid_name",
-            Reason::OrgMismatch => "org_mismatch",
-            Reason::FeedbackOnEvents => "feedback_on_events",
-            Reason::PoisonBaseline => "poison_baseline",
-        }
+outlier_common::labels! {
+    /// Why a record was dead-lettered: the `reason` label of
+    /// `outlier_scorer_deadletter_total`.
+    pub enum Reason {
+        Empty = "empty",
+        /// Over `limits.max_event_bytes`.
+        Oversize = "oversize",
+        /// Not the protobuf message its topic carries.
+        Decode = "decode",
+        /// An event without exec, connect or open detail.
+        NoDetail = "no_detail",
+        /// Feedback without a label.
+        NoLabel = "no_label",
+        /// An org or workload name that is not a valid name.
+        InvalidName = "invalid_name",
+        /// An event naming another org than its topic's.
+        OrgMismatch = "org_mismatch",
+        /// Feedback published on an events topic.
+        FeedbackOnEvents = "feedback_on_events",
+        /// The workload's baseline cannot be loaded while LanceDB answers.
+        PoisonBaseline = "poison_baseline",
     }
 }
 

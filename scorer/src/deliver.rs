@@ -3,13 +3,12 @@
 //! is replaced by a truncated copy on the dead-letter topic, so no record
 //! holds its partition.
 
-use outlier_common::telemetry::Check;
 use std::time::Duration;
 
 use futures::future::join_all;
 use outlier_common::kafka::{self, DeadLetterCopy};
 use outlier_common::retry::Failure;
-use outlier_common::telemetry::Health;
+use outlier_common::telemetry::{Check, Health};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
@@ -103,7 +102,7 @@ pub(crate) async fn deliver(
             }
         }
         for (i, reason) in poison {
-            metrics::POISON.with_label_values(&["produce"]).inc();
+            metrics::POISON.inc(metrics::PoisonStage::Produce);
             let r = &records[i];
             if r.topic == deadletter_topic {
                 tracing::error!(topic = %r.topic, bytes = r.payload.len(), error = %reason, "dead-letter copy refused by Kafka; dropped");

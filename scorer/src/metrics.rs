@@ -2,19 +2,46 @@
 
 use std::sync::LazyLock;
 
+use outlier_common::labels;
+use outlier_common::telemetry::{Counter, Histograms, Label as _};
+
+use crate::decode::Reason;
+
 use prometheus::{
-    Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, exponential_buckets,
-    register_histogram, register_histogram_vec, register_int_counter, register_int_counter_vec,
-    register_int_gauge,
+    Histogram, IntCounter, IntCounterVec, IntGauge, exponential_buckets, register_histogram,
+    register_int_counter, register_int_counter_vec, register_int_gauge,
 };
 
-pub static EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
+labels! {
+    /// What became of a consumed record.
+    pub enum EventResult {
+        Ok = "ok",
+        Warn = "warn",
+        Alert = "alert",
+        Unspecified = "unspecified",
+        Feedback = "feedback",
+        Heartbeat = "heartbeat",
+        DeadLetter = "deadletter",
+    }
+}
+
+impl From<outlier_proto::Verdict> for EventResult {
+    fn from(v: outlier_proto::Verdict) -> Self {
+        match v {
+            outlier_proto::Verdict::Ok => EventResult::Ok,
+            outlier_proto::Verdict::Warn => EventResult::Warn,
+            outlier_proto::Verdict::Alert => EventResult::Alert,
+            outlier_proto::Verdict::Unspecified => EventResult::Unspecified,
+        }
+    }
+}
+
+pub static EVENTS: LazyLock<Counter<EventResult>> = LazyLock::new(|| {
+    Counter::register(
         "outlier_scorer_events_total",
         "Events consumed, by verdict (ok/warn/alert) or `deadletter`",
-        &["result"]
+        "result",
     )
-    .expect("metric registers once")
 });
 
 pub static SUPPRESSED: LazyLock<IntCounter> = LazyLock::new(|| {
@@ -33,13 +60,12 @@ pub static SIGNATURE_MATCHES: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
-pub static DEADLETTER: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
+pub static DEADLETTER: LazyLock<Counter<Reason>> = LazyLock::new(|| {
+    Counter::register(
         "outlier_scorer_deadletter_total",
         "Records sent to the dead-letter topic, by reason",
-        &["reason"]
+        "reason",
     )
-    .expect("metric registers once")
 });
 
 pub static THREATS: LazyLock<IntCounterVec> = LazyLock::new(|| {
@@ -60,14 +86,22 @@ pub static SCORE: LazyLock<Histogram> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
-pub static STAGE_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
-    register_histogram_vec!(
+labels! {
+    /// The stages of a batch.
+    pub enum BatchStage {
+        Load = "load",
+        Score = "score",
+        Produce = "produce",
+    }
+}
+
+pub static STAGE_SECONDS: LazyLock<Histograms<BatchStage>> = LazyLock::new(|| {
+    Histograms::register(
         "outlier_scorer_batch_stage_seconds",
         "Time per batch in each stage (score, produce, load)",
-        &["stage"],
-        exponential_buckets(0.0001, 2.5, 14).expect("valid buckets")
+        "stage",
+        exponential_buckets(0.0001, 2.5, 14).expect("valid buckets"),
     )
-    .expect("metric registers once")
 });
 
 pub static LAG_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
@@ -103,13 +137,19 @@ pub static BEHAVIOURS: LazyLock<IntGauge> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
-pub static PERSIST: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
+labels! {
+    pub enum PersistOutcome {
+        Ok = "ok",
+        Error = "error",
+    }
+}
+
+pub static PERSIST: LazyLock<Counter<PersistOutcome>> = LazyLock::new(|| {
+    Counter::register(
         "outlier_scorer_baseline_persist_total",
         "Baseline rows written to LanceDB, by outcome (ok/error)",
-        &["outcome"]
+        "outcome",
     )
-    .expect("metric registers once")
 });
 
 pub static EVICTIONS: LazyLock<IntCounter> = LazyLock::new(|| {
@@ -120,21 +160,29 @@ pub static EVICTIONS: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
-pub static POISON: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
+labels! {
+    /// Where a record or a write was given up as poison.
+    pub enum PoisonStage {
+        Persist = "persist",
+        Produce = "produce",
+        Load = "load",
+    }
+}
+
+pub static POISON: LazyLock<Counter<PoisonStage>> = LazyLock::new(|| {
+    Counter::register(
         "outlier_scorer_poison_total",
         "Records or writes given up as poison (they failed while the dependency answered), by stage",
-        &["stage"]
+        "stage",
     )
-    .expect("metric registers once")
 });
 
 /// A record sent to the dead-letter topic: logged with where it came from
 /// and why, and counted among the events and by reason.
 pub fn dead_lettered(msg: &rdkafka::message::OwnedMessage, dl: &crate::decode::DeadLetter) {
     use rdkafka::Message as _;
-    EVENTS.with_label_values(&["deadletter"]).inc();
-    DEADLETTER.with_label_values(&[dl.label.name()]).inc();
+    EVENTS.inc(EventResult::DeadLetter);
+    DEADLETTER.inc(dl.label);
     tracing::warn!(
         topic = msg.topic(),
         partition = msg.partition(),

@@ -3,12 +3,11 @@
 //! time, retried while LanceDB is away and given up (logged, counted) when
 //! it fails while LanceDB answers.
 
-use outlier_common::telemetry::Check;
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use outlier_common::retry::{self, Attempt, RetryPolicy};
-use outlier_common::telemetry::Health;
+use outlier_common::telemetry::{Check, Health};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -79,7 +78,7 @@ pub(crate) async fn persist_loop(
                 rx.is_closed() || store.probe().await
             },
             |e, delay| {
-                metrics::PERSIST.with_label_values(&["error"]).inc();
+                metrics::PERSIST.inc(metrics::PersistOutcome::Error);
                 health.set(Check::LanceDb, false, e.to_string());
                 tracing::error!(org, workload, error = %e, retry_in_ms = delay.as_millis() as u64, "baseline write failed");
             },
@@ -88,7 +87,7 @@ pub(crate) async fn persist_loop(
         match attempt {
             Attempt::Done(()) => health.set(Check::LanceDb, true, "writes succeed"),
             Attempt::Poison(e) => {
-                metrics::POISON.with_label_values(&["persist"]).inc();
+                metrics::POISON.inc(metrics::PoisonStage::Persist);
                 let rows = job.lock().await.rows.len();
                 tracing::error!(org, workload, rows, error = %e, "baseline write given up: it fails while LanceDB answers");
             }
@@ -118,9 +117,7 @@ async fn persist_once(
     let mut j = job.lock().await;
     if !j.rows.is_empty() {
         store.persist(org, workload, &j.rows).await?;
-        metrics::PERSIST
-            .with_label_values(&["ok"])
-            .inc_by(j.rows.len() as u64);
+        metrics::PERSIST.inc_by(metrics::PersistOutcome::Ok, j.rows.len() as u64);
         j.rows.clear();
     }
     if !j.deletes.is_empty() {

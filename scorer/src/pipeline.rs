@@ -18,7 +18,6 @@
 //! and the baselines of workloads on revoked partitions are persisted and
 //! dropped from memory, so the next owner loads them from LanceDB.
 
-use outlier_common::telemetry::Check;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,7 +26,7 @@ use outlier_common::batch;
 use outlier_common::kafka::{self, DeadLetterCopy};
 use outlier_common::now_ns;
 use outlier_common::retry::{self, Attempt};
-use outlier_common::telemetry::{self, Health};
+use outlier_common::telemetry::{self, Check, Health};
 use outlier_proto::Verdict;
 use prost::Message as _;
 use rdkafka::Message;
@@ -309,9 +308,7 @@ impl Worker<'_> {
             }
         }
         metrics::WORKLOADS.set(self.judge.baselines.len() as i64);
-        metrics::STAGE_SECONDS
-            .with_label_values(&["load"])
-            .observe(t.elapsed().as_secs_f64());
+        metrics::STAGE_SECONDS.observe(metrics::BatchStage::Load, t.elapsed().as_secs_f64());
 
         // Score on a blocking thread: CPU work stays off the reactor.
         let t = Instant::now();
@@ -324,9 +321,7 @@ impl Worker<'_> {
         .map_err(|_| RunError::ScoringPanicked)?;
         self.judge = judge;
         metrics::BEHAVIOURS.set(self.judge.baselines.values().map(|b| b.len() as i64).sum());
-        metrics::STAGE_SECONDS
-            .with_label_values(&["score"])
-            .observe(t.elapsed().as_secs_f64());
+        metrics::STAGE_SECONDS.observe(metrics::BatchStage::Score, t.elapsed().as_secs_f64());
 
         // Publish everything, then wait for every acknowledgement.
         let t = Instant::now();
@@ -345,7 +340,7 @@ impl Worker<'_> {
                         metrics::SUPPRESSED.inc();
                         scored.suppressed_by = id;
                     }
-                    metrics::EVENTS.with_label_values(&[verdict.label()]).inc();
+                    metrics::EVENTS.inc(verdict.into());
                     metrics::SCORE.observe(f64::from(scored.anomaly_score));
                     let lag = scored
                         .scored_at_ns
@@ -367,9 +362,9 @@ impl Worker<'_> {
                         headers: None,
                     });
                 }
-                Outcome::Applied => metrics::EVENTS.with_label_values(&["feedback"]).inc(),
+                Outcome::Applied => metrics::EVENTS.inc(metrics::EventResult::Feedback),
                 Outcome::Heartbeat(h) => {
-                    metrics::EVENTS.with_label_values(&["heartbeat"]).inc();
+                    metrics::EVENTS.inc(metrics::EventResult::Heartbeat);
                     records.push(OutRecord {
                         topic: topics.heartbeats.clone(),
                         key: h.partition_key().into_bytes(),
@@ -394,9 +389,7 @@ impl Worker<'_> {
             if !deliver(&producer, &health, &shutdown, records, &deadletter).await {
                 return None;
             }
-            metrics::STAGE_SECONDS
-                .with_label_values(&["produce"])
-                .observe(t.elapsed().as_secs_f64());
+            metrics::STAGE_SECONDS.observe(metrics::BatchStage::Produce, t.elapsed().as_secs_f64());
             Some(offsets)
         })))
     }
@@ -442,7 +435,7 @@ impl Worker<'_> {
                 Some(Ok(b))
             }
             Attempt::Poison(e) => {
-                metrics::POISON.with_label_values(&["load"]).inc();
+                metrics::POISON.inc(metrics::PoisonStage::Load);
                 tracing::error!(org, workload, error = %e, ttl_s = POISON_TTL.as_secs(), "baseline cannot be loaded while LanceDB answers; the workload's records are dead-lettered");
                 Some(Err(e.to_string()))
             }
