@@ -4,6 +4,7 @@
 //! The test runs a Kafka broker of its own (`scripts/stack up --kafka-only`
 //! with a private state directory and ports), so stopping it does not
 //! disturb the other tests. Needs root, like all live capture.
+#![cfg(feature = "services")]
 
 use std::collections::HashSet;
 use std::net::TcpListener;

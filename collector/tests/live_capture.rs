@@ -6,6 +6,7 @@
 //!
 //! Needs root (eBPF, and /proc of every process) and the test stack's Kafka
 //! (`scripts/stack up --infra`, or `scripts/test`).
+#![cfg(feature = "services")]
 
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsStr;

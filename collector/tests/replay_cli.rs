@@ -1,4 +1,5 @@
 //! The `collector replay` command as a user runs it.
+#![cfg(feature = "services")]
 
 use std::io::Write;
 use std::process::{Command, Stdio};

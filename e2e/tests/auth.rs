@@ -5,6 +5,7 @@
 //! cursor of another org refused, a plaintext client cannot talk to the
 //! server at all — and the right token reads its org's events. Feedback by
 //! event id needs an identity allowed it, and is audited under its name.
+#![cfg(feature = "services")]
 
 use std::path::Path;
 use std::process::Command;

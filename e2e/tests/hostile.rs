@@ -4,6 +4,7 @@
 //! that the other org's events keep flowing within the poison budget, that
 //! nothing is lost, that duplicates stay invisible, and that what cannot be
 //! used is dead-lettered with a reason.
+#![cfg(feature = "services")]
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;

@@ -2,6 +2,7 @@
 //! their events topic, the scorer checks their org and forwards them, the
 //! indexer keeps each host's latest in ClickHouse, and ListHosts (the
 //! `outlier hosts` command) shows who reports and who went silent.
+#![cfg(feature = "services")]
 
 use std::time::Duration;
 

@@ -4,6 +4,7 @@
 //! the signatures topic; the scorer then alerts the same behaviour on
 //! another host whose baseline had learned it as normal — within 5 s — and
 //! stops once the signature is revoked.
+#![cfg(feature = "services")]
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};

@@ -3,6 +3,7 @@
 //! (list, get, stream). An attack chain of one process tree is one
 //! incident; an unrelated flagged process on the same host is another; the
 //! grouping survives an indexer restart.
+#![cfg(feature = "services")]
 
 use std::collections::HashSet;
 use std::time::Duration;

@@ -4,6 +4,7 @@
 //! and nothing else; an event naming another org on an org's topic never
 //! reaches that org's baseline; operators' feedback is applied and audited
 //! in ClickHouse with who, when and why.
+#![cfg(feature = "services")]
 
 use std::process::Command;
 use std::time::Duration;

@@ -1,5 +1,6 @@
 //! A short load run through the whole pipeline: the harness measures what
 //! it should, and nothing is lost.
+#![cfg(feature = "services")]
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,5 +1,6 @@
 //! The walking skeleton, every hop real: JSON Lines → collector replay →
 //! Kafka → scorer (LanceDB baseline) → Kafka → indexer → ClickHouse.
+#![cfg(feature = "services")]
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -1,6 +1,7 @@
 //! The query side through real Kafka, ClickHouse and LanceDB: QueryEvents,
 //! GetEvent, Search (the first seed's example) and StreamAlerts, each scoped
 //! by org.
+#![cfg(feature = "services")]
 
 use std::collections::HashSet;
 use std::time::Duration;

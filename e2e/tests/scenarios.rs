@@ -1,5 +1,6 @@
 //! The first seed's scenarios and baseline poisoning, through real Kafka:
 //! JSON Lines → collector replay → events topic → scorer → scored topic.
+#![cfg(feature = "services")]
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

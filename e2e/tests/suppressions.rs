@@ -4,6 +4,7 @@
 //! scored, stored in ClickHouse and marked) within 5 s; a revoked rule lets
 //! it alert again; rules are org-scoped and need an identity allowed
 //! feedback.
+#![cfg(feature = "services")]
 
 use std::time::{Duration, Instant};
 

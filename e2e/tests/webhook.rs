@@ -3,6 +3,7 @@
 //! schema); a receiver that is down (503) is retried until it takes them,
 //! nothing lost; a batch it refuses (400) past the poison budget is
 //! dead-lettered with its answer and later findings still arrive.
+#![cfg(feature = "services")]
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
