@@ -11,7 +11,6 @@
 //! sibling thread while the exec copies it, and a thread's failing execve
 //! racing the real one.
 #![cfg(feature = "services")]
-
 // The cases are raw syscalls (fork with a racing thread, io_uring, creat,
 // sendto with MSG_FASTOPEN) that std does not offer.
 #![allow(unsafe_code)]

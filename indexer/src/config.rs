@@ -81,6 +81,15 @@ impl IndexerConfig {
             ));
         }
         self.webhook.validate()?;
+        if self.poison_budget_s == 0 {
+            return Err("poison_budget_s must be at least 1".into());
+        }
+        if self.batch.max_rows == 0 {
+            return Err("batch.max_rows must be at least 1".into());
+        }
+        if self.batch.max_inflight == 0 {
+            return Err("batch.max_inflight must be at least 1".into());
+        }
         if self.incidents.max_open == 0 {
             return Err("incidents.max_open must be at least 1".into());
         }
@@ -251,6 +260,21 @@ mod tests {
         assert!(c.validate().unwrap_err().starts_with("auth.tokens_file"));
         c.auth.tokens_file = "t.toml".into();
         assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn out_of_range_settings_are_refused_at_load_by_name() {
+        let bad = |f: fn(&mut IndexerConfig)| {
+            let mut c = IndexerConfig::default();
+            c.auth.insecure = true;
+            assert_eq!(c.validate(), Ok(()));
+            f(&mut c);
+            c.validate().unwrap_err()
+        };
+        assert!(bad(|c| c.batch.max_inflight = 0).starts_with("batch.max_inflight"));
+        assert!(bad(|c| c.batch.max_rows = 0).starts_with("batch.max_rows"));
+        assert!(bad(|c| c.poison_budget_s = 0).starts_with("poison_budget_s"));
+        assert!(bad(|c| c.clickhouse.cluster = "a b".into()).contains("clickhouse.cluster"));
     }
 
     #[test]

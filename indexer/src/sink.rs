@@ -217,7 +217,7 @@ pub async fn run(cfg: IndexerConfig, shutdown: CancellationToken) -> Result<(), 
             cfg.kafka.clone(),
             format!("{}-webhook", cfg.group_id),
             cfg.webhook.clone(),
-            Duration::from_secs(cfg.poison_budget_s.max(1)),
+            Duration::from_secs(cfg.poison_budget_s),
             health.clone(),
             shutdown.clone(),
         ))
@@ -488,7 +488,7 @@ async fn insert_all(
     rows: &[EventRow],
 ) -> bool {
     let policy = RetryPolicy {
-        poison_budget: Duration::from_secs(cfg.poison_budget_s.max(1)),
+        poison_budget: Duration::from_secs(cfg.poison_budget_s),
         max_delay: Duration::from_secs(30),
         ..RetryPolicy::default()
     };

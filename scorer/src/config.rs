@@ -34,6 +34,28 @@ impl Default for ScorerConfig {
     }
 }
 
+impl ScorerConfig {
+    /// Checks every setting's range at load; the error names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        self.scoring.decision.validate()?;
+        self.limits.validate()?;
+        self.kafka.validate()?;
+        if self.batch.max_events == 0 {
+            return Err("batch.max_events must be at least 1".into());
+        }
+        if self.batch.max_inflight == 0 {
+            return Err("batch.max_inflight must be at least 1".into());
+        }
+        if self.baseline.flush_interval_ms < 10 {
+            return Err(format!(
+                "baseline.flush_interval_ms = {} is below 10",
+                self.baseline.flush_interval_ms
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Bounds that keep one record, or hostile cardinality, from stalling or
 /// exhausting the scorer (docs/reliability.md).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -329,6 +351,23 @@ impl Default for BatchConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn out_of_range_settings_are_refused_at_load_by_name() {
+        assert_eq!(ScorerConfig::default().validate(), Ok(()));
+        let bad = |f: fn(&mut ScorerConfig)| {
+            let mut c = ScorerConfig::default();
+            f(&mut c);
+            c.validate().unwrap_err()
+        };
+        assert!(bad(|c| c.batch.max_inflight = 0).starts_with("batch.max_inflight"));
+        assert!(bad(|c| c.batch.max_events = 0).starts_with("batch.max_events"));
+        assert!(
+            bad(|c| c.baseline.flush_interval_ms = 1).starts_with("baseline.flush_interval_ms")
+        );
+        assert!(bad(|c| c.limits.poison_budget_s = 0).starts_with("limits.poison_budget_s"));
+        assert!(bad(|c| c.scoring.decision.warn = 2.0).starts_with("scoring.decision.warn"));
+    }
 
     #[test]
     fn example_config_is_the_default() {

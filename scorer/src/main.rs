@@ -63,13 +63,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = cfg
-        .scoring
-        .decision
-        .validate()
-        .and_then(|()| cfg.limits.validate())
-        .and_then(|()| cfg.kafka.validate())
-    {
+    if let Err(e) = cfg.validate() {
         eprintln!("scorer: bad configuration: {e}");
         return ExitCode::from(2);
     }

@@ -58,11 +58,14 @@ pub enum RunError {
     ScoringPanicked,
     #[error("{0}")]
     Classifier(String),
+    #[error("bad configuration: {0}")]
+    Config(String),
 }
 
 /// Runs the scorer until `shutdown` fires, then drains: the batch in hand is
 /// finished, learned behaviour is persisted, offsets are committed.
 pub async fn run(cfg: ScorerConfig, shutdown: CancellationToken) -> Result<(), RunError> {
+    cfg.validate().map_err(RunError::Config)?;
     let classifier =
         crate::threat::classifier(&cfg.scoring.classifier).map_err(RunError::Classifier)?;
     let health = Health::new(&[Check::Kafka, Check::LanceDb]);
@@ -195,7 +198,7 @@ impl batch::Stage for Worker<'_> {
     /// pruning behaviour past the retention.
     fn periods(&self) -> Vec<Duration> {
         vec![
-            Duration::from_millis(self.cfg.baseline.flush_interval_ms.max(10)),
+            Duration::from_millis(self.cfg.baseline.flush_interval_ms),
             Duration::from_secs(3600),
         ]
     }
