@@ -102,13 +102,24 @@ pub(crate) async fn deliver(
             }
         }
         for (i, reason) in poison {
-            metrics::POISON.inc(metrics::PoisonStage::Produce);
             let r = &records[i];
+            let subject = format!("{} ({} bytes)", r.topic, r.payload.len());
+            let stage = metrics::PoisonStage::Produce;
             if r.topic == deadletter_topic {
-                tracing::error!(topic = %r.topic, bytes = r.payload.len(), error = %reason, "dead-letter copy refused by Kafka; dropped");
+                metrics::poisoned(
+                    stage,
+                    &subject,
+                    &reason,
+                    "dead-letter copy refused by Kafka; dropped",
+                );
                 continue;
             }
-            tracing::error!(topic = %r.topic, bytes = r.payload.len(), error = %reason, "record refused by Kafka; sent truncated to the dead-letter topic");
+            metrics::poisoned(
+                stage,
+                &subject,
+                &reason,
+                "record refused by Kafka; sent truncated to the dead-letter topic",
+            );
             let reason = format!("refused by Kafka on {}: {reason}", r.topic);
             let copy = DeadLetterCopy::new(&r.key, &r.payload, &reason, &r.topic);
             records[i] = OutRecord::dead_letter(deadletter_topic, copy);

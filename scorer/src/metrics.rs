@@ -192,3 +192,32 @@ pub fn dead_lettered(msg: &rdkafka::message::OwnedMessage, dl: &crate::decode::D
         "record sent to dead-letter topic"
     );
 }
+
+/// A write or record given up as poison (it failed while its dependency
+/// answered): counted by stage and logged with what it was and why.
+pub fn poisoned(stage: PoisonStage, subject: &str, error: &dyn std::fmt::Display, outcome: &str) {
+    POISON.inc(stage);
+    tracing::error!(
+        stage = stage.name(),
+        subject,
+        error = %error,
+        "given up as poison: {outcome}"
+    );
+}
+
+/// A baseline write that failed and will be retried: counted and logged.
+pub fn persist_failed(
+    org: &str,
+    workload: &str,
+    error: &dyn std::fmt::Display,
+    retry_in: std::time::Duration,
+) {
+    PERSIST.inc(PersistOutcome::Error);
+    tracing::error!(
+        org,
+        workload,
+        error = %error,
+        retry_in_ms = retry_in.as_millis() as u64,
+        "baseline write failed"
+    );
+}

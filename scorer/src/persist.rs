@@ -78,18 +78,23 @@ pub(crate) async fn persist_loop(
                 rx.is_closed() || store.probe().await
             },
             |e, delay| {
-                metrics::PERSIST.inc(metrics::PersistOutcome::Error);
+                metrics::persist_failed(org, workload, e, delay);
                 health.set(Check::LanceDb, false, e.to_string());
-                tracing::error!(org, workload, error = %e, retry_in_ms = delay.as_millis() as u64, "baseline write failed");
             },
         )
         .await;
         match attempt {
             Attempt::Done(()) => health.set(Check::LanceDb, true, "writes succeed"),
             Attempt::Poison(e) => {
-                metrics::POISON.inc(metrics::PoisonStage::Persist);
                 let rows = job.lock().await.rows.len();
-                tracing::error!(org, workload, rows, error = %e, "baseline write given up: it fails while LanceDB answers");
+                metrics::poisoned(
+                    metrics::PoisonStage::Persist,
+                    &format!("{org}/{workload}"),
+                    &e,
+                    &format!(
+                        "baseline write of {rows} rows dropped; it fails while LanceDB answers"
+                    ),
+                );
             }
             Attempt::Shutdown => {}
         }

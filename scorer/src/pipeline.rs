@@ -438,8 +438,15 @@ impl Worker<'_> {
                 Some(Ok(b))
             }
             Attempt::Poison(e) => {
-                metrics::POISON.inc(metrics::PoisonStage::Load);
-                tracing::error!(org, workload, error = %e, ttl_s = POISON_TTL.as_secs(), "baseline cannot be loaded while LanceDB answers; the workload's records are dead-lettered");
+                metrics::poisoned(
+                    metrics::PoisonStage::Load,
+                    &format!("{org}/{workload}"),
+                    &e,
+                    &format!(
+                        "baseline cannot be loaded while LanceDB answers; the workload's records are dead-lettered for {} s",
+                        POISON_TTL.as_secs()
+                    ),
+                );
                 Some(Err(e.to_string()))
             }
             Attempt::Shutdown => None,
