@@ -26,6 +26,9 @@ use crate::kafka::{self, CommitOnRevoke, Offsets};
 pub struct Settings {
     /// Most records in a batch.
     pub max_records: usize,
+    /// Most bytes (keys and payloads) in a batch; a batch holds at least
+    /// one record.
+    pub max_bytes: usize,
     /// How long a batch waits for more records after its first.
     pub max_wait: Duration,
     /// Batches whose output may be pending at once (at least 1).
@@ -112,7 +115,8 @@ pub async fn run<S: Stage>(
                         continue;
                     }
                 };
-                let batch = kafka::fill_batch(consumer, first, settings.max_records, settings.max_wait).await;
+                let bound = kafka::BatchBound { records: settings.max_records, bytes: settings.max_bytes };
+                let batch = kafka::fill_batch(consumer, first, bound, settings.max_wait).await;
                 match stage.batch(batch).await {
                     Ok(Some(pending)) => inflight.push_back(pending),
                     Ok(None) => break Ok(()), // shut down mid-batch: not stored

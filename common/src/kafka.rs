@@ -743,8 +743,35 @@ pub async fn at_least_once_clients(
     Ok(Some((consumer, producer)))
 }
 
+/// How large a micro-batch may grow: records and bytes (keys and
+/// payloads). A batch holds at least one record, whatever its size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchBound {
+    pub records: usize,
+    pub bytes: usize,
+}
+
+impl BatchBound {
+    /// Side consumers' batches: 1,000 records or 16 MiB.
+    pub const SIDE: BatchBound = BatchBound {
+        records: 1000,
+        bytes: 16 << 20,
+    };
+
+    /// Whether a batch of `records` records and `bytes` bytes is full.
+    pub fn full(&self, records: usize, bytes: usize) -> bool {
+        records >= self.records || bytes >= self.bytes
+    }
+}
+
+fn message_bytes(m: &rdkafka::message::OwnedMessage) -> usize {
+    use rdkafka::Message as _;
+    m.payload().map_or(0, <[u8]>::len) + m.key().map_or(0, <[u8]>::len)
+}
+
 /// Completes a micro-batch that starts with `first`: takes what arrives
-/// within `max_wait` up to `max` records. Records are detached (owned).
+/// within `max_wait` until the batch is full by `bound`. Records are
+/// detached (owned).
 ///
 /// Call this outside any `select!`: dropping it mid-way would drop records
 /// already taken from the consumer. Only the wait for `first`
@@ -752,14 +779,19 @@ pub async fn at_least_once_clients(
 pub async fn fill_batch<X: rdkafka::consumer::ConsumerContext + 'static>(
     consumer: &rdkafka::consumer::StreamConsumer<X>,
     first: rdkafka::message::OwnedMessage,
-    max: usize,
+    bound: BatchBound,
     max_wait: Duration,
 ) -> Vec<rdkafka::message::OwnedMessage> {
+    let mut bytes = message_bytes(&first);
     let mut batch = vec![first];
     let deadline = tokio::time::Instant::now() + max_wait;
-    while batch.len() < max {
+    while !bound.full(batch.len(), bytes) {
         match tokio::time::timeout_at(deadline, consumer.recv()).await {
-            Ok(Ok(m)) => batch.push(m.detach()),
+            Ok(Ok(m)) => {
+                let m = m.detach();
+                bytes += message_bytes(&m);
+                batch.push(m);
+            }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "kafka receive failed");
                 break;
@@ -772,11 +804,11 @@ pub async fn fill_batch<X: rdkafka::consumer::ConsumerContext + 'static>(
 
 /// The next batch of a side consumer (the indexer's incident, OCSF,
 /// webhook and side-table writers): waits for a first record, then takes
-/// what else arrives within `max_wait`, up to `max`. `None` once `shutdown`
-/// fires. A failed receive is logged and waited out.
+/// what else arrives within `max_wait`, up to `bound`. `None` once
+/// `shutdown` fires. A failed receive is logged and waited out.
 pub async fn next_batch<X: rdkafka::consumer::ConsumerContext + 'static>(
     consumer: &rdkafka::consumer::StreamConsumer<X>,
-    max: usize,
+    bound: BatchBound,
     max_wait: Duration,
     shutdown: &tokio_util::sync::CancellationToken,
 ) -> Option<Vec<rdkafka::message::OwnedMessage>> {
@@ -792,7 +824,7 @@ pub async fn next_batch<X: rdkafka::consumer::ConsumerContext + 'static>(
                 }
             },
         };
-        return Some(fill_batch(consumer, first, max, max_wait).await);
+        return Some(fill_batch(consumer, first, bound, max_wait).await);
     }
 }
 
@@ -857,6 +889,25 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_is_full_by_records_or_by_bytes_whichever_first() {
+        let b = BatchBound {
+            records: 3,
+            bytes: 1000,
+        };
+        assert!(!b.full(1, 10));
+        assert!(b.full(3, 10), "by records");
+        assert!(b.full(1, 1000), "by bytes: one large record is a batch");
+        assert!(!b.full(2, 999));
+        // A stream of 400-byte records is cut after three by bytes... and of
+        // 10-byte records after three by count.
+        let cut = |size: usize| (1..).find(|&n| b.full(n, n * size)).unwrap();
+        assert_eq!(cut(400), 3);
+        assert_eq!(cut(600), 2);
+        assert_eq!(cut(2000), 1);
+        assert_eq!(cut(10), 3);
+    }
 
     #[test]
     fn consumer_never_auto_stores_offsets() {

@@ -87,6 +87,12 @@ impl IndexerConfig {
         if self.batch.max_rows == 0 {
             return Err("batch.max_rows must be at least 1".into());
         }
+        if self.batch.max_bytes < 1 << 20 {
+            return Err(format!(
+                "batch.max_bytes = {} is below 1 MiB (one record may be that large)",
+                self.batch.max_bytes
+            ));
+        }
         if self.batch.max_inflight == 0 {
             return Err("batch.max_inflight must be at least 1".into());
         }
@@ -224,6 +230,8 @@ impl ClickHouseConfig {
 pub struct BatchConfig {
     /// Insert when this many rows are buffered...
     pub max_rows: usize,
+    /// ...or this many bytes of scored records (a batch holds at least one)...
+    pub max_bytes: usize,
     /// ...or when the oldest buffered row has waited this long.
     pub max_wait_ms: u64,
     /// Batches being written at once (offsets are stored in order, each
@@ -235,6 +243,7 @@ impl Default for BatchConfig {
     fn default() -> Self {
         Self {
             max_rows: 50_000,
+            max_bytes: 64 << 20,
             max_wait_ms: 200,
             max_inflight: 4,
         }
@@ -273,6 +282,7 @@ mod tests {
         };
         assert!(bad(|c| c.batch.max_inflight = 0).starts_with("batch.max_inflight"));
         assert!(bad(|c| c.batch.max_rows = 0).starts_with("batch.max_rows"));
+        assert!(bad(|c| c.batch.max_bytes = 0).starts_with("batch.max_bytes"));
         assert!(bad(|c| c.poison_budget_s = 0).starts_with("poison_budget_s"));
         assert!(bad(|c| c.clickhouse.cluster = "a b".into()).contains("clickhouse.cluster"));
     }

@@ -492,8 +492,13 @@ pub async fn run(
         "grouping alerts into incidents"
     );
     let mut newest_ns = 0u64;
-    while let Some(batch) =
-        kafka::next_batch(&consumer, 1000, Duration::from_millis(100), &shutdown).await
+    while let Some(batch) = kafka::next_batch(
+        &consumer,
+        kafka::BatchBound::SIDE,
+        Duration::from_millis(100),
+        &shutdown,
+    )
+    .await
     {
         let offsets = kafka::batch_offsets(&batch);
         let now_ns = outlier_common::now_ns();

@@ -216,8 +216,13 @@ pub async fn run(
         }
     };
     tracing::info!(from = source, to = topic, group, "publishing OCSF findings");
-    while let Some(batch) =
-        kafka::next_batch(&consumer, 1000, Duration::from_millis(100), &shutdown).await
+    while let Some(batch) = kafka::next_batch(
+        &consumer,
+        kafka::BatchBound::SIDE,
+        Duration::from_millis(100),
+        &shutdown,
+    )
+    .await
     {
         let offsets = kafka::batch_offsets(&batch);
         let mut out: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();

@@ -265,6 +265,7 @@ pub async fn run(cfg: IndexerConfig, shutdown: CancellationToken) -> Result<(), 
     // its batch is redone by the next owner).
     let settings = batch::Settings {
         max_records: cfg.batch.max_rows,
+        max_bytes: cfg.batch.max_bytes,
         max_wait: Duration::from_millis(cfg.batch.max_wait_ms),
         max_inflight: cfg.batch.max_inflight,
     };

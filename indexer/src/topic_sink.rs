@@ -53,8 +53,13 @@ pub async fn run<T>(
         }
     };
     tracing::info!(topic, group, table, "writing the topic to ClickHouse");
-    while let Some(batch) =
-        kafka::next_batch(&consumer, 1000, Duration::from_millis(100), shutdown).await
+    while let Some(batch) = kafka::next_batch(
+        &consumer,
+        kafka::BatchBound::SIDE,
+        Duration::from_millis(100),
+        shutdown,
+    )
+    .await
     {
         let offsets = kafka::batch_offsets(&batch);
         let mut rows = Vec::with_capacity(batch.len());

@@ -188,13 +188,12 @@ pub async fn run(
         format!("posting findings to {}", cfg.url),
     );
     tracing::info!(url = %cfg.url, group, "posting OCSF findings to the webhook");
-    while let Some(batch) = kafka::next_batch(
-        &consumer,
-        cfg.max_batch,
-        Duration::from_millis(200),
-        &shutdown,
-    )
-    .await
+    let bound = kafka::BatchBound {
+        records: cfg.max_batch,
+        ..kafka::BatchBound::SIDE
+    };
+    while let Some(batch) =
+        kafka::next_batch(&consumer, bound, Duration::from_millis(200), &shutdown).await
     {
         let offsets = kafka::batch_offsets(&batch);
         let findings: Vec<(serde_json::Value, &OwnedMessage)> = batch

@@ -46,6 +46,12 @@ impl ScorerConfig {
         if self.batch.max_inflight == 0 {
             return Err("batch.max_inflight must be at least 1".into());
         }
+        if self.batch.max_bytes < 1 << 20 {
+            return Err(format!(
+                "batch.max_bytes = {} is below 1 MiB (one record may be that large)",
+                self.batch.max_bytes
+            ));
+        }
         if self.baseline.flush_interval_ms < 10 {
             return Err(format!(
                 "baseline.flush_interval_ms = {} is below 10",
@@ -330,6 +336,9 @@ impl ScoringConfig {
 pub struct BatchConfig {
     /// Most events scored together.
     pub max_events: usize,
+    /// Most bytes of records scored together (a batch holds at least one
+    /// record): with `max_inflight`, bounds the memory batches take.
+    pub max_bytes: usize,
     /// Longest wait for a batch to fill, after its first event.
     pub max_wait_ms: u64,
     /// Batches scored and sent but not yet acknowledged by Kafka; scoring
@@ -342,6 +351,7 @@ impl Default for BatchConfig {
     fn default() -> Self {
         Self {
             max_events: 2000,
+            max_bytes: 16 << 20,
             max_wait_ms: 20,
             max_inflight: 4,
         }
@@ -362,6 +372,7 @@ mod tests {
         };
         assert!(bad(|c| c.batch.max_inflight = 0).starts_with("batch.max_inflight"));
         assert!(bad(|c| c.batch.max_events = 0).starts_with("batch.max_events"));
+        assert!(bad(|c| c.batch.max_bytes = 4096).starts_with("batch.max_bytes"));
         assert!(
             bad(|c| c.baseline.flush_interval_ms = 1).starts_with("baseline.flush_interval_ms")
         );

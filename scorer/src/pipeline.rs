@@ -151,6 +151,7 @@ pub async fn run(cfg: ScorerConfig, shutdown: CancellationToken) -> Result<(), R
     kafka::spawn_health_probe(cfg.kafka.clone(), health.clone(), shutdown.clone());
     let settings = batch::Settings {
         max_records: cfg.batch.max_events,
+        max_bytes: cfg.batch.max_bytes,
         max_wait: Duration::from_millis(cfg.batch.max_wait_ms),
         max_inflight: cfg.batch.max_inflight,
     };
