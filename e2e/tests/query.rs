@@ -348,7 +348,8 @@ async fn query_search_and_alerts_are_org_scoped() {
         .await
         .unwrap()
         .into_inner();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // No wait: the stream starts at the shared reader's position when the
+    // call returns.
     let novel = |org: &str, id: &str, port: u32| {
         format!(
             r#"{{"event_id":"{id}","org":"{org}","workload":"web","host":"web-9","kind":"connect","uid":33,"comm":"nc","parent_comm":"php-fpm8.2","remote_ip":"198.51.100.7","remote_port":{port}}}"#
@@ -394,6 +395,56 @@ async fn query_search_and_alerts_are_org_scoped() {
         next.event.unwrap().event.unwrap().event_id,
         "a-live-2",
         "resumes right after the cursor"
+    );
+
+    // One reader of the alerts topic serves every stream: with eight open
+    // (the resumed one done reading its gap), the indexer holds one Kafka
+    // consumer of it, and each stream gets the next alert.
+    let mut streams = vec![resumed];
+    for _ in 0..7 {
+        streams.push(
+            alerts_client
+                .stream_alerts(StreamAlertsRequest {
+                    org: a.clone(),
+                    ..StreamAlertsRequest::default()
+                })
+                .await
+                .unwrap()
+                .into_inner(),
+        );
+    }
+    let gauges = || {
+        (
+            outlier_indexer::metrics::ALERT_STREAMS.get(),
+            outlier_indexer::metrics::ALERT_READERS.get(),
+        )
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while gauges() != (8, 1) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        gauges(),
+        (8, 1),
+        "(streams, Kafka readers of the alerts topic)"
+    );
+    let wiper = format!(
+        r#"{{"event_id":"a-live-3","org":"{a}","workload":"web","host":"web-9","kind":"exec","uid":33,"comm":"shred","parent_comm":"php-fpm8.2","argv":["shred","-u","/root/.bash_history"]}}"#
+    ) + "\n";
+    replay(wiper.as_bytes(), &publisher).await.unwrap();
+    for s in &mut streams {
+        let got = next_alert(&env, s, &env.kafka.topics.alerts).await;
+        assert_eq!(got.event.unwrap().event.unwrap().event_id, "a-live-3");
+    }
+    drop(streams);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while gauges().0 != 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        gauges(),
+        (0, 1),
+        "closed streams are let go; the reader stays"
     );
 
     shutdown.cancel();

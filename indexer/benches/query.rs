@@ -303,12 +303,14 @@ async fn grpc_cost(ch: &clickhouse::Client, idx: std::sync::Arc<SearchIndex>, qu
 
     let kafka = outlier_common::kafka::KafkaConfig::default();
     let shutdown = tokio_util::sync::CancellationToken::new();
+    let alerts = outlier_indexer::alert_hub::AlertHub::start(kafka.clone(), shutdown.clone());
     let services = |auth: Authorizer| Services {
         ch: ch.clone(),
         search: idx.clone(),
         kafka: kafka.clone(),
         shutdown: shutdown.clone(),
-        streams: std::sync::Arc::new(tokio::sync::Semaphore::new(grpc::MAX_ALERT_STREAMS)),
+        streams: std::sync::Arc::new(tokio::sync::Semaphore::new(grpc::MAX_INCIDENT_STREAMS)),
+        alerts: alerts.clone(),
         auth: std::sync::Arc::new(auth),
         producer: kafka.producer_config("bench").create().unwrap(),
         suppressions: Default::default(),

@@ -27,13 +27,10 @@ use outlier_proto::{
     ListIncidentsRequest, ListIncidentsResponse, ListSignaturesRequest, ListSignaturesResponse,
     ListSuppressionsRequest, ListSuppressionsResponse, QueryEventsRequest, QueryEventsResponse,
     RevokeSignatureRequest, RevokeSignatureResponse, RevokeSuppressionRequest,
-    RevokeSuppressionResponse, ScoredEvent, SearchHit, SearchRequest, SearchResponse, Signature,
+    RevokeSuppressionResponse, SearchHit, SearchRequest, SearchResponse, Signature,
     StreamAlertsRequest, StreamIncidentsRequest, SubmitFeedbackRequest, SubmitFeedbackResponse,
     Suppression, Verdict, search_request,
 };
-use prost::Message as _;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -50,9 +47,11 @@ pub struct Services {
     pub search: Arc<SearchIndex>,
     pub kafka: KafkaConfig,
     pub shutdown: CancellationToken,
-    /// Open StreamAlerts calls (each holds a Kafka consumer): a permit
-    /// each, [`MAX_ALERT_STREAMS`] in all.
+    /// Open StreamIncidents calls: a permit each, [`MAX_INCIDENT_STREAMS`]
+    /// in all.
     pub streams: Arc<tokio::sync::Semaphore>,
+    /// The alerts topic's one reader, fanned out to StreamAlerts calls.
+    pub alerts: crate::alert_hub::AlertHub,
     /// Who may read which org (checked on every call).
     pub auth: Arc<Authorizer>,
     /// Publishes feedback to the feedback topic.
@@ -63,8 +62,8 @@ pub struct Services {
     pub signatures: outlier_common::immune::Signatures,
 }
 
-/// Most StreamAlerts calls served at once; more get RESOURCE_EXHAUSTED.
-pub const MAX_ALERT_STREAMS: usize = 64;
+/// Most StreamIncidents calls served at once; more get RESOURCE_EXHAUSTED.
+pub const MAX_INCIDENT_STREAMS: usize = 64;
 
 /// Deadline of every unary call (queries, search): a slow ClickHouse or
 /// LanceDB cannot pile up requests without bound.
@@ -277,11 +276,6 @@ impl AlertStream for Services {
     ) -> Result<Response<Self::StreamAlertsStream>, Status> {
         self.may_read(&request)?;
         let req = request.into_inner();
-        let permit = self.streams.clone().try_acquire_owned().map_err(|_| {
-            Status::resource_exhausted(format!(
-                "{MAX_ALERT_STREAMS} alert streams are open on this indexer; try another or later"
-            ))
-        })?;
         let resume = if req.resume_cursor.is_empty() {
             BTreeMap::new()
         } else {
@@ -291,97 +285,16 @@ impl AlertStream for Services {
             Verdict::Unspecified | Verdict::Ok => Verdict::Warn,
             v => v,
         };
-        let topic = self.kafka.topics.alerts.clone();
-        // A reader of its own: no group offsets are committed; the cursor
-        // the client keeps is the position.
-        let mut cfg = self.kafka.consumer_config(
-            "outlier-alert-stream",
-            &format!("outlier-alert-stream-{}", uuid::Uuid::now_v7()),
-        );
-        cfg.set("enable.auto.commit", "false");
-        let consumer: StreamConsumer = cfg
-            .create()
-            .map_err(|e| Status::unavailable(format!("kafka: {e}")))?;
-        let md = consumer
-            .fetch_metadata(Some(&topic), Duration::from_secs(10))
-            .map_err(|e| Status::unavailable(format!("kafka: {e}")))?;
-        let partitions: Vec<i32> = md
-            .topics()
-            .first()
-            .map(|t| t.partitions().iter().map(|p| p.id()).collect())
-            .unwrap_or_default();
-        if partitions.is_empty() {
-            return Err(Status::unavailable(format!(
-                "topic {topic} has no partitions"
-            )));
-        }
-        let mut tpl = TopicPartitionList::new();
-        let mut positions = BTreeMap::new();
-        for p in &partitions {
-            let offset = match resume.get(p) {
-                Some(o) => Offset::Offset(*o),
-                None => {
-                    // From now: the partition's end.
-                    let (_, high) = consumer
-                        .fetch_watermarks(&topic, *p, Duration::from_secs(10))
-                        .map_err(|e| Status::unavailable(format!("kafka: {e}")))?;
-                    Offset::Offset(high)
-                }
-            };
-            if let Offset::Offset(o) = offset {
-                positions.insert(*p, o);
-            }
-            tpl.add_partition_offset(&topic, *p, offset)
-                .map_err(|e| Status::internal(e.to_string()))?;
-        }
-        consumer
-            .assign(&tpl)
-            .map_err(|e| Status::unavailable(format!("kafka: {e}")))?;
-
-        let (tx, rx) = mpsc::channel(256);
-        let org = req.org.clone();
-        let workloads = req.workloads.clone();
-        let shutdown = self.shutdown.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            loop {
-                let msg = tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tx.closed() => return,
-                    m = consumer.recv() => m,
-                };
-                let msg = match msg {
-                    Ok(m) => m,
-                    Err(e) => {
-                        let _ = tx
-                            .send(Err(Status::unavailable(format!("kafka: {e}"))))
-                            .await;
-                        return;
-                    }
-                };
-                positions.insert(msg.partition(), msg.offset() + 1);
-                let Some(Ok(scored)) = msg.payload().map(ScoredEvent::decode) else {
-                    continue;
-                };
-                let Some(event) = &scored.event else { continue };
-                if event.org != org
-                    || (!workloads.is_empty() && !workloads.contains(&event.workload))
-                {
-                    continue;
-                }
-                if (scored.verdict() as i32) < (min as i32) {
-                    continue;
-                }
-                let envelope = AlertEnvelope {
-                    cursor: encode_positions(&org, &positions),
-                    event: Some(scored),
-                };
-                if tx.send(Ok(envelope)).await.is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let filter = crate::alert_hub::Filter {
+            org: req.org,
+            workloads: req.workloads,
+            min,
+        };
+        let stream = self
+            .alerts
+            .subscribe(filter, resume, encode_positions)
+            .await?;
+        Ok(Response::new(Box::pin(stream)))
     }
 }
 
@@ -618,7 +531,7 @@ impl IncidentService for Services {
         };
         let permit = self.streams.clone().try_acquire_owned().map_err(|_| {
             Status::resource_exhausted(format!(
-                "{MAX_ALERT_STREAMS} streams are open on this indexer; try another or later"
+                "{MAX_INCIDENT_STREAMS} incident streams are open on this indexer; try another or later"
             ))
         })?;
         let min = min_verdict(req.min_verdict());

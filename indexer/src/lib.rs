@@ -3,6 +3,7 @@
 //! search index of behaviours, and serves the gRPC query, search and alert
 //! stream services; audits operators' feedback into `feedback_audit`.
 
+pub mod alert_hub;
 pub mod audit;
 pub mod auth;
 pub mod config;

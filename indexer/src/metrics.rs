@@ -156,3 +156,27 @@ pub static SEARCH_UPSERTS: LazyLock<IntCounter> = LazyLock::new(|| {
     )
     .expect("metric registers once")
 });
+
+pub static ALERT_STREAMS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "outlier_indexer_alert_streams",
+        "StreamAlerts calls being served"
+    )
+    .expect("metric registers once")
+});
+
+pub static ALERT_READERS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "outlier_indexer_alert_readers",
+        "Kafka consumers of the alerts topic serving StreamAlerts: the shared one, and those reading a resumed stream's gap"
+    )
+    .expect("metric registers once")
+});
+
+pub static ALERT_STREAMS_LAGGED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "outlier_indexer_alert_streams_lagged_total",
+        "StreamAlerts calls ended because they fell behind with no catch-up reader free (the client resumes by cursor)"
+    )
+    .expect("metric registers once")
+});

@@ -159,7 +159,8 @@ pub async fn run(cfg: IndexerConfig, shutdown: CancellationToken) -> Result<(), 
             search: search.clone(),
             kafka: cfg.kafka.clone(),
             shutdown: shutdown.clone(),
-            streams: Arc::new(tokio::sync::Semaphore::new(grpc::MAX_ALERT_STREAMS)),
+            streams: Arc::new(tokio::sync::Semaphore::new(grpc::MAX_INCIDENT_STREAMS)),
+            alerts: crate::alert_hub::AlertHub::start(cfg.kafka.clone(), shutdown.clone()),
             auth: Arc::new(auth),
             producer: cfg
                 .kafka
