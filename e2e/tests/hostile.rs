@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use outlier_e2e::{TestEnv, exec, now_ns};
+use outlier_scorer::metrics::EvictionBound;
 use prost::Message as _;
 use rdkafka::Message as _;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -209,7 +210,7 @@ async fn baselines_beyond_the_bound_are_unloaded_and_reload_what_they_learned() 
     assert_eq!(first.len(), workloads as usize, "every workload scored");
     // Give the flush tick time to unload.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let evicted = outlier_scorer::metrics::EVICTIONS.get();
+    let evicted = outlier_scorer::metrics::EVICTIONS.get(EvictionBound::Total);
     assert!(
         evicted >= workloads - 16,
         "{evicted} baselines unloaded; {workloads} workloads over a bound of 16"
@@ -246,6 +247,103 @@ async fn baselines_beyond_the_bound_are_unloaded_and_reload_what_they_learned() 
         assert!(
             s.anomaly_score < 0.05,
             "{} scored {} after its baseline was reloaded",
+            s.event.as_ref().unwrap().event_id,
+            s.anomaly_score
+        );
+    }
+    shutdown.cancel();
+    scorer.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_org_over_its_bound_unloads_its_own_baselines_only() {
+    let env = TestEnv::new("orgbound").await;
+    let mut cfg = env.scorer_config();
+    cfg.limits.max_loaded_baselines_per_org = 16;
+    let shutdown = CancellationToken::new();
+    let scorer = tokio::spawn(outlier_scorer::run(cfg, shutdown.clone()));
+    let p: FutureProducer = env.kafka.producer_config("e2e").create().unwrap();
+    let topic = &env.kafka.topics.events;
+    let t0 = now_ns();
+    // A quiet org with 10 workloads, then an org that makes a workload per
+    // container, 200 of them.
+    for i in 0..10u64 {
+        let e = exec(
+            &format!("q-{i}"),
+            "calm",
+            &format!("svc-{i}"),
+            t0 + i,
+            &["cron"],
+        );
+        send(&p, topic, &format!("calm/svc-{i}"), e.encode_to_vec()).await;
+    }
+    let churn = 200u64;
+    for i in 0..churn {
+        let e = exec(
+            &format!("n-{i}"),
+            "churn",
+            &format!("c-{i}"),
+            t0 + i,
+            &["nginx", "-t"],
+        );
+        send(&p, topic, &format!("churn/c-{i}"), e.encode_to_vec()).await;
+    }
+    let first = outlier_e2e::read_scored(
+        &env.kafka,
+        &env.kafka.topics.scored,
+        Duration::from_secs(90),
+        |s| s.len() >= 10 + churn as usize,
+    )
+    .await;
+    assert_eq!(first.len(), 10 + churn as usize, "every event scored");
+    // A flush tick unloads down to 90% of 16 (15); the quiet org is under
+    // its bound and keeps all 10: at most 200 − 15 unloads.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let evicted = || outlier_scorer::metrics::EVICTIONS.get(EvictionBound::Org);
+    while evicted() < churn - 16 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        (churn - 16..=churn - 15).contains(&evicted()),
+        "{} baselines unloaded for the org bound",
+        evicted()
+    );
+    // Both orgs' repeated behaviour is known: the quiet one's in memory,
+    // the churning one's first workloads loaded back from LanceDB.
+    for i in 0..5u64 {
+        let e = exec(
+            &format!("q2-{i}"),
+            "calm",
+            &format!("svc-{i}"),
+            t0 + 1_000_000_000,
+            &["cron"],
+        );
+        send(&p, topic, &format!("calm/svc-{i}"), e.encode_to_vec()).await;
+        let e = exec(
+            &format!("n2-{i}"),
+            "churn",
+            &format!("c-{i}"),
+            t0 + 1_000_000_000,
+            &["nginx", "-t"],
+        );
+        send(&p, topic, &format!("churn/c-{i}"), e.encode_to_vec()).await;
+    }
+    let all = outlier_e2e::read_scored(
+        &env.kafka,
+        &env.kafka.topics.scored,
+        Duration::from_secs(90),
+        |s| s.len() >= 20 + churn as usize,
+    )
+    .await;
+    let again: Vec<_> = all
+        .iter()
+        .filter(|s| s.event.as_ref().is_some_and(|e| e.event_id.contains("2-")))
+        .collect();
+    assert_eq!(again.len(), 10);
+    for s in again {
+        assert!(
+            s.anomaly_score < 0.05,
+            "{} scored {} on behaviour its workload had shown",
             s.event.as_ref().unwrap().event_id,
             s.anomaly_score
         );
@@ -314,7 +412,7 @@ async fn cardinality_peak_rss() {
         "workloads {n}, max_loaded_baselines {bound}: scored {} in {:.0} s, evictions {}, peak {hwm}",
         scored.len(),
         started.elapsed().as_secs_f64(),
-        outlier_scorer::metrics::EVICTIONS.get()
+        outlier_scorer::metrics::EVICTIONS.get(EvictionBound::Total)
     );
     assert_eq!(scored.len(), n as usize);
     shutdown.cancel();

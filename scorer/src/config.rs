@@ -77,6 +77,10 @@ pub struct LimitsConfig {
     /// persisted and unloaded (and loaded again when their workload
     /// reports).
     pub max_loaded_baselines: usize,
+    /// Baselines one org may hold in memory; beyond it the org's own least
+    /// recently used are unloaded, so an org with many (or churning)
+    /// workloads cannot push other orgs' baselines out.
+    pub max_loaded_baselines_per_org: usize,
 }
 
 impl Default for LimitsConfig {
@@ -85,6 +89,7 @@ impl Default for LimitsConfig {
             poison_budget_s: 30,
             max_event_bytes: 256 * 1024,
             max_loaded_baselines: 50_000,
+            max_loaded_baselines_per_org: 20_000,
         }
     }
 }
@@ -104,6 +109,9 @@ impl LimitsConfig {
         }
         if self.max_loaded_baselines < 16 {
             return Err("limits.max_loaded_baselines must be at least 16".into());
+        }
+        if self.max_loaded_baselines_per_org < 16 {
+            return Err("limits.max_loaded_baselines_per_org must be at least 16".into());
         }
         Ok(())
     }

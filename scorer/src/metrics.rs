@@ -152,12 +152,22 @@ pub static PERSIST: LazyLock<Counter<PersistOutcome>> = LazyLock::new(|| {
     )
 });
 
-pub static EVICTIONS: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!(
+labels! {
+    /// The bound a baseline was unloaded for.
+    pub enum EvictionBound {
+        /// `limits.max_loaded_baselines`, all orgs together.
+        Total = "total",
+        /// `limits.max_loaded_baselines_per_org`: the org's own least
+        /// recently used, so one org cannot push the others' out.
+        Org = "org",
+    }
+}
+pub static EVICTIONS: LazyLock<Counter<EvictionBound>> = LazyLock::new(|| {
+    Counter::register(
         "outlier_scorer_baseline_evictions_total",
-        "Idle baselines persisted and unloaded to stay within limits.max_loaded_baselines"
+        "Idle baselines persisted and unloaded to stay within limits.max_loaded_baselines (bound=total) or limits.max_loaded_baselines_per_org (bound=org)",
+        "bound",
     )
-    .expect("metric registers once")
 });
 
 labels! {

@@ -229,6 +229,29 @@ impl batch::Stage for Worker<'_> {
 /// without trying again.
 const POISON_TTL: Duration = Duration::from_secs(300);
 
+/// For each org holding more than `max` of `loaded` (key, batch last used)
+/// baselines: its least recently used, down to 90% of `max`.
+fn over_their_bound<'a>(
+    loaded: impl Iterator<Item = (&'a WorkloadKey, u64)>,
+    max: usize,
+) -> Vec<(String, Vec<WorkloadKey>)> {
+    let mut per_org: HashMap<&str, Vec<(u64, &WorkloadKey)>> = HashMap::new();
+    for (k, used) in loaded {
+        per_org.entry(split_key(k).0).or_default().push((used, k));
+    }
+    let target = max - max / 10;
+    per_org
+        .into_iter()
+        .filter(|(_, keys)| keys.len() > max)
+        .map(|(org, mut keys)| {
+            keys.sort_unstable();
+            let n = keys.len() - target;
+            let victims = keys.into_iter().take(n).map(|(_, k)| k.clone()).collect();
+            (org.to_string(), victims)
+        })
+        .collect()
+}
+
 /// Most workloads remembered as poisoned.
 const POISONED_MAX: usize = 10_000;
 
@@ -460,6 +483,7 @@ impl Worker<'_> {
     /// their workload reports; their in-memory adaptation history starts
     /// over.
     async fn evict(&mut self) {
+        self.evict_per_org().await;
         let max = self.cfg.limits.max_loaded_baselines;
         if self.judge.baselines.len() <= max {
             return;
@@ -475,7 +499,7 @@ impl Worker<'_> {
         let n = self.judge.baselines.len() - target;
         for (_, key) in by_age.into_iter().take(n) {
             self.unload(&key).await;
-            metrics::EVICTIONS.inc();
+            metrics::EVICTIONS.inc(metrics::EvictionBound::Total);
         }
         tracing::info!(
             evicted = n,
@@ -483,6 +507,39 @@ impl Worker<'_> {
             limit = max,
             "unloaded idle baselines (limits.max_loaded_baselines)"
         );
+        metrics::WORKLOADS.set(self.judge.baselines.len() as i64);
+    }
+
+    /// Unloads, for each org holding more than
+    /// `limits.max_loaded_baselines_per_org` baselines, that org's least
+    /// recently used down to 90% of it: an org with many or churning
+    /// workloads (a workload per container) unloads its own, never the
+    /// other orgs'.
+    async fn evict_per_org(&mut self) {
+        let max = self.cfg.limits.max_loaded_baselines_per_org;
+        if self.judge.baselines.len() <= max {
+            return; // no org can be over
+        }
+        let over = over_their_bound(
+            self.judge
+                .baselines
+                .keys()
+                .map(|k| (k, self.last_used.get(k).copied().unwrap_or(0))),
+            max,
+        );
+        for (org, victims) in over {
+            let n = victims.len();
+            for key in victims {
+                self.unload(&key).await;
+                metrics::EVICTIONS.inc(metrics::EvictionBound::Org);
+            }
+            tracing::warn!(
+                org,
+                evicted = n,
+                limit = max,
+                "org over limits.max_loaded_baselines_per_org: unloaded its least recently used baselines"
+            );
+        }
         metrics::WORKLOADS.set(self.judge.baselines.len() as i64);
     }
 
@@ -582,5 +639,31 @@ impl Worker<'_> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_org_over_its_bound_unloads_and_only_its_least_recently_used() {
+        let mut loaded: Vec<(WorkloadKey, u64)> = (0..40u64)
+            .map(|i| (workload_key("noisy", &format!("c-{i}")), 100 + i))
+            .collect();
+        // The quiet org's baselines are older than all of the noisy one's.
+        loaded.extend((0..10u64).map(|i| (workload_key("quiet", &format!("w-{i}")), i)));
+        let over = over_their_bound(loaded.iter().map(|(k, u)| (k, *u)), 20);
+        assert_eq!(over.len(), 1, "{over:?}");
+        let (org, victims) = &over[0];
+        assert_eq!(org, "noisy");
+        // Down to 90% of 20: the 22 least recently used of 40.
+        let want: Vec<WorkloadKey> = (0..22u64)
+            .map(|i| workload_key("noisy", &format!("c-{i}")))
+            .collect();
+        let mut got = victims.clone();
+        got.sort_by_key(|k| k[k.find('-').unwrap() + 1..].parse::<u64>().unwrap());
+        assert_eq!(got, want);
+        assert!(over_their_bound(loaded.iter().map(|(k, u)| (k, *u)), 40).is_empty());
     }
 }
