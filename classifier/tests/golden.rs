@@ -68,10 +68,25 @@ fn tree_shap_equals_xgboost_pred_contribs() {
 #[test]
 fn probabilities_are_calibrated_softmax() {
     let (model, g) = load();
-    for x in &g.rows {
+    let t = f64::from(model.meta.temperature);
+    assert!(t > 0.0 && t.is_finite());
+    for (x, margins) in g.rows.iter().zip(&g.margins) {
         let p = model.predict(x);
         let sum: f32 = p.probs.iter().sum();
         assert!((sum - 1.0).abs() < 1e-4);
+        // The fitted temperature applied to XGBoost's own margins.
+        let max = margins.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let e: Vec<f64> = margins
+            .iter()
+            .map(|m| (f64::from(m - max) / t).exp())
+            .collect();
+        let z: f64 = e.iter().sum();
+        for (got, want) in p.probs.iter().zip(e.iter().map(|v| v / z)) {
+            assert!(
+                (f64::from(*got) - want).abs() < 1e-4,
+                "probability {got} vs softmax(margin / {t}) {want}"
+            );
+        }
         assert!((p.p_malicious - (1.0 - p.probs[0])).abs() < 1e-6);
         assert_ne!(p.threat_class, 0);
     }
