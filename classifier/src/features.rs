@@ -26,7 +26,7 @@ use outlier_proto::facts::{AddrClass, OpenMode, UidClass, oflags};
 use outlier_proto::v1::{Connect, Event, Open, event::Detail};
 
 use crate::lexicon::{self, FAMILIES, Family, INDICATORS, MATCHER, indicator};
-use crate::state::{HostState, Limits, Proc, Seen, TwoGen};
+use crate::state::{Dropped, HostState, HostStore, Limits, Proc, Seen, TwoGen};
 
 /// Declares one family of features: an enum whose variants are the
 /// features, each with its name; the family's slots start at `$at`.
@@ -474,10 +474,11 @@ fn tokens(line: &str) -> impl Iterator<Item = &str> {
     .filter(|t| !t.is_empty())
 }
 
-/// Extracts features, keeping per-host state.
+/// Extracts features, keeping per-host state (grouped by org, bounded per
+/// org and in all).
 pub struct Extractor {
     limits: Limits,
-    hosts: TwoGen<u64, HostState>,
+    hosts: HostStore<HostState>,
 }
 
 impl Default for Extractor {
@@ -490,8 +491,13 @@ impl Extractor {
     pub fn new(limits: Limits) -> Self {
         Self {
             limits,
-            hosts: TwoGen::new(limits.hosts),
+            hosts: HostStore::new(limits.hosts_per_org, limits.hosts),
         }
+    }
+
+    /// Host state dropped to stay within the bounds since the last call.
+    pub fn drain_dropped(&mut self) -> Vec<Dropped> {
+        self.hosts.drain_dropped()
     }
 
     /// Hosts currently tracked.
@@ -506,13 +512,9 @@ impl Extractor {
 
     /// The event's features; the host's state then takes the event in.
     pub fn observe(&mut self, ev: &Event) -> Features {
-        let key = fnv(&[
-            ev.org.as_bytes(),
-            ev.workload.as_bytes(),
-            ev.host.as_bytes(),
-        ]);
+        let key = fnv(&[ev.workload.as_bytes(), ev.host.as_bytes()]);
         let limits = self.limits;
-        let host = self.hosts.entry(key, || HostState::new(&limits));
+        let host = self.hosts.entry(&ev.org, key, || HostState::new(&limits));
         extract(host, &limits, ev)
     }
 }
@@ -1535,6 +1537,7 @@ mod tests {
     fn state_stays_bounded_under_many_hosts_and_pids() {
         let limits = Limits {
             hosts: 64,
+            hosts_per_org: 64,
             procs: 32,
             seen: 32,
             window: 32,

@@ -95,6 +95,11 @@ impl Classifier {
         &self.extractor
     }
 
+    /// Host state dropped to stay within [`Limits`] since the last call.
+    pub fn drain_dropped(&mut self) -> Vec<state::Dropped> {
+        self.extractor.drain_dropped()
+    }
+
     /// Features and class probabilities of `ev`; the host's state takes it in.
     pub fn classify(&mut self, ev: &Event) -> (Features, Prediction) {
         let f = self.extractor.observe(ev);

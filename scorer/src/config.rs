@@ -214,8 +214,13 @@ pub struct ClassifierConfig {
     pub known_below: f32,
     /// Contributions explained per flagged event.
     pub explain_top: usize,
-    /// Hosts whose process tables and histories are kept (per generation).
+    /// Hosts whose process tables and histories are kept, all orgs
+    /// together (per generation); past twice this, the org holding the
+    /// most drops its older generation.
     pub max_hosts: usize,
+    /// Hosts kept per org (per generation): an org past it ages out its own
+    /// hosts' context, never another org's.
+    pub max_hosts_per_org: usize,
 }
 
 impl Default for ClassifierConfig {
@@ -226,6 +231,7 @@ impl Default for ClassifierConfig {
             known_below: 0.1,
             explain_top: 3,
             max_hosts: 4096,
+            max_hosts_per_org: 4096,
         }
     }
 }

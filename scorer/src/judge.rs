@@ -91,6 +91,15 @@ impl Judge {
         self.baselines.len()
     }
 
+    /// Hosts whose context the classifier keeps, and the host state it
+    /// dropped to stay within its bounds since the last call.
+    pub fn host_state(&mut self) -> (usize, Vec<outlier_classifier::state::Dropped>) {
+        match self.classifier.as_mut() {
+            Some(c) => (c.extractor().hosts(), c.drain_dropped()),
+            None => (0, Vec::new()),
+        }
+    }
+
     /// Scores one event against its workload's baseline, classifies it,
     /// combines both into the verdict, and learns the behaviour unless the
     /// event alerted after warm-up. This is the whole per-event hot path.

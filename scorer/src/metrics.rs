@@ -153,6 +153,32 @@ pub static PERSIST: LazyLock<Counter<PersistOutcome>> = LazyLock::new(|| {
 });
 
 labels! {
+    /// The bound the classifier's host state was dropped for.
+    pub enum HostStateBound {
+        /// `scoring.classifier.max_hosts`, all orgs together: the org
+        /// holding the most dropped its older hosts.
+        Total = "total",
+        /// `scoring.classifier.max_hosts_per_org`: the org aged out its own.
+        Org = "org",
+    }
+}
+pub static HOST_STATE_DROPPED: LazyLock<Counter<HostStateBound>> = LazyLock::new(|| {
+    Counter::register(
+        "outlier_scorer_host_state_dropped_total",
+        "Hosts whose classifier context (process table, recent activity) was dropped to stay within scoring.classifier.max_hosts (bound=total) or max_hosts_per_org (bound=org)",
+        "bound",
+    )
+});
+
+pub static CLASSIFIER_HOSTS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "outlier_scorer_classifier_hosts",
+        "Hosts whose context the classifier keeps"
+    )
+    .expect("metric registers once")
+});
+
+labels! {
     /// The bound a baseline was unloaded for.
     pub enum EvictionBound {
         /// `limits.max_loaded_baselines`, all orgs together.

@@ -22,6 +22,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use outlier_classifier::state::HostBound;
 use outlier_common::batch;
 use outlier_common::kafka::{self, DeadLetterCopy};
 use outlier_common::now_ns;
@@ -215,6 +216,7 @@ impl batch::Stage for Worker<'_> {
         if which == 0 {
             self.flush(false).await;
             self.evict().await;
+            self.report_host_state();
         } else {
             self.prune().await;
         }
@@ -508,6 +510,33 @@ impl Worker<'_> {
             "unloaded idle baselines (limits.max_loaded_baselines)"
         );
         metrics::WORKLOADS.set(self.judge.baselines.len() as i64);
+    }
+
+    /// Reports the classifier's host state: how many hosts it keeps, and
+    /// for each org whose hosts' context it dropped for a bound, a count
+    /// and a warning naming the org.
+    fn report_host_state(&mut self) {
+        let (hosts, dropped) = self.judge.host_state();
+        metrics::CLASSIFIER_HOSTS.set(hosts as i64);
+        for d in dropped {
+            let (bound, key) = match d.bound {
+                HostBound::Org => (
+                    metrics::HostStateBound::Org,
+                    "scoring.classifier.max_hosts_per_org",
+                ),
+                HostBound::Total => (
+                    metrics::HostStateBound::Total,
+                    "scoring.classifier.max_hosts",
+                ),
+            };
+            metrics::HOST_STATE_DROPPED.inc_by(bound, d.hosts as u64);
+            tracing::warn!(
+                org = d.org,
+                dropped = d.hosts,
+                limit = key,
+                "org over a host-state bound: the classifier dropped its least recently seen hosts' context"
+            );
+        }
     }
 
     /// Unloads, for each org holding more than

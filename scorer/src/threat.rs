@@ -41,6 +41,7 @@ pub fn classifier(cfg: &ClassifierConfig) -> Result<Option<Classifier>, String> 
     );
     let limits = Limits {
         hosts: cfg.max_hosts.max(1),
+        hosts_per_org: cfg.max_hosts_per_org.max(1),
         ..Limits::default()
     };
     Ok(Some(Classifier::new(Arc::new(model), limits)))
