@@ -381,7 +381,7 @@ const SUSPICIOUS_PORTS: &[u32] = &[
 
 const SEC: u64 = 1_000_000_000;
 
-fn fnv(parts: &[&[u8]]) -> u64 {
+pub(crate) fn fnv(parts: &[&[u8]]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for p in parts {
         for &b in *p {

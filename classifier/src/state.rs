@@ -247,10 +247,7 @@ impl<V> HostStore<V> {
 }
 
 fn org_key(org: &str) -> u64 {
-    // FNV-1a: stable and cheap; orgs are few.
-    org.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    crate::features::fnv(&[org.as_bytes()])
 }
 
 fn record(dropped: &mut Vec<Dropped>, org: &str, bound: HostBound, hosts: usize) {

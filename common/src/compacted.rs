@@ -177,23 +177,9 @@ pub async fn follow(
 }
 
 fn reader(kafka: &KafkaConfig, group: &str, topic: &str) -> Result<StreamConsumer, KafkaError> {
-    let mut cfg =
-        kafka.consumer_config(group, &format!("{group}-{}", uuid::Uuid::now_v7().simple()));
-    cfg.set("enable.auto.commit", "false");
-    let consumer: StreamConsumer = cfg.create()?;
-    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let partitions: Vec<i32> = md
-        .topics()
-        .first()
-        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
-        .unwrap_or_default();
-    if partitions.is_empty() {
-        return Err(KafkaError::MetadataFetch(
-            RDKafkaErrorCode::UnknownTopicOrPartition,
-        ));
-    }
+    let consumer = kafka.reader(group)?;
     let mut tpl = TopicPartitionList::new();
-    for p in partitions {
+    for p in crate::kafka::partitions(&consumer, topic)? {
         tpl.add_partition_offset(topic, p, Offset::Beginning)?;
     }
     consumer.assign(&tpl)?;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 use serde::{Deserialize, Serialize};
@@ -490,6 +490,16 @@ impl KafkaConfig {
         c
     }
 
+    /// A reader of its own: a group nobody else joins (named `group-<id>`,
+    /// so ACLs granted on the prefix `group` cover it), nothing committed;
+    /// it follows the positions it is assigned.
+    pub fn reader(&self, group: &str) -> Result<StreamConsumer, KafkaError> {
+        let mut cfg =
+            self.consumer_config(group, &format!("{group}-{}", uuid::Uuid::now_v7().simple()));
+        cfg.set("enable.auto.commit", "false");
+        cfg.create()
+    }
+
     /// Checks the settings at start-up; the error names the key.
     pub fn validate(&self) -> Result<(), String> {
         if let Some(sasl) = &self.sasl {
@@ -884,6 +894,23 @@ where
         }
     }
     true
+}
+
+/// The partitions of `topic`; an error when it has none (it does not exist
+/// yet).
+pub fn partitions(consumer: &StreamConsumer, topic: &str) -> Result<Vec<i32>, KafkaError> {
+    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let partitions: Vec<i32> = md
+        .topics()
+        .first()
+        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+        .unwrap_or_default();
+    if partitions.is_empty() {
+        return Err(KafkaError::MetadataFetch(
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+        ));
+    }
+    Ok(partitions)
 }
 
 #[cfg(test)]

@@ -167,7 +167,7 @@ impl AlertHub {
     /// A consumer assigned to every partition of `topic` at its end, and
     /// the hub's positions set to those ends.
     fn open_at_end(&self, topic: &str) -> Result<StreamConsumer, String> {
-        let consumer = self.consumer("outlier-alert-hub")?;
+        let consumer = self.consumer("hub")?;
         let ends = ends(&consumer, topic)?;
         let mut tpl = TopicPartitionList::new();
         for (p, o) in &ends {
@@ -179,13 +179,12 @@ impl AlertHub {
         Ok(consumer)
     }
 
-    /// A reader of its own: no group offsets are committed.
-    fn consumer(&self, client_id: &str) -> Result<StreamConsumer, String> {
-        let mut cfg = self
-            .kafka
-            .consumer_config(client_id, &format!("{client_id}-{}", uuid::Uuid::now_v7()));
-        cfg.set("enable.auto.commit", "false");
-        cfg.create().map_err(|e| format!("kafka: {e}"))
+    /// A reader of its own (named under the indexer's `outlier-alert-stream`
+    /// group prefix); no group offsets are committed.
+    fn consumer(&self, role: &str) -> Result<StreamConsumer, String> {
+        self.kafka
+            .reader(&format!("outlier-alert-stream-{role}"))
+            .map_err(|e| format!("kafka: {e}"))
     }
 
     /// Subscribes from `resume` (partitions it does not name: from now).
@@ -250,18 +249,8 @@ impl AlertHub {
 
 /// The end offset (high watermark) of every partition of `topic`.
 fn ends(consumer: &StreamConsumer, topic: &str) -> Result<BTreeMap<i32, i64>, String> {
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .map_err(|e| format!("kafka: {e}"))?;
-    let partitions: Vec<i32> = md
-        .topics()
-        .first()
-        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
-        .unwrap_or_default();
-    if partitions.is_empty() {
-        return Err(format!("topic {topic} has no partitions"));
-    }
-    partitions
+    outlier_common::kafka::partitions(consumer, topic)
+        .map_err(|e| format!("kafka: topic {topic}: {e}"))?
         .into_iter()
         .map(|p| {
             let (_, high) = consumer
@@ -344,10 +333,7 @@ impl Subscriber {
     /// positions when it subscribed to the broadcast).
     async fn catch_up(&mut self, until: &BTreeMap<i32, i64>) -> Result<(), Status> {
         let topic = self.hub.kafka.topics.alerts.clone();
-        let consumer = self
-            .hub
-            .consumer("outlier-alert-catch-up")
-            .map_err(Status::unavailable)?;
+        let consumer = self.hub.consumer("catch-up").map_err(Status::unavailable)?;
         let mut tpl = TopicPartitionList::new();
         for (p, o) in &self.positions {
             if *o < until[p] {

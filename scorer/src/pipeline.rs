@@ -231,26 +231,31 @@ impl batch::Stage for Worker<'_> {
 /// without trying again.
 const POISON_TTL: Duration = Duration::from_secs(300);
 
-/// For each org holding more than `max` of `loaded` (key, batch last used)
+/// When `loaded` (batch last used, key) holds more than `max` baselines:
+/// its least recently used, down to 90% of `max`.
+fn beyond_bound(mut loaded: Vec<(u64, &WorkloadKey)>, max: usize) -> Vec<WorkloadKey> {
+    if loaded.len() <= max {
+        return Vec::new();
+    }
+    loaded.sort_unstable();
+    let n = loaded.len() - (max - max / 10);
+    loaded.into_iter().take(n).map(|(_, k)| k.clone()).collect()
+}
+
+/// For each org holding more than `max` of `loaded` (batch last used, key)
 /// baselines: its least recently used, down to 90% of `max`.
 fn over_their_bound<'a>(
-    loaded: impl Iterator<Item = (&'a WorkloadKey, u64)>,
+    loaded: impl Iterator<Item = (u64, &'a WorkloadKey)>,
     max: usize,
 ) -> Vec<(String, Vec<WorkloadKey>)> {
     let mut per_org: HashMap<&str, Vec<(u64, &WorkloadKey)>> = HashMap::new();
-    for (k, used) in loaded {
+    for (used, k) in loaded {
         per_org.entry(split_key(k).0).or_default().push((used, k));
     }
-    let target = max - max / 10;
     per_org
         .into_iter()
-        .filter(|(_, keys)| keys.len() > max)
-        .map(|(org, mut keys)| {
-            keys.sort_unstable();
-            let n = keys.len() - target;
-            let victims = keys.into_iter().take(n).map(|(_, k)| k.clone()).collect();
-            (org.to_string(), victims)
-        })
+        .map(|(org, keys)| (org.to_string(), beyond_bound(keys, max)))
+        .filter(|(_, victims)| !victims.is_empty())
         .collect()
 }
 
@@ -490,16 +495,9 @@ impl Worker<'_> {
         if self.judge.baselines.len() <= max {
             return;
         }
-        let target = max - max / 10;
-        let mut by_age: Vec<(u64, WorkloadKey)> = self
-            .judge
-            .baselines
-            .keys()
-            .map(|k| (self.last_used.get(k).copied().unwrap_or(0), k.clone()))
-            .collect();
-        by_age.sort_unstable();
-        let n = self.judge.baselines.len() - target;
-        for (_, key) in by_age.into_iter().take(n) {
+        let victims = beyond_bound(self.loaded_by_use().collect(), max);
+        let n = victims.len();
+        for key in victims {
             self.unload(&key).await;
             metrics::EVICTIONS.inc(metrics::EvictionBound::Total);
         }
@@ -549,13 +547,7 @@ impl Worker<'_> {
         if self.judge.baselines.len() <= max {
             return; // no org can be over
         }
-        let over = over_their_bound(
-            self.judge
-                .baselines
-                .keys()
-                .map(|k| (k, self.last_used.get(k).copied().unwrap_or(0))),
-            max,
-        );
+        let over = over_their_bound(self.loaded_by_use(), max);
         for (org, victims) in over {
             let n = victims.len();
             for key in victims {
@@ -570,6 +562,14 @@ impl Worker<'_> {
             );
         }
         metrics::WORKLOADS.set(self.judge.baselines.len() as i64);
+    }
+
+    /// The loaded baselines, each with the batch that last used it.
+    fn loaded_by_use(&self) -> impl Iterator<Item = (u64, &WorkloadKey)> {
+        self.judge
+            .baselines
+            .keys()
+            .map(|k| (self.last_used.get(k).copied().unwrap_or(0), k))
     }
 
     /// Persists what a workload's baseline has not yet written and drops
@@ -682,7 +682,7 @@ mod tests {
             .collect();
         // The quiet org's baselines are older than all of the noisy one's.
         loaded.extend((0..10u64).map(|i| (workload_key("quiet", &format!("w-{i}")), i)));
-        let over = over_their_bound(loaded.iter().map(|(k, u)| (k, *u)), 20);
+        let over = over_their_bound(loaded.iter().map(|(k, u)| (*u, k)), 20);
         assert_eq!(over.len(), 1, "{over:?}");
         let (org, victims) = &over[0];
         assert_eq!(org, "noisy");
@@ -693,6 +693,6 @@ mod tests {
         let mut got = victims.clone();
         got.sort_by_key(|k| k[k.find('-').unwrap() + 1..].parse::<u64>().unwrap());
         assert_eq!(got, want);
-        assert!(over_their_bound(loaded.iter().map(|(k, u)| (k, *u)), 40).is_empty());
+        assert!(over_their_bound(loaded.iter().map(|(k, u)| (*u, k)), 40).is_empty());
     }
 }
