@@ -447,10 +447,78 @@ async fn query_search_and_alerts_are_org_scoped() {
         "closed streams are let go; the reader stays"
     );
 
+    // A partition added to the alerts topic while streams are open is read
+    // too (the hub looks for new partitions every 30 s).
+    let mut stream = alerts_client
+        .stream_alerts(StreamAlertsRequest {
+            org: a.clone(),
+            ..StreamAlertsRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    add_partition_and_send_alert(&env, &a, "a-live-4").await;
+    let got = tokio::time::timeout(Duration::from_secs(90), stream.message())
+        .await
+        .expect("an alert on a new partition streamed within 90 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.event.unwrap().event.unwrap().event_id, "a-live-4");
+    drop(stream);
+
     shutdown.cancel();
     scorer.await.unwrap().unwrap();
     indexer.await.unwrap().unwrap();
     env.cleanup().await;
+}
+
+/// Grows the test's alerts topic by one partition and writes an alert of
+/// `org` straight into it.
+async fn add_partition_and_send_alert(env: &TestEnv, org: &str, id: &str) {
+    use prost::Message as _;
+    use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let topic = &env.kafka.topics.alerts;
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        env.kafka.producer_config("e2e-admin").create().unwrap();
+    let r = admin
+        .create_partitions(&[NewPartitions::new(topic, 2)], &AdminOptions::new())
+        .await
+        .unwrap();
+    assert!(r.iter().all(|x| x.is_ok()), "{r:?}");
+    let mut scored = outlier_proto::ScoredEvent {
+        event: Some(outlier_proto::Event {
+            event_id: id.into(),
+            org: org.into(),
+            workload: "web".into(),
+            host: "web-9".into(),
+            ..outlier_proto::Event::default()
+        }),
+        ..outlier_proto::ScoredEvent::default()
+    };
+    scored.set_verdict(Verdict::Alert);
+    let producer: FutureProducer = env.kafka.producer_config("e2e").create().unwrap();
+    let payload = scored.encode_to_vec();
+    // The producer learns of the new partition from fresh metadata.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let sent = producer
+            .send(
+                FutureRecord::<[u8], _>::to(topic)
+                    .partition(1)
+                    .payload(&payload),
+                Duration::from_secs(5),
+            )
+            .await;
+        match sent {
+            Ok(_) => return,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                eprintln!("send to the new partition: {e:?}; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("cannot write to the new partition: {e:?}"),
+        }
+    }
 }
 
 /// The first seed's search, for `org`.

@@ -14,6 +14,8 @@
 //!   capped ([`MAX_CATCH_UPS`]); without one free, a lagging subscriber's
 //!   stream ends with RESOURCE_EXHAUSTED and its last cursor resumes it
 //!   without loss.
+//! - Partitions added to the alerts topic are found within
+//!   [`PARTITION_REFRESH`] and read from their beginning.
 //! - Subscribers are capped ([`MAX_SUBSCRIBERS`]); the cursor handed out
 //!   with each alert is the subscriber's own position (every partition),
 //!   whatever it filtered out.
@@ -38,6 +40,8 @@ use crate::metrics;
 pub const MAX_SUBSCRIBERS: usize = 64;
 /// Most subscribers reading a gap with a consumer of their own at once.
 pub const MAX_CATCH_UPS: usize = 8;
+/// How often the hub looks for partitions added to the alerts topic.
+const PARTITION_REFRESH: Duration = Duration::from_secs(30);
 /// Records the broadcast keeps for a slow subscriber before it lags.
 const BROADCAST_CAPACITY: usize = 4096;
 
@@ -124,13 +128,21 @@ impl AlertHub {
                 }
             }
         };
+        let consumer = Arc::new(consumer);
         let _ = ready.send(true);
         metrics::ALERT_READERS.inc();
         tracing::info!(topic, "alert hub reading");
         let mut failing = false;
+        let mut refresh = tokio::time::interval(PARTITION_REFRESH);
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        refresh.tick().await;
         loop {
             let msg = tokio::select! {
                 () = self.shutdown.cancelled() => break,
+                _ = refresh.tick() => {
+                    self.follow_new_partitions(&consumer, &topic).await;
+                    continue;
+                }
                 m = consumer.recv() => m,
             };
             let msg = match msg {
@@ -162,6 +174,52 @@ impl AlertHub {
             let _ = st.tx.send(record);
         }
         metrics::ALERT_READERS.dec();
+    }
+
+    /// Partitions added to the topic since the hub started are read from
+    /// their beginning (everything in them is newer than the hub's start):
+    /// the consumer is assigned again at the hub's positions, which are
+    /// those of the records already broadcast, so nothing is read twice or
+    /// skipped. A failed lookup is retried at the next refresh.
+    async fn follow_new_partitions(&self, consumer: &Arc<StreamConsumer>, topic: &str) {
+        let (c, t) = (consumer.clone(), topic.to_string());
+        // The partition lookup blocks (metadata and watermark requests).
+        let found = tokio::task::spawn_blocking(move || {
+            outlier_common::kafka::partitions(&c, &t)?
+                .into_iter()
+                .map(|p| Ok((p, c.fetch_watermarks(&t, p, Duration::from_secs(10))?.0)))
+                .collect::<Result<Vec<(i32, i64)>, rdkafka::error::KafkaError>>()
+        })
+        .await;
+        let Ok(Ok(lows)) = found else {
+            return;
+        };
+        let mut st = self.state.lock().expect("alert hub lock");
+        let new: Vec<(i32, i64)> = lows
+            .into_iter()
+            .filter(|(p, _)| !st.positions.contains_key(p))
+            .collect();
+        if new.is_empty() {
+            return;
+        }
+        let mut positions = st.positions.clone();
+        positions.extend(new.iter().copied());
+        let mut tpl = TopicPartitionList::new();
+        for (p, o) in &positions {
+            if tpl
+                .add_partition_offset(topic, *p, Offset::Offset(*o))
+                .is_err()
+            {
+                return;
+            }
+        }
+        match consumer.assign(&tpl) {
+            Ok(()) => {
+                tracing::info!(topic, partitions = ?new.iter().map(|(p, _)| p).collect::<Vec<_>>(), "alert hub: reading partitions added to the topic");
+                st.positions = positions;
+            }
+            Err(e) => tracing::warn!(error = %e, "alert hub: cannot follow new partitions yet"),
+        }
     }
 
     /// A consumer assigned to every partition of `topic` at its end, and
