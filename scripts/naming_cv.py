@@ -11,6 +11,9 @@ two ways and compared with the attack's tactic:
   `Classifier::explain` ranks it (high-precision indicators, then specific,
   then generic evidence; within a tier the largest TreeSHAP contribution to
   the threat class), the class when no feature points at a technique.
+  Not modelled: the started program's own technique
+  (`lexicon::program_technique`), which needs the program's name, not in
+  the feature rows.
 
     .outlier/venv-train/bin/python scripts/naming_cv.py [--data DIR]
 
@@ -47,14 +50,39 @@ def tactic_table():
     return table
 
 
+FEATURES = (REPO / "classifier/src/features.rs").read_text()
+
+
+def variant_names():
+    """`Family::Variant` → feature name, from the `family!` declarations."""
+    out = {}
+    for fam, body in re.findall(r"family! \{.*?(\w+) at at::\w+; \{(.*?)\}", FEATURES, re.S):
+        for var, name in re.findall(r'(\w+) = "([a-z_0-9]+)"', body):
+            out[f"{fam}::{var}"] = name
+    return out
+
+
+def features_named(text):
+    """The feature names a piece of Rust source refers to."""
+    names = variant_names()
+    found = set(re.findall(r'indicator\("([a-z_0-9]+)"\)', text))
+    found |= {names[v] for v in re.findall(r"\b(\w+::\w+)\b", text) if v in names}
+    return found
+
+
 def feature_techniques(names):
     ind = dict(re.findall(r'^\s*"(cmd_[a-z_0-9]+)" => \[.*?\], ".*?", "(T?[0-9.]*)";', LEXICON, re.M))
     body = EXPLAIN[EXPLAIN.index("pub fn technique("):EXPLAIN.index("/// A short sentence")]
     other = {}
-    for feats, tech in re.findall(r'((?:"[a-z_]+"\s*\|?\s*)+)=>\s*"(T[\d.]+)"', body):
-        for f in re.findall(r'"([a-z_]+)"', feats):
-            other[f] = tech
-    other.setdefault("shell_under_service", "T1059.004")
+    prev = 0
+    for m in re.finditer(r'=>\s*\{?\s*"(T[\d.]+)"', body):
+        # The arm's patterns: after the previous arm's end.
+        seg = body[prev:m.start()]
+        seg = seg[max(seg.rfind(","), seg.rfind("{"), seg.rfind("}")) + 1:]
+        for f in features_named(seg):
+            other.setdefault(f, m.group(1))
+        prev = m.end()
+    other["shell_under_service"] = "T1059.004"
     return {i: ind.get(n) or other.get(n) for i, n in enumerate(names) if ind.get(n) or other.get(n)}
 
 
@@ -88,17 +116,30 @@ def main():
     ftech = feature_techniques(names)
     ftactic = {i: classes.index(table[t.split(".")[0]]) for i, t in ftech.items()
                if table.get(t.split(".")[0]) in classes}
-    hp = set(re.findall(r'"([a-z_]+)",', LIB[LIB.index("pub const HIGH_PRECISION"):LIB.index("/// Feature indices")]))
-    generic = set(re.findall(r'"([a-z_]+)"', EXPLAIN[EXPLAIN.index("pub fn generic_evidence"):]
-                             .split("\n}\n")[0]))
+    hp = features_named(LIB[LIB.index("pub const HIGH_PRECISION"):].split("\n];")[0])
+    generic = features_named(EXPLAIN[EXPLAIN.index("pub fn generic_evidence"):].split("\n}\n")[0])
+    assert "cmd_dev_tcp" in hp and "file_shadow" in hp and "shell_under_service" in generic, (hp, generic)
     shipped = json.loads((REPO / "models/classifier.json").read_text())["meta"]
     probs = softmax(oof, shipped["temperature"])
     cls = 1 + probs[:, 1:].argmax(1)
     xm, ym = x[mal], y[mal]
     evid = cls.copy()
+    nettool = names.index("proc_nettool")
+    nc_exec = names.index("cmd_nc_exec")
+    execution = classes.index("execution")
+
+    def ranked_evidence(r, i, c):
+        # As Classifier::explain: `-e sh` run by no network tool is a shell
+        # starting a shell (generic, execution); streams wired to a
+        # descriptor rank after the other high-precision evidence.
+        if i == nc_exec and xm[r, nettool] == 0:
+            return (2, -phi[r, cls[r], i], execution)
+        n = names[i]
+        tier = 0 if n in hp and n != "cmd_fd_redirect" else 2 if n in generic else 1
+        return (tier, -phi[r, cls[r], i], c)
+
     for r in range(len(mal)):
-        ranked = [(0 if names[i] in hp else 2 if names[i] in generic else 1, -phi[r, cls[r], i], c)
-                  for i, c in ftactic.items() if xm[r, i] != 0]
+        ranked = [ranked_evidence(r, i, c) for i, c in ftactic.items() if xm[r, i] != 0]
         if ranked:
             evid[r] = min(ranked)[2]
     # Each attack's most malicious-looking event.

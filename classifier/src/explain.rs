@@ -43,10 +43,14 @@ pub fn tactic_of_technique(technique: &str) -> &'static str {
             "persistence"
         }
         "T1003" | "T1040" | "T1552" => "credential-access",
-        "T1016" | "T1033" | "T1057" | "T1082" | "T1083" | "T1087" => "discovery",
-        "T1056" | "T1074" | "T1560" => "collection",
-        "T1048" => "exfiltration",
-        "T1485" | "T1496" => "impact",
+        "T1037" => "persistence",
+        "T1110" => "credential-access",
+        "T1016" | "T1018" | "T1033" | "T1046" | "T1049" | "T1057" | "T1082" | "T1083" | "T1087"
+        | "T1124" | "T1135" => "discovery",
+        "T1021" => "lateral-movement",
+        "T1056" | "T1074" | "T1113" | "T1115" | "T1123" | "T1560" => "collection",
+        "T1048" | "T1567" => "exfiltration",
+        "T1485" | "T1496" | "T1529" | "T1561" => "impact",
         _ => "",
     }
 }
@@ -86,6 +90,11 @@ pub fn generic_evidence(feature: usize) -> bool {
     }
 }
 
+/// Whether `comm` is a raw network tool (`nc`, `socat`, `ssh` ...).
+pub fn network_tool(comm: &str) -> bool {
+    lexicon::has(lexicon::families(comm), lexicon::Family::NetTool)
+}
+
 fn fam_phrase(comm: &str) -> &'static str {
     let bits = lexicon::families(comm);
     FAMILIES
@@ -100,6 +109,12 @@ pub fn technique(feature: usize, ctx: &Context) -> &'static str {
         return "";
     };
     match f {
+        // `-e sh` and `-c bash` name a shell handed to a peer only when a
+        // network tool runs them; in a shell's own `sh -c bash …` they are a
+        // shell starting a shell.
+        Feature::Indicator(i) if i == indicator("cmd_nc_exec") && !network_tool(&ctx.comm) => {
+            "T1059.004"
+        }
         Feature::Indicator(i) => INDICATORS[i].technique,
         Feature::Ancestry(Ancestry::ShellUnderService) => {
             if lexicon::has(
@@ -117,7 +132,11 @@ pub fn technique(feature: usize, ctx: &Context) -> &'static str {
         Feature::Head(Head::RootUnderNonRootParent) => "T1548",
         Feature::Net(Net::PortSuspicious)
         | Feature::CmdDerived(CmdDerived::SuspiciousPortLiteral) => "T1571",
-        Feature::Net(Net::ByShellOrInterpreter | Net::ByNonNetworkProgram) => "T1059.004",
+        // A shell, an interpreter or a program with no network purpose
+        // talking to a peer is a command channel (a reverse shell): named
+        // command and control, as the training corpus labels reverse and
+        // bind shells.
+        Feature::Net(Net::ByShellOrInterpreter | Net::ByNonNetworkProgram) => "T1095",
         Feature::File(f) => match f {
             File::AuthorizedKeys => "T1098.004",
             File::Shadow => "T1003.008",

@@ -161,7 +161,18 @@ impl Classifier {
             .filter(|&i| explain::present(i, f.values[i]))
             .filter_map(|i| {
                 let t = explain::technique(i, &f.context);
-                let tier = if HIGH_PRECISION.iter().any(|h| h.slot() == i) {
+                // Streams redirected to a descriptor is how a shell is wired
+                // up, not what for: it names a tactic after the other
+                // high-precision evidence (a /dev/tcp socket says more). A
+                // shell handed to a peer (`nc -e sh`) is high-precision only
+                // when a network tool runs it; otherwise it is a shell
+                // starting a shell (generic).
+                let nc_exec = i == Feature::Indicator(indicator("cmd_nc_exec")).slot();
+                let tier = if nc_exec && !explain::network_tool(&f.context.comm) {
+                    2
+                } else if HIGH_PRECISION.iter().any(|h| h.slot() == i)
+                    && i != Feature::Indicator(indicator("cmd_fd_redirect")).slot()
+                {
                     0
                 } else if explain::generic_evidence(i) {
                     2
@@ -171,6 +182,15 @@ impl Classifier {
                 (!explain::tactic_of_technique(t).is_empty()).then_some((tier, phi[i], t))
             })
             .collect();
+        // A program started whose purpose is a technique (`hostname`,
+        // `tcpdump`, `poweroff`) says what is being done more directly than
+        // its arguments: first among the specific evidence.
+        if f.get(features::Head::KindExec) != 0.0 {
+            let t = lexicon::program_technique(&f.context.comm);
+            if !explain::tactic_of_technique(t).is_empty() {
+                evidence.push((1, f32::INFINITY, t));
+            }
+        }
         // High-precision indicators, then other specific evidence, then
         // generic evidence; within a tier the strongest contribution.
         evidence.sort_by(|x, y| x.0.cmp(&y.0).then(y.1.total_cmp(&x.1)));

