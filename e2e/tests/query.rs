@@ -340,14 +340,7 @@ async fn query_search_and_alerts_are_org_scoped() {
 
     // StreamAlerts: from now, only the org's alerts, resumable by cursor.
     let mut alerts_client = AlertStreamClient::new(channel.clone());
-    let mut stream = alerts_client
-        .stream_alerts(StreamAlertsRequest {
-            org: a.clone(),
-            ..StreamAlertsRequest::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = live_stream(&mut alerts_client, &a).await;
     // No wait: the stream starts at the shared reader's position when the
     // call returns.
     let novel = |org: &str, id: &str, port: u32| {
@@ -402,16 +395,7 @@ async fn query_search_and_alerts_are_org_scoped() {
     // consumer of it, and each stream gets the next alert.
     let mut streams = vec![resumed];
     for _ in 0..7 {
-        streams.push(
-            alerts_client
-                .stream_alerts(StreamAlertsRequest {
-                    org: a.clone(),
-                    ..StreamAlertsRequest::default()
-                })
-                .await
-                .unwrap()
-                .into_inner(),
-        );
+        streams.push(live_stream(&mut alerts_client, &a).await);
     }
     let gauges = || {
         (
@@ -449,14 +433,7 @@ async fn query_search_and_alerts_are_org_scoped() {
 
     // A partition added to the alerts topic while streams are open is read
     // too (the hub looks for new partitions every 30 s).
-    let mut stream = alerts_client
-        .stream_alerts(StreamAlertsRequest {
-            org: a.clone(),
-            ..StreamAlertsRequest::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = live_stream(&mut alerts_client, &a).await;
     add_partition_and_send_alert(&env, &a, "a-live-4").await;
     let got = tokio::time::timeout(Duration::from_secs(90), stream.message())
         .await
@@ -470,6 +447,21 @@ async fn query_search_and_alerts_are_org_scoped() {
     scorer.await.unwrap().unwrap();
     indexer.await.unwrap().unwrap();
     env.cleanup().await;
+}
+
+/// A StreamAlerts call for `org` from now.
+async fn live_stream(
+    client: &mut AlertStreamClient<Channel>,
+    org: &str,
+) -> tonic::Streaming<outlier_proto::AlertEnvelope> {
+    client
+        .stream_alerts(StreamAlertsRequest {
+            org: org.into(),
+            ..StreamAlertsRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
 }
 
 /// Grows the test's alerts topic by one partition and writes an alert of
