@@ -90,9 +90,31 @@ pub fn generic_evidence(feature: usize) -> bool {
     }
 }
 
-/// Whether `comm` is a raw network tool (`nc`, `socat`, `ssh` ...).
-pub fn network_tool(comm: &str) -> bool {
-    lexicon::has(lexicon::families(comm), lexicon::Family::NetTool)
+/// How a present feature ranks when a flagged event's tactic is named: 0
+/// for high-precision evidence, 1 for other specific evidence, 2 for
+/// generic evidence. Streams redirected to a descriptor (`0>&1`) are how a
+/// shell is wired up, not what for: they rank after the other
+/// high-precision evidence (a /dev/tcp socket says more).
+pub fn naming_tier(feature: usize, ctx: &Context) -> u8 {
+    if shell_starting_a_shell(feature, ctx) {
+        2
+    } else if crate::HIGH_PRECISION.iter().any(|h| h.slot() == feature)
+        && feature != Feature::Indicator(indicator("cmd_fd_redirect")).slot()
+    {
+        0
+    } else if generic_evidence(feature) {
+        2
+    } else {
+        1
+    }
+}
+
+/// `-e sh` and `-c bash` name a shell handed to a peer only when a network
+/// tool (`nc`, `socat` ...) runs them; in a shell's own `sh -c bash …` they
+/// are a shell starting a shell: generic execution.
+fn shell_starting_a_shell(feature: usize, ctx: &Context) -> bool {
+    feature == Feature::Indicator(indicator("cmd_nc_exec")).slot()
+        && !lexicon::has(lexicon::families(&ctx.comm), lexicon::Family::NetTool)
 }
 
 fn fam_phrase(comm: &str) -> &'static str {
@@ -109,12 +131,7 @@ pub fn technique(feature: usize, ctx: &Context) -> &'static str {
         return "";
     };
     match f {
-        // `-e sh` and `-c bash` name a shell handed to a peer only when a
-        // network tool runs them; in a shell's own `sh -c bash …` they are a
-        // shell starting a shell.
-        Feature::Indicator(i) if i == indicator("cmd_nc_exec") && !network_tool(&ctx.comm) => {
-            "T1059.004"
-        }
+        Feature::Indicator(_) if shell_starting_a_shell(feature, ctx) => "T1059.004",
         Feature::Indicator(i) => INDICATORS[i].technique,
         Feature::Ancestry(Ancestry::ShellUnderService) => {
             if lexicon::has(

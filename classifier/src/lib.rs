@@ -161,24 +161,7 @@ impl Classifier {
             .filter(|&i| explain::present(i, f.values[i]))
             .filter_map(|i| {
                 let t = explain::technique(i, &f.context);
-                // Streams redirected to a descriptor is how a shell is wired
-                // up, not what for: it names a tactic after the other
-                // high-precision evidence (a /dev/tcp socket says more). A
-                // shell handed to a peer (`nc -e sh`) is high-precision only
-                // when a network tool runs it; otherwise it is a shell
-                // starting a shell (generic).
-                let nc_exec = i == Feature::Indicator(indicator("cmd_nc_exec")).slot();
-                let tier = if nc_exec && !explain::network_tool(&f.context.comm) {
-                    2
-                } else if HIGH_PRECISION.iter().any(|h| h.slot() == i)
-                    && i != Feature::Indicator(indicator("cmd_fd_redirect")).slot()
-                {
-                    0
-                } else if explain::generic_evidence(i) {
-                    2
-                } else {
-                    1
-                };
+                let tier = explain::naming_tier(i, &f.context);
                 (!explain::tactic_of_technique(t).is_empty()).then_some((tier, phi[i], t))
             })
             .collect();

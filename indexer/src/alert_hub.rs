@@ -182,26 +182,30 @@ impl AlertHub {
     /// those of the records already broadcast, so nothing is read twice or
     /// skipped. A failed lookup is retried at the next refresh.
     async fn follow_new_partitions(&self, consumer: &Arc<StreamConsumer>, topic: &str) {
+        // Only this task changes the positions: the partitions known now
+        // are those known when the lookup returns.
+        let known: Vec<i32> = {
+            let st = self.state.lock().expect("alert hub lock");
+            st.positions.keys().copied().collect()
+        };
         let (c, t) = (consumer.clone(), topic.to_string());
-        // The partition lookup blocks (metadata and watermark requests).
+        // The lookup blocks (a metadata request, then a watermark request
+        // for each new partition only).
         let found = tokio::task::spawn_blocking(move || {
             outlier_common::kafka::partitions(&c, &t)?
                 .into_iter()
+                .filter(|p| !known.contains(p))
                 .map(|p| Ok((p, c.fetch_watermarks(&t, p, Duration::from_secs(10))?.0)))
                 .collect::<Result<Vec<(i32, i64)>, rdkafka::error::KafkaError>>()
         })
         .await;
-        let Ok(Ok(lows)) = found else {
+        let Ok(Ok(new)) = found else {
             return;
         };
-        let mut st = self.state.lock().expect("alert hub lock");
-        let new: Vec<(i32, i64)> = lows
-            .into_iter()
-            .filter(|(p, _)| !st.positions.contains_key(p))
-            .collect();
         if new.is_empty() {
             return;
         }
+        let mut st = self.state.lock().expect("alert hub lock");
         let mut positions = st.positions.clone();
         positions.extend(new.iter().copied());
         let mut tpl = TopicPartitionList::new();
