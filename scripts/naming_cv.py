@@ -11,9 +11,10 @@ two ways and compared with the attack's tactic:
   `Classifier::explain` ranks it (high-precision indicators, then specific,
   then generic evidence; within a tier the largest TreeSHAP contribution to
   the threat class), the class when no feature points at a technique.
-  Not modelled: the started program's own technique
-  (`lexicon::program_technique`), which needs the program's name, not in
-  the feature rows.
+  A payload written into a start-up location names the start-up
+  location first (`explain::leading_technique`). Not modelled: the started
+  or fetched program's own technique (`lexicon::program_technique`), which
+  needs the program's name, not in the feature rows.
 
     .outlier/venv-train/bin/python scripts/naming_cv.py [--data DIR]
 
@@ -138,7 +139,19 @@ def main():
         tier = 0 if n in hp and n != "cmd_fd_redirect" else 2 if n in generic else 1
         return (tier, -phi[r, cls[r], i], c)
 
+    # As explain::leading_technique: a payload written into a start-up
+    # location names the start-up location's tactic before anything else.
+    def const_features(name):
+        return [names.index(n) for n in sorted(features_named(EXPLAIN[EXPLAIN.index(f"const {name}:"):].split("\n];")[0]))]
+
+    startup, payload = const_features("STARTUP"), const_features("PAYLOAD")
+    assert len(startup) == 3 and len(payload) == 6, (startup, payload)
+
     for r in range(len(mal)):
+        installed = [i for i in startup if xm[r, i] != 0 and i in ftactic]
+        if installed and any(xm[r, i] != 0 for i in payload):
+            evid[r] = ftactic[installed[0]]
+            continue
         ranked = [ranked_evidence(r, i, c) for i, c in ftactic.items() if xm[r, i] != 0]
         if ranked:
             evid[r] = min(ranked)[2]

@@ -2,8 +2,8 @@
 //! that drove a classification to the ATT&CK technique they point at.
 
 use crate::features::{
-    Ancestry, CmdDerived, CmdShape, Context, Feature, File, Head, N_FEATURES, Net, Placement,
-    Temporal,
+    Ancestry, CmdDerived, CmdShape, Context, Feature, Features, File, Head, N_FEATURES, Net,
+    Placement, Temporal,
 };
 use crate::lexicon::{self, FAMILIES, INDICATORS, indicator};
 
@@ -107,6 +107,47 @@ pub fn naming_tier(feature: usize, ctx: &Context) -> u8 {
     } else {
         1
     }
+}
+
+/// Start-up locations a command line can write: a cron table, a service,
+/// a shell start-up file.
+const STARTUP: [usize; 3] = [
+    indicator("cmd_cron"),
+    indicator("cmd_service"),
+    indicator("cmd_profile"),
+];
+
+/// A command channel or a download run by a shell: what an intrusion runs,
+/// or installs somewhere to be run.
+const PAYLOAD: [Feature; 6] = [
+    Feature::Indicator(indicator("cmd_dev_tcp")),
+    Feature::Indicator(indicator("cmd_pipe_to_shell")),
+    Feature::Indicator(indicator("cmd_nc_exec")),
+    Feature::Indicator(indicator("cmd_mkfifo")),
+    Feature::Indicator(indicator("cmd_fd_redirect")),
+    Feature::CmdDerived(CmdDerived::DownloadExec),
+];
+
+/// The technique that names a flagged event before any feature's, when the
+/// command line says what its payload is for:
+///
+/// - a payload written into a start-up location (a reverse shell piped
+///   into `crontab -`, a download appended to `~/.bashrc`) is being
+///   installed, not run: the start-up location's technique (persistence),
+///   as ATT&CK names a cron job or a start-up file whatever it runs;
+/// - a download piped into a shell runs the program it fetched: when that
+///   program's purpose is a technique (`curl …/linpeas.sh | sh` is system
+///   discovery), it says what the download is for.
+pub fn leading_technique(f: &Features) -> Option<&'static str> {
+    if PAYLOAD.iter().any(|p| f.get(*p) != 0.0)
+        && let Some(&i) = STARTUP
+            .iter()
+            .find(|&&i| f.get(Feature::Indicator(i)) != 0.0)
+    {
+        return Some(INDICATORS[i].technique);
+    }
+    let t = lexicon::program_technique(&f.context.fetched);
+    (!f.context.fetched.is_empty() && !tactic_of_technique(t).is_empty()).then_some(t)
 }
 
 /// `-e sh` and `-c bash` name a shell handed to a peer only when a network

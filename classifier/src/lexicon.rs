@@ -293,6 +293,17 @@ fn program_technique_exact(name: &str) -> &'static str {
         "getent" | "compgen" => "T1087",
         "find" | "locate" | "mlocate" | "plocate" | "tree" | "getcap" | "getfacl" => "T1083",
         "timedatectl" => "T1124",
+        // Enumeration scripts an intrusion fetches to find its way up:
+        // they survey the system (`pspy` watches its processes).
+        "linpeas"
+        | "linenum"
+        | "lse"
+        | "les"
+        | "linux-exploit-suggester"
+        | "unix-privesc-check"
+        | "linuxprivchecker"
+        | "linux-smart-enumeration" => "T1082",
+        "pspy" | "pspy32" | "pspy64" => "T1057",
         // Defence evasion.
         "pfctl" | "iptables" | "ip6tables" | "iptables-restore" | "nft" | "ufw"
         | "firewall-cmd" | "ipfw" => "T1562.004",

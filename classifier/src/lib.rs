@@ -143,7 +143,9 @@ impl Classifier {
     /// features pushing towards it become sentences.
     ///
     /// The technique and tactic are named from the evidence, not from the
-    /// class: the present feature that points at an ATT&CK technique and
+    /// class: a payload installed in a start-up location or the program a
+    /// download runs first ([`explain::leading_technique`]), else the
+    /// present feature that points at an ATT&CK technique and
     /// contributes most (a [`HIGH_PRECISION`] indicator first, then other
     /// specific evidence — a cron table written, a firewall flushed — then
     /// generic evidence such as a shell or /tmp), its technique and that
@@ -173,6 +175,11 @@ impl Classifier {
             if !explain::tactic_of_technique(t).is_empty() {
                 evidence.push((1, f32::INFINITY, t));
             }
+        }
+        // A payload installed in a start-up location, or the program a
+        // download runs: before everything else.
+        if let Some(t) = explain::leading_technique(f) {
+            evidence.push((0, f32::INFINITY, t));
         }
         // High-precision indicators, then other specific evidence, then
         // generic evidence; within a tier the strongest contribution.

