@@ -114,6 +114,26 @@ impl TestEnv {
         c
     }
 
+    /// The indexer's config with TLS (certificates made here, the CA at
+    /// [`TestEnv::ca_pem`]) and the tokens file `tokens` (TOML).
+    pub fn secure_indexer_config(&self, tokens: &str) -> IndexerConfig {
+        let dir = self.dir.path().join("auth");
+        std::fs::create_dir_all(&dir).expect("auth dir");
+        tls_certificates(&dir);
+        std::fs::write(dir.join("tokens.toml"), tokens).expect("tokens file");
+        let mut cfg = self.indexer_config();
+        cfg.auth.insecure = false;
+        cfg.auth.tokens_file = dir.join("tokens.toml").display().to_string();
+        cfg.tls.cert = dir.join("server.pem").display().to_string();
+        cfg.tls.key = dir.join("server.key").display().to_string();
+        cfg
+    }
+
+    /// The CA of [`TestEnv::secure_indexer_config`]'s certificate (PEM).
+    pub fn ca_pem(&self) -> Vec<u8> {
+        std::fs::read(self.dir.path().join("auth/ca.pem")).expect("the CA was made")
+    }
+
     pub fn clickhouse(&self) -> clickhouse::Client {
         clickhouse::Client::default()
             .with_url(clickhouse_url())
@@ -316,4 +336,80 @@ impl TopicReader {
             }
         }
     }
+}
+
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA (`ca.pem`) and a server certificate (`server.pem`, `server.key`)
+/// for 127.0.0.1 in `dir`, made by openssl as scripts/stack makes them.
+pub fn tls_certificates(dir: &std::path::Path) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ],
+    );
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.pem",
+        ],
+    );
 }

@@ -7,8 +7,6 @@
 //! event id needs an identity allowed it, and is audited under its name.
 #![cfg(feature = "services")]
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use outlier_collector::publish::Publisher;
@@ -24,81 +22,6 @@ use outlier_proto::{
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl runs");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA and a server certificate for 127.0.0.1, as scripts/stack makes them.
-fn certificates(dir: &Path) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=test CA",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=localhost",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-        ],
-    );
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "server.ext",
-            "-out",
-            "server.pem",
-        ],
-    );
-}
 
 fn query(org: &str) -> tonic::Request<QueryEventsRequest> {
     tonic::Request::new(QueryEventsRequest {
@@ -117,26 +40,14 @@ fn with_token<T>(mut r: tonic::Request<T>, token: &str) -> tonic::Request<T> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn only_a_known_token_reads_and_only_its_orgs() {
     let env = TestEnv::new("auth").await;
-    let dir = env.dir.path().join("auth");
-    std::fs::create_dir_all(&dir).unwrap();
-    certificates(&dir);
     let org = format!("acme-{}", env.id);
     let other = format!("globex-{}", env.id);
-    std::fs::write(
-        dir.join("tokens.toml"),
-        format!(
-            "[[identity]]\nname = \"acme-soc\"\ntoken_sha256 = \"{}\"\norgs = [\"{org}\"]\n\
-             [[identity]]\nname = \"alice\"\ntoken_sha256 = \"{}\"\norgs = [\"{org}\"]\nfeedback = true\n",
-            token_sha256("t-acme"),
-            token_sha256("t-alice")
-        ),
-    )
-    .unwrap();
-    let mut cfg = env.indexer_config();
-    cfg.auth.insecure = false;
-    cfg.auth.tokens_file = dir.join("tokens.toml").display().to_string();
-    cfg.tls.cert = dir.join("server.pem").display().to_string();
-    cfg.tls.key = dir.join("server.key").display().to_string();
+    let cfg = env.secure_indexer_config(&format!(
+        "[[identity]]\nname = \"acme-soc\"\ntoken_sha256 = \"{}\"\norgs = [\"{org}\"]\n\
+         [[identity]]\nname = \"alice\"\ntoken_sha256 = \"{}\"\norgs = [\"{org}\"]\nfeedback = true\n",
+        token_sha256("t-acme"),
+        token_sha256("t-alice")
+    ));
     let addr = cfg.grpc_addr;
     let shutdown = CancellationToken::new();
     let scorer = tokio::spawn(outlier_scorer::run(env.scorer_config(), shutdown.clone()));
@@ -151,7 +62,7 @@ async fn only_a_known_token_reads_and_only_its_orgs() {
     let text = format!("{}\n{}\n", line(&org, "mine"), line(&other, "theirs"));
     replay(text.as_bytes(), &publisher).await.unwrap();
 
-    let ca = std::fs::read(dir.join("ca.pem")).unwrap();
+    let ca = env.ca_pem();
     outlier_indexer::install_crypto_provider();
     let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
     let mut channel = None;

@@ -9,7 +9,8 @@
 //! 4. the cost of the trust boundary: the same Search RPC through the real
 //!    gRPC server, plaintext without tokens against TLS with a bearer token
 //!    (certificates made with openssl, as `scripts/stack` makes them),
-//!    calls interleaved so both see the same machine.
+//!    calls interleaved so both see the same machine;
+//! 5. p50/p99 of each web console page as served over those rows.
 //!
 //! ```text
 //! OUTLIER_BENCH_ROWS=10000000 OUTLIER_BENCH_VECTORS=1000000 \
@@ -250,6 +251,9 @@ async fn main() {
     // 4. The Search RPC over the network: plaintext vs TLS + bearer token.
     grpc_cost(&ch, idx.clone(), &queries).await;
 
+    // 5. The web console's pages.
+    console_pages(&ch, idx.clone(), &org1, rows_n).await;
+
     let _ = admin
         .query(&format!("DROP DATABASE IF EXISTS {db}"))
         .execute()
@@ -269,13 +273,165 @@ fn openssl(dir: &std::path::Path, args: &str) {
     );
 }
 
+/// The query services over `ch` and `idx`, as the indexer makes them (the
+/// stack's Kafka for the alert hub and feedback).
+fn bench_services(
+    ch: &clickhouse::Client,
+    idx: &std::sync::Arc<SearchIndex>,
+    auth: outlier_indexer::auth::Authorizer,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> outlier_indexer::grpc::Services {
+    use outlier_indexer::grpc;
+    let kafka = outlier_common::kafka::KafkaConfig::default();
+    grpc::Services {
+        ch: ch.clone(),
+        search: idx.clone(),
+        kafka: kafka.clone(),
+        shutdown: shutdown.clone(),
+        streams: std::sync::Arc::new(tokio::sync::Semaphore::new(grpc::MAX_INCIDENT_STREAMS)),
+        alerts: outlier_indexer::alert_hub::AlertHub::start(kafka.clone(), shutdown.clone()),
+        auth: std::sync::Arc::new(auth),
+        producer: kafka.producer_config("bench").create().unwrap(),
+        suppressions: Default::default(),
+        signatures: Default::default(),
+    }
+}
+
+/// p50/p99 of each console page as served (HTTP on loopback, the services
+/// in process) over the bench's rows, with 10,000 incidents of org-1 of
+/// five events each: the overview (24 hours of counts), the incident list,
+/// an incident, an event (process tree, timeline, look-alikes) and a
+/// search. The first 5 requests of each page warm it.
+async fn console_pages(
+    ch: &clickhouse::Client,
+    idx: std::sync::Arc<SearchIndex>,
+    org1: &[(u64, String)],
+    rows_n: u64,
+) {
+    use outlier_indexer::auth::Authorizer;
+    use outlier_indexer::incidents::IncidentRow;
+
+    let n_incidents = 10_000usize;
+    let mut insert = ch.insert::<IncidentRow>("incidents").await.unwrap();
+    for k in 0..n_incidents {
+        let events: Vec<&(u64, String)> = (0..5).map(|j| &org1[(k * 5 + j) % org1.len()]).collect();
+        let first = events.iter().map(|e| e.0).min().unwrap();
+        let last = events.iter().map(|e| e.0).max().unwrap();
+        insert
+            .write(&IncidentRow {
+                org: "org-1".into(),
+                incident_id: format!("inc-{k}"),
+                host: format!("host-{}", k % 500),
+                workloads: vec![format!("w{}", k % 50)],
+                ts: (first / 1_000_000_000) as u32,
+                first_ns: first,
+                last_ns: last,
+                updated_ns: last,
+                event_count: 5,
+                alert_count: 1,
+                verdict: 3,
+                max_score: 0.9,
+                tactics: vec!["execution".into()],
+                techniques: vec!["T1059.004".into()],
+                summary: format!("bash spawned by sshd on host-{}", k % 500),
+                event_ids: events.iter().map(|e| e.1.clone()).collect(),
+                event_ts_ns: events.iter().map(|e| e.0).collect(),
+                root_pid: 100,
+                root_program: "bash".into(),
+                ..IncidentRow::default()
+            })
+            .await
+            .unwrap();
+    }
+    insert.end().await.unwrap();
+
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let services = bench_services(ch, &idx, Authorizer::insecure(), &shutdown);
+    let addr = outlier_indexer::console::serve(
+        "127.0.0.1:0".parse().unwrap(),
+        services,
+        &Default::default(),
+        None,
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let http = reqwest::Client::new();
+    // 55 requests of each page, on different incidents, events and words.
+    let rounds = 0..55usize;
+    let pages: Vec<(&str, Vec<String>)> = vec![
+        (
+            "overview",
+            rounds.clone().map(|_| "/o/org-1".into()).collect(),
+        ),
+        (
+            "baselines",
+            rounds
+                .clone()
+                .map(|_| "/o/org-1/baselines".into())
+                .collect(),
+        ),
+        (
+            "incidents",
+            rounds
+                .clone()
+                .map(|_| "/o/org-1/incidents".into())
+                .collect(),
+        ),
+        (
+            "incident",
+            rounds
+                .clone()
+                .map(|k| format!("/o/org-1/incidents/inc-{}", (k * 7919) % n_incidents))
+                .collect(),
+        ),
+        (
+            "event",
+            rounds
+                .clone()
+                .map(|k| format!("/o/org-1/events/{}", org1[(k * 7919) % org1.len()].1))
+                .collect(),
+        ),
+        (
+            "search",
+            rounds
+                .map(|k| {
+                    let q = [
+                        "reverse+shell+bash",
+                        "download+and+execute",
+                        "persistence+cron",
+                    ];
+                    format!("/o/org-1/search?q={}", q[k % 3])
+                })
+                .collect(),
+        ),
+    ];
+    for (name, paths) in &pages {
+        let mut d = Vec::new();
+        for (k, p) in paths.iter().enumerate() {
+            let t = Instant::now();
+            let r = http.get(format!("http://{addr}{p}")).send().await.unwrap();
+            let status = r.status();
+            let body = r.text().await.unwrap();
+            let took = t.elapsed();
+            assert!(status.is_success(), "{p}: {status}: {body}");
+            if k >= 5 {
+                d.push(took);
+            }
+        }
+        let (p50, p99) = pct(d);
+        println!("| console page `{name}` over {rows_n} rows | p50 {p50:.1} ms, p99 {p99:.1} ms |");
+    }
+    shutdown.cancel();
+}
+
 /// p50/p99 of the Search RPC (top 20, org-1) through two servers of the
 /// same services: one plaintext without tokens (`auth.insecure`), one TLS
 /// with a bearer token checked on every call. New connections are not
 /// measured: each client keeps one channel, as the CLI and SDKs do.
 async fn grpc_cost(ch: &clickhouse::Client, idx: std::sync::Arc<SearchIndex>, queries: &[&str]) {
     use outlier_indexer::auth::{Authorizer, token_sha256};
-    use outlier_indexer::grpc::{self, Services};
+    use outlier_indexer::grpc;
     use outlier_proto::search_client::SearchClient;
     use outlier_proto::{SearchRequest, search_request};
     use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
@@ -301,21 +457,8 @@ async fn grpc_cost(ch: &clickhouse::Client, idx: std::sync::Arc<SearchIndex>, qu
     );
     let read = |f: &str| std::fs::read(d.join(f)).unwrap();
 
-    let kafka = outlier_common::kafka::KafkaConfig::default();
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let alerts = outlier_indexer::alert_hub::AlertHub::start(kafka.clone(), shutdown.clone());
-    let services = |auth: Authorizer| Services {
-        ch: ch.clone(),
-        search: idx.clone(),
-        kafka: kafka.clone(),
-        shutdown: shutdown.clone(),
-        streams: std::sync::Arc::new(tokio::sync::Semaphore::new(grpc::MAX_INCIDENT_STREAMS)),
-        alerts: alerts.clone(),
-        auth: std::sync::Arc::new(auth),
-        producer: kafka.producer_config("bench").create().unwrap(),
-        suppressions: Default::default(),
-        signatures: Default::default(),
-    };
+    let services = |auth: Authorizer| bench_services(ch, &idx, auth, &shutdown);
     let loopback = "127.0.0.1:0".parse().unwrap();
     let plain = grpc::serve(
         loopback,

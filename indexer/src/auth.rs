@@ -52,6 +52,11 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// The orgs it may read; `None`: every org.
+    pub fn orgs(&self) -> Option<&[String]> {
+        self.orgs.as_deref()
+    }
+
     pub fn may_read(&self, org: &str) -> bool {
         self.orgs
             .as_ref()
@@ -117,6 +122,18 @@ impl Authorizer {
         Ok(Self {
             tokens: Some(tokens),
         })
+    }
+
+    /// Whether authentication is on (off only with `auth.insecure`).
+    pub fn enabled(&self) -> bool {
+        self.tokens.is_some()
+    }
+
+    /// The identity a token stands for (`None`: unknown, or authentication
+    /// is off).
+    pub fn identify(&self, token: &str) -> Option<Identity> {
+        let digest: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
+        self.tokens.as_ref()?.get(&digest).cloned()
     }
 
     /// The caller's identity, checked against `org`.

@@ -26,6 +26,8 @@ pub struct IndexerConfig {
     pub incidents: IncidentsConfig,
     /// Push output of OCSF findings to an HTTP webhook (off by default).
     pub webhook: crate::webhook::WebhookConfig,
+    /// The web console (off unless `console.addr` is set).
+    pub console: crate::console::ConsoleConfig,
 }
 
 /// How flagged events are grouped into incidents (see `incidents.rs`).
@@ -99,6 +101,7 @@ impl IndexerConfig {
         if self.incidents.max_open == 0 {
             return Err("incidents.max_open must be at least 1".into());
         }
+        self.console.address(self.auth.insecure)?;
         if self.auth.insecure {
             if !self.grpc_addr.ip().is_loopback() {
                 return Err(format!(
@@ -159,6 +162,7 @@ impl Default for IndexerConfig {
             tls: TlsConfig::default(),
             incidents: IncidentsConfig::default(),
             webhook: crate::webhook::WebhookConfig::default(),
+            console: crate::console::ConsoleConfig::default(),
         }
     }
 }

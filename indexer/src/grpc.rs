@@ -124,6 +124,13 @@ impl Services {
         self.auth.authorize(request.metadata(), org).map(|_| ())
     }
 
+    /// Whether the caller of `request` may read `org`: for reads made
+    /// beside the service methods (the console's overview counts).
+    pub fn check_read<T>(&self, request: &Request<T>, org: &str) -> Result<(), Status> {
+        require_org(org)?;
+        self.auth.authorize(request.metadata(), org).map(|_| ())
+    }
+
     /// ... and the caller may change what Outlier decides for it (an
     /// identity allowed feedback): its name, for the record.
     fn may_change<T: OrgScoped>(&self, request: &Request<T>) -> Result<String, Status> {
@@ -470,17 +477,19 @@ impl IncidentService for Services {
             0 => 50,
             n => n.min(1000),
         };
-        let rows = crate::incidents::list(
-            &self.ch,
-            &req.org,
-            req.since_ns,
-            req.until_ns,
-            &req.hosts,
-            min_verdict(req.min_verdict()),
-            u64::from(limit),
-        )
-        .await
-        .map_err(clickhouse_status)?;
+        let filter = crate::incidents::Filter {
+            since_ns: req.since_ns,
+            until_ns: req.until_ns,
+            min_verdict: min_verdict(req.min_verdict()),
+            hosts: req.hosts,
+            workloads: req.workloads,
+            tactics: req.tactics,
+            before_last_ns: req.before_last_ns,
+            limit: u64::from(limit),
+        };
+        let rows = crate::incidents::list(&self.ch, &req.org, &filter)
+            .await
+            .map_err(clickhouse_status)?;
         Ok(Response::new(ListIncidentsResponse {
             incidents: rows.iter().map(|r| r.to_incident()).collect(),
         }))

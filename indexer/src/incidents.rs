@@ -563,36 +563,67 @@ async fn insert(ch: &Client, rows: &[IncidentRow]) -> Result<(), clickhouse::err
     insert.end().await
 }
 
-/// The org's incidents active in `[since_ns, until_ns)` (0 = open) with a
-/// verdict of at least `min_verdict`, on `hosts` (all when empty), most
-/// recent first.
+/// Which of an org's incidents [`list`] returns.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Active in `[since_ns, until_ns)` (0 = open).
+    pub since_ns: u64,
+    pub until_ns: u64,
+    /// On these hosts, with events of these workloads, named one of these
+    /// tactics (each: all when empty).
+    pub hosts: Vec<String>,
+    pub workloads: Vec<String>,
+    pub tactics: Vec<String>,
+    /// Most severe verdict at least this.
+    pub min_verdict: u8,
+    /// Last event before this (paging; 0 = no bound).
+    pub before_last_ns: u64,
+    pub limit: u64,
+}
+
+/// The org's incidents that pass `f`, most recent first.
 pub async fn list(
     ch: &Client,
     org: &str,
-    since_ns: u64,
-    until_ns: u64,
-    hosts: &[String],
-    min_verdict: u8,
-    limit: u64,
+    f: &Filter,
 ) -> Result<Vec<IncidentRow>, clickhouse::error::Error> {
-    let until = if until_ns == 0 { u64::MAX } else { until_ns };
+    let until = if f.until_ns == 0 {
+        u64::MAX
+    } else {
+        f.until_ns
+    };
+    let before = if f.before_last_ns == 0 {
+        u64::MAX
+    } else {
+        f.before_last_ns
+    };
     let mut sql = String::from(
-        "SELECT ?fields FROM incidents FINAL WHERE org = ? AND last_ns >= ? AND first_ns < ? AND verdict >= ?",
+        "SELECT ?fields FROM incidents FINAL WHERE org = ? AND last_ns >= ? AND first_ns < ? \
+         AND last_ns < ? AND verdict >= ?",
     );
-    if !hosts.is_empty() {
-        sql.push_str(" AND has(?, host)");
+    for (values, test) in [
+        (&f.hosts, " AND has(?, host)"),
+        (&f.workloads, " AND hasAny(workloads, ?)"),
+        (&f.tactics, " AND hasAny(tactics, ?)"),
+    ] {
+        if !values.is_empty() {
+            sql.push_str(test);
+        }
     }
     sql.push_str(" ORDER BY last_ns DESC, incident_id LIMIT ?");
     let mut q = ch
         .query(&sql)
         .bind(org)
-        .bind(since_ns)
+        .bind(f.since_ns)
         .bind(until)
-        .bind(min_verdict);
-    if !hosts.is_empty() {
-        q = q.bind(hosts);
+        .bind(before)
+        .bind(f.min_verdict);
+    for values in [&f.hosts, &f.workloads, &f.tactics] {
+        if !values.is_empty() {
+            q = q.bind(values);
+        }
     }
-    q.bind(limit).fetch_all::<IncidentRow>().await
+    q.bind(f.limit).fetch_all::<IncidentRow>().await
 }
 
 /// One incident of an org.

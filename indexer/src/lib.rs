@@ -1,12 +1,14 @@
 //! Outlier's indexer: sinks scored events from Kafka into ClickHouse
 //! `security_events` in batches, at-least-once and idempotent, keeps the
 //! search index of behaviours, and serves the gRPC query, search and alert
-//! stream services; audits operators' feedback into `feedback_audit`.
+//! stream services and the web console; audits operators' feedback into
+//! `feedback_audit`.
 
 pub mod alert_hub;
 pub mod audit;
 pub mod auth;
 pub mod config;
+pub mod console;
 pub mod grpc;
 pub mod hosts;
 pub mod incidents;

@@ -366,6 +366,124 @@ pub async fn events_by_behaviour(
         .collect())
 }
 
+/// Events an org flagged in one hour on one host of one workload.
+#[derive(Debug, Clone, serde::Deserialize, clickhouse::Row)]
+pub struct FlaggedRow {
+    /// Start of the hour, seconds since the epoch.
+    pub hour: u32,
+    pub workload: String,
+    pub host: String,
+    /// Distinct flagged events (warn or alert), and how many alerted.
+    pub flagged: u64,
+    pub alerts: u64,
+}
+
+/// What an org flagged since `since_ns`, by hour, workload and host
+/// (the console's overview). Counts distinct events: a replayed event's
+/// copies count once.
+pub async fn flagged_by_hour(
+    ch: &Client,
+    org: &str,
+    since_ns: u64,
+) -> Result<Vec<FlaggedRow>, QueryError> {
+    Ok(ch
+        .query(&format!(
+            "SELECT toUInt32(toStartOfHour(ts)) AS hour, workload, host, \
+             uniqExact(event_id) AS flagged, uniqExactIf(event_id, verdict = 'alert') AS alerts \
+             FROM {TABLE} WHERE org = ? AND ts >= toDateTime(?) AND verdict IN ('warn', 'alert') \
+             GROUP BY hour, workload, host ORDER BY hour"
+        ))
+        .bind(org)
+        .bind(since_ns / 1_000_000_000)
+        .fetch_all()
+        .await?)
+}
+
+/// What the scored events say about one workload's baseline.
+#[derive(Debug, Clone, serde::Deserialize, clickhouse::Row)]
+pub struct BaselineRow {
+    pub workload: String,
+    /// Events and distinct behaviours since the window's start.
+    pub events: u64,
+    pub behaviours_seen: u64,
+    /// Behaviours the baseline had at the latest event, and at the first
+    /// event of the last day (0: none that day).
+    pub known: u64,
+    pub known_day_ago: u64,
+    /// Events whose behaviour was learned in the last day; the latest.
+    pub learned_day: u64,
+    pub last_learned_ns: u64,
+    pub first_ns: u64,
+    pub last_ns: u64,
+    /// Events flagged (warn or alert) in the last day, and all its events.
+    pub flagged_day: u64,
+    pub events_day: u64,
+}
+
+/// Every workload of an org with events since `since_ns`: its baseline's
+/// size, growth over the last day (from `day_ns`) and what it learned.
+pub async fn baselines(
+    ch: &Client,
+    org: &str,
+    since_ns: u64,
+    day_ns: u64,
+) -> Result<Vec<BaselineRow>, QueryError> {
+    let day = day_ns / 1_000_000_000;
+    Ok(ch
+        .query(&format!(
+            "SELECT workload, count() AS events, uniqExact(behaviour_key) AS behaviours_seen, \
+             argMax(baseline_size, ts_ns) AS known, \
+             argMinIf(baseline_size, ts_ns, ts >= toDateTime(?)) AS known_day_ago, \
+             countIf(learned = 1 AND ts >= toDateTime(?)) AS learned_day, \
+             maxIf(ts_ns, learned = 1) AS last_learned_ns, min(ts_ns) AS first_ns, \
+             max(ts_ns) AS last_ns, \
+             countIf(verdict IN ('warn', 'alert') AND ts >= toDateTime(?)) AS flagged_day, \
+             countIf(ts >= toDateTime(?)) AS events_day \
+             FROM {TABLE} WHERE org = ? AND ts >= toDateTime(?) GROUP BY workload ORDER BY workload"
+        ))
+        .bind(day)
+        .bind(day)
+        .bind(day)
+        .bind(day)
+        .bind(org)
+        .bind(since_ns / 1_000_000_000)
+        .fetch_all()
+        .await?)
+}
+
+#[derive(Debug, serde::Deserialize, clickhouse::Row)]
+struct KeyCount {
+    behaviour_key: u64,
+    n: u64,
+}
+
+/// How many distinct events of `workload` had each of `keys` as their
+/// behaviour since `since_ns`.
+pub async fn behaviour_counts(
+    ch: &Client,
+    org: &str,
+    workload: &str,
+    keys: &[u64],
+    since_ns: u64,
+) -> Result<HashMap<u64, u64>, QueryError> {
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<KeyCount> = ch
+        .query(&format!(
+            "SELECT behaviour_key, uniqExact(event_id) AS n FROM {TABLE} \
+             PREWHERE workload = ? AND has(?, behaviour_key) \
+             WHERE org = ? AND ts >= toDateTime(?) GROUP BY behaviour_key"
+        ))
+        .bind(workload)
+        .bind(keys)
+        .bind(org)
+        .bind(since_ns / 1_000_000_000)
+        .fetch_all()
+        .await?;
+    Ok(rows.into_iter().map(|r| (r.behaviour_key, r.n)).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

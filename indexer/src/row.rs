@@ -51,6 +51,10 @@ pub struct EventRow {
     pub contrib_sentences: Vec<String>,
     pub suppressed_by: String,
     pub signature_id: String,
+    /// Behaviours the workload's baseline had when the event was scored.
+    pub baseline_size: u64,
+    /// 1 when the event's behaviour was learned into the baseline.
+    pub learned: u8,
 }
 
 impl EventRow {
@@ -90,6 +94,8 @@ impl EventRow {
             contrib_sentences: s.contributions.iter().map(|c| c.sentence.clone()).collect(),
             suppressed_by: s.suppressed_by.clone(),
             signature_id: s.signature_id.clone(),
+            baseline_size: s.baseline_size,
+            learned: u8::from(s.learned),
             ..EventRow::default()
         };
         match e.detail {
@@ -194,8 +200,8 @@ impl EventRow {
                 .collect(),
             scored_at_ns: self.scored_at_ns,
             scorer_version: self.scorer_version.clone(),
-            baseline_size: 0,
-            learned: false,
+            baseline_size: self.baseline_size,
+            learned: self.learned != 0,
             behaviour_key: self.behaviour_key,
             suppressed_by: self.suppressed_by.clone(),
             signature_id: self.signature_id.clone(),
@@ -265,6 +271,8 @@ mod tests {
                 shap: 0.75,
                 sentence: "outbound connection to rare port 4444".into(),
             }],
+            baseline_size: 17,
+            learned: true,
             ..ScoredEvent::default()
         };
         let r = EventRow::from_scored(&s);
@@ -277,5 +285,6 @@ mod tests {
         assert_eq!(back.event, s.event);
         assert_eq!(back.verdict(), Verdict::Warn);
         assert_eq!(back.contributions, s.contributions);
+        assert_eq!((back.baseline_size, back.learned), (17, true));
     }
 }

@@ -66,6 +66,10 @@ pub const COLUMNS: &[(&str, &str)] = &[
     ("suppressed_by", "String"),
     // The fleet signature (immune memory) the event matched.
     ("signature_id", "String"),
+    // The workload's baseline when the event was scored (the console's
+    // baselines page), and whether the event's behaviour was learned.
+    ("baseline_size", "UInt64"),
+    ("learned", "UInt8"),
     ("inserted_at", "DateTime DEFAULT now()"),
 ];
 
@@ -427,7 +431,7 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
+pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
     let doe = z - era * 146_097;

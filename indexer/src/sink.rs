@@ -152,27 +152,38 @@ pub async fn run(cfg: IndexerConfig, shutdown: CancellationToken) -> Result<(), 
         health.clone(),
         shutdown.clone(),
     ));
-    grpc::serve(
-        cfg.grpc_addr,
-        Services {
-            ch: ch.clone(),
-            search: search.clone(),
-            kafka: cfg.kafka.clone(),
-            shutdown: shutdown.clone(),
-            streams: Arc::new(tokio::sync::Semaphore::new(grpc::MAX_INCIDENT_STREAMS)),
-            alerts: crate::alert_hub::AlertHub::start(cfg.kafka.clone(), shutdown.clone()),
-            auth: Arc::new(auth),
-            producer: cfg
-                .kafka
-                .producer_config("outlier-indexer-feedback")
-                .create()?,
-            suppressions,
-            signatures,
-        },
-        tls,
-        shutdown.clone(),
-    )
-    .await?;
+    let services = Services {
+        ch: ch.clone(),
+        search: search.clone(),
+        kafka: cfg.kafka.clone(),
+        shutdown: shutdown.clone(),
+        streams: Arc::new(tokio::sync::Semaphore::new(grpc::MAX_INCIDENT_STREAMS)),
+        alerts: crate::alert_hub::AlertHub::start(cfg.kafka.clone(), shutdown.clone()),
+        auth: Arc::new(auth),
+        producer: cfg
+            .kafka
+            .producer_config("outlier-indexer-feedback")
+            .create()?,
+        suppressions,
+        signatures,
+    };
+    let console_tls =
+        (!cfg.tls.cert.is_empty()).then(|| (cfg.tls.cert.clone(), cfg.tls.key.clone()));
+    grpc::serve(cfg.grpc_addr, services.clone(), tls, shutdown.clone()).await?;
+    if let Some(addr) = cfg
+        .console
+        .address(cfg.auth.insecure)
+        .map_err(RunError::Config)?
+    {
+        crate::console::serve(
+            addr,
+            services,
+            &cfg.console,
+            console_tls.as_ref().map(|(c, k)| (c.as_str(), k.as_str())),
+            shutdown.clone(),
+        )
+        .await?;
+    }
     {
         // Vector-index maintenance of the search tables, off the sink path.
         let search = search.clone();

@@ -49,6 +49,17 @@ impl Event {
         }
     }
 
+    /// What the event did, in one line: an exec's command line, a
+    /// connection's `→ address:port`, an open's `open path`.
+    pub fn action(&self) -> String {
+        match &self.detail {
+            Some(event::Detail::Exec(x)) => x.argv.join(" "),
+            Some(event::Detail::Connect(c)) => format!("→ {}:{}", c.remote_ip, c.remote_port),
+            Some(event::Detail::Open(o)) => format!("open {}", o.path),
+            None => String::new(),
+        }
+    }
+
     /// The Kafka record key of the event: `org/workload`.
     pub fn partition_key(&self) -> String {
         format!("{}/{}", self.org, self.workload)

@@ -32,7 +32,7 @@ use outlier_proto::{
     GetIncidentRequest, Incident, ListHostsRequest, ListIncidentsRequest, ListSignaturesRequest,
     ListSuppressionsRequest, QueryEventsRequest, RevokeSignatureRequest, RevokeSuppressionRequest,
     ScoredEvent, SearchRequest, Signature, SortOrder, StreamAlertsRequest, StreamIncidentsRequest,
-    SubmitFeedbackRequest, Suppression, Verdict, event::Detail, search_request,
+    SubmitFeedbackRequest, Suppression, Verdict, search_request,
 };
 use serde_json::json;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -155,6 +155,12 @@ enum Command {
         since: String,
         #[arg(long)]
         host: Vec<String>,
+        /// Only incidents with events of these workloads.
+        #[arg(long)]
+        workload: Vec<String>,
+        /// Only incidents named one of these ATT&CK tactics (persistence, …).
+        #[arg(long)]
+        tactic: Vec<String>,
         /// Only incidents with an alert (not only warnings).
         #[arg(long)]
         alerts_only: bool,
@@ -298,12 +304,7 @@ fn parse_ago(s: &str) -> Result<Duration, String> {
 
 /// What an event did, in one line.
 fn what(s: &ScoredEvent) -> String {
-    match s.event.as_ref().and_then(|e| e.detail.as_ref()) {
-        Some(Detail::Exec(x)) => x.argv.join(" "),
-        Some(Detail::Connect(c)) => format!("→ {}:{}", c.remote_ip, c.remote_port),
-        Some(Detail::Open(o)) => format!("open {}", o.path),
-        None => String::new(),
-    }
+    s.event.as_ref().map(|e| e.action()).unwrap_or_default()
 }
 
 /// Shortens a host-controlled string for a table cell. Control characters
@@ -792,6 +793,8 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Incidents {
             since,
             host,
+            workload,
+            tactic,
             alerts_only,
             limit,
             follow,
@@ -836,8 +839,11 @@ async fn run(cli: Cli) -> Result<(), String> {
                     since_ns: now_ns().saturating_sub(parse_ago(&since)?.as_nanos() as u64),
                     until_ns: 0,
                     hosts: host,
+                    workloads: workload,
+                    tactics: tactic,
                     min_verdict,
                     limit,
+                    before_last_ns: 0,
                 })
                 .await
                 .map_err(|e| e.message().to_string())?
