@@ -209,6 +209,12 @@ def main():
                 break
         check(suppressed, "the repeat of the scenario was not suppressed")
 
+        # The suppression the feedback made, listed.
+        b.go(f"{base}/o/{q(org)}/suppressions")
+        check(suppressed in b.text(b.find("table.suppressions")), f"{suppressed} not listed")
+        timings["suppressions"] = b.server_ms()
+        b.shot(shots / "suppressions.png")
+
         # The baselines.
         b.go(f"{base}/o/{q(org)}/baselines")
         check("web" in b.text(b.find("table.baselines")), "no baseline of the web workload")

@@ -489,6 +489,25 @@ async fn a_browser_triages_an_incident_of_its_own_org_only() {
         );
     }
 
+    // The suppressions page lists the rule the feedback made, and revokes it.
+    let page = alice.get_ok(&format!("/o/{a}/suppressions")).await;
+    let needle = format!("action=\"/o/{a}/suppressions/");
+    let at = page
+        .find(&needle)
+        .unwrap_or_else(|| panic!("no revocable suppression: {page}"));
+    let rest = &page[at + needle.len()..];
+    let id = rest[..rest.find('/').unwrap()].to_string();
+    assert!(page.contains("our deploy hook"), "{page}");
+    let (status, _, location) = alice
+        .post(
+            &format!("/o/{a}/suppressions/{id}/revoke"),
+            &[("csrf", &token)],
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (_, page, _) = alice.get(&location).await;
+    assert!(page.contains("revoked by alice"), "{page}");
+
     // Signing out ends the session.
     let (status, _, location) = alice.post("/logout", &[("csrf", &token)]).await;
     assert_eq!(status, StatusCode::SEE_OTHER);

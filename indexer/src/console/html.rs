@@ -92,6 +92,11 @@ impl Page<'_> {
                 ("incidents", format!("/o/{o}/incidents"), "Incidents"),
                 ("search", format!("/o/{o}/search"), "Search"),
                 ("baselines", format!("/o/{o}/baselines"), "Baselines"),
+                (
+                    "suppressions",
+                    format!("/o/{o}/suppressions"),
+                    "Suppressions",
+                ),
                 ("hosts", format!("/o/{o}/hosts"), "Fleet"),
             ] {
                 let current = if key == self.current {

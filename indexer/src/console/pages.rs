@@ -20,11 +20,12 @@ use outlier_proto::event_query_server::EventQuery;
 use outlier_proto::feedback_service_server::FeedbackService;
 use outlier_proto::incident_service_server::IncidentService;
 use outlier_proto::search_server::Search;
+use outlier_proto::suppression_service_server::SuppressionService;
 use outlier_proto::{
     Event, EventKind, FeedbackLabel, FeedbackScope, GetEventRequest, GetIncidentRequest, Incident,
-    ListHostsRequest, ListIncidentsRequest, QueryEventsRequest, ScoredEvent, SearchRequest,
-    SortOrder, StreamAlertsRequest, StreamIncidentsRequest, SubmitFeedbackRequest, Verdict,
-    event::Detail, search_request,
+    ListHostsRequest, ListIncidentsRequest, ListSuppressionsRequest, QueryEventsRequest,
+    RevokeSuppressionRequest, ScoredEvent, SearchRequest, SortOrder, StreamAlertsRequest,
+    StreamIncidentsRequest, SubmitFeedbackRequest, Verdict, event::Detail, search_request,
 };
 use serde::Deserialize;
 
@@ -46,6 +47,11 @@ pub(super) fn routes() -> Router<Console> {
         .route("/o/{org}/search", get(search))
         .route("/o/{org}/hosts", get(hosts))
         .route("/o/{org}/baselines", get(baselines))
+        .route("/o/{org}/suppressions", get(suppressions))
+        .route(
+            "/o/{org}/suppressions/{id}/revoke",
+            post(revoke_suppression),
+        )
         .route("/o/{org}/live", get(live_alerts))
         .route("/o/{org}/live/incidents", get(live_incidents))
         .route("/static/console.css", get(css))
@@ -1053,6 +1059,115 @@ async fn baselines(State(c): State<Console>, s: Session, Path(org): Path<String>
         body.push_str("</tbody></table>");
     }
     Ok(page(&s, Some(&org), "baselines", "Baselines", &body))
+}
+
+// ----------------------------------------------------------- suppressions
+
+async fn suppressions(
+    State(c): State<Console>,
+    s: Session,
+    Path(org): Path<String>,
+    Query(done): Query<Done>,
+) -> PageResult {
+    let list = SuppressionService::list_suppressions(
+        &c.services,
+        s.request(ListSuppressionsRequest {
+            org: org.clone(),
+            all: true,
+        }),
+    )
+    .await?
+    .into_inner()
+    .suppressions;
+    let now = now_ns();
+    let mut body = String::new();
+    if !done.done.is_empty() {
+        let _ = write!(
+            body,
+            "<p class=\"notice\" role=\"status\">{}</p>",
+            esc(&done.done)
+        );
+    }
+    body.push_str(
+        "<p class=\"hint\">Rules that keep matching flagged events from alerting (they are still scored, \
+         stored and shown). Made from an event's feedback for its host or the organisation.</p>",
+    );
+    if list.is_empty() {
+        body.push_str("<p class=\"empty\">No suppressions.</p>");
+        return Ok(page(&s, Some(&org), "suppressions", "Suppressions", &body));
+    }
+    body.push_str(
+        "<table class=\"suppressions\"><thead><tr><th scope=\"col\">Rule</th><th scope=\"col\">Matches</th>\
+         <th scope=\"col\">Why</th><th scope=\"col\">By</th><th scope=\"col\">Made (UTC)</th>\
+         <th scope=\"col\">Until (UTC)</th><th scope=\"col\">State</th></tr></thead><tbody>",
+    );
+    for r in &list {
+        let mut matches = Vec::new();
+        for (k, v) in [
+            ("workload", &r.workload),
+            ("host", &r.host),
+            ("program", &r.program),
+            ("command", &r.argv),
+            ("path", &r.path),
+            ("peer", &r.remote),
+        ] {
+            if !v.is_empty() {
+                matches.push(format!("{k} <code>{}</code>", esc(v)));
+            }
+        }
+        let state = if r.revoked {
+            format!("revoked by {}", esc(&r.revoked_by))
+        } else if r.expires_ns <= now {
+            "expired".to_string()
+        } else if s.feedback {
+            format!(
+                "active <form method=\"post\" action=\"/o/{}/suppressions/{}/revoke\" class=\"inline\">\
+                 <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+                 <button type=\"submit\" aria-label=\"revoke {}\">Revoke</button></form>",
+                url(&org),
+                url(&r.suppression_id),
+                esc(&s.csrf),
+                esc(&r.suppression_id)
+            )
+        } else {
+            "active".to_string()
+        };
+        let _ = write!(
+            body,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{state}</td></tr>",
+            esc(&r.suppression_id),
+            matches.join(", "),
+            esc(&r.reason),
+            esc(&r.author),
+            html::time(r.created_ns),
+            html::time(r.expires_ns),
+        );
+    }
+    body.push_str("</tbody></table>");
+    Ok(page(&s, Some(&org), "suppressions", "Suppressions", &body))
+}
+
+async fn revoke_suppression(
+    State(c): State<Console>,
+    s: Session,
+    Path((org, id)): Path<(String, String)>,
+    Form(f): Form<CsrfForm>,
+) -> PageResult {
+    s.check_csrf(&f.csrf)?;
+    SuppressionService::revoke_suppression(
+        &c.services,
+        s.request(RevokeSuppressionRequest {
+            org: org.clone(),
+            suppression_id: id.clone(),
+        }),
+    )
+    .await?;
+    Ok(Redirect::to(&format!(
+        "/o/{}/suppressions?done={}",
+        url(&org),
+        url(&format!("Suppression {id} revoked."))
+    ))
+    .into_response())
 }
 
 // ------------------------------------------------------------------ fleet
