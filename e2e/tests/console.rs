@@ -333,6 +333,31 @@ async fn a_browser_triages_an_incident_of_its_own_org_only() {
     assert!(page.contains(">web</a>"), "{page}");
     assert!(page.contains("warming up ("), "{page}");
 
+    // A record that is no event, keyed for org a: dead-lettered by the
+    // scorer, and counted on a's overview with its reason.
+    let raw: rdkafka::producer::FutureProducer =
+        env.kafka.producer_config("e2e-console").create().unwrap();
+    raw.send(
+        rdkafka::producer::FutureRecord::to(&env.kafka.topics.events)
+            .key(&format!("{a}/web"))
+            .payload(b"\xff\xfe not a protobuf event".as_slice()),
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("the garbage record is written");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let page = alice.get_ok(&format!("/o/{a}")).await;
+        if page.contains("<td>not an outlier.v1.Event</td>") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the dead letter is not on the overview: {page}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
     // Another org: refused, by page and by id.
     let (status, page, _) = alice.get(&format!("/o/{b}")).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{page}");

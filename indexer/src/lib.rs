@@ -9,6 +9,7 @@ pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod console;
+pub mod deadletters;
 pub mod grpc;
 pub mod hosts;
 pub mod incidents;

@@ -47,6 +47,13 @@ pub static HEARTBEATS: LazyLock<Counter<Written>> = LazyLock::new(|| {
         "outcome",
     )
 });
+pub static DEAD_LETTERS_SEEN: LazyLock<Counter<Written>> = LazyLock::new(|| {
+    Counter::register(
+        "outlier_indexer_dead_letters_total",
+        "Records of the dead-letter topic written to the dead_letters table, by outcome (written/invalid)",
+        "outcome",
+    )
+});
 
 labels! {
     pub enum IncidentEvent {

@@ -306,6 +306,11 @@ pub async fn migrate(
     let mut statements = create_table_sql(db, layout, version, retention_days);
     statements.extend(crate::audit::create_table_sql(db, layout));
     statements.extend(crate::hosts::create_table_sql(db, layout));
+    statements.extend(crate::deadletters::create_table_sql(
+        db,
+        layout,
+        version.has_ttl().then_some(retention_days),
+    ));
     statements.extend(crate::incidents::create_table_sql(
         db,
         layout,
@@ -323,6 +328,7 @@ pub async fn migrate(
             crate::audit::TABLE,
             crate::hosts::TABLE,
             crate::incidents::TABLE,
+            crate::deadletters::TABLE,
         ] {
             let row: EngineRow = client
                 .query("SELECT engine FROM system.tables WHERE database = ? AND name = ?")

@@ -210,6 +210,13 @@ pub async fn run(cfg: IndexerConfig, shutdown: CancellationToken) -> Result<(), 
         health.clone(),
         shutdown.clone(),
     ));
+    let dead_letters = tokio::spawn(crate::deadletters::run(
+        cfg.kafka.clone(),
+        format!("{}-dead-letters", cfg.group_id),
+        ch.clone(),
+        health.clone(),
+        shutdown.clone(),
+    ));
     let incidents = tokio::spawn(crate::incidents::run(
         cfg.kafka.clone(),
         format!("{}-incidents", cfg.group_id),
@@ -284,6 +291,7 @@ pub async fn run(cfg: IndexerConfig, shutdown: CancellationToken) -> Result<(), 
     let Ok(()) = batch::run(&consumer, settings, &mut sink, &shutdown).await;
     let _ = audit.await;
     let _ = hosts.await;
+    let _ = dead_letters.await;
     let _ = incidents.await;
     let _ = findings.await;
     if let Some(w) = webhook {

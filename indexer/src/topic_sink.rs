@@ -1,5 +1,5 @@
 //! A small topic-to-table writer for the indexer's side tables (the
-//! feedback audit, the hosts' heartbeats): each record of a topic becomes a
+//! feedback audit, the hosts' heartbeats, the dead letters): each record of a topic becomes a
 //! row of a ClickHouse table, at-least-once, in the indexer's own consumer
 //! group.
 
@@ -25,7 +25,7 @@ pub async fn run<T>(
     topic: &str,
     group: &str,
     table: &str,
-    decode: fn(&OwnedMessage) -> Result<T, String>,
+    decode: impl Fn(&OwnedMessage) -> Result<T, String>,
     counter: &outlier_common::telemetry::Counter<metrics::Written>,
     ch: &Client,
     health: &Health,

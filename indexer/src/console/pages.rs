@@ -239,12 +239,15 @@ async fn overview(State(c): State<Console>, s: Session, Path(org): Path<String>)
         }),
     );
     let flagged = crate::query::flagged_by_hour(&c.services.ch, &org, since);
-    let (list, silent, flagged) = tokio::join!(list, silent, flagged);
+    let dead = crate::deadletters::by_reason(&c.services.ch, &org, since);
+    let (list, silent, flagged, dead) = tokio::join!(list, silent, flagged, dead);
     let (list, silent, flagged) = (
         list?.into_inner().incidents,
         silent?.into_inner().hosts,
         flagged?,
     );
+    let dead = dead.map_err(crate::query::QueryError::from)?;
+    let dead_total: u64 = dead.iter().map(|d| d.n).sum();
 
     let mut by_hour: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
     let mut by_workload: HashMap<&str, u64> = HashMap::new();
@@ -281,7 +284,8 @@ async fn overview(State(c): State<Console>, s: Session, Path(org): Path<String>)
          <div><span class=\"figure\">{total}</span> flagged events</div>\
          <div><span class=\"figure\">{alerts}</span> alerts</div>\
          <div><span class=\"figure\">{}</span> incidents (latest {})</div>\
-         <div><span class=\"figure\">{}</span> silent hosts</div></section>",
+         <div><span class=\"figure\">{}</span> silent hosts</div>\
+         <div><span class=\"figure\">{dead_total}</span> dead letters</div></section>",
         list.len(),
         10,
         silent.len()
@@ -300,6 +304,24 @@ async fn overview(State(c): State<Console>, s: Session, Path(org): Path<String>)
         incidents_table(&org, &list),
         url(&org)
     );
+    if !dead.is_empty() {
+        body.push_str(
+            "<section><h2>Dead letters, last 24 hours</h2><p class=\"hint\">Records that can never \
+             be processed, set aside on the dead-letter topic with the reason (docs/reliability.md).</p>\
+             <table class=\"dead\"><thead><tr><th scope=\"col\">Reason</th><th scope=\"col\">Records</th>\
+             <th scope=\"col\">Latest (UTC)</th></tr></thead><tbody>",
+        );
+        for d in &dead {
+            let _ = write!(
+                body,
+                "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&d.kind),
+                d.n,
+                html::time(d.last_ns)
+            );
+        }
+        body.push_str("</tbody></table></section>");
+    }
     if !silent.is_empty() {
         body.push_str("<section><h2>Silent hosts</h2>");
         body.push_str(&hosts_table(&silent));
