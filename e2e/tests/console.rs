@@ -349,6 +349,19 @@ async fn a_browser_triages_an_incident_of_its_own_org_only() {
     loop {
         let page = alice.get_ok(&format!("/o/{a}")).await;
         if page.contains("<td>not an outlier.v1.Event</td>") {
+            // The workload's hours: its flagged events and its incidents.
+            assert!(page.contains("<th scope=\"col\">web</th>"), "{page}");
+            let cell = |c: &str| {
+                let (f, rest) = c.split_once(" / ")?;
+                let i = rest.split('<').next()?;
+                Some((f.parse::<u64>().ok()?, i.parse::<u64>().ok()?))
+            };
+            assert!(
+                page.split("<td>")
+                    .filter_map(cell)
+                    .any(|(f, i)| f > 0 && i > 0),
+                "no hour with flagged events and an incident: {page}"
+            );
             break;
         }
         assert!(

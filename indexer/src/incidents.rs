@@ -626,6 +626,33 @@ pub async fn list(
     q.bind(f.limit).fetch_all::<IncidentRow>().await
 }
 
+/// Incidents an org opened in one hour with events of one workload.
+#[derive(Debug, Clone, Deserialize, Row)]
+pub struct OpenedRow {
+    /// Start of the hour, seconds since the epoch.
+    pub hour: u32,
+    pub workload: String,
+    pub n: u64,
+}
+
+/// The org's incidents first seen since `since_ns`, by hour and workload
+/// (an incident of two workloads counts in each).
+pub async fn opened_by_hour(
+    ch: &Client,
+    org: &str,
+    since_ns: u64,
+) -> Result<Vec<OpenedRow>, clickhouse::error::Error> {
+    ch.query(
+        "SELECT toUInt32(toStartOfHour(toDateTime(intDiv(first_ns, 1000000000)))) AS hour, \
+         arrayJoin(workloads) AS workload, uniqExact(incident_id) AS n FROM incidents \
+         WHERE org = ? AND first_ns >= ? GROUP BY hour, workload ORDER BY hour",
+    )
+    .bind(org)
+    .bind(since_ns)
+    .fetch_all::<OpenedRow>()
+    .await
+}
+
 /// One incident of an org.
 pub async fn get(
     ch: &Client,

@@ -240,13 +240,15 @@ async fn overview(State(c): State<Console>, s: Session, Path(org): Path<String>)
     );
     let flagged = crate::query::flagged_by_hour(&c.services.ch, &org, since);
     let dead = crate::deadletters::by_reason(&c.services.ch, &org, since);
-    let (list, silent, flagged, dead) = tokio::join!(list, silent, flagged, dead);
+    let opened = crate::incidents::opened_by_hour(&c.services.ch, &org, since);
+    let (list, silent, flagged, dead, opened) = tokio::join!(list, silent, flagged, dead, opened);
     let (list, silent, flagged) = (
         list?.into_inner().incidents,
         silent?.into_inner().hosts,
         flagged?,
     );
     let dead = dead.map_err(crate::query::QueryError::from)?;
+    let opened = opened.map_err(crate::query::QueryError::from)?;
     let dead_total: u64 = dead.iter().map(|d| d.n).sum();
 
     let mut by_hour: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
@@ -298,6 +300,7 @@ async fn overview(State(c): State<Console>, s: Session, Path(org): Path<String>)
         html::bars(&top(by_workload), "", "flagged events per workload"),
         html::bars(&top(by_host), "", "flagged events per host"),
     );
+    body.push_str(&per_workload_hours(&flagged, &opened));
     let _ = write!(
         body,
         "<section><h2>Latest incidents</h2>{}<p><a href=\"/o/{}/incidents\">All incidents</a></p></section>",
@@ -328,6 +331,59 @@ async fn overview(State(c): State<Console>, s: Session, Path(org): Path<String>)
         body.push_str("</section>");
     }
     Ok(page(&s, Some(&org), "overview", "Overview", &body))
+}
+
+/// Flagged events and incidents opened per hour (newest first) for the
+/// busiest workloads (at most 8), as a table: `flagged / incidents`.
+fn per_workload_hours(
+    flagged: &[crate::query::FlaggedRow],
+    opened: &[crate::incidents::OpenedRow],
+) -> String {
+    let mut cells: BTreeMap<(u32, &str), (u64, u64)> = BTreeMap::new();
+    let mut totals: HashMap<&str, u64> = HashMap::new();
+    for r in flagged {
+        cells.entry((r.hour, &r.workload)).or_default().0 += r.flagged;
+        *totals.entry(&r.workload).or_default() += r.flagged;
+    }
+    for r in opened {
+        cells.entry((r.hour, &r.workload)).or_default().1 += r.n;
+        *totals.entry(&r.workload).or_default() += r.n;
+    }
+    if cells.is_empty() {
+        return String::new();
+    }
+    let mut workloads: Vec<(&str, u64)> = totals.into_iter().collect();
+    workloads.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    workloads.truncate(8);
+    let mut hours: Vec<u32> = cells.keys().map(|k| k.0).collect();
+    hours.sort_unstable_by(|a, b| b.cmp(a));
+    hours.dedup();
+    let mut t = String::from(
+        "<section><h2>Per workload and hour (UTC): flagged events / incidents opened</h2>\
+         <table class=\"grid\"><thead><tr><th scope=\"col\">Hour</th>",
+    );
+    for (w, _) in &workloads {
+        let _ = write!(t, "<th scope=\"col\">{}</th>", esc(w));
+    }
+    t.push_str("</tr></thead><tbody>");
+    for h in hours {
+        let _ = write!(
+            t,
+            "<tr><th scope=\"row\">{}</th>",
+            &html::time(u64::from(h) * NS)[..16]
+        );
+        for (w, _) in &workloads {
+            match cells.get(&(h, *w)) {
+                Some((f, i)) => {
+                    let _ = write!(t, "<td>{f} / {i}</td>");
+                }
+                None => t.push_str("<td></td>"),
+            }
+        }
+        t.push_str("</tr>");
+    }
+    t.push_str("</tbody></table></section>");
+    t
 }
 
 fn incidents_table(org: &str, list: &[Incident]) -> String {
