@@ -41,10 +41,7 @@ pub fn create_table_sql(
     layout: &crate::schema::Layout,
     ttl_days: Option<u32>,
 ) -> Vec<String> {
-    let ttl = match ttl_days {
-        Some(d) if d > 0 => format!("\nTTL ts + INTERVAL {d} DAY"),
-        _ => String::new(),
-    };
+    let ttl = crate::schema::ttl_clause(ttl_days);
     layout.create(
         db,
         TABLE,

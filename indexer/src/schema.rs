@@ -15,6 +15,15 @@
 use clickhouse::Client;
 use serde::Deserialize;
 
+/// The `TTL` tail of a side table whose rows expire `ttl_days` after
+/// their `ts` (empty: no TTL, or a server without table TTLs).
+pub fn ttl_clause(ttl_days: Option<u32>) -> String {
+    match ttl_days {
+        Some(d) if d > 0 => format!("\nTTL ts + INTERVAL {d} DAY"),
+        _ => String::new(),
+    }
+}
+
 /// Name of the events table.
 pub const TABLE: &str = "security_events";
 

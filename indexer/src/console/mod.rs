@@ -196,9 +196,9 @@ impl Console {
     }
 }
 
-fn session_id(parts: &Parts) -> Option<String> {
-    parts
-        .headers
+/// The session cookie's value, if the request carries one.
+fn session_id(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -222,7 +222,7 @@ impl FromRequestParts<Console> for Session {
                 expires: Instant::now() + c.ttl,
             });
         }
-        let found = session_id(parts).and_then(|sid| {
+        let found = session_id(&parts.headers).and_then(|sid| {
             let mut sessions = c.sessions.lock().expect("sessions lock");
             match sessions.get(&sid) {
                 Some(s) if s.expires > Instant::now() => Some(s.clone()),

@@ -170,15 +170,7 @@ async fn logout(
     Form(f): Form<CsrfForm>,
 ) -> PageResult {
     s.check_csrf(&f.csrf)?;
-    let parts = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == super::COOKIE)
-        .map(|(_, v)| v.to_string());
-    if let Some(sid) = parts {
+    if let Some(sid) = super::session_id(&headers) {
         c.sign_out(&sid);
     }
     let mut r = Redirect::to("/login").into_response();
