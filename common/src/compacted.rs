@@ -112,8 +112,24 @@ pub async fn follow(
     shutdown: &CancellationToken,
 ) {
     let mut delay = Duration::from_millis(250);
-    let consumer = loop {
-        match reader(kafka, group, topic) {
+    let (consumer, ends) = loop {
+        // Opening blocks (metadata and watermark requests, up to their
+        // timeouts while Kafka is away): off the runtime's workers.
+        let (k, g, t) = (kafka.clone(), group.to_string(), topic.to_string());
+        let opened = match tokio::task::spawn_blocking(move || {
+            let c = reader(&k, &g, &t)?;
+            let ends = end_offsets(&c, &t);
+            Ok::<_, KafkaError>((c, ends))
+        })
+        .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(topic, error = %e, "rules reader task failed");
+                Err(KafkaError::Canceled)
+            }
+        };
+        match opened {
             Ok(c) => break c,
             Err(KafkaError::MetadataFetch(RDKafkaErrorCode::UnknownTopicOrPartition)) => {
                 health.set(check, true, format!("no topic {topic}: none"));
@@ -130,7 +146,7 @@ pub async fn follow(
         }
         delay = (delay * 2).min(Duration::from_secs(10));
     };
-    let mut pending = match end_offsets(&consumer, topic) {
+    let mut pending = match ends {
         Ok(e) => e,
         Err(e) => {
             tracing::warn!(topic, error = %e, "rules topic's end unknown");

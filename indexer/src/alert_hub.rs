@@ -116,7 +116,14 @@ impl AlertHub {
         let topic = self.kafka.topics.alerts.clone();
         let mut delay = Duration::from_millis(500);
         let consumer = loop {
-            match self.open_at_end(&topic) {
+            // Opening blocks (metadata and watermark requests, up to their
+            // timeouts while Kafka is away): off the runtime's workers, or
+            // every page and call scheduled on this one waits.
+            let (hub, t) = (self.clone(), topic.clone());
+            let opened = tokio::task::spawn_blocking(move || hub.open_at_end(&t))
+                .await
+                .unwrap_or_else(|e| Err(format!("alert hub: {e}")));
+            match opened {
                 Ok(c) => break c,
                 Err(e) => {
                     tracing::warn!(error = %e, "alert hub: cannot read the alerts topic yet; retrying");
