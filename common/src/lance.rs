@@ -1,5 +1,5 @@
-//! LanceDB tables written in many small appends, as the scorer (one table
-//! per workload's baseline) and the indexer (one search table per org) use
+//! LanceDB tables written in many small appends, as the scorer (an org's
+//! baseline shards) and the indexer (one search table per org) use
 //! them: [`Tables`] opens each table once and keeps the handle, creates a
 //! table on its first write (or joins the one another process created
 //! first), and counts writes to compact a table every
@@ -126,12 +126,6 @@ impl Tables {
 
     /// Starts a table's write count again (it was just rewritten whole).
     pub async fn rewritten(&self, name: &str) {
-        self.writes.lock().await.remove(name);
-    }
-
-    /// Drops this process's handle of `name` (its owner moved elsewhere).
-    pub async fn forget(&self, name: &str) {
-        self.open.lock().await.remove(name);
         self.writes.lock().await.remove(name);
     }
 

@@ -82,6 +82,32 @@ fn digest(fields: &[&str]) -> String {
     hex::encode(h.finalize())
 }
 
+/// A workload's stable 64-bit id: the first eight bytes of SHA-256 of
+/// its name. Within one org, two workloads share an id with odds of about
+/// n²/2⁶⁵ (3·10⁻⁸ at a million workloads); a host that forged a collision
+/// would only reach a baseline its own org's credential can already write.
+pub fn workload_id(workload: &str) -> i64 {
+    use sha2::{Digest, Sha256};
+    let h = Sha256::digest(workload.as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&h[..8]);
+    i64::from_le_bytes(b)
+}
+
+/// The storage name of one of an org's baseline shards: `bs_<hex org>_<shard>`
+/// (shard in hex), or `bh_<sha256 of org>_<shard>` when that would be
+/// longer than [`MAX_STORAGE_NAME_LEN`]. Only `[a-z0-9_]`; distinct from
+/// [`storage_name`]'s per-workload names (`wl_`, `wh_`) of earlier
+/// versions.
+pub fn shard_storage_name(org: &str, shard: u32) -> String {
+    let plain = format!("bs_{}_{shard:x}", hex::encode(org));
+    if plain.len() <= MAX_STORAGE_NAME_LEN {
+        plain
+    } else {
+        format!("bh_{}_{shard:x}", digest(&[org]))
+    }
+}
+
 /// Inverse of [`storage_name`] for the plain form; `None` for a hashed
 /// name or one it did not produce.
 pub fn parse_storage_name(name: &str) -> Option<(String, String)> {
@@ -150,6 +176,12 @@ mod tests {
         assert!(safe(&o) && o.starts_with("orh_"), "{o}");
         assert_ne!(o, org_storage_name(&"o".repeat(MAX_NAME_LEN - 1)));
         assert_eq!(org_storage_name("acme"), "org_61636d65");
+        assert_eq!(shard_storage_name("acme", 10), "bs_61636d65_a");
+        let s = shard_storage_name(&long, 63);
+        assert!(s.starts_with("bh_") && s.ends_with("_3f") && s.len() <= MAX_STORAGE_NAME_LEN);
+        assert_ne!(s, shard_storage_name(&"o".repeat(MAX_NAME_LEN - 1), 63));
+        assert_ne!(workload_id("web"), workload_id("web "));
+        assert_eq!(workload_id("web"), workload_id("web"));
     }
 
     proptest::proptest! {

@@ -146,6 +146,9 @@ pub struct BaselineConfig {
     pub ivf_threshold: usize,
     /// IVF lists scanned per query.
     pub nprobe: usize,
+    /// LanceDB's cache of the shards' manifests and file metadata, MiB
+    /// (its own default, 1 GiB, grew with every version written).
+    pub cache_mb: usize,
 }
 
 impl Default for BaselineConfig {
@@ -158,6 +161,7 @@ impl Default for BaselineConfig {
             warmup_events: 200,
             ivf_threshold: 20_000,
             nprobe: 16,
+            cache_mb: 64,
         }
     }
 }

@@ -242,16 +242,10 @@ pub fn poisoned(stage: PoisonStage, subject: &str, error: &dyn std::fmt::Display
 }
 
 /// A baseline write that failed and will be retried: counted and logged.
-pub fn persist_failed(
-    org: &str,
-    workload: &str,
-    error: &dyn std::fmt::Display,
-    retry_in: std::time::Duration,
-) {
+pub fn persist_failed(subject: &str, error: &dyn std::fmt::Display, retry_in: std::time::Duration) {
     PERSIST.inc(PersistOutcome::Error);
     tracing::error!(
-        org,
-        workload,
+        subject,
         error = %error,
         retry_in_ms = retry_in.as_millis() as u64,
         "baseline write failed"

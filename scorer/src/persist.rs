@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::baseline::{Baseline, Behaviour};
 use crate::judge::{WorkloadKey, split_key};
 use crate::metrics;
-use crate::store::{Store, StoreError};
+use crate::store::{Row, Store, StoreError, shard_of, workload_id};
 
 /// Workloads unloaded from memory whose last writes the persister has not
 /// finished: their baseline is not loaded again until it has (or it would
@@ -47,12 +47,19 @@ impl PersistJob {
     }
 }
 
+/// Jobs taken from the queue at a time: their rows are appended with one
+/// commit per shard.
+const JOBS_PER_ROUND: usize = 1024;
+
 /// Persists learned behaviour in the background; retries a failed write
 /// with backoff so learned behaviour is not dropped while LanceDB is away.
 /// A write that keeps failing while LanceDB answers (or that LanceDB
 /// refuses outright) is given up after the poison budget, logged and
-/// counted: one workload's table cannot hold every other workload's
-/// writes behind it.
+/// counted: one shard cannot hold every other shard's writes behind it.
+///
+/// Each round takes what is queued (up to [`JOBS_PER_ROUND`] jobs) and
+/// appends its rows with one commit per shard; a job's deletes and prune
+/// run after every row queued before them, in order.
 pub(crate) async fn persist_loop(
     store: Arc<Store>,
     mut rx: mpsc::Receiver<PersistJob>,
@@ -60,77 +67,159 @@ pub(crate) async fn persist_loop(
     policy: RetryPolicy,
     unloading: Unloading,
 ) {
-    // At shutdown nothing waits long for an unreachable store.
-    let never = CancellationToken::new();
-    while let Some(job) = rx.recv().await {
-        let key = job.key.clone();
-        let unload = job.unload;
-        let (org, workload) = split_key(&key);
-        // Held across each attempt's awaits; nothing else contends for it.
-        let job = tokio::sync::Mutex::new(job);
-        let attempt = retry::retry(
-            policy,
-            &never,
-            || persist_once(&store, org, workload, &job),
-            StoreError::failure,
-            || async {
-                // Given up at shutdown rather than retried for ever.
-                rx.is_closed() || store.probe().await
-            },
-            |e, delay| {
-                metrics::persist_failed(org, workload, e, delay);
-                health.set(Check::LanceDb, false, e.to_string());
-            },
-        )
-        .await;
-        match attempt {
-            Attempt::Done(()) => health.set(Check::LanceDb, true, "writes succeed"),
-            Attempt::Poison(e) => {
-                let rows = job.lock().await.rows.len();
-                metrics::poisoned(
-                    metrics::PoisonStage::Persist,
-                    &format!("{org}/{workload}"),
-                    &e,
-                    &format!(
-                        "baseline write of {rows} rows dropped; it fails while LanceDB answers"
-                    ),
-                );
+    let mut jobs = Vec::with_capacity(JOBS_PER_ROUND);
+    while rx.recv_many(&mut jobs, JOBS_PER_ROUND).await > 0 {
+        let mut appends = Appends::default();
+        for job in &mut jobs {
+            let key = job.key.clone();
+            let (org, workload) = split_key(&key);
+            appends.add(org, workload, std::mem::take(&mut job.rows));
+            if job.deletes.is_empty() && job.prune_before.is_none() {
+                continue;
             }
-            Attempt::Shutdown => {}
+            appends.write(&store, &health, policy, &rx).await;
+            let pending = tokio::sync::Mutex::new(PersistJob {
+                unload: job.unload,
+                key: key.clone(),
+                rows: Vec::new(),
+                deletes: std::mem::take(&mut job.deletes),
+                prune_before: job.prune_before.take(),
+            });
+            attempt(
+                &store,
+                &health,
+                policy,
+                &rx,
+                &format!("{org}/{workload}"),
+                || forget_once(&store, org, workload, &pending),
+                "baseline delete or prune dropped",
+            )
+            .await;
         }
-        if unload {
-            let mut u = unloading.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(n) = u.get_mut(&key) {
+        appends.write(&store, &health, policy, &rx).await;
+        let mut u = unloading.lock().unwrap_or_else(|p| p.into_inner());
+        for job in jobs.drain(..).filter(|j| j.unload) {
+            if let Some(n) = u.get_mut(&job.key) {
                 *n -= 1;
                 if *n == 0 {
-                    u.remove(&key);
+                    u.remove(&job.key);
                 }
             }
         }
     }
 }
 
-/// One attempt at a persist job. Each step is one commit and is dropped
-/// from the job once it landed, so a retry never appends an increment
-/// twice.
-async fn persist_once(
+/// Rows waiting to be appended, by shard.
+#[derive(Default)]
+struct Appends {
+    by_shard: HashMap<String, (String, Vec<Row>)>,
+}
+
+impl Appends {
+    fn add(&mut self, org: &str, workload: &str, rows: Vec<Behaviour>) {
+        if rows.is_empty() {
+            return;
+        }
+        let id = workload_id(workload);
+        self.by_shard
+            .entry(shard_of(org, workload))
+            .or_insert_with(|| (org.to_string(), Vec::new()))
+            .1
+            .extend(rows.into_iter().map(|b| (id, b)));
+    }
+
+    /// Appends every shard's rows, one commit each.
+    async fn write(
+        &mut self,
+        store: &Store,
+        health: &Health,
+        policy: RetryPolicy,
+        rx: &mpsc::Receiver<PersistJob>,
+    ) {
+        for (shard, (org, rows)) in self.by_shard.drain() {
+            let n = rows.len() as u64;
+            let subject = format!("{org}/{shard}");
+            let done = attempt(
+                store,
+                health,
+                policy,
+                rx,
+                &subject,
+                || store.append(&shard, &rows),
+                "baseline write dropped",
+            )
+            .await;
+            if done {
+                metrics::PERSIST.inc_by(metrics::PersistOutcome::Ok, n);
+            }
+        }
+    }
+}
+
+/// Runs one write under the retry policy; whether it landed.
+async fn attempt<F, Fut>(
+    store: &Store,
+    health: &Health,
+    policy: RetryPolicy,
+    rx: &mpsc::Receiver<PersistJob>,
+    subject: &str,
+    op: F,
+    dropped: &str,
+) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), StoreError>>,
+{
+    // At shutdown nothing waits long for an unreachable store.
+    let never = CancellationToken::new();
+    let attempt = retry::retry(
+        policy,
+        &never,
+        op,
+        StoreError::failure,
+        || async {
+            // Given up at shutdown rather than retried for ever.
+            rx.is_closed() || store.probe().await
+        },
+        |e, delay| {
+            metrics::persist_failed(subject, e, delay);
+            health.set(Check::LanceDb, false, e.to_string());
+        },
+    )
+    .await;
+    match attempt {
+        Attempt::Done(()) => {
+            health.set(Check::LanceDb, true, "writes succeed");
+            true
+        }
+        Attempt::Poison(e) => {
+            metrics::poisoned(
+                metrics::PoisonStage::Persist,
+                subject,
+                &e,
+                &format!("{dropped}; it fails while LanceDB answers"),
+            );
+            false
+        }
+        Attempt::Shutdown => false,
+    }
+}
+
+/// One attempt at a job's deletes and prune. Each is one commit and is
+/// dropped from the job once it landed.
+async fn forget_once(
     store: &Store,
     org: &str,
     workload: &str,
     job: &tokio::sync::Mutex<PersistJob>,
 ) -> Result<(), StoreError> {
     let mut j = job.lock().await;
-    if !j.rows.is_empty() {
-        store.persist(org, workload, &j.rows).await?;
-        metrics::PERSIST.inc_by(metrics::PersistOutcome::Ok, j.rows.len() as u64);
-        j.rows.clear();
-    }
     if !j.deletes.is_empty() {
         store.delete(org, workload, &j.deletes).await?;
         j.deletes.clear();
     }
     if let Some(cutoff) = j.prune_before {
-        store.fold(org, workload, cutoff).await?;
+        store.prune(org, workload, cutoff).await?;
         j.prune_before = None;
     }
     Ok(())

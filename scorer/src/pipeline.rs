@@ -72,7 +72,7 @@ pub async fn run(cfg: ScorerConfig, shutdown: CancellationToken) -> Result<(), R
     let health = Health::new(&[Check::Kafka, Check::LanceDb]);
     telemetry::serve_http(cfg.http_addr, health.clone(), shutdown.clone()).await?;
 
-    let store = Arc::new(Store::open(&cfg.baseline.uri).await?);
+    let store = Arc::new(Store::open_with_cache(&cfg.baseline.uri, cfg.baseline.cache_mb).await?);
     health.set(
         Check::LanceDb,
         true,
@@ -306,19 +306,36 @@ impl Worker<'_> {
                 needed.insert(key);
             }
         }
+        // One scan per shard for the workloads that fall in it.
+        let mut by_shard: HashMap<String, Vec<WorkloadKey>> = HashMap::new();
         for key in needed {
-            match self.load(&key).await {
+            let (org, workload) = split_key(&key);
+            by_shard
+                .entry(crate::store::shard_of(org, workload))
+                .or_default()
+                .push(key);
+        }
+        let mut groups: Vec<Vec<WorkloadKey>> = by_shard.into_values().collect();
+        while let Some(keys) = groups.pop() {
+            match self.load(&keys).await {
                 None => return Ok(None),
-                Some(Ok(b)) => {
-                    self.judge.baselines.insert(key, b);
+                // One workload's failure must not poison the others of its
+                // shard: each is tried alone.
+                Some(Err(_)) if keys.len() > 1 => {
+                    groups.extend(keys.into_iter().map(|k| vec![k]));
+                }
+                Some(Ok(loaded)) => {
+                    self.judge.baselines.extend(keys.into_iter().zip(loaded));
                 }
                 Some(Err(reason)) => {
                     if self.poisoned.len() >= POISONED_MAX {
                         self.poisoned.clear();
                     }
-                    self.last_used.remove(&key);
-                    self.partition_of.remove(&key);
-                    self.poisoned.insert(key, (reason, Instant::now()));
+                    for key in keys {
+                        self.last_used.remove(&key);
+                        self.partition_of.remove(&key);
+                        self.poisoned.insert(key, (reason.clone(), Instant::now()));
+                    }
                 }
             }
         }
@@ -428,23 +445,31 @@ impl Worker<'_> {
         })))
     }
 
-    /// Loads a baseline, retrying while LanceDB is away; `None` on
-    /// shutdown, `Some(Err(reason))` when it cannot be loaded while LanceDB
-    /// answers (poison: its records are dead-lettered).
-    async fn load(&self, key: &str) -> Option<Result<Baseline, String>> {
+    /// Loads the baselines of workloads of one org and shard, retrying
+    /// while LanceDB is away; `None` on shutdown, `Some(Err(reason))` when
+    /// they cannot be loaded while LanceDB answers (poison: their records
+    /// are dead-lettered).
+    async fn load(&self, keys: &[WorkloadKey]) -> Option<Result<Vec<Baseline>, String>> {
         // An unloaded baseline's last writes land first.
-        while self
-            .unloading
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(key)
-        {
+        while {
+            let u = self.unloading.lock().unwrap_or_else(|p| p.into_inner());
+            keys.iter().any(|k| u.contains_key(k))
+        } {
             tokio::select! {
                 () = self.shutdown.cancelled() => return None,
                 () = tokio::time::sleep(Duration::from_millis(5)) => {}
             }
         }
-        let (org, workload) = split_key(key);
+        let org = split_key(&keys[0]).0;
+        let workloads: Vec<&str> = keys.iter().map(|k| split_key(k).1).collect();
+        let subject = match workloads.as_slice() {
+            [one] => format!("{org}/{one}"),
+            many => format!(
+                "{org}/{} workloads of shard {}",
+                many.len(),
+                crate::store::shard_of(org, many[0])
+            ),
+        };
         let cutoff =
             now_ns().saturating_sub(self.cfg.baseline.retention_days * 86_400 * 1_000_000_000);
         let attempt = retry::retry(
@@ -452,26 +477,26 @@ impl Worker<'_> {
             self.shutdown,
             || {
                 self.store
-                    .load(org, workload, cutoff, self.cfg.baseline.index_params())
+                    .load_many(org, &workloads, cutoff, self.cfg.baseline.index_params())
             },
             StoreError::failure,
             || self.store.probe(),
             |e, delay| {
                 self.health.set(Check::LanceDb, false, e.to_string());
-                tracing::error!(org, workload, error = %e, retry_in_ms = delay.as_millis() as u64, "baseline load failed");
+                tracing::error!(subject = %subject, error = %e, retry_in_ms = delay.as_millis() as u64, "baseline load failed");
             },
         )
         .await;
         match attempt {
             Attempt::Done(b) => {
                 self.health.set(Check::LanceDb, true, "loads succeed");
-                tracing::debug!(org, workload, behaviours = b.len(), "baseline loaded");
+                tracing::debug!(subject = %subject, "baselines loaded");
                 Some(Ok(b))
             }
             Attempt::Poison(e) => {
                 metrics::poisoned(
                     metrics::PoisonStage::Load,
-                    &format!("{org}/{workload}"),
+                    &subject,
                     &e,
                     &format!(
                         "baseline cannot be loaded while LanceDB answers; the workload's records are dead-lettered for {} s",
@@ -600,8 +625,6 @@ impl Worker<'_> {
                 }
             }
         }
-        let (org, workload) = split_key(key);
-        self.store.forget(org, workload).await;
     }
 
     /// Hands learned (and forgotten) behaviour to the persister.

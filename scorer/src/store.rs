@@ -1,21 +1,35 @@
-//! Baseline persistence in LanceDB: one table per (org, workload), named by
-//! [`outlier_common::names::storage_name`] so no org or workload string can
-//! escape or collide. Every write is an append: a new behaviour's first row,
-//! or a repeated behaviour's increment (events since its previous write, its
-//! latest last-seen time). Loading adds up a key's rows. Appends stay cheap
-//! however large the table; the `merge_insert` that updated rows in place
-//! joined each write with the whole table and took most of a core under a
-//! fleet's load. When a table holds more than twice as many rows as
-//! behaviours (plus [`FOLD_SLACK`]) it is folded: rewritten with one row per
-//! behaviour. Every [`COMPACT_EVERY`] writes a table's small files are
-//! compacted, and after that and after a fold, versions older than
-//! [`outlier_common::lance::KEEP_VERSIONS_MINUTES`] are deleted.
+//! Baseline persistence in LanceDB. An org's baselines live in
+//! [`SHARDS`] tables (its *shards*, named by
+//! [`outlier_common::names::shard_storage_name`] so no org string can
+//! escape or collide); a workload's rows are in the shard its
+//! [`workload_id`] picks, tagged with that id. A table per workload made a
+//! million workloads a million tables, created at about 140 per second;
+//! shards make the number of tables a property of the org count, and let
+//! the persister write many workloads in one commit and the scorer load
+//! many in one scan.
 //!
-//! A fold reads the table's latest version and replaces it: an append by
-//! another scorer between the two (only during a partition hand-over, and
-//! the fold takes milliseconds for a workload's table) would be lost.
+//! Every write is an append: a new behaviour's first row, or a repeated
+//! behaviour's increment (events since its previous write, its latest
+//! last-seen time). Loading adds up a (workload, key)'s rows. Appends stay
+//! cheap however large the table. When a shard holds more than twice as
+//! many rows as behaviours (plus [`FOLD_SLACK`]) it is folded: rewritten
+//! with one row per behaviour. Every [`COMPACT_EVERY`] writes a shard's
+//! small files are compacted, and after that and after a fold, versions
+//! older than [`outlier_common::lance::KEEP_VERSIONS_MINUTES`] are deleted.
+//!
+//! Within a process, one writer per shard: a fold's read and rewrite see
+//! no append, delete or migration of this process between them. Scorers
+//! that share an org (its partitions are spread over them) share its
+//! shards: a fold is put off when the shard changed since its read, but
+//! LanceDB's rewrite is not conditional, so a write of another scorer
+//! landing in the milliseconds between that check and the commit is lost
+//! (a repeat's count, a behaviour learnt again at its next event, or a
+//! delete undone). Folds are rare: a shard's rows must double first.
+//!
+//! Baselines written by earlier versions (a table per workload, `wl_…` or
+//! `wh_…`) are moved into their shard when the workload is first loaded.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use arrow_array::types::Float32Type;
@@ -23,11 +37,12 @@ use arrow_array::{Array, FixedSizeListArray, Float32Array, Int32Array, Int64Arra
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 use futures::TryStreamExt;
 use lancedb::Table;
-use lancedb::query::ExecutableQuery;
+use lancedb::query::{ExecutableQuery, QueryBase};
 use lancedb::table::AddDataMode;
 use outlier_common::featurize::{DIM, FEATURIZER_VERSION};
 use outlier_common::lance::{Created, Tables};
-use outlier_common::names::storage_name;
+pub use outlier_common::names::workload_id;
+use outlier_common::names::{shard_storage_name, storage_name};
 use thiserror::Error;
 use tokio::sync::Mutex;
 
@@ -60,11 +75,23 @@ impl StoreError {
     }
 }
 
+/// Baseline tables per org. Fixed: a workload's shard is its id modulo
+/// this, so changing it would strand every stored baseline.
+pub const SHARDS: u32 = 64;
+
 /// Writes to one table between compactions.
 pub const COMPACT_EVERY: u32 = 50;
 
 /// Rows beyond twice a table's behaviours that it may hold before a fold.
 pub const FOLD_SLACK: u64 = 1024;
+
+/// The table holding a workload's baseline.
+pub fn shard_of(org: &str, workload: &str) -> String {
+    shard_storage_name(org, (workload_id(workload) as u64 % SHARDS as u64) as u32)
+}
+
+/// One row to append: a behaviour (or an increment of one) of a workload.
+pub type Row = (i64, Behaviour);
 
 /// Rows and distinct behaviours of a table, as far as this process knows.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -83,11 +110,17 @@ impl Shape {
 pub struct Store {
     tables: Tables,
     shapes: Mutex<HashMap<String, Shape>>,
+    /// Per-workload tables of earlier versions not moved into a shard yet.
+    legacy: Mutex<HashSet<String>>,
+    /// One writer per shard in this process: an append, a delete or a
+    /// migration never lands between a fold's read and its rewrite.
+    writers: std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>,
     schema: SchemaRef,
 }
 
 fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
+        Field::new("workload_id", DataType::Int64, false),
         Field::new("key", DataType::Int64, false),
         Field::new(
             "vector",
@@ -105,12 +138,44 @@ fn schema() -> SchemaRef {
 }
 
 impl Store {
-    /// Connects to LanceDB at `uri` (a directory, or an object-store URI).
+    /// Connects to LanceDB at `uri` (a directory, or an object-store URI),
+    /// and notes the per-workload tables of earlier versions.
     pub async fn open(uri: &str) -> Result<Self, StoreError> {
-        let db = lancedb::connect(uri).execute().await?;
+        Self::open_with_cache(uri, 64).await
+    }
+
+    /// [`Store::open`] with LanceDB's metadata cache bounded at `cache_mb`
+    /// MiB. (Baseline tables have no LanceDB index: the index cache is
+    /// kept small too.)
+    pub async fn open_with_cache(uri: &str, cache_mb: usize) -> Result<Self, StoreError> {
+        let session = lancedb::Session::new(
+            4 << 20,
+            cache_mb.max(1) << 20,
+            Arc::new(lancedb::ObjectStoreRegistry::default()),
+        );
+        let db = lancedb::connect(uri)
+            .session(Arc::new(session))
+            .execute()
+            .await?;
+        // One listing (each page of a paged one lists the whole directory).
+        let legacy: HashSet<String> = db
+            .table_names()
+            .execute()
+            .await?
+            .into_iter()
+            .filter(|n| n.starts_with("wl_") || n.starts_with("wh_"))
+            .collect();
+        if !legacy.is_empty() {
+            tracing::info!(
+                tables = legacy.len(),
+                "baselines of an earlier version (a table per workload) move into shards as their workloads load"
+            );
+        }
         Ok(Self {
             tables: Tables::new(db, COMPACT_EVERY),
             shapes: Mutex::new(HashMap::new()),
+            legacy: Mutex::new(legacy),
+            writers: Default::default(),
             schema: schema(),
         })
     }
@@ -121,17 +186,21 @@ impl Store {
         self.tables.probe().await
     }
 
-    /// Drops what this process holds of a workload's table (its handle and
-    /// shape), when its baseline is unloaded.
-    pub async fn forget(&self, org: &str, workload: &str) {
-        let name = storage_name(org, workload);
-        self.tables.forget(&name).await;
-        self.shapes.lock().await.remove(&name);
-    }
-
-    /// Open table handles (bounded by the loaded baselines).
+    /// Open table handles: at most [`SHARDS`] per org this process scored.
     pub async fn open_tables(&self) -> usize {
         self.tables.open_count().await
+    }
+
+    /// The shard's writer lock (see `writers`).
+    async fn writing(&self, name: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = self
+            .writers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.to_string())
+            .or_default()
+            .clone();
+        lock.lock_owned().await
     }
 
     async fn table(&self, name: &str) -> Result<Option<Table>, StoreError> {
@@ -148,80 +217,182 @@ impl Store {
         cutoff_ns: u64,
         params: IndexParams,
     ) -> Result<Baseline, StoreError> {
-        let name = storage_name(org, workload);
-        let Some(table) = self.table(&name).await? else {
-            return Ok(Baseline::with_params(params));
-        };
-        let (rows, behaviours) = self.read(&name, &table).await?;
-        self.shapes
-            .lock()
-            .await
-            .insert(name, Shape::new(rows, behaviours.len() as u64));
-        Ok(Baseline::from_behaviours(
-            behaviours
-                .into_iter()
-                .filter(|b| b.last_seen_ns >= cutoff_ns),
-            params,
-        ))
+        let mut b = self.load_many(org, &[workload], cutoff_ns, params).await?;
+        Ok(b.pop().unwrap_or_else(|| Baseline::with_params(params)))
     }
 
-    /// Reads a table whole: how many rows it has, and its behaviours (a
-    /// key's rows added up).
-    async fn read(&self, name: &str, table: &Table) -> Result<(u64, Vec<Behaviour>), StoreError> {
+    /// Loads the baselines of several workloads of one org, in their order:
+    /// one scan per shard they fall in.
+    pub async fn load_many(
+        &self,
+        org: &str,
+        workloads: &[&str],
+        cutoff_ns: u64,
+        params: IndexParams,
+    ) -> Result<Vec<Baseline>, StoreError> {
+        let mut by_shard: HashMap<String, Vec<i64>> = HashMap::new();
+        for w in workloads {
+            self.migrate(org, w).await?;
+            by_shard
+                .entry(shard_of(org, w))
+                .or_default()
+                .push(workload_id(w));
+        }
+        let mut found: HashMap<i64, Vec<Behaviour>> = HashMap::new();
+        for (name, ids) in by_shard {
+            let Some(table) = self.table(&name).await? else {
+                continue;
+            };
+            for (id, b) in self.read(&name, &table, Some(ids.as_slice())).await? {
+                found.entry(id).or_default().push(b);
+            }
+        }
+        Ok(workloads
+            .iter()
+            .map(|w| {
+                let rows = found.remove(&workload_id(w)).unwrap_or_default();
+                Baseline::from_behaviours(
+                    rows.into_iter().filter(|b| b.last_seen_ns >= cutoff_ns),
+                    params,
+                )
+            })
+            .collect())
+    }
+
+    /// Moves a workload's table of an earlier version into its shard (one
+    /// append, then the old table is dropped). A crash between the two
+    /// moves it again at the next load: its counts doubled, nothing lost.
+    async fn migrate(&self, org: &str, workload: &str) -> Result<(), StoreError> {
+        let old = storage_name(org, workload);
+        if !self.legacy.lock().await.contains(&old) {
+            return Ok(());
+        }
+        match self.tables.db().open_table(&old).execute().await {
+            Ok(t) => {
+                let mut rows = Vec::new();
+                let mut stream = t.query().execute().await?;
+                while let Some(batch) = stream.try_next().await? {
+                    decode_v1(&old, &batch, &mut rows)?;
+                }
+                let id = workload_id(workload);
+                // One row per behaviour: each counts as one in the shard.
+                let rows: Vec<Row> = add_up(rows.into_iter().map(|b| (id, b)).collect())
+                    .into_iter()
+                    .map(|(id, b)| (id, Behaviour { stored: false, ..b }))
+                    .collect();
+                let n = rows.len();
+                self.append(&shard_of(org, workload), &rows).await?;
+                // Moved: a failed drop must not move it again.
+                self.legacy.lock().await.remove(&old);
+                if let Err(e) = self.tables.db().drop_table(&old, &[]).await {
+                    tracing::warn!(table = old, error = %e, "moved baseline table not dropped");
+                }
+                tracing::info!(
+                    org,
+                    workload,
+                    behaviours = n,
+                    "baseline moved into its shard"
+                );
+            }
+            Err(lancedb::Error::TableNotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.legacy.lock().await.remove(&old);
+        Ok(())
+    }
+
+    /// Reads a shard's rows, of the workloads `ids` or all, and adds up
+    /// each (workload, key)'s rows.
+    async fn read(
+        &self,
+        name: &str,
+        table: &Table,
+        ids: Option<&[i64]>,
+    ) -> Result<Vec<Row>, StoreError> {
+        Ok(add_up(self.read_rows(name, table, ids).await?.1))
+    }
+
+    /// A shard's rows (of the workloads `ids`, or all) as stored, and how
+    /// many were read.
+    async fn read_rows(
+        &self,
+        name: &str,
+        table: &Table,
+        ids: Option<&[i64]>,
+    ) -> Result<(u64, Vec<Row>), StoreError> {
         // The handle stays at the version it last read or wrote: another
-        // scorer may have written since (the workload was theirs a while).
+        // scorer may have written since.
         table.checkout_latest().await?;
-        let mut stream = table.query().execute().await?;
+        let query = match ids {
+            Some(ids) => table.query().only_if(in_list(ids)),
+            None => table.query(),
+        };
+        let mut stream = query.execute().await?;
         let mut rows = Vec::new();
         let mut n = 0;
         while let Some(batch) = stream.try_next().await? {
             n += batch.num_rows() as u64;
             decode(name, &batch, &mut rows)?;
         }
-        Ok((n, add_up(rows)))
+        Ok((n, rows))
     }
 
-    /// Deletes behaviours by key (they were confirmed malicious).
+    /// Deletes behaviours of a workload by key (they were confirmed
+    /// malicious).
     pub async fn delete(&self, org: &str, workload: &str, keys: &[u64]) -> Result<(), StoreError> {
         if keys.is_empty() {
             return Ok(());
         }
-        let name = storage_name(org, workload);
+        let name = shard_of(org, workload);
+        let _writing = self.writing(&name).await;
         if let Some(table) = self.table(&name).await? {
             let list = keys
                 .iter()
                 .map(|k| (*k as i64).to_string())
                 .collect::<Vec<_>>()
                 .join(", ");
-            table.delete(format!("key IN ({list})").as_str()).await?;
+            table
+                .delete(&format!(
+                    "workload_id = {} AND key IN ({list})",
+                    workload_id(workload)
+                ))
+                .await?;
         }
         Ok(())
     }
 
-    /// Appends behaviours of a workload: a new behaviour's first row or a
-    /// repeated one's increment (see [`Baseline::take_dirty`]). One write is
-    /// one commit: a write that failed left nothing, and may be retried.
-    /// Folds the table when it is due; a failed fold is logged (the write
-    /// itself landed) and tried again at a later write.
+    /// Appends behaviours of one workload: a new behaviour's first row or
+    /// a repeated one's increment (see [`Baseline::take_dirty`]).
     pub async fn persist(
         &self,
         org: &str,
         workload: &str,
         rows: &[Behaviour],
     ) -> Result<(), StoreError> {
+        let id = workload_id(workload);
+        let rows: Vec<Row> = rows.iter().map(|b| (id, b.clone())).collect();
+        self.append(&shard_of(org, workload), &rows).await
+    }
+
+    /// Appends rows to one shard (every row's workload must fall in it; see
+    /// [`shard_of`]). One write is one commit: a write that failed left
+    /// nothing, and may be retried. Folds the shard when it is due; a
+    /// failed fold is logged (the write itself landed) and tried again at a
+    /// later write.
+    pub async fn append(&self, name: &str, rows: &[Row]) -> Result<(), StoreError> {
         if rows.is_empty() {
             return Ok(());
         }
-        let name = storage_name(org, workload);
-        let table = match self.table(&name).await? {
+        let _writing = self.writing(name).await;
+        let table = match self.table(name).await? {
             Some(t) => t,
             None => match self
                 .tables
-                .create(&name, encode(&self.schema, rows)?)
+                .create(name, encode(&self.schema, rows)?)
                 .await?
             {
                 Created::New(_) => {
-                    self.count_write(&name, rows, Shape::default()).await;
+                    self.count_write(name, rows, Shape::default()).await;
                     return Ok(());
                 }
                 // Another scorer created it first: append to theirs.
@@ -229,10 +400,10 @@ impl Store {
             },
         };
         table.add(encode(&self.schema, rows)?).execute().await?;
-        let before = match self.shapes.lock().await.get(&name) {
+        let before = match self.shapes.lock().await.get(name) {
             Some(s) => *s,
             None => {
-                // Not loaded by this process: take its rows as behaviours.
+                // Not seen by this process: take its rows as behaviours.
                 // (No `?`: the write landed, and a retry would repeat it.)
                 let n = table.count_rows(None).await.unwrap_or(0) as u64;
                 let n = n.saturating_sub(rows.len() as u64);
@@ -240,12 +411,12 @@ impl Store {
             }
         };
         // Failures are logged and the upkeep comes round again.
-        if self.count_write(&name, rows, before).await {
-            if let Err(e) = self.fold_table(&name, &table, 0).await {
+        if self.count_write(name, rows, before).await {
+            if let Err(e) = self.fold_table(name, &table).await {
                 tracing::warn!(table = name, error = %e, "baseline fold failed");
             }
         } else {
-            self.tables.wrote(&name, &table).await;
+            self.tables.wrote(name, &table).await;
         }
         Ok(())
     }
@@ -256,79 +427,117 @@ impl Store {
     /// [`FOLD_SLACK`]. Otherwise the write counts towards the table's
     /// compaction every [`COMPACT_EVERY`] writes (each adds files, and
     /// loads read all of them), which also deletes old versions.
-    async fn count_write(&self, name: &str, rows: &[Behaviour], before: Shape) -> bool {
+    async fn count_write(&self, name: &str, rows: &[Row], before: Shape) -> bool {
         let mut shapes = self.shapes.lock().await;
         let shape = shapes.entry(name.to_string()).or_insert(before);
         shape.rows += rows.len() as u64;
-        shape.behaviours += rows.iter().filter(|r| !r.stored).count() as u64;
+        shape.behaviours += rows.iter().filter(|(_, r)| !r.stored).count() as u64;
         shape.rows > 2 * shape.behaviours + FOLD_SLACK
     }
 
-    /// Rewrites a workload's table with one row per behaviour, leaving out
-    /// behaviours last seen before `cutoff_ns` (0: none). Returns how many
-    /// behaviours it kept.
-    pub async fn fold(
+    /// Drops a workload's behaviours last seen before `cutoff_ns`. Returns
+    /// how many behaviours it kept.
+    pub async fn prune(
         &self,
         org: &str,
         workload: &str,
         cutoff_ns: u64,
     ) -> Result<usize, StoreError> {
-        let name = storage_name(org, workload);
+        let name = shard_of(org, workload);
+        let Some(table) = self.table(&name).await? else {
+            return Ok(0);
+        };
+        let id = workload_id(workload);
+        let rows = self.read(&name, &table, Some(&[id][..])).await?;
+        let (keep, old): (Vec<_>, Vec<_>) = rows
+            .into_iter()
+            .partition(|(_, b)| b.last_seen_ns >= cutoff_ns);
+        if !old.is_empty() {
+            let keys: Vec<u64> = old.iter().map(|(_, b)| b.key).collect();
+            self.delete(org, workload, &keys).await?;
+        }
+        Ok(keep.len())
+    }
+
+    /// Rewrites the shard holding a workload with one row per behaviour
+    /// (of every workload in it). Returns how many behaviours it kept.
+    pub async fn fold(&self, org: &str, workload: &str) -> Result<usize, StoreError> {
+        let name = shard_of(org, workload);
+        let _writing = self.writing(&name).await;
         match self.table(&name).await? {
-            Some(table) => self.fold_table(&name, &table, cutoff_ns).await,
+            Some(table) => self.fold_table(&name, &table).await,
             None => Ok(0),
         }
     }
 
-    async fn fold_table(
-        &self,
-        name: &str,
-        table: &Table,
-        cutoff_ns: u64,
-    ) -> Result<usize, StoreError> {
-        let (_, mut behaviours) = self.read(name, table).await?;
-        behaviours.retain(|b| b.last_seen_ns >= cutoff_ns);
+    /// Rewrites a shard with one row per behaviour.
+    async fn fold_table(&self, name: &str, table: &Table) -> Result<usize, StoreError> {
+        let rows = self.read(name, table, None).await?;
+        let read_at = table.version().await?;
+        // Another scorer wrote since the read (they share an org's
+        // shards): fold at a later write rather than lose theirs. (The
+        // rewrite is not conditional in LanceDB: a write landing between
+        // this check and the commit is lost; see docs/reliability.md.)
+        table.checkout_latest().await?;
+        if table.version().await? != read_at {
+            tracing::debug!(
+                table = name,
+                "baseline fold put off: the shard changed meanwhile"
+            );
+            // Tried again after FOLD_SLACK more rows, not at every write.
+            let b = rows.len() as u64;
+            self.shapes
+                .lock()
+                .await
+                .insert(name.to_string(), Shape::new(2 * b, b));
+            return Ok(rows.len());
+        }
         table
-            .add(encode(&self.schema, &behaviours)?)
+            .add(encode(&self.schema, &rows)?)
             .mode(AddDataMode::Overwrite)
             .execute()
             .await?;
-        let n = behaviours.len() as u64;
+        let n = rows.len() as u64;
         self.shapes
             .lock()
             .await
             .insert(name.to_string(), Shape::new(n, n));
         self.tables.rewritten(name).await;
-        tracing::debug!(table = name, behaviours = n, "baseline folded");
+        tracing::debug!(table = name, behaviours = n, "baseline shard folded");
         if let Err(e) = outlier_common::lance::clean_up(table).await {
             tracing::warn!(table = name, error = %e, "baseline clean-up failed");
         }
-        Ok(behaviours.len())
+        Ok(rows.len())
     }
 }
 
-fn encode(schema: &SchemaRef, rows: &[Behaviour]) -> Result<RecordBatch, StoreError> {
+/// `workload_id IN (…)` for a scan.
+fn in_list(ids: &[i64]) -> String {
+    let list = ids
+        .iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("workload_id IN ({list})")
+}
+
+fn encode(schema: &SchemaRef, rows: &[Row]) -> Result<RecordBatch, StoreError> {
     let vectors = FixedSizeListArray::from_iter_primitive::<Float32Type, _, _>(
         rows.iter()
-            .map(|r| Some(r.vector.iter().copied().map(Some).collect::<Vec<_>>())),
+            .map(|(_, r)| Some(r.vector.iter().copied().map(Some).collect::<Vec<_>>())),
         DIM as i32,
     );
+    let int64 =
+        |f: &dyn Fn(&Row) -> i64| Arc::new(Int64Array::from_iter_values(rows.iter().map(f)));
     let batch = RecordBatch::try_new(
         schema.clone(),
         vec![
-            Arc::new(Int64Array::from_iter_values(
-                rows.iter().map(|r| r.key as i64),
-            )),
+            int64(&|(id, _)| *id),
+            int64(&|(_, r)| r.key as i64),
             Arc::new(vectors),
-            Arc::new(Int64Array::from_iter_values(
-                rows.iter().map(|r| r.count as i64),
-            )),
-            Arc::new(Int64Array::from_iter_values(
-                rows.iter().map(|r| r.first_seen_ns as i64),
-            )),
-            Arc::new(Int64Array::from_iter_values(
-                rows.iter().map(|r| r.last_seen_ns as i64),
-            )),
+            int64(&|(_, r)| r.count as i64),
+            int64(&|(_, r)| r.first_seen_ns as i64),
+            int64(&|(_, r)| r.last_seen_ns as i64),
             Arc::new(Int32Array::from_iter_values(
                 rows.iter().map(|_| FEATURIZER_VERSION as i32),
             )),
@@ -351,29 +560,50 @@ fn column<'a, T: 'static>(
         })
 }
 
-/// Adds up the rows of each key: counts summed, the earliest first-seen
-/// and the latest last-seen time; in the order keys first appear.
-fn add_up(rows: Vec<Behaviour>) -> Vec<Behaviour> {
-    let mut at: HashMap<u64, usize> = HashMap::with_capacity(rows.len());
-    let mut out: Vec<Behaviour> = Vec::with_capacity(rows.len());
-    for row in rows {
-        match at.get(&row.key) {
+/// Adds up the rows of each (workload, key): counts summed, the earliest
+/// first-seen and the latest last-seen time; in the order they first
+/// appear.
+fn add_up(rows: Vec<Row>) -> Vec<Row> {
+    let mut at: HashMap<(i64, u64), usize> = HashMap::with_capacity(rows.len());
+    let mut out: Vec<Row> = Vec::with_capacity(rows.len());
+    for (id, row) in rows {
+        match at.get(&(id, row.key)) {
             Some(&i) => {
-                let b = &mut out[i];
+                let b = &mut out[i].1;
                 b.count += row.count;
                 b.first_seen_ns = b.first_seen_ns.min(row.first_seen_ns);
                 b.last_seen_ns = b.last_seen_ns.max(row.last_seen_ns);
             }
             None => {
-                at.insert(row.key, out.len());
-                out.push(row);
+                at.insert((id, row.key), out.len());
+                out.push((id, row));
             }
         }
     }
     out
 }
 
-fn decode(table: &str, batch: &RecordBatch, out: &mut Vec<Behaviour>) -> Result<(), StoreError> {
+/// Decodes a shard's rows (of this featurizer version).
+fn decode(table: &str, batch: &RecordBatch, out: &mut Vec<Row>) -> Result<(), StoreError> {
+    let ids = column::<Int64Array>(table, batch, "workload_id")?;
+    let mut rows = Vec::with_capacity(batch.num_rows());
+    let kept = decode_v1_rows(table, batch, &mut rows)?;
+    out.extend(kept.into_iter().zip(rows).map(|(i, b)| (ids.value(i), b)));
+    Ok(())
+}
+
+/// Decodes a per-workload table of an earlier version.
+fn decode_v1(table: &str, batch: &RecordBatch, out: &mut Vec<Behaviour>) -> Result<(), StoreError> {
+    decode_v1_rows(table, batch, out).map(|_| ())
+}
+
+/// Decodes the behaviour columns; returns the indices of the rows kept
+/// (those of this featurizer version), in the order pushed to `out`.
+fn decode_v1_rows(
+    table: &str,
+    batch: &RecordBatch,
+    out: &mut Vec<Behaviour>,
+) -> Result<Vec<usize>, StoreError> {
     let key = column::<Int64Array>(table, batch, "key")?;
     let vector = column::<FixedSizeListArray>(table, batch, "vector")?;
     let count = column::<Int64Array>(table, batch, "count")?;
@@ -394,6 +624,7 @@ fn decode(table: &str, batch: &RecordBatch, out: &mut Vec<Behaviour>) -> Result<
             detail: format!("vector has {} dimensions", vector.value_length()),
         });
     }
+    let mut kept = Vec::with_capacity(batch.num_rows());
     for i in 0..batch.num_rows() {
         if version.value(i) != FEATURIZER_VERSION as i32 {
             continue;
@@ -409,8 +640,9 @@ fn decode(table: &str, batch: &RecordBatch, out: &mut Vec<Behaviour>) -> Result<
             last_seen_ns: last.value(i) as u64,
             stored: true,
         });
+        kept.push(i);
     }
-    Ok(())
+    Ok(kept)
 }
 
 #[cfg(test)]
@@ -484,13 +716,18 @@ mod tests {
         let (_, i) = recent.min_distance(&vec_of("nginx -s reload")).unwrap();
         assert_eq!(recent.get(i).count, 3, "every increment counts");
 
-        // A prune folds the table: one row per behaviour, the old ones gone.
+        // A prune deletes what was last seen before the cutoff.
         let store2 = Store::open(dir.path().to_str().unwrap()).await.unwrap();
-        assert_eq!(store2.fold(org, wl, 250).await.unwrap(), 2);
-        let table = store2.table(&storage_name(org, wl)).await.unwrap().unwrap();
-        assert_eq!(table.count_rows(None).await.unwrap(), 2);
+        assert_eq!(store2.prune(org, wl, 250).await.unwrap(), 2);
         let after = reload(&dir, org, wl, 0).await;
         assert_eq!(after.len(), 2);
+        let (_, i) = after.min_distance(&vec_of("nginx -s reload")).unwrap();
+        assert_eq!(after.get(i).count, 3, "pruning keeps the sum");
+        // A fold leaves one row per behaviour and keeps the sums.
+        assert_eq!(store2.fold(org, wl).await.unwrap(), 2);
+        let table = store2.table(&shard_of(org, wl)).await.unwrap().unwrap();
+        assert_eq!(table.count_rows(None).await.unwrap(), 2);
+        let after = reload(&dir, org, wl, 0).await;
         let (_, i) = after.min_distance(&vec_of("nginx -s reload")).unwrap();
         assert_eq!(after.get(i).count, 3, "folding keeps the sum");
 
@@ -504,13 +741,147 @@ mod tests {
         );
         assert!(after.min_distance(&vec_of("crontab -l")).unwrap().0 < 1e-6);
 
-        // Pruning everything leaves an empty table, not an error.
-        assert_eq!(store2.fold(org, wl, u64::MAX).await.unwrap(), 0);
+        // Pruning everything leaves nothing, not an error.
+        assert_eq!(store2.prune(org, wl, u64::MAX).await.unwrap(), 0);
         assert!(reload(&dir, org, wl, 0).await.is_empty());
 
         // Table names never contain the raw strings.
         let names = store2.tables.db().table_names().execute().await.unwrap();
-        assert_eq!(names, vec![storage_name(org, wl)]);
+        assert_eq!(names, vec![shard_of(org, wl)]);
+        assert!(names[0].starts_with("bs_") && !names[0].contains('.'));
+    }
+
+    #[tokio::test]
+    async fn many_workloads_share_an_orgs_shards_and_never_see_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().to_str().unwrap()).await.unwrap();
+        let n = 2000;
+        let workloads: Vec<String> = (0..n).map(|i| format!("container-{i:08x}")).collect();
+        // Each workload learns its own command, and workload 0's is also
+        // learnt by the first workload sharing its shard (same key, two
+        // workloads, one table).
+        let twin = (1..n)
+            .find(|&j| shard_of("fleet", &workloads[j]) == shard_of("fleet", &workloads[0]))
+            .expect("2000 workloads over 64 shards");
+        let mut shards: HashMap<String, Vec<Row>> = HashMap::new();
+        for (i, w) in workloads.iter().enumerate() {
+            let mut b = Baseline::default();
+            b.observe(&vec_of(&format!("job-{i} --run")), i as u64 + 1);
+            if i == twin {
+                b.observe(&vec_of("job-0 --run"), 1);
+            }
+            let id = workload_id(w);
+            shards
+                .entry(shard_of("fleet", w))
+                .or_default()
+                .extend(b.take_dirty().into_iter().map(|r| (id, r)));
+        }
+        assert!(shards.len() <= SHARDS as usize);
+        for (name, rows) in &shards {
+            store.append(name, rows).await.unwrap();
+        }
+        let names = store.tables.db().table_names().execute().await.unwrap();
+        assert_eq!(
+            names.len(),
+            shards.len(),
+            "a table per shard, not per workload"
+        );
+
+        let fresh = Store::open(dir.path().to_str().unwrap()).await.unwrap();
+        let asked: Vec<&str> = workloads.iter().map(String::as_str).collect();
+        let loaded = fresh
+            .load_many("fleet", &asked, 0, IndexParams::default())
+            .await
+            .unwrap();
+        assert_eq!(loaded.len(), n);
+        for (i, b) in loaded.iter().enumerate() {
+            let want = if i == twin { 2 } else { 1 };
+            assert_eq!(b.len(), want, "workload {i}");
+            assert!(
+                b.min_distance(&vec_of(&format!("job-{i} --run")))
+                    .unwrap()
+                    .0
+                    < 1e-6
+            );
+        }
+        // Another org with the same workload names sees none of it.
+        let other = fresh
+            .load("globex", &workloads[0], 0, IndexParams::default())
+            .await
+            .unwrap();
+        assert!(other.is_empty());
+        // A prune or a delete of one workload leaves the other's copy of
+        // the key.
+        let key = loaded[0].get(0).key;
+        fresh.delete("fleet", &workloads[0], &[key]).await.unwrap();
+        assert!(
+            fresh
+                .load("fleet", &workloads[0], 0, IndexParams::default())
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let both = fresh
+            .load("fleet", &workloads[twin], 0, IndexParams::default())
+            .await
+            .unwrap();
+        assert_eq!(both.len(), 2, "the twin keeps the deleted key");
+        assert_eq!(fresh.prune("fleet", &workloads[twin], 2).await.unwrap(), 1);
+        let pruned = fresh
+            .load("fleet", &workloads[twin], 0, IndexParams::default())
+            .await
+            .unwrap();
+        assert_eq!(pruned.len(), 1);
+        assert!(
+            pruned
+                .min_distance(&vec_of(&format!("job-{twin} --run")))
+                .unwrap()
+                .0
+                < 1e-6
+        );
+    }
+
+    #[tokio::test]
+    async fn a_per_workload_table_of_an_earlier_version_moves_into_its_shard() {
+        let dir = tempfile::tempdir().unwrap();
+        let uri = dir.path().to_str().unwrap();
+        let mut b = Baseline::default();
+        b.observe(&vec_of("nginx -s reload"), 10);
+        b.observe(&vec_of("nginx -s reload"), 20);
+        b.observe(&vec_of("certbot renew"), 30);
+        let rows: Vec<Row> = b.take_dirty().into_iter().map(|r| (0, r)).collect();
+        // The layout before shards: the same columns without workload_id,
+        // a table per workload.
+        let v1 = encode(&schema(), &rows)
+            .unwrap()
+            .project(&[1, 2, 3, 4, 5, 6])
+            .unwrap();
+        let db = lancedb::connect(uri).execute().await.unwrap();
+        db.create_table(storage_name("acme", "web"), v1)
+            .execute()
+            .await
+            .unwrap();
+
+        let store = Store::open(uri).await.unwrap();
+        let loaded = store
+            .load("acme", "web", 0, IndexParams::default())
+            .await
+            .unwrap();
+        assert_eq!((loaded.len(), loaded.events()), (2, 3));
+        let names = db.table_names().execute().await.unwrap();
+        assert_eq!(
+            names,
+            vec![shard_of("acme", "web")],
+            "the old table is gone"
+        );
+        // A restarted scorer finds it in the shard, counted once.
+        let again = Store::open(uri)
+            .await
+            .unwrap()
+            .load("acme", "web", 0, IndexParams::default())
+            .await
+            .unwrap();
+        assert_eq!((again.len(), again.events()), (2, 3));
     }
 
     #[tokio::test]
@@ -523,7 +894,7 @@ mod tests {
             b.observe(&vec_of(&format!("worker-{i} --serve")), 1);
         }
         store.persist("o", "w", &b.take_dirty()).await.unwrap();
-        let table = store.table(&storage_name("o", "w")).await.unwrap().unwrap();
+        let table = store.table(&shard_of("o", "w")).await.unwrap().unwrap();
         // Every behaviour repeats, and each write appends its increment.
         let mut writes = 0;
         let mut folded_at = None;
@@ -624,7 +995,7 @@ mod tests {
         );
         assert_eq!(back.events(), 3);
         // A fold by a keeps b's rows too.
-        assert_eq!(a.fold("o", "w", 0).await.unwrap(), 2);
+        assert_eq!(a.fold("o", "w").await.unwrap(), 2);
         assert_eq!(
             b.load("o", "w", 0, IndexParams::default())
                 .await
@@ -647,7 +1018,7 @@ mod tests {
             }
             store.persist("o", "w", &b.take_dirty()).await.unwrap();
         }
-        let table = store.table(&storage_name("o", "w")).await.unwrap().unwrap();
+        let table = store.table(&shard_of("o", "w")).await.unwrap().unwrap();
         let stats = table.stats().await.unwrap();
         assert!(
             stats.fragment_stats.num_fragments < 10,
