@@ -241,13 +241,25 @@ pub fn poisoned(stage: PoisonStage, subject: &str, error: &dyn std::fmt::Display
     );
 }
 
-/// A baseline write that failed and will be retried: counted and logged.
-pub fn persist_failed(subject: &str, error: &dyn std::fmt::Display, retry_in: std::time::Duration) {
-    PERSIST.inc(PersistOutcome::Error);
+/// A baseline load or write that failed and will be retried: logged, and
+/// a write counted.
+pub fn store_failed(
+    stage: PoisonStage,
+    subject: &str,
+    error: &dyn std::fmt::Display,
+    retry_in: std::time::Duration,
+) {
+    let what = match stage {
+        PoisonStage::Load => "baseline load failed",
+        _ => {
+            PERSIST.inc(PersistOutcome::Error);
+            "baseline write failed"
+        }
+    };
     tracing::error!(
         subject,
         error = %error,
         retry_in_ms = retry_in.as_millis() as u64,
-        "baseline write failed"
+        "{what}"
     );
 }

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::baseline::{Baseline, Behaviour};
 use crate::judge::{WorkloadKey, split_key};
 use crate::metrics;
-use crate::store::{Row, Store, StoreError, shard_of, workload_id};
+use crate::store::{Row, Store, StoreError, rows_of, shard_of};
 
 /// Workloads unloaded from memory whose last writes the persister has not
 /// finished: their baseline is not loaded again until it has (or it would
@@ -77,7 +77,11 @@ pub(crate) async fn persist_loop(
             if job.deletes.is_empty() && job.prune_before.is_none() {
                 continue;
             }
-            appends.write(&store, &health, policy, &rx).await;
+            // Its rows land before its deletes and prune; other shards'
+            // rows wait for the round's end.
+            appends
+                .write_shard(&shard_of(org, workload), &store, &health, policy, &rx)
+                .await;
             let pending = tokio::sync::Mutex::new(PersistJob {
                 unload: job.unload,
                 key: key.clone(),
@@ -120,12 +124,11 @@ impl Appends {
         if rows.is_empty() {
             return;
         }
-        let id = workload_id(workload);
         self.by_shard
             .entry(shard_of(org, workload))
             .or_insert_with(|| (org.to_string(), Vec::new()))
             .1
-            .extend(rows.into_iter().map(|b| (id, b)));
+            .extend(rows_of(workload, rows));
     }
 
     /// Appends every shard's rows, one commit each.
@@ -136,7 +139,22 @@ impl Appends {
         policy: RetryPolicy,
         rx: &mpsc::Receiver<PersistJob>,
     ) {
-        for (shard, (org, rows)) in self.by_shard.drain() {
+        let shards: Vec<String> = self.by_shard.keys().cloned().collect();
+        for shard in shards {
+            self.write_shard(&shard, store, health, policy, rx).await;
+        }
+    }
+
+    /// Appends one shard's rows (if any), one commit.
+    async fn write_shard(
+        &mut self,
+        shard: &str,
+        store: &Store,
+        health: &Health,
+        policy: RetryPolicy,
+        rx: &mpsc::Receiver<PersistJob>,
+    ) {
+        if let Some((org, rows)) = self.by_shard.remove(shard) {
             let n = rows.len() as u64;
             let subject = format!("{org}/{shard}");
             let done = attempt(
@@ -145,7 +163,7 @@ impl Appends {
                 policy,
                 rx,
                 &subject,
-                || store.append(&shard, &rows),
+                || store.append(shard, &rows),
                 "baseline write dropped",
             )
             .await;
@@ -170,39 +188,64 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), StoreError>>,
 {
-    // At shutdown nothing waits long for an unreachable store.
+    // At shutdown nothing waits long for an unreachable store: the write
+    // is given up once the queue is closed.
     let never = CancellationToken::new();
+    let call = Call {
+        stage: metrics::PoisonStage::Persist,
+        subject,
+        poison_outcome: &format!("{dropped}; it fails while LanceDB answers"),
+    };
+    let attempt = retry_lancedb(store, health, policy, &never, call, || rx.is_closed(), op).await;
+    matches!(attempt, Attempt::Done(()))
+}
+
+/// What a LanceDB call is, for its logs, metrics and health.
+pub(crate) struct Call<'a> {
+    /// Loads or writes.
+    pub stage: metrics::PoisonStage,
+    pub subject: &'a str,
+    /// What giving it up as poison means (logged).
+    pub poison_outcome: &'a str,
+}
+
+/// Runs a LanceDB call (the pipeline's loads, the persister's writes)
+/// under the retry policy. While it fails, LanceDB's health check fails
+/// and each failure is logged and counted; once it succeeds the check
+/// passes again. A call that fails while LanceDB answers (or that LanceDB
+/// refuses outright) is given up as poison, logged and counted; one that
+/// keeps failing when `give_up` says so, too.
+pub(crate) async fn retry_lancedb<T, F, Fut>(
+    store: &Store,
+    health: &Health,
+    policy: RetryPolicy,
+    shutdown: &CancellationToken,
+    call: Call<'_>,
+    give_up: impl Fn() -> bool,
+    op: F,
+) -> Attempt<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
     let attempt = retry::retry(
         policy,
-        &never,
+        shutdown,
         op,
         StoreError::failure,
-        || async {
-            // Given up at shutdown rather than retried for ever.
-            rx.is_closed() || store.probe().await
-        },
+        || async { give_up() || store.probe().await },
         |e, delay| {
-            metrics::persist_failed(subject, e, delay);
+            metrics::store_failed(call.stage, call.subject, e, delay);
             health.set(Check::LanceDb, false, e.to_string());
         },
     )
     .await;
-    match attempt {
-        Attempt::Done(()) => {
-            health.set(Check::LanceDb, true, "writes succeed");
-            true
-        }
-        Attempt::Poison(e) => {
-            metrics::poisoned(
-                metrics::PoisonStage::Persist,
-                subject,
-                &e,
-                &format!("{dropped}; it fails while LanceDB answers"),
-            );
-            false
-        }
-        Attempt::Shutdown => false,
+    match &attempt {
+        Attempt::Done(_) => health.set(Check::LanceDb, true, "LanceDB calls succeed"),
+        Attempt::Poison(e) => metrics::poisoned(call.stage, call.subject, e, call.poison_outcome),
+        Attempt::Shutdown => {}
     }
+    attempt
 }
 
 /// One attempt at a job's deletes and prune. Each is one commit and is

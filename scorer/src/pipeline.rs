@@ -26,7 +26,7 @@ use outlier_classifier::state::HostBound;
 use outlier_common::batch;
 use outlier_common::kafka::{self, DeadLetterCopy};
 use outlier_common::now_ns;
-use outlier_common::retry::{self, Attempt};
+use outlier_common::retry::Attempt;
 use outlier_common::telemetry::{self, Check, Health};
 use outlier_proto::Verdict;
 use prost::Message as _;
@@ -44,7 +44,7 @@ use crate::decode::{DeadLetter, Input, Reason, decode};
 use crate::deliver::{OutRecord, deliver};
 use crate::judge::{Judge, Outcome, WorkloadKey, split_key, workload_key};
 use crate::metrics;
-use crate::persist::{PersistJob, Unloading, persist_loop};
+use crate::persist::{Call, PersistJob, Unloading, persist_loop, retry_lancedb};
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, Error)]
@@ -472,39 +472,34 @@ impl Worker<'_> {
         };
         let cutoff =
             now_ns().saturating_sub(self.cfg.baseline.retention_days * 86_400 * 1_000_000_000);
-        let attempt = retry::retry(
+        let poison_outcome = format!(
+            "baseline cannot be loaded while LanceDB answers; the workload's records are dead-lettered for {} s",
+            POISON_TTL.as_secs()
+        );
+        let call = Call {
+            stage: metrics::PoisonStage::Load,
+            subject: &subject,
+            poison_outcome: &poison_outcome,
+        };
+        let attempt = retry_lancedb(
+            self.store,
+            self.health,
             self.cfg.limits.retry_policy(),
             self.shutdown,
+            call,
+            || false,
             || {
                 self.store
                     .load_many(org, &workloads, cutoff, self.cfg.baseline.index_params())
-            },
-            StoreError::failure,
-            || self.store.probe(),
-            |e, delay| {
-                self.health.set(Check::LanceDb, false, e.to_string());
-                tracing::error!(subject = %subject, error = %e, retry_in_ms = delay.as_millis() as u64, "baseline load failed");
             },
         )
         .await;
         match attempt {
             Attempt::Done(b) => {
-                self.health.set(Check::LanceDb, true, "loads succeed");
                 tracing::debug!(subject = %subject, "baselines loaded");
                 Some(Ok(b))
             }
-            Attempt::Poison(e) => {
-                metrics::poisoned(
-                    metrics::PoisonStage::Load,
-                    &subject,
-                    &e,
-                    &format!(
-                        "baseline cannot be loaded while LanceDB answers; the workload's records are dead-lettered for {} s",
-                        POISON_TTL.as_secs()
-                    ),
-                );
-                Some(Err(e.to_string()))
-            }
+            Attempt::Poison(e) => Some(Err(e.to_string())),
             Attempt::Shutdown => None,
         }
     }

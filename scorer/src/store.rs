@@ -93,6 +93,15 @@ pub fn shard_of(org: &str, workload: &str) -> String {
 /// One row to append: a behaviour (or an increment of one) of a workload.
 pub type Row = (i64, Behaviour);
 
+/// A workload's behaviours as rows of its shard (tagged with its id).
+pub fn rows_of(
+    workload: &str,
+    behaviours: impl IntoIterator<Item = Behaviour>,
+) -> impl Iterator<Item = Row> {
+    let id = workload_id(workload);
+    behaviours.into_iter().map(move |b| (id, b))
+}
+
 /// Rows and distinct behaviours of a table, as far as this process knows.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 struct Shape {
@@ -231,8 +240,11 @@ impl Store {
         params: IndexParams,
     ) -> Result<Vec<Baseline>, StoreError> {
         let mut by_shard: HashMap<String, Vec<i64>> = HashMap::new();
+        let migrating = !self.legacy.lock().await.is_empty();
         for w in workloads {
-            self.migrate(org, w).await?;
+            if migrating {
+                self.migrate(org, w).await?;
+            }
             by_shard
                 .entry(shard_of(org, w))
                 .or_default()
@@ -272,11 +284,10 @@ impl Store {
                 let mut rows = Vec::new();
                 let mut stream = t.query().execute().await?;
                 while let Some(batch) = stream.try_next().await? {
-                    decode_v1(&old, &batch, &mut rows)?;
+                    decode_behaviours(&old, &batch, &mut rows)?;
                 }
-                let id = workload_id(workload);
                 // One row per behaviour: each counts as one in the shard.
-                let rows: Vec<Row> = add_up(rows.into_iter().map(|b| (id, b)).collect())
+                let rows: Vec<Row> = add_up(rows_of(workload, rows).collect())
                     .into_iter()
                     .map(|(id, b)| (id, Behaviour { stored: false, ..b }))
                     .collect();
@@ -369,8 +380,7 @@ impl Store {
         workload: &str,
         rows: &[Behaviour],
     ) -> Result<(), StoreError> {
-        let id = workload_id(workload);
-        let rows: Vec<Row> = rows.iter().map(|b| (id, b.clone())).collect();
+        let rows: Vec<Row> = rows_of(workload, rows.iter().cloned()).collect();
         self.append(&shard_of(org, workload), &rows).await
     }
 
@@ -587,19 +597,15 @@ fn add_up(rows: Vec<Row>) -> Vec<Row> {
 fn decode(table: &str, batch: &RecordBatch, out: &mut Vec<Row>) -> Result<(), StoreError> {
     let ids = column::<Int64Array>(table, batch, "workload_id")?;
     let mut rows = Vec::with_capacity(batch.num_rows());
-    let kept = decode_v1_rows(table, batch, &mut rows)?;
+    let kept = decode_behaviours(table, batch, &mut rows)?;
     out.extend(kept.into_iter().zip(rows).map(|(i, b)| (ids.value(i), b)));
     Ok(())
 }
 
-/// Decodes a per-workload table of an earlier version.
-fn decode_v1(table: &str, batch: &RecordBatch, out: &mut Vec<Behaviour>) -> Result<(), StoreError> {
-    decode_v1_rows(table, batch, out).map(|_| ())
-}
-
-/// Decodes the behaviour columns; returns the indices of the rows kept
-/// (those of this featurizer version), in the order pushed to `out`.
-fn decode_v1_rows(
+/// Decodes the behaviour columns (of a shard, or of a per-workload table
+/// of an earlier version); returns the indices of the rows kept (those of
+/// this featurizer version), in the order pushed to `out`.
+fn decode_behaviours(
     table: &str,
     batch: &RecordBatch,
     out: &mut Vec<Behaviour>,
