@@ -3,6 +3,8 @@
 //! set-up, layered configuration, and self-observability (logs, metrics,
 //! health, shutdown).
 
+#[cfg(feature = "jemalloc")]
+pub mod alloc;
 pub mod batch;
 pub mod compacted;
 pub mod config;

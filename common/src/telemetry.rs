@@ -256,6 +256,8 @@ impl Health {
 }
 
 async fn metrics_handler() -> impl IntoResponse {
+    #[cfg(feature = "jemalloc")]
+    crate::alloc::observe();
     let mut buf = Vec::new();
     let families = prometheus::gather();
     if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {

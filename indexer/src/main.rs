@@ -5,6 +5,10 @@ use clap::Parser;
 use outlier_common::{config, telemetry};
 use outlier_indexer::IndexerConfig;
 
+/// jemalloc, not glibc's allocator: see `outlier_common::alloc`.
+#[global_allocator]
+static ALLOC: outlier_common::alloc::Jemalloc = outlier_common::alloc::Jemalloc;
+
 /// Outlier's indexer: sinks scored events into ClickHouse.
 #[derive(Parser)]
 #[command(version, about)]

@@ -6,6 +6,10 @@ use outlier_common::{config, telemetry};
 use outlier_proto::FeedbackLabel;
 use outlier_scorer::ScorerConfig;
 
+/// jemalloc, not glibc's allocator: see `outlier_common::alloc`.
+#[global_allocator]
+static ALLOC: outlier_common::alloc::Jemalloc = outlier_common::alloc::Jemalloc;
+
 /// Outlier's scorer: scores events against learned per-workload baselines.
 #[derive(Parser)]
 #[command(version, about)]
