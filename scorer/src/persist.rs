@@ -69,6 +69,12 @@ pub(crate) async fn persist_loop(
 ) {
     let mut jobs = Vec::with_capacity(JOBS_PER_ROUND);
     while rx.recv_many(&mut jobs, JOBS_PER_ROUND).await > 0 {
+        let writer = Writer {
+            store: &store,
+            health: &health,
+            policy,
+            rx: &rx,
+        };
         let mut appends = Appends::default();
         for job in &mut jobs {
             let key = job.key.clone();
@@ -79,9 +85,7 @@ pub(crate) async fn persist_loop(
             }
             // Its rows land before its deletes and prune; other shards'
             // rows wait for the round's end.
-            appends
-                .write_shard(&shard_of(org, workload), &store, &health, policy, &rx)
-                .await;
+            writer.append(&mut appends, &shard_of(org, workload)).await;
             let pending = tokio::sync::Mutex::new(PersistJob {
                 unload: job.unload,
                 key: key.clone(),
@@ -89,18 +93,15 @@ pub(crate) async fn persist_loop(
                 deletes: std::mem::take(&mut job.deletes),
                 prune_before: job.prune_before.take(),
             });
-            attempt(
-                &store,
-                &health,
-                policy,
-                &rx,
-                &format!("{org}/{workload}"),
-                || forget_once(&store, org, workload, &pending),
-                "baseline delete or prune dropped",
-            )
-            .await;
+            writer
+                .attempt(
+                    &format!("{org}/{workload}"),
+                    || forget_once(&store, org, workload, &pending),
+                    "baseline delete or prune dropped",
+                )
+                .await;
         }
-        appends.write(&store, &health, policy, &rx).await;
+        writer.append_all(&mut appends).await;
         let mut u = unloading.lock().unwrap_or_else(|p| p.into_inner());
         for job in jobs.drain(..).filter(|j| j.unload) {
             if let Some(n) = u.get_mut(&job.key) {
@@ -130,74 +131,69 @@ impl Appends {
             .1
             .extend(rows_of(workload, rows));
     }
+}
 
-    /// Appends every shard's rows, one commit each.
-    async fn write(
-        &mut self,
-        store: &Store,
-        health: &Health,
-        policy: RetryPolicy,
-        rx: &mpsc::Receiver<PersistJob>,
-    ) {
-        let shards: Vec<String> = self.by_shard.keys().cloned().collect();
+/// The persister's writes to LanceDB, under the retry policy.
+struct Writer<'a> {
+    store: &'a Store,
+    health: &'a Health,
+    policy: RetryPolicy,
+    /// The job queue: once it is closed (shutdown) nothing waits long for
+    /// an unreachable store, a write is given up.
+    rx: &'a mpsc::Receiver<PersistJob>,
+}
+
+impl Writer<'_> {
+    /// Appends every shard's pending rows, one commit each.
+    async fn append_all(&self, appends: &mut Appends) {
+        let shards: Vec<String> = appends.by_shard.keys().cloned().collect();
         for shard in shards {
-            self.write_shard(&shard, store, health, policy, rx).await;
+            self.append(appends, &shard).await;
         }
     }
 
-    /// Appends one shard's rows (if any), one commit.
-    async fn write_shard(
-        &mut self,
-        shard: &str,
-        store: &Store,
-        health: &Health,
-        policy: RetryPolicy,
-        rx: &mpsc::Receiver<PersistJob>,
-    ) {
-        if let Some((org, rows)) = self.by_shard.remove(shard) {
-            let n = rows.len() as u64;
-            let subject = format!("{org}/{shard}");
-            let done = attempt(
-                store,
-                health,
-                policy,
-                rx,
-                &subject,
-                || store.append(shard, &rows),
+    /// Appends one shard's pending rows (if any), one commit.
+    async fn append(&self, appends: &mut Appends, shard: &str) {
+        let Some((org, rows)) = appends.by_shard.remove(shard) else {
+            return;
+        };
+        let n = rows.len() as u64;
+        let done = self
+            .attempt(
+                &format!("{org}/{shard}"),
+                || self.store.append(shard, &rows),
                 "baseline write dropped",
             )
             .await;
-            if done {
-                metrics::PERSIST.inc_by(metrics::PersistOutcome::Ok, n);
-            }
+        if done {
+            metrics::PERSIST.inc_by(metrics::PersistOutcome::Ok, n);
         }
     }
-}
 
-/// Runs one write under the retry policy; whether it landed.
-async fn attempt<F, Fut>(
-    store: &Store,
-    health: &Health,
-    policy: RetryPolicy,
-    rx: &mpsc::Receiver<PersistJob>,
-    subject: &str,
-    op: F,
-    dropped: &str,
-) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), StoreError>>,
-{
-    // At shutdown nothing waits long for an unreachable store: the write
-    // is given up once the queue is closed.
-    let never = CancellationToken::new();
-    let call = Call {
-        stage: metrics::PoisonStage::Persist,
-        subject,
-        poison_outcome: &format!("{dropped}; it fails while LanceDB answers"),
-    };
-    let attempt = retry_lancedb(store, health, policy, &never, call, || rx.is_closed(), op).await;
-    matches!(attempt, Attempt::Done(()))
+    /// Runs one write under the retry policy; whether it landed.
+    async fn attempt<F, Fut>(&self, subject: &str, op: F, dropped: &str) -> bool
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(), StoreError>>,
+    {
+        let never = CancellationToken::new();
+        let call = Call {
+            stage: metrics::PoisonStage::Persist,
+            subject,
+            poison_outcome: &format!("{dropped}; it fails while LanceDB answers"),
+        };
+        let attempt = retry_lancedb(
+            self.store,
+            self.health,
+            self.policy,
+            &never,
+            call,
+            || self.rx.is_closed(),
+            op,
+        )
+        .await;
+        matches!(attempt, Attempt::Done(()))
+    }
 }
 
 /// What a LanceDB call is, for its logs, metrics and health.
