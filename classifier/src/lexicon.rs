@@ -344,6 +344,519 @@ fn program_technique_exact(name: &str) -> &'static str {
     }
 }
 
+/// A command line's arguments that name an ATT&CK technique by themselves:
+/// what ATT&CK and its procedure examples describe by the files, services
+/// and options a command touches rather than by the program (a password
+/// policy read from `/etc/login.defs`, the cloud metadata service asked
+/// for credentials, a file split into chunks before it leaves). Written
+/// from ATT&CK's technique descriptions, not fitted to any test.
+///
+/// A rule fires when the line (lower-cased, unless a pattern has capitals)
+/// contains one of `any`, one of `and` when `and` is not empty, and none of
+/// `not`; the first rule that fires names the technique.
+struct CommandRule {
+    technique: &'static str,
+    any: &'static [&'static str],
+    and: &'static [&'static str],
+    not: &'static [&'static str],
+}
+
+const fn rule(technique: &'static str, any: &'static [&'static str]) -> CommandRule {
+    CommandRule {
+        technique,
+        any,
+        and: &[],
+        not: &[],
+    }
+}
+
+const TMP_DIRS: &[&str] = &["/tmp/", "/dev/shm", "/var/tmp"];
+
+const COMMAND_RULES: &[CommandRule] = &[
+    // Credential access.
+    rule(
+        "T1552.005",
+        &[
+            "169.254.169.254",
+            "metadata.google.internal",
+            "/computemetadata/",
+            "/latest/meta-data",
+        ],
+    ),
+    rule(
+        "T1552.007",
+        &["/secrets/kubernetes.io", "serviceaccount/token"],
+    ),
+    rule(
+        "T1555.003",
+        &[
+            "logins.json",
+            "key4.db",
+            "key3.db",
+            "signons.sqlite",
+            "cookies.sqlite",
+            "login data",
+        ],
+    ),
+    rule(
+        "T1555",
+        &[
+            "secret-tool",
+            "gnome-keyring",
+            "kwallet",
+            ".password-store",
+            ".kdbx",
+            "keepassxc-cli",
+        ],
+    ),
+    rule(
+        "T1558",
+        &["klist", "kinit ", "krb5cc_", ".keytab", "ktutil"],
+    ),
+    // A password policy is read in the PAM files that would be modified to
+    // capture passwords: reading the policy is discovery.
+    rule(
+        "T1201",
+        &[
+            "/etc/login.defs",
+            "pwquality.conf",
+            "common-password",
+            "chage -l",
+            "faillock.conf",
+        ],
+    ),
+    rule(
+        "T1556.003",
+        &[
+            "/etc/pam.d/",
+            "pam_exec.so",
+            "pam_unix.so",
+            "/lib/security/",
+            "-linux-gnu/security/",
+            "/lib64/security/",
+        ],
+    ),
+    CommandRule {
+        technique: "T1552.004",
+        any: &[
+            "id_rsa",
+            "id_ed25519",
+            "id_ecdsa",
+            "id_dsa",
+            ".pem",
+            ".p12",
+            ".pfx",
+            "*.key",
+            ".ppk",
+            ".jks",
+            ".keystore",
+        ],
+        and: &[],
+        // Keys planted for logins, and keys used or made by the SSH tools.
+        not: &[
+            "authorized_keys",
+            "ssh ",
+            "ssh-keygen",
+            "scp ",
+            "sftp ",
+            "ssh-add",
+            "ssh-copy-id",
+            "-i ",
+        ],
+    },
+    rule("T1563.001", &["ssh_auth_sock", "/tmp/ssh-"]),
+    // Discovery.
+    rule(
+        "T1614",
+        &[
+            "localectl",
+            "/etc/timezone",
+            "/etc/default/locale",
+            "locale -a",
+            "$lang",
+            "ipinfo.io",
+            "ip-api.com",
+            "geoiplookup",
+        ],
+    ),
+    rule(
+        "T1016",
+        &[
+            "ifconfig.me",
+            "icanhazip",
+            "ipify.org",
+            "checkip.",
+            "ident.me",
+            "/sys/class/net",
+        ],
+    ),
+    // A browser extension installed (persistence) is found in the same
+    // profile folders a bookmark search reads.
+    rule(
+        "T1176",
+        &[
+            "--load-extension",
+            ".crx",
+            "default/extensions/",
+            "-release/extensions/",
+        ],
+    ),
+    rule(
+        "T1217",
+        &[
+            "places.sqlite",
+            "/bookmarks",
+            ".mozilla/firefox",
+            "google-chrome/default",
+            "chromium/default",
+        ],
+    ),
+    rule(
+        "T1518",
+        &[
+            "dpkg -l",
+            "dpkg --list",
+            "dpkg-query -l",
+            "dpkg --get-selections",
+            "rpm -qa",
+            "apt list --installed",
+            "yum list installed",
+            "dnf list installed",
+            "pip list",
+            "pip freeze",
+            "snap list",
+        ],
+    ),
+    rule(
+        "T1007",
+        &[
+            "systemctl list-units",
+            "systemctl list-unit-files",
+            "service --status-all",
+            "--type=service",
+            "chkconfig --list",
+            "initctl list",
+        ],
+    ),
+    rule(
+        "T1613",
+        &[
+            "docker ps",
+            "docker images",
+            "docker inspect",
+            "docker info",
+            "kubectl get",
+            "kubectl describe",
+            "kubectl auth can-i",
+            "crictl ps",
+            "crictl pods",
+            "podman ps",
+        ],
+    ),
+    rule(
+        "T1619",
+        &["s3 ls", "s3api list", "gsutil ls", "storage blob list"],
+    ),
+    rule(
+        "T1580",
+        &[
+            "describe-instances",
+            "ec2 describe",
+            "compute instances list",
+            "az vm list",
+            "get-caller-identity",
+            "iam list-",
+        ],
+    ),
+    // Collection.
+    rule(
+        "T1560.002",
+        &[
+            "import tarfile",
+            "import zipfile",
+            "tarfile.open",
+            "zipfile.zipfile",
+            "make_archive",
+            "archive/zip",
+            "archive/tar",
+        ],
+    ),
+    rule(
+        "T1125",
+        &["/dev/video", "-f v4l2", "fswebcam", "streamer -f"],
+    ),
+    rule("T1123", &["-f alsa", "-f pulse", "parec ", "arecord"]),
+    rule(
+        "T1056.001",
+        &[
+            "pam_tty_audit",
+            "/dev/input/event",
+            "prompt_command",
+            "showkey",
+            "logkeys",
+        ],
+    ),
+    rule(
+        "T1114",
+        &["/var/mail/", "/var/spool/mail", "maildir", ".thunderbird"],
+    ),
+    // Exfiltration.
+    rule(
+        "T1030",
+        &["split -b", "split --bytes", "split -c", "split -l"],
+    ),
+    rule(
+        "T1567",
+        &[
+            "transfer.sh",
+            "file.io",
+            "pastebin.com/api",
+            "paste.ee",
+            "0x0.st",
+            "api.telegram.org",
+            "discord.com/api/webhooks",
+            "hooks.slack.com",
+            "gofile.io",
+            "webhook.site",
+            "anonfiles",
+        ],
+    ),
+    rule(
+        "T1567.002",
+        &[
+            "s3 cp",
+            "s3 sync",
+            "s3api put-object",
+            "gsutil cp",
+            "gsutil rsync",
+            "azcopy",
+            "rclone copy",
+            "rclone sync",
+            "dropbox_uploader",
+            "mega-put",
+        ],
+    ),
+    // Command and control.
+    rule(
+        "T1219",
+        &[
+            "x11vnc",
+            "vncserver",
+            "teamviewer",
+            "anydesk",
+            "rustdesk",
+            "tmate",
+            "meshagent",
+        ],
+    ),
+    // Persistence and privilege escalation.
+    rule("T1546.005", &["trap '", "trap \"", "trap -- "]),
+    rule(
+        "T1505.003",
+        &[
+            "> /var/www/",
+            ">/var/www/",
+            ">> /var/www/",
+            "tee /var/www/",
+            "tee -a /var/www/",
+            "> /usr/share/nginx/html",
+            "> /srv/www/",
+        ],
+    ),
+    rule(
+        "T1068",
+        &[
+            "dirtycow",
+            "dirty_cow",
+            "dirtypipe",
+            "dirty_pipe",
+            "pwnkit",
+            "cve-20",
+            "exploit",
+        ],
+    ),
+    // Execution.
+    rule(
+        "T1609",
+        &["docker exec", "kubectl exec", "crictl exec", "podman exec"],
+    ),
+    rule(
+        "T1072",
+        &[
+            "ansible all -m",
+            "ansible -m shell",
+            "-m shell -a",
+            "-m command -a",
+            "cmd.run",
+            "puppet apply",
+            "chef-client",
+        ],
+    ),
+    // Defence evasion.
+    rule(
+        "T1553.004",
+        &[
+            "update-ca-certificates",
+            "update-ca-trust",
+            "/usr/local/share/ca-certificates",
+            "/etc/pki/ca-trust",
+            "trust anchor",
+        ],
+    ),
+    rule(
+        "T1562.006",
+        &[
+            "auditctl -d",
+            "auditctl -e 0",
+            "/etc/audit/",
+            "auditd.conf",
+            "audit.rules",
+        ],
+    ),
+    rule(
+        "T1562.001",
+        &[
+            "setenforce 0",
+            "aa-disable",
+            "aa-teardown",
+            "apparmor",
+            "falco",
+            "osquery",
+            "auditd",
+            "clamav",
+            "selinux",
+            "sysdig",
+            "wazuh",
+            "ossec",
+            "tetragon",
+            "crowdstrike",
+            "falcon-sensor",
+            "sentinelone",
+            "cbagent",
+        ],
+    ),
+    rule(
+        "T1612",
+        &[
+            "docker build",
+            "podman build",
+            "buildah bud",
+            "buildah build",
+            "kaniko",
+        ],
+    ),
+    rule("T1620", &["memfd_create", "memfd:"]),
+    rule("T1027.002", &["upx "]),
+    rule(
+        "T1027.001",
+        &[
+            "truncate -s +",
+            "count=1 >>",
+            "conv=notrunc oflag=append",
+            "oflag=append conv=notrunc",
+        ],
+    ),
+    CommandRule {
+        technique: "T1027.004",
+        any: &["gcc ", "cc ", "clang ", "tcc ", "go build", "rustc "],
+        and: TMP_DIRS,
+        not: &[],
+    },
+    rule(
+        "T1036",
+        &["exec -a ", "[kworker", "kthreadd]", "[migration/"],
+    ),
+    // Impact.
+    rule(
+        "T1490",
+        &[
+            "btrfs subvolume delete",
+            "lvremove",
+            "zfs destroy",
+            "snapper delete",
+            "timeshift --delete",
+            "rm -rf /var/backups",
+            "rm -rf /backup",
+        ],
+    ),
+    CommandRule {
+        technique: "T1531",
+        any: &[
+            "userdel",
+            "deluser",
+            "passwd -l",
+            "passwd --lock",
+            "usermod -L",
+            "usermod --lock",
+            "chage -E 0",
+            "passwd -d",
+        ],
+        and: &[],
+        // An account made and removed in one line is being created.
+        not: &["useradd", "adduser"],
+    },
+    // A security service stopped is defence evasion (above), not impact.
+    rule(
+        "T1489",
+        &[
+            "systemctl stop",
+            "systemctl kill",
+            "systemctl mask",
+            "service --stop",
+        ],
+    ),
+    rule("T1498", &["hping3", "--flood", "slowloris"]),
+];
+
+fn rule_fires(r: &CommandRule, line: &str, lower: &str) -> bool {
+    let has = |p: &&str| {
+        if p.bytes().any(|b| b.is_ascii_uppercase()) {
+            line.contains(*p)
+        } else {
+            lower.contains(*p)
+        }
+    };
+    r.any.iter().any(has) && (r.and.is_empty() || r.and.iter().any(has)) && !r.not.iter().any(has)
+}
+
+/// The technique a command line's arguments name ([`COMMAND_RULES`]), or
+/// SSH's own forwarding options (`-D` a SOCKS proxy, `-L`/`-R` a tunnel);
+/// empty when they name none. Used to name a flagged event; the
+/// classifier's features do not read it.
+pub fn command_technique(line: &str) -> &'static str {
+    if line.is_empty() {
+        return "";
+    }
+    let lower = line.to_ascii_lowercase();
+    if let Some(r) = COMMAND_RULES.iter().find(|r| rule_fires(r, line, &lower)) {
+        return r.technique;
+    }
+    ssh_forwarding(line)
+}
+
+fn ssh_forwarding(line: &str) -> &'static str {
+    let mut words = line.split_whitespace();
+    let Some(prog) = words.next() else {
+        return "";
+    };
+    if !matches!(base(prog), "ssh" | "autossh") {
+        return "";
+    }
+    let mut technique = "";
+    for w in words {
+        let Some(flags) = w.strip_prefix('-').filter(|f| !f.starts_with('-')) else {
+            continue;
+        };
+        if flags.contains('D') {
+            return "T1090";
+        }
+        if flags.contains('L') || flags.contains('R') {
+            technique = "T1572";
+        }
+    }
+    technique
+}
+
 /// The families of a program name, as a bit set over [`FAMILIES`].
 ///
 /// Known gap, kept because the shipped model was trained with it: the
@@ -477,6 +990,43 @@ mod tests {
         // General-purpose programs say nothing by their name.
         for p in ["bash", "python3.11", "sudo", "vim", "cat", "curl"] {
             assert_eq!(program_technique(p), "", "{p}");
+        }
+    }
+
+    #[test]
+    fn arguments_name_their_technique() {
+        let cases = [
+            (
+                "curl -s http://169.254.169.254/latest/meta-data/iam/",
+                "T1552.005",
+            ),
+            ("cat /etc/login.defs", "T1201"),
+            (
+                "sed -i 1iauth sufficient pam_exec.so /tmp/x /etc/pam.d/sshd",
+                "T1556.003",
+            ),
+            ("find / -name id_rsa", "T1552.004"),
+            ("split -b 1024 /tmp/loot.tar /tmp/part", "T1030"),
+            ("gcc -o /tmp/x /tmp/x.c", "T1027.004"),
+            ("ssh -fND 1080 user@host", "T1090"),
+            ("ssh -N -R 2222:localhost:22 user@host", "T1572"),
+            ("systemctl stop auditd", "T1562.001"),
+            ("systemctl stop cron", "T1489"),
+            ("usermod -L alice", "T1531"),
+        ];
+        for (line, want) in cases {
+            assert_eq!(command_technique(line), want, "{line}");
+        }
+        // Ordinary work, and lines whose technique the indicators name.
+        for line in [
+            "ssh -i ~/.ssh/id_rsa -l deploy host",
+            "cat ~/.ssh/id_rsa.pub >> ~/.ssh/authorized_keys",
+            "useradd -m bob; userdel bob",
+            "gcc -O2 -o app main.c",
+            "ls -la",
+            "",
+        ] {
+            assert_eq!(command_technique(line), "", "{line}");
         }
     }
 }

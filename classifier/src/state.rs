@@ -324,6 +324,8 @@ pub struct Proc {
     pub indicators: u64,
     /// Numeric command-line features of the exec, for its later events.
     pub cmd_shape: [f32; crate::features::CmdShape::LEN],
+    /// The technique the exec's arguments name, for its later events.
+    pub command_technique: &'static str,
     /// Whether the process (or a parent shell of its pipeline) connected out.
     pub connected: bool,
 }
