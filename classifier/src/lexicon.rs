@@ -107,39 +107,45 @@ pub const fn indicator(name: &str) -> usize {
     panic!("no indicator of that name")
 }
 
-/// Automaton over every pattern; the match's pattern id maps to its indicator.
+/// One automaton over groups of substrings (ASCII case-insensitive, every
+/// occurrence found in one pass): the indicators, and the argument rules of
+/// [`command_technique`].
 pub struct Matcher {
     ac: AhoCorasick,
-    owner: Vec<u8>,
+    /// The group of each pattern, and the pattern.
+    owner: Vec<(u16, &'static str)>,
 }
-
-pub static MATCHER: LazyLock<Matcher> = LazyLock::new(|| {
-    let mut patterns = Vec::new();
-    let mut owner = Vec::new();
-    for (i, ind) in INDICATORS.iter().enumerate() {
-        for p in ind.patterns {
-            patterns.push(*p);
-            owner.push(i as u8);
-        }
-    }
-    let ac = AhoCorasickBuilder::new()
-        .ascii_case_insensitive(true)
-        .match_kind(MatchKind::Standard)
-        .build(&patterns)
-        .expect("indicator patterns build an automaton");
-    Matcher { ac, owner }
-});
 
 impl Matcher {
+    fn new(groups: impl IntoIterator<Item = &'static [&'static str]>) -> Matcher {
+        let mut owner = Vec::new();
+        for (g, patterns) in groups.into_iter().enumerate() {
+            owner.extend(patterns.iter().map(|p| (g as u16, *p)));
+        }
+        let ac = AhoCorasickBuilder::new()
+            .ascii_case_insensitive(true)
+            .match_kind(MatchKind::Standard)
+            .build(owner.iter().map(|(_, p)| p))
+            .expect("patterns build an automaton");
+        Matcher { ac, owner }
+    }
+
+    /// Every pattern occurring in `text`, with its group.
+    fn found<'a>(&'a self, text: &'a str) -> impl Iterator<Item = (usize, &'static str)> + 'a {
+        self.ac
+            .find_overlapping_iter(text)
+            .map(|m| self.owner[m.pattern().as_usize()])
+            .map(|(g, p)| (g as usize, p))
+    }
+
     /// Bit i set when indicator i occurs in `text`.
     pub fn scan(&self, text: &str) -> u64 {
-        let mut bits = 0u64;
-        for m in self.ac.find_overlapping_iter(text) {
-            bits |= 1 << self.owner[m.pattern().as_usize()];
-        }
-        bits
+        self.found(text).fold(0, |bits, (g, _)| bits | 1 << g)
     }
 }
+
+pub static MATCHER: LazyLock<Matcher> =
+    LazyLock::new(|| Matcher::new(INDICATORS.iter().map(|i| i.patterns)));
 
 fn base(name: &str) -> &str {
     name.rsplit('/').next().unwrap_or(name)
@@ -351,9 +357,9 @@ fn program_technique_exact(name: &str) -> &'static str {
 /// for credentials, a file split into chunks before it leaves). Written
 /// from ATT&CK's technique descriptions, not fitted to any test.
 ///
-/// A rule fires when the line (lower-cased, unless a pattern has capitals)
-/// contains one of `any`, one of `and` when `and` is not empty, and none of
-/// `not`; the first rule that fires names the technique.
+/// A rule fires when the line (ignoring ASCII case, unless a pattern has
+/// capitals) contains one of `any`, one of `and` when `and` is not empty,
+/// and none of `not`; the first rule that fires names the technique.
 struct CommandRule {
     technique: &'static str,
     any: &'static [&'static str],
@@ -808,16 +814,10 @@ const COMMAND_RULES: &[CommandRule] = &[
     rule("T1498", &["hping3", "--flood", "slowloris"]),
 ];
 
-fn rule_fires(r: &CommandRule, line: &str, lower: &str) -> bool {
-    let has = |p: &&str| {
-        if p.bytes().any(|b| b.is_ascii_uppercase()) {
-            line.contains(*p)
-        } else {
-            lower.contains(*p)
-        }
-    };
-    r.any.iter().any(has) && (r.and.is_empty() || r.and.iter().any(has)) && !r.not.iter().any(has)
-}
+/// The rules' patterns: group 3i is rule i's `any`, 3i+1 its `and`, 3i+2
+/// its `not`.
+static RULE_MATCHER: LazyLock<Matcher> =
+    LazyLock::new(|| Matcher::new(COMMAND_RULES.iter().flat_map(|r| [r.any, r.and, r.not])));
 
 /// The technique a command line's arguments name ([`COMMAND_RULES`]), or
 /// SSH's own forwarding options (`-D` a SOCKS proxy, `-L`/`-R` a tunnel);
@@ -827,11 +827,21 @@ pub fn command_technique(line: &str) -> &'static str {
     if line.is_empty() {
         return "";
     }
-    let lower = line.to_ascii_lowercase();
-    if let Some(r) = COMMAND_RULES.iter().find(|r| rule_fires(r, line, &lower)) {
-        return r.technique;
+    let mut found = [false; 3 * COMMAND_RULES.len()];
+    for (g, p) in RULE_MATCHER.found(line) {
+        // A pattern with capitals counts only as written (`usermod -L`
+        // locks an account, `-l` renames it).
+        if !p.bytes().any(|b| b.is_ascii_uppercase()) || line.contains(p) {
+            found[g] = true;
+        }
     }
-    ssh_forwarding(line)
+    let fires = |(i, r): &(usize, &CommandRule)| {
+        found[3 * i] && (r.and.is_empty() || found[3 * i + 1]) && !found[3 * i + 2]
+    };
+    match COMMAND_RULES.iter().enumerate().find(fires) {
+        Some((_, r)) => r.technique,
+        None => ssh_forwarding(line),
+    }
 }
 
 fn ssh_forwarding(line: &str) -> &'static str {

@@ -167,16 +167,16 @@ impl Classifier {
                 (!explain::tactic_of_technique(t).is_empty()).then_some((tier, phi[i], t))
             })
             .collect();
-        // A program started whose purpose is a technique (`hostname`,
-        // `tcpdump`, `poweroff`) says what is being done more directly than
-        // its arguments: first among the specific evidence.
-        // Before it, what the command line's arguments name (a password
-        // policy read, the metadata service asked for credentials): they
-        // say what the program is used for here.
+        // What the command line's arguments name (a password policy read,
+        // the metadata service asked for credentials) says what the program
+        // is used for here: first among the specific evidence.
         let t = f.context.command_technique;
         if !explain::tactic_of_technique(t).is_empty() {
             evidence.push((1, f32::INFINITY, t));
         }
+        // Then a program started whose purpose is a technique (`hostname`,
+        // `tcpdump`, `poweroff`): it says what is being done more directly
+        // than the features.
         if f.get(features::Head::KindExec) != 0.0 {
             let t = lexicon::program_technique(&f.context.comm);
             if !explain::tactic_of_technique(t).is_empty() {
