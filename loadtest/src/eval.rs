@@ -30,42 +30,111 @@ use serde::{Deserialize, Serialize};
 
 use crate::sim::{Attack, Rng, addresses, attack_tactic, files, shell_words, split_pipeline};
 
-/// One host's capture, in time order.
+/// One host's capture, in time order: one or more recordings of it.
 #[derive(Debug, Clone)]
 pub struct Capture {
     pub host: String,
     pub workload: String,
     pub events: Vec<JsonEvent>,
+    /// The time span (first, last event) of each recording, in time order.
+    /// Fractions of a capture ("its first 70%") are taken of each
+    /// recording's own span, so a second recording days after the first
+    /// adds to every part (training, fit window, validation) instead of
+    /// the gap between them deciding which part gets what.
+    pub recordings: Vec<(u64, u64)>,
 }
 
 impl Capture {
-    /// The capture's first `fraction` of its time span.
-    pub fn until(&self, fraction: f64) -> Capture {
-        let (t0, t1) = self.span();
-        let cut = t0 + ((t1 - t0) as f64 * fraction) as u64;
+    /// One recording's capture: its span is that of its events.
+    pub fn new(host: String, workload: String, mut events: Vec<JsonEvent>) -> Capture {
+        events.sort_by_key(ts);
+        let span = (
+            events.first().map(ts).unwrap_or(0),
+            events.last().map(ts).unwrap_or(0),
+        );
         Capture {
-            host: self.host.clone(),
-            workload: self.workload.clone(),
-            events: self
-                .events
-                .iter()
-                .filter(|e| e.ts_ns.unwrap_or(0) < cut)
-                .cloned()
-                .collect(),
+            host,
+            workload,
+            events,
+            recordings: vec![span],
         }
     }
 
-    fn span(&self) -> (u64, u64) {
-        let ts = |e: &JsonEvent| e.ts_ns.unwrap_or(0);
-        (
-            self.events.first().map(ts).unwrap_or(0),
-            self.events.last().map(ts).unwrap_or(0),
-        )
+    /// Adds another recording of the same host.
+    pub fn merge(&mut self, other: Capture) {
+        self.events.extend(other.events);
+        self.events.sort_by_key(ts);
+        self.recordings.extend(other.recordings);
+        self.recordings.sort_unstable();
+    }
+
+    /// The first `fraction` of each recording's time span; each recording
+    /// then spans the events it kept.
+    pub fn until(&self, fraction: f64) -> Capture {
+        let cuts = self.cuts(fraction);
+        let events: Vec<JsonEvent> = self
+            .events
+            .iter()
+            .filter(|e| self.before(&cuts, ts(e)))
+            .cloned()
+            .collect();
+        let mut recordings: Vec<(u64, u64)> =
+            self.recordings.iter().map(|&(t0, _)| (t0, t0)).collect();
+        let mut seen = vec![false; recordings.len()];
+        for e in &events {
+            let i = self.recording_of(ts(e));
+            if !seen[i] {
+                recordings[i].0 = ts(e);
+                seen[i] = true;
+            }
+            recordings[i].1 = ts(e);
+        }
+        Capture {
+            host: self.host.clone(),
+            workload: self.workload.clone(),
+            events,
+            recordings,
+        }
+    }
+
+    /// The recording that holds time `t`: the last one starting at or
+    /// before it (the first one for times before every recording).
+    fn recording_of(&self, t: u64) -> usize {
+        self.recordings
+            .partition_point(|&(t0, _)| t0 <= t)
+            .saturating_sub(1)
+    }
+
+    /// Where `fraction` of each recording's span ends.
+    fn cuts(&self, fraction: f64) -> Vec<u64> {
+        self.recordings
+            .iter()
+            .map(|&(t0, t1)| t0 + ((t1 - t0) as f64 * fraction) as u64)
+            .collect()
+    }
+
+    /// Whether `t` lies before its recording's cut.
+    fn before(&self, cuts: &[u64], t: u64) -> bool {
+        t < cuts[self.recording_of(t)]
+    }
+
+    /// The validation windows (cut, end) of each recording at `fraction`.
+    fn windows(&self, fraction: f64) -> Vec<(u64, u64)> {
+        self.recordings
+            .iter()
+            .zip(self.cuts(fraction))
+            .map(|(&(_, t1), cut)| (cut, t1))
+            .collect()
     }
 }
 
-/// Reads every `*.jsonl.gz` and `*.jsonl` capture under `dir`; captures of
-/// one host (several recordings) are concatenated in time order.
+fn ts(e: &JsonEvent) -> u64 {
+    e.ts_ns.unwrap_or(0)
+}
+
+/// Reads every `*.jsonl.gz` and `*.jsonl` capture under `dir`; each file is
+/// one recording of each host in it, and the recordings of one host make
+/// its capture (split by fractions of each recording, see [`Capture`]).
 pub fn load_captures(dir: &Path) -> anyhow::Result<Vec<Capture>> {
     let mut by_host: BTreeMap<String, Capture> = BTreeMap::new();
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)?
@@ -83,6 +152,7 @@ pub fn load_captures(dir: &Path) -> anyhow::Result<Vec<Capture>> {
         } else {
             Box::new(std::io::BufReader::new(f))
         };
+        let mut in_file: BTreeMap<String, (String, Vec<JsonEvent>)> = BTreeMap::new();
         for line in BufRead::lines(r) {
             let line = line?;
             let Ok(e) = serde_json::from_str::<JsonEvent>(&line) else {
@@ -91,21 +161,24 @@ pub fn load_captures(dir: &Path) -> anyhow::Result<Vec<Capture>> {
             let (Some(host), Some(workload)) = (e.host.clone(), e.workload.clone()) else {
                 continue;
             };
-            by_host
-                .entry(host.clone())
-                .or_insert_with(|| Capture {
-                    host,
-                    workload,
-                    events: Vec::new(),
-                })
-                .events
+            in_file
+                .entry(host)
+                .or_insert_with(|| (workload, Vec::new()))
+                .1
                 .push(e);
         }
+        // Each file is one recording of each host in it.
+        for (host, (workload, events)) in in_file {
+            let rec = Capture::new(host.clone(), workload, events);
+            match by_host.get_mut(&host) {
+                Some(c) => c.merge(rec),
+                None => {
+                    by_host.insert(host, rec);
+                }
+            }
+        }
     }
-    let mut out: Vec<Capture> = by_host.into_values().collect();
-    for c in &mut out {
-        c.events.sort_by_key(|e| e.ts_ns.unwrap_or(0));
-    }
+    let out: Vec<Capture> = by_host.into_values().collect();
     anyhow::ensure!(!out.is_empty(), "no capture under {}", dir.display());
     Ok(out)
 }
@@ -194,17 +267,18 @@ pub fn build_streams(
     let mut baseline = Vec::new();
     let mut validation = Vec::new();
     let mut host_hours = BTreeMap::new();
-    let mut windows: HashMap<String, (u64, u64)> = HashMap::new();
+    let mut windows: HashMap<String, Vec<(u64, u64)>> = HashMap::new();
     let mut anchors: HashMap<&'static str, Vec<Anchor>> = HashMap::new();
     for c in captures {
-        let (t0, t1) = c.span();
-        let cut = t0 + ((t1 - t0) as f64 * split) as u64;
-        windows.insert(c.host.clone(), (cut, t1));
-        host_hours.insert(c.host.clone(), (t1 - cut) as f64 / 3.6e12);
+        let w = c.windows(split);
+        let ns: u64 = w.iter().map(|(a, b)| b - a).sum();
+        host_hours.insert(c.host.clone(), ns as f64 / 3.6e12);
+        windows.insert(c.host.clone(), w);
+        let cuts = c.cuts(split);
         for e in &c.events {
             let mut e = e.clone();
             e.org = Some(org.to_string());
-            let base = e.ts_ns.unwrap_or(0) < cut;
+            let base = c.before(&cuts, ts(&e));
             let ev = EvalEvent {
                 event: e,
                 truth: Truth::default(),
@@ -248,8 +322,7 @@ pub fn build_streams(
             continue;
         };
         let anchor = candidates[rng.below(candidates.len())].clone();
-        let (w0, w1) = windows[&anchor.host];
-        let at = w0 + (rng.next_u64() % (w1 - w0).max(1));
+        let at = random_time(&windows[&anchor.host], &mut rng);
         let truth = Truth {
             malicious: true,
             test: Some(i),
@@ -276,6 +349,19 @@ pub fn build_streams(
         tests,
         host_hours,
     }
+}
+
+/// A random time of the validation windows, uniform over their length.
+fn random_time(windows: &[(u64, u64)], rng: &mut Rng) -> u64 {
+    let total: u64 = windows.iter().map(|(a, b)| b - a).sum();
+    let mut r = rng.next_u64() % total.max(1);
+    for &(a, b) in windows {
+        if r < b - a {
+            return a + r;
+        }
+        r -= b - a;
+    }
+    windows.last().map(|w| w.0).unwrap_or(0)
 }
 
 /// Real processes of a capture that attacks can start under.
@@ -829,4 +915,61 @@ pub fn write_outcomes(out: &[Outcome], path: &Path) -> anyhow::Result<()> {
     }
     w.flush()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: u64 = 60_000_000_000;
+
+    fn recording(start: u64, minutes: u64) -> Capture {
+        let events = (0..=minutes)
+            .map(|m| JsonEvent {
+                ts_ns: Some(start + m * MIN),
+                host: Some("h".into()),
+                workload: Some("w".into()),
+                kind: Some("exec".into()),
+                comm: Some("true".into()),
+                ..Default::default()
+            })
+            .collect();
+        Capture::new("h".into(), "w".into(), events)
+    }
+
+    #[test]
+    fn fractions_are_taken_of_each_recording() {
+        // Two recordings of 100 minutes, six days apart: a fraction of the
+        // whole span would cut in the gap and give all of the first to one
+        // part and all of the second to the other.
+        let mut c = recording(0, 100);
+        c.merge(recording(6 * 24 * 60 * MIN, 100));
+        let first_half = c.until(0.5);
+        assert_eq!(first_half.events.len(), 2 * 50);
+        assert_eq!(
+            first_half.recordings,
+            vec![(0, 49 * MIN), (8640 * MIN, 8689 * MIN)]
+        );
+
+        let s = build_streams(&[c], Vec::new(), 0.7, "o", 1);
+        let later = |evs: &[EvalEvent]| evs.iter().filter(|e| ts(&e.event) >= 8640 * MIN).count();
+        assert_eq!((s.baseline.len(), s.validation.len()), (140, 62));
+        assert_eq!((later(&s.baseline), later(&s.validation)), (70, 31));
+        // Validation hours count both windows, not the gap.
+        assert!((s.host_hours["h"] - 2.0 * 30.0 / 60.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn injected_times_fall_inside_the_windows() {
+        let w = [(100, 200), (1_000, 1_050)];
+        let mut rng = Rng::new(3);
+        let mut in_second = 0;
+        for _ in 0..1_000 {
+            let t = random_time(&w, &mut rng);
+            assert!(w.iter().any(|&(a, b)| (a..b).contains(&t)), "{t}");
+            in_second += usize::from(t >= 1_000);
+        }
+        // Uniform over their length: a third of the draws in the second.
+        assert!((250..420).contains(&in_second), "{in_second}");
+    }
 }
