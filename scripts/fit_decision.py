@@ -5,8 +5,9 @@ writes for the *fit window* of the real captures (49%..70% of each capture
 by time: after the part the classifier trains on, before the part that
 validates) and prints the `[scoring.decision]` values: the evidence weights
 (relative, fixed in the design), and the bias and scale that put the warn
-point (P = 0.5) at the score flagging WARN_BUDGET of the window's benign
-events and the alert point (P = 0.9) at ALERT_BUDGET.
+point (P = 0.5) at the score flagging at most WARN_BUDGET of the window's
+benign events of every recording of every host, and the alert point
+(P = 0.9) at ALERT_BUDGET.
 
     python3 scripts/fit_decision.py FIT.tsv [WARN_BUDGET ALERT_BUDGET]
 """
@@ -35,19 +36,21 @@ def score(r):
 
 
 rows = list(csv.DictReader(open(path), delimiter="\t", quoting=csv.QUOTE_NONE))
-# The budget holds on every host, not only on the fleet's total: a busy host
-# (a build box's compiler and database writes) would otherwise buy the
-# others a looser threshold.
-by_host = {}
+# The budget holds on every recording of every host, not only on the fleet's
+# total: a busy host (a build box's compiler and database writes) would
+# otherwise buy the others a looser threshold, and a busy recording of a host
+# its quiet ones (the build box's first recording has 150 times the events
+# of its second, most of them a database's file opens).
+by_part = {}
 for r in rows:
     if r["test"] == "":
-        by_host.setdefault(r["host"], []).append(score(r))
-benign = [s for v in by_host.values() for s in v]
+        by_part.setdefault((r["host"], r.get("recording", "0")), []).append(score(r))
+benign = [s for v in by_part.values() for s in v]
 
 
 def at(budget):
     worst = float("-inf")
-    for scores in by_host.values():
+    for scores in by_part.values():
         scores.sort(reverse=True)
         k = min(int(budget * len(scores)), len(scores) - 1)
         worst = max(worst, scores[k] + 1e-3)
@@ -59,8 +62,10 @@ s_warn, s_alert = at(warn_budget), at(alert_budget)
 # nothing the data can support).
 s_alert = max(s_alert, s_warn + 0.5)
 k = math.log(9.0) / (s_alert - s_warn)
-print(f"# fitted on {len(benign)} benign events of the fit window ({', '.join(f'{h} {len(v)}' for h, v in sorted(by_host.items()))}): "
-      f"warn at {warn_budget:.3%}, alert at {alert_budget:.3%} of each host (score {s_warn:.3f} / {s_alert:.3f})")
+parts = ", ".join(f"{h}#{n} {len(v)}" for (h, n), v in sorted(by_part.items()))
+print(f"# fitted on {len(benign)} benign events of the fit window ({parts}): "
+      f"warn at {warn_budget:.3%}, alert at {alert_budget:.3%} of each recording of each host "
+      f"(score {s_warn:.3f} / {s_alert:.3f})")
 print("[scoring.decision]")
 print(f"bias = {-k * s_warn:.4f}")
 for name, w in W.items():

@@ -228,6 +228,10 @@ pub struct EvalEvent {
     /// In the baseline part (learned, not measured).
     #[serde(default)]
     pub baseline: bool,
+    /// Which recording of its host it belongs to (0 = the first): the
+    /// decision's budgets hold on each (`scripts/fit_decision.py`).
+    #[serde(default)]
+    pub recording: usize,
 }
 
 /// The evaluation streams: the baseline part and the validation part with
@@ -279,10 +283,12 @@ pub fn build_streams(
             let mut e = e.clone();
             e.org = Some(org.to_string());
             let base = c.before(&cuts, ts(&e));
+            let recording = c.recording_of(ts(&e));
             let ev = EvalEvent {
                 event: e,
                 truth: Truth::default(),
                 baseline: base,
+                recording,
             };
             if base {
                 baseline.push(ev);
@@ -322,7 +328,7 @@ pub fn build_streams(
             continue;
         };
         let anchor = candidates[rng.below(candidates.len())].clone();
-        let at = random_time(&windows[&anchor.host], &mut rng);
+        let (at, recording) = random_time(&windows[&anchor.host], &mut rng);
         let truth = Truth {
             malicious: true,
             test: Some(i),
@@ -338,6 +344,7 @@ pub fn build_streams(
                 event: e,
                 truth: truth.clone(),
                 baseline: false,
+                recording,
             });
         }
     }
@@ -351,17 +358,21 @@ pub fn build_streams(
     }
 }
 
-/// A random time of the validation windows, uniform over their length.
-fn random_time(windows: &[(u64, u64)], rng: &mut Rng) -> u64 {
+/// A random time of the validation windows, uniform over their length,
+/// and the index of its window.
+fn random_time(windows: &[(u64, u64)], rng: &mut Rng) -> (u64, usize) {
     let total: u64 = windows.iter().map(|(a, b)| b - a).sum();
     let mut r = rng.next_u64() % total.max(1);
-    for &(a, b) in windows {
+    for (i, &(a, b)) in windows.iter().enumerate() {
         if r < b - a {
-            return a + r;
+            return (a + r, i);
         }
         r -= b - a;
     }
-    windows.last().map(|w| w.0).unwrap_or(0)
+    (
+        windows.last().map(|w| w.0).unwrap_or(0),
+        windows.len().saturating_sub(1),
+    )
 }
 
 /// Real processes of a capture that attacks can start under.
@@ -616,6 +627,8 @@ pub fn event_of(e: &EvalEvent, i: usize) -> Option<Event> {
 pub struct Outcome {
     pub truth: Truth,
     pub host: String,
+    /// Which recording of the host (0 = the first).
+    pub recording: usize,
     /// What the event was (for reading the false positives).
     pub what: String,
     pub signals: outlier_scorer::score::Signals,
@@ -660,6 +673,7 @@ pub fn score_streams(
         out.push(Outcome {
             truth: e.truth.clone(),
             host,
+            recording: e.recording,
             what,
             signals,
             verdict: (scored.verdict - 1).clamp(0, 2) as u8,
@@ -887,16 +901,17 @@ pub fn write_outcomes(out: &[Outcome], path: &Path) -> anyhow::Result<()> {
     let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
     writeln!(
         w,
-        "test\ttactic\thost\tverdict\tprevious\tp_decision\toffset\tanomaly\tdistance\tcount\tbaseline_events\tp_malicious\thigh_precision\tnew_lineage\tseed\tnamed\twhat"
+        "test\ttactic\thost\trecording\tverdict\tprevious\tp_decision\toffset\tanomaly\tdistance\tcount\tbaseline_events\tp_malicious\thigh_precision\tnew_lineage\tseed\tnamed\twhat"
     )?;
     for o in out {
         let s = &o.signals;
         writeln!(
             w,
-            "{}\t{}\t{}\t{}\t{}\t{:.6}\t{:.3}\t{:.4}\t{:.4}\t{}\t{}\t{:.4}\t{}\t{}\t{:.4}\t{}\t{}",
+            "{}\t{}\t{}\t{}\t{}\t{}\t{:.6}\t{:.3}\t{:.4}\t{:.4}\t{}\t{}\t{:.4}\t{}\t{}\t{:.4}\t{}\t{}",
             o.truth.test.map(|t| t.to_string()).unwrap_or_default(),
             o.truth.tactic,
             o.host,
+            o.recording,
             o.verdict,
             o.previous,
             s.p_decision,
@@ -955,6 +970,8 @@ mod tests {
         let later = |evs: &[EvalEvent]| evs.iter().filter(|e| ts(&e.event) >= 8640 * MIN).count();
         assert_eq!((s.baseline.len(), s.validation.len()), (140, 62));
         assert_eq!((later(&s.baseline), later(&s.validation)), (70, 31));
+        let second = |evs: &[EvalEvent]| evs.iter().filter(|e| e.recording == 1).count();
+        assert_eq!((second(&s.baseline), second(&s.validation)), (70, 31));
         // Validation hours count both windows, not the gap.
         assert!((s.host_hours["h"] - 2.0 * 30.0 / 60.0).abs() < 1e-9);
     }
@@ -965,8 +982,8 @@ mod tests {
         let mut rng = Rng::new(3);
         let mut in_second = 0;
         for _ in 0..1_000 {
-            let t = random_time(&w, &mut rng);
-            assert!(w.iter().any(|&(a, b)| (a..b).contains(&t)), "{t}");
+            let (t, i) = random_time(&w, &mut rng);
+            assert!((w[i].0..w[i].1).contains(&t), "{t} in window {i}");
             in_second += usize::from(t >= 1_000);
         }
         // Uniform over their length: a third of the draws in the second.
