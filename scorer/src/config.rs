@@ -295,16 +295,16 @@ pub struct DecisionConfig {
 
 impl Default for DecisionConfig {
     /// Weights and bias from `scripts/fit_decision.py` on the fit window of
-    /// data/real (docs/detection.md): warn flags 0.1% and alert 0.01% of
-    /// each host's benign events there.
+    /// data/real (docs/detection.md): warn flags at most 0.1% and alert
+    /// 0.01% of the benign events of each recording of each host there.
     fn default() -> Self {
         Self {
             mode: DecisionMode::Calibrated,
-            bias: -15.0616,
-            anomaly: 7.8541,
-            classifier: 1.9635,
-            high_precision: 23.5624,
-            new_lineage: 7.8541,
+            bias: -5.6599,
+            anomaly: 3.2188,
+            classifier: 0.8047,
+            high_precision: 9.6564,
+            new_lineage: 3.2188,
             repeated: 2,
             warn: 0.5,
             alert: 0.9,
