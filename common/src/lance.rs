@@ -11,6 +11,8 @@ use std::future::Future;
 use std::pin::Pin;
 
 use arrow_array::RecordBatch;
+use futures::TryStreamExt;
+use lancedb::query::ExecutableQuery;
 use lancedb::table::optimize::Duration;
 use lancedb::table::{CompactionOptions, OptimizeAction};
 use lancedb::{Connection, Table};
@@ -89,6 +91,13 @@ impl Tables {
     pub async fn create(&self, name: &str, first: RecordBatch) -> Result<Created, lancedb::Error> {
         match self.db.create_table(name, first).execute().await {
             Ok(t) => {
+                // Version 1 unless another process created the table
+                // meanwhile: Lance lets both creates commit, the later as
+                // an overwrite that hides the earlier one's rows.
+                let version = t.version().await?;
+                if version > 1 {
+                    self.restore_overwritten(name, &t, version).await;
+                }
                 self.open.lock().await.insert(name.to_string(), t.clone());
                 self.writes.lock().await.insert(name.to_string(), 1);
                 Ok(Created::New(t))
@@ -101,6 +110,39 @@ impl Tables {
                 }),
             },
             Err(e) => Err(e),
+        }
+    }
+
+    /// Appends back the rows that this process's create, committed as
+    /// `version` over a table another process created meanwhile, hid: the
+    /// table as it was just before. Each racing creator restores the one
+    /// before it, so none of their rows is lost. A failure is logged (the
+    /// rows stay in the older version until it is cleaned up).
+    async fn restore_overwritten(&self, name: &str, created: &Table, version: u64) {
+        let restored = async {
+            let before = self.db.open_table(name).execute().await?;
+            before.checkout(version - 1).await?;
+            let batches: Vec<RecordBatch> = before.query().execute().await?.try_collect().await?;
+            let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+            if rows > 0 {
+                created.add(batches).execute().await?;
+            }
+            Ok::<_, lancedb::Error>(rows)
+        }
+        .await;
+        match restored {
+            Ok(rows) => tracing::info!(
+                table = name,
+                version,
+                rows,
+                "table created by two processes at once: the other's rows appended back"
+            ),
+            Err(e) => tracing::error!(
+                table = name,
+                version,
+                error = %e,
+                "table created by two processes at once: the other's rows could not be appended back"
+            ),
         }
     }
 
@@ -231,5 +273,104 @@ mod tests {
         assert!(table.list_versions().await.unwrap().len() < versions);
         assert_eq!(files(&data), 1);
         assert_eq!(table.count_rows(None).await.unwrap(), 200);
+    }
+
+    fn numbers(schema: &Arc<Schema>, from: i64, to: i64) -> RecordBatch {
+        RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(Int64Array::from_iter_values(from..to))],
+        )
+        .unwrap()
+    }
+
+    async fn values(table: &Table) -> Vec<i64> {
+        let batches: Vec<RecordBatch> = table
+            .query()
+            .execute()
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        let mut v: Vec<i64> = batches
+            .iter()
+            .flat_map(|b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .unwrap()
+                    .values()
+                    .to_vec()
+            })
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    #[tokio::test]
+    async fn a_create_that_overwrote_another_processs_appends_its_rows_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let uri = dir.path().to_str().unwrap();
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
+        // What a losing racer's create commits: an overwrite of the table
+        // the other process created an instant before.
+        let first = lancedb::connect(uri).execute().await.unwrap();
+        first
+            .create_table("t", numbers(&schema, 0, 10))
+            .execute()
+            .await
+            .unwrap();
+        let second = Tables::new(lancedb::connect(uri).execute().await.unwrap(), 50);
+        let t = second
+            .db()
+            .create_table("t", numbers(&schema, 10, 15))
+            .mode(lancedb::database::CreateTableMode::Overwrite)
+            .execute()
+            .await
+            .unwrap();
+        assert_eq!(values(&t).await, (10..15).collect::<Vec<_>>());
+        second.restore_overwritten("t", &t, 2).await;
+        assert_eq!(values(&t).await, (0..15).collect::<Vec<_>>());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_processes_creating_one_table_at_once_keep_both_their_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let uri = dir.path().to_str().unwrap();
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
+        let a = Arc::new(Tables::new(
+            lancedb::connect(uri).execute().await.unwrap(),
+            50,
+        ));
+        let b = Arc::new(Tables::new(
+            lancedb::connect(uri).execute().await.unwrap(),
+            50,
+        ));
+        for i in 0..40 {
+            let name = format!("t{i}");
+            let write = |tables: Arc<Tables>, rows: RecordBatch| {
+                let name = name.clone();
+                tokio::spawn(async move {
+                    match tables.create(&name, rows.clone()).await.unwrap() {
+                        Created::New(_) => {}
+                        Created::Joined(t) => {
+                            t.add(rows).execute().await.unwrap();
+                        }
+                    }
+                })
+            };
+            let (x, y) = tokio::join!(
+                write(a.clone(), numbers(&schema, 0, 10)),
+                write(b.clone(), numbers(&schema, 10, 20))
+            );
+            x.unwrap();
+            y.unwrap();
+            let t = a.db().open_table(&name).execute().await.unwrap();
+            assert_eq!(
+                values(&t).await,
+                (0..20).collect::<Vec<_>>(),
+                "table {name}"
+            );
+        }
     }
 }
