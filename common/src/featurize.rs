@@ -16,7 +16,7 @@ use xxhash_rust::xxh3::xxh3_64_with_seed;
 /// Dimensions of an embedding.
 pub const DIM: usize = 128;
 /// Version of the featurizer; baselines built by another version are rebuilt.
-pub const FEATURIZER_VERSION: u32 = 3;
+pub const FEATURIZER_VERSION: u32 = 4;
 
 /// An L2-normalised event embedding.
 pub type Embedding = [f32; DIM];
@@ -495,6 +495,30 @@ fn normalize_component(part: &str, out: &mut String) {
         out.push('*');
         return;
     }
+    // A random part after a fixed prefix (`runner-job-dGlLeumu`,
+    // `apt-key-gpghome.XNOGY6SXaj`, php's `/tmp/phpIlJEGg`): each run of
+    // letters and digits is judged alone.
+    let mut token = String::new();
+    for c in part.chars() {
+        if c.is_alphanumeric() {
+            token.push(c);
+            continue;
+        }
+        normalize_token(&token, out);
+        token.clear();
+        out.extend(c.to_lowercase());
+    }
+    normalize_token(&token, out);
+}
+
+/// One run of letters and digits of a component: `*` when it looks like a
+/// generated name ([`looks_generated`]), else lower-cased with runs of four
+/// or more digits as `#`.
+fn normalize_token(part: &str, out: &mut String) {
+    if looks_generated(part) {
+        out.push('*');
+        return;
+    }
     let mut run = 0usize;
     let flush = |run: &mut usize, out: &mut String, digits: &str| {
         if *run >= 4 {
@@ -524,7 +548,8 @@ fn normalize_component(part: &str, out: &mut String) {
 
 /// Letters and digits that keep switching between digit, upper and lower
 /// case: a temp-file suffix, a container id, a token. Separators (`.`, `-`,
-/// `_`) are ignored, so `access.log.1` or `x86_64` are not random.
+/// `_`) are ignored, so `access.log.1` or `x86_64` are not random; two
+/// switches are a name (`md5sum`, `gpg.1.sh`), not a random one.
 fn looks_random(s: &str) -> bool {
     let mut changes = 0;
     let mut alnum = 0;
@@ -543,7 +568,37 @@ fn looks_random(s: &str) -> bool {
         }
         prev = Some(class);
     }
-    alnum >= 6 && changes * 3 >= alnum
+    alnum >= 6 && changes >= 3 && changes * 3 >= alnum
+}
+
+/// A run of letters and digits (no separators) that a program generated
+/// rather than a person named: eight or more characters that mix upper
+/// case, lower case and digits, or that switch between upper and lower case
+/// at least three times and as often as every third character (`dGlLeumu`,
+/// `IlJEGg…`). Words and identifiers switch less (`PackageKit`,
+/// `NetworkManager`, `PostgreSQL`); names of six or seven characters
+/// (`md5sum`, `sha1sum`) are never judged.
+fn looks_generated(t: &str) -> bool {
+    let len = t.chars().count();
+    if len < 8 {
+        return false;
+    }
+    let upper = t.chars().any(char::is_uppercase);
+    let lower = t.chars().any(char::is_lowercase);
+    let digit = t.chars().any(|c| c.is_ascii_digit());
+    if upper && lower && digit {
+        return true;
+    }
+    let mut changes = 0;
+    let mut prev = None;
+    for c in t.chars().filter(|c| c.is_alphabetic()) {
+        let up = c.is_uppercase();
+        if prev.is_some_and(|p| p != up) {
+            changes += 1;
+        }
+        prev = Some(up);
+    }
+    upper && lower && changes >= 3 && changes * 3 >= len
 }
 
 /// Normalises a path for embedding: volatile components become `*`/`#`.
@@ -622,7 +677,7 @@ mod tests {
             .collect();
         assert_eq!(
             (behaviour_key(&a), nz),
-            (12_976_609_788_046_140_404, vec![62, 79, 87, 89, 96]),
+            (8_800_521_669_505_002_661, vec![62, 79, 87, 89, 96]),
             "the featurizer's output changed: bump FEATURIZER_VERSION and update this golden"
         );
     }
@@ -727,6 +782,36 @@ mod tests {
         );
         assert_eq!(normalize_path("/usr/bin/sha256sum"), "/usr/bin/sha256sum");
         assert_eq!(normalize_path("/opt/deadbeefcafe0123/x"), "/opt/<hex>/x");
+        // Generated suffixes after a fixed prefix.
+        assert_eq!(
+            normalize_path("/tmp/runner-job-dGlLeumu/artifact-13.tar.gz"),
+            "/tmp/runner-job-*/artifact-13.tar.gz"
+        );
+        assert_eq!(
+            normalize_path("/tmp/apt-key-gpghome.XNOGY6SXaj/pubring.gpg"),
+            "/tmp/apt-key-gpghome.*/pubring.gpg"
+        );
+        assert_eq!(
+            normalize_path("/tmp/apt-key-gpghome.wmAahSsEav"),
+            "/tmp/apt-key-gpghome.*"
+        );
+        assert_eq!(normalize_path("/tmp/repIlJEGg"), "/tmp/*");
+        assert_eq!(
+            normalize_path("/dev/shm/PostgreSQL.2327759668"),
+            "/dev/shm/postgresql.#"
+        );
+        // Names people give stay.
+        for kept in [
+            "/usr/share/dbus-1/system-services/org.freedesktop.PackageKit.service",
+            "/etc/NetworkManager/NetworkManager.conf",
+            "/usr/bin/md5sum",
+            "/etc/apt/trusted.gpg.d/gpg.1.sh",
+            "/usr/lib/python3/dist-packages/LibreOffice",
+            "/home/dev/project/src/ModSecurity-rules.conf",
+            "/opt/app/WebRequest.php",
+        ] {
+            assert_eq!(normalize_path(kept), kept.to_lowercase(), "{kept}");
+        }
         let mut s = String::new();
         normalize_word_into("10.0.0.1", &mut s);
         assert_eq!(s, "<ip>");
