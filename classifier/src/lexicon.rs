@@ -169,9 +169,7 @@ pub fn pipes_program_into_interpreter(line: &str) -> bool {
     let bytes = line.as_bytes();
     (0..bytes.len())
         .filter(|&i| {
-            bytes[i] == b'|'
-                && bytes.get(i + 1) != Some(&b'|')
-                && (i == 0 || bytes[i - 1] != b'|')
+            bytes[i] == b'|' && bytes.get(i + 1) != Some(&b'|') && (i == 0 || bytes[i - 1] != b'|')
         })
         .any(|i| reads_program_from_stdin(&line[i + 1..]))
 }
@@ -213,7 +211,11 @@ fn reads_program_from_stdin(rest: &str) -> bool {
     }
     // The flags that give the program inline: a shell's -c; perl's and
     // ruby's -e/-E (also in -pe, -ne), python's -c and -m, php's -r.
-    let inline: &[char] = if shell { &['c'] } else { &['c', 'e', 'E', 'm', 'r'] };
+    let inline: &[char] = if shell {
+        &['c']
+    } else {
+        &['c', 'e', 'E', 'm', 'r']
+    };
     for w in words {
         if w == "-" || w == "-s" || w == "--" {
             return true;

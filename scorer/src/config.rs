@@ -300,11 +300,11 @@ impl Default for DecisionConfig {
     fn default() -> Self {
         Self {
             mode: DecisionMode::Calibrated,
-            bias: -5.6599,
-            anomaly: 3.2188,
-            classifier: 0.8047,
-            high_precision: 9.6564,
-            new_lineage: 3.2188,
+            bias: -7.0610,
+            anomaly: 4.7144,
+            classifier: 1.1786,
+            high_precision: 14.1431,
+            new_lineage: 4.7144,
             repeated: 2,
             warn: 0.5,
             alert: 0.9,
