@@ -165,13 +165,14 @@ pub fn scan_command(line: &str) -> u64 {
 /// program named on its own command line (`| perl -pe 's/x/y/'`, Debian's
 /// `xargs md5sum | perl -pe …`, `| python3 -m json.tool`, `| sh ./job.sh`,
 /// `| bash -c 'read x; …'`).
-pub fn pipes_program_into_interpreter(line: &str) -> bool {
+fn pipes_program_into_interpreter(line: &str) -> bool {
     let bytes = line.as_bytes();
-    (0..bytes.len())
-        .filter(|&i| {
-            bytes[i] == b'|' && bytes.get(i + 1) != Some(&b'|') && (i == 0 || bytes[i - 1] != b'|')
-        })
-        .any(|i| reads_program_from_stdin(&line[i + 1..]))
+    // A pipe, not the `||` of a failed command.
+    line.match_indices('|').any(|(i, _)| {
+        bytes.get(i + 1) != Some(&b'|')
+            && (i == 0 || bytes[i - 1] != b'|')
+            && reads_program_from_stdin(&line[i + 1..])
+    })
 }
 
 /// Whether the command at the start of `rest` (up to the next separator)
