@@ -171,6 +171,7 @@ impl BaselineConfig {
         crate::baseline::IndexParams {
             ivf_threshold: self.ivf_threshold.max(1),
             nprobe: self.nprobe.max(1),
+            background: true,
         }
     }
 }

@@ -137,6 +137,15 @@ pub static BEHAVIOURS: LazyLock<IntGauge> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+pub static INDEX_BUILD_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "outlier_scorer_baseline_index_build_seconds",
+        "Time to build a baseline's IVF index (on a thread of its own, off the scoring path)",
+        exponential_buckets(0.01, 3.0, 10).expect("valid buckets")
+    )
+    .expect("metric registers once")
+});
+
 labels! {
     pub enum PersistOutcome {
         Ok = "ok",

@@ -14,9 +14,16 @@
 //!    result is the exact k nearest, not an approximation;
 //! 3. baselines above [`IndexParams::ivf_threshold`] get an inverted-file
 //!    index (spherical k-means, √n lists) and scan only the `nprobe` lists
-//!    nearest to the query, the same way.
+//!    nearest to the query, the same way. In the scorer the index is built
+//!    (and rebuilt, each time the baseline doubles) on a thread of its own
+//!    while lookups go on over the previous structure, so one workload's
+//!    build never holds up the scoring of the others (see
+//!    [`IndexParams::background`]).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::Instant;
 
 mod ivf;
 mod quant;
@@ -60,6 +67,14 @@ pub struct IndexParams {
     pub ivf_threshold: usize,
     /// Lists scanned per query.
     pub nprobe: usize,
+    /// Build the index on a background thread and adopt it once built;
+    /// meanwhile lookups use the previous structure (exact scans, or the
+    /// previous index with the new rows in their nearest lists). The
+    /// scorer's setting: a build of a large baseline takes seconds (minutes
+    /// in a debug build), and done in place it stalled every partition of
+    /// the scorer. Off, the index is built in place when due, so results do
+    /// not depend on thread timing (offline evaluation, benches, tests).
+    pub background: bool,
 }
 
 impl Default for IndexParams {
@@ -67,7 +82,34 @@ impl Default for IndexParams {
         Self {
             ivf_threshold: 20_000,
             nprobe: 16,
+            background: false,
         }
+    }
+}
+
+/// Background index builds running, over all baselines of the process.
+static BUILDS_RUNNING: AtomicUsize = AtomicUsize::new(0);
+
+/// A slot among the background builds: at most half the cores build at
+/// once (at least one), so a fleet of baselines crossing the threshold
+/// together (a scorer taking partitions over) does not starve scoring.
+struct BuildSlot;
+
+impl BuildSlot {
+    fn take() -> Option<Self> {
+        let max = std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1));
+        BUILDS_RUNNING
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| BuildSlot)
+    }
+}
+
+impl Drop for BuildSlot {
+    fn drop(&mut self) {
+        BUILDS_RUNNING.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -100,6 +142,12 @@ pub struct Baseline {
     /// Events observed over the baseline's life (sum of counts).
     events: u64,
     ivf: Option<Ivf>,
+    /// An index being built in the background over the first rows (its
+    /// `built_at`); adopted by the first observation after it is done.
+    building: Option<JoinHandle<Ivf>>,
+    /// An index is due but every build slot was taken: tried again at the
+    /// next observation.
+    reindex_due: bool,
     params: IndexParams,
 }
 
@@ -272,7 +320,7 @@ impl Baseline {
             self.is_dirty[index] = true;
             self.dirty.push(index);
         }
-        if new {
+        if new || self.reindex_due || self.building.as_ref().is_some_and(|b| b.is_finished()) {
             self.maybe_reindex();
         }
         new
@@ -358,6 +406,9 @@ impl Baseline {
         self.by_key.clear();
         self.dirty.clear();
         self.ivf = None;
+        // A build under way indexes rows that are renumbered now: drop it
+        // (its thread finishes on its own and its result is discarded).
+        self.building = None;
         for (i, (m, d)) in meta.into_iter().zip(flags).enumerate() {
             if !keep(&m) {
                 continue;
@@ -376,16 +427,106 @@ impl Baseline {
     }
 
     fn maybe_reindex(&mut self) {
+        if self.building.as_ref().is_some_and(|b| b.is_finished()) {
+            self.adopt_index();
+        }
+        if self.building.is_some() {
+            return;
+        }
         let n = self.len();
-        let due = match &self.ivf {
+        self.reindex_due = match &self.ivf {
             None => n >= self.params.ivf_threshold,
             Some(ivf) => n >= ivf.built_at * 2,
         };
-        if due {
-            self.ivf = Some(build_ivf(&self.vectors, n));
-            self.cols = Cols::default();
+        if !self.reindex_due {
+            return;
+        }
+        if !self.params.background {
+            let ivf = timed_build(&self.vectors, n);
+            self.install(ivf);
+            return;
+        }
+        // With every build slot taken, `reindex_due` stays set and the next
+        // observation tries again.
+        let Some(slot) = BuildSlot::take() else {
+            return;
+        };
+        let rows = self.vectors[..n * DIM].to_vec();
+        let spawned = std::thread::Builder::new()
+            .name("baseline-index".into())
+            .spawn(move || {
+                let _slot = slot;
+                timed_build(&rows, n)
+            });
+        match spawned {
+            Ok(handle) => {
+                self.building = Some(handle);
+                self.reindex_due = false;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start a baseline index build; retried later")
+            }
         }
     }
+
+    /// Takes over the background build if it has finished.
+    fn adopt_index(&mut self) {
+        let Some(handle) = self.building.take() else {
+            return;
+        };
+        match handle.join() {
+            Ok(ivf) => self.install(ivf),
+            // Retried at the next new behaviour.
+            Err(_) => tracing::error!("a baseline index build panicked"),
+        }
+    }
+
+    /// Waits until the index this baseline is due is built and adopted
+    /// (benches and tests that need the indexed path).
+    pub fn wait_for_index(&mut self) {
+        loop {
+            self.adopt_index();
+            self.maybe_reindex();
+            if self.building.is_none() && !self.reindex_due {
+                return;
+            }
+            if self.building.is_none() {
+                // Every build slot taken (by other baselines' builds).
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+    }
+
+    /// Whether an index build is under way in the background.
+    pub fn is_indexing(&self) -> bool {
+        self.building.is_some()
+    }
+
+    /// Makes `ivf` the index, first filing the rows added since it was
+    /// built into their nearest lists.
+    fn install(&mut self, mut ivf: Ivf) {
+        self.reindex_due = false;
+        for i in ivf.built_at..self.len() {
+            let row = &self.vectors[i * DIM..(i + 1) * DIM];
+            let l = nearest_centroid(&ivf.centroids, row);
+            ivf.lists[l].push(i as u32);
+            ivf.list_cols[l].push(row);
+        }
+        self.ivf = Some(ivf);
+        self.cols = Cols::default();
+    }
+}
+
+fn timed_build(vectors: &[f32], n: usize) -> Ivf {
+    let t = Instant::now();
+    let ivf = build_ivf(vectors, n);
+    crate::metrics::INDEX_BUILD_SECONDS.observe(t.elapsed().as_secs_f64());
+    tracing::debug!(
+        behaviours = n,
+        seconds = t.elapsed().as_secs_f64(),
+        "baseline index built"
+    );
+    ivf
 }
 
 #[cfg(test)]
@@ -550,6 +691,7 @@ mod tests {
         let params = IndexParams {
             ivf_threshold: 2_000,
             nprobe: 8,
+            background: false,
         };
         let mut b = Baseline::with_params(params);
         // Clustered data, as behaviours of a workload are: 40 themes with
@@ -589,6 +731,74 @@ mod tests {
         );
         // Exact repeats are always found.
         assert_eq!(b.min_distance(&b.get(1234).vector).unwrap().1, 1234);
+    }
+
+    /// Behaviour `s` of a workload with 40 themes and small variations.
+    fn clustered(s: u64) -> Embedding {
+        let mut v = unit(s % 40);
+        let noise = unit(10_000 + s);
+        for (a, n) in v.iter_mut().zip(noise) {
+            *a += 0.15 * n;
+        }
+        let n = v.iter().map(|a| a * a).sum::<f32>().sqrt();
+        v.iter_mut().for_each(|a| *a /= n);
+        v
+    }
+
+    /// Every row is in exactly one list of the index.
+    fn assert_every_row_filed_once(b: &Baseline) {
+        let ivf = b.ivf.as_ref().expect("indexed");
+        let mut seen = vec![0u32; b.len()];
+        for (l, ids) in ivf.lists.iter().enumerate() {
+            assert_eq!(ids.len(), ivf.list_cols[l].len());
+            ids.iter().for_each(|&i| seen[i as usize] += 1);
+        }
+        assert!(seen.iter().all(|&c| c == 1), "rows missing or filed twice");
+    }
+
+    #[test]
+    fn a_background_build_leaves_lookups_running_and_files_the_rows_added_meanwhile() {
+        let params = IndexParams {
+            ivf_threshold: 2_000,
+            nprobe: 8,
+            background: true,
+        };
+        let mut b = Baseline::with_params(params);
+        for s in 0..2_000u64 {
+            assert!(b.observe(&clustered(s), s));
+        }
+        // The 2,000th behaviour started the build on another thread; this
+        // one goes on with exact scans.
+        assert!(b.is_indexing());
+        assert!(!b.is_indexed());
+        let q = clustered(1_999);
+        assert_eq!(b.nearest_keyed(&q, 0, 1)[0].index, 1_999);
+        for s in 2_000..2_600u64 {
+            b.observe(&clustered(s), s);
+        }
+        b.wait_for_index();
+        assert!(b.is_indexed() && !b.is_indexing());
+        assert_every_row_filed_once(&b);
+        // Rows added while the index was built are found by its scan (a
+        // key that matches nothing, so the lookup by key cannot answer).
+        for s in [2_000u64, 2_301, 2_599] {
+            let got = b.nearest_keyed(&clustered(s), 0, 1);
+            assert_eq!(got[0].index, s as usize);
+            assert!(got[0].distance < 1e-4);
+        }
+        // The next build is due at twice the size; renumbering rows while
+        // it runs (pruning) drops it and starts one over the rows kept.
+        for s in 2_600..4_000u64 {
+            b.observe(&clustered(s), s);
+        }
+        assert!(b.is_indexing());
+        assert_eq!(b.prune(100), 100);
+        assert!(!b.is_indexed());
+        b.wait_for_index();
+        assert!(b.is_indexed());
+        assert_eq!(b.len(), 3_900);
+        assert_every_row_filed_once(&b);
+        assert_eq!(b.nearest_keyed(&clustered(3_999), 0, 1)[0].index, 3_899);
     }
 
     #[test]
