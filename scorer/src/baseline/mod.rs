@@ -21,6 +21,7 @@
 //!    [`IndexParams::background`]).
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -97,7 +98,11 @@ struct BuildSlot;
 
 impl BuildSlot {
     fn take() -> Option<Self> {
-        let max = std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1));
+        // Read once: on Linux it reads the cgroup's CPU quota.
+        static MAX: LazyLock<usize> = LazyLock::new(|| {
+            std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+        });
+        let max = *MAX;
         BUILDS_RUNNING
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < max).then_some(n + 1)
