@@ -12,7 +12,13 @@ two ways and compared with the attack's tactic:
   then generic evidence; within a tier the largest TreeSHAP contribution to
   the threat class), the class when no feature points at a technique.
   A payload written into a start-up location names the start-up
-  location first (`explain::leading_technique`). Not modelled: the started
+  location first (`explain::leading_technique`); a shell started through
+  the command's arguments (`find . -exec /bin/sh`) names execution after
+  the high-precision evidence (and the technique the arguments name, not
+  modelled) and before the rest, unless a command channel
+  or a start-up location is present (`explain::shell_through_arguments`;
+  modelled with the whole line's indicators: the rows do not say whether
+  the program's own name matched). Not modelled: the started
   or fetched program's own technique (`lexicon::program_technique`) and the
   technique the arguments name (`lexicon::command_technique`), which need
   the program's name and command line, not in the feature rows.
@@ -147,6 +153,13 @@ def main():
 
     startup, payload = const_features("STARTUP"), const_features("PAYLOAD")
     assert len(startup) == 3 and len(payload) == 6, (startup, payload)
+    spawn = [names.index("cmd_spawn_shell"), names.index("cmd_shell_escape")]
+    channel = [i for i, t in ftech.items() if t.split(".")[0] in ("T1095", "T1571")]
+
+    def shell_through_arguments(r):
+        return (any(xm[r, i] != 0 for i in spawn)
+                and not any(xm[r, i] != 0 for i in startup)
+                and not any(xm[r, i] != 0 and not (i == nc_exec and xm[r, nettool] == 0) for i in channel))
 
     for r in range(len(mal)):
         installed = [i for i in startup if xm[r, i] != 0 and i in ftactic]
@@ -154,6 +167,8 @@ def main():
             evid[r] = ftactic[installed[0]]
             continue
         ranked = [ranked_evidence(r, i, c) for i, c in ftactic.items() if xm[r, i] != 0]
+        if shell_through_arguments(r):
+            ranked.append((0.5, 0.0, execution))
         if ranked:
             evid[r] = min(ranked)[2]
     # Each attack's most malicious-looking event.

@@ -161,6 +161,27 @@ pub fn leading_technique(f: &Features) -> Option<&'static str> {
     (!f.context.fetched.is_empty() && !tactic_of_technique(t).is_empty()).then_some(t)
 }
 
+/// A shell started through the command's own arguments (`find . -exec
+/// /bin/sh`, `vim -c ':!sh'`, `os.system(...)`, `less` with a `!sh`
+/// escape): whatever the program is for, what the command does is run a
+/// shell, so it is named execution before the program's own technique and
+/// the other specific evidence. After what the arguments name (code with a
+/// `system(` call written under /var/www is a web shell installed, not a
+/// shell run) and the high-precision evidence. Not when the shell is wired to a command channel (a
+/// reverse or bind shell is command and control) or written into a
+/// start-up location (persistence, as [`leading_technique`] names it).
+pub fn shell_through_arguments(f: &Features) -> bool {
+    f.context.shell_in_arguments
+        && !STARTUP.iter().any(|&i| f.get(Feature::Indicator(i)) != 0.0)
+        && !(0..N_FEATURES).any(|i| {
+            present(i, f.values[i])
+                && matches!(
+                    technique(i, &f.context).split('.').next(),
+                    Some("T1095" | "T1571")
+                )
+        })
+}
+
 /// `-e sh` and `-c bash` name a shell handed to a peer only when a network
 /// tool (`nc`, `socat` ...) runs them; in a shell's own `sh -c bash …` they
 /// are a shell starting a shell: generic execution.

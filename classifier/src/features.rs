@@ -362,6 +362,11 @@ pub struct Context {
     /// The technique the process's command line names by its arguments
     /// (`lexicon::command_technique`), for naming; empty when none.
     pub command_technique: &'static str,
+    /// Whether the process's arguments start a shell (`find . -exec
+    /// /bin/sh`, `vim -c ':!sh'`, `os.system(...)`): the program is a
+    /// vehicle for one. Its own name does not count (`/bin/sh -c …` is a
+    /// shell, not a shell started through one). For naming.
+    pub shell_in_arguments: bool,
 }
 
 /// The features of one event.
@@ -631,6 +636,13 @@ fn extract(h: &mut HostState, l: &Limits, ev: &Event) -> Features {
         (_, Some(p)) => p.command_technique,
         _ => "",
     };
+    ctx.shell_in_arguments = match (&ev.detail, &who.known) {
+        (Some(Detail::Exec(x)), _) => {
+            (cmd.has(SPAWN_SHELL) || cmd.has(SHELL_ESCAPE)) && shell_in_arguments(&x.argv)
+        }
+        (_, Some(p)) => p.shell_in_arguments,
+        _ => false,
+    };
     if v.0[Feature::from(CmdDerived::DownloadExec).slot()] != 0.0 {
         ctx.fetched = fetched_program(&cmd.line);
     }
@@ -665,6 +677,7 @@ fn extract(h: &mut HostState, l: &Limits, ev: &Event) -> Features {
                 indicators: cmd.indicators,
                 cmd_shape: cmd.shape,
                 command_technique: ctx.command_technique,
+                shell_in_arguments: ctx.shell_in_arguments,
                 connected: false,
             },
         );
@@ -796,6 +809,15 @@ const CHMOD_EXEC: usize = indicator("cmd_chmod_exec");
 const SPAWN_SHELL: usize = indicator("cmd_spawn_shell");
 const SHELL_ESCAPE: usize = indicator("cmd_shell_escape");
 const SUDO: usize = indicator("cmd_sudo");
+
+/// Whether the arguments after the program's own name start a shell or
+/// escape to one (see [`Context::shell_in_arguments`]).
+fn shell_in_arguments(argv: &[String]) -> bool {
+    let bits = argv
+        .get(1..)
+        .map_or(0, |rest| lexicon::scan_command(&rest.join(" ")));
+    bits & (1 << SPAWN_SHELL | 1 << SHELL_ESCAPE) != 0
+}
 
 /// Command line: indicators, shape and what is derived from them.
 /// The name of the program the first URL of `line` fetches: its path's

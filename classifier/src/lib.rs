@@ -174,6 +174,11 @@ impl Classifier {
         if !explain::tactic_of_technique(t).is_empty() {
             evidence.push((1, f32::INFINITY, t));
         }
+        // Then a shell started through the command's arguments (`find .
+        // -exec /bin/sh`): execution, whatever the program is for.
+        if explain::shell_through_arguments(f) {
+            evidence.push((1, f32::INFINITY, "T1059.004"));
+        }
         // Then a program started whose purpose is a technique (`hostname`,
         // `tcpdump`, `poweroff`): it says what is being done more directly
         // than the features.

