@@ -165,11 +165,12 @@ pub fn leading_technique(f: &Features) -> Option<&'static str> {
 /// /bin/sh`, `vim -c ':!sh'`, `os.system(...)`, `less` with a `!sh`
 /// escape): whatever the program is for, what the command does is run a
 /// shell, so it is named execution before the program's own technique and
-/// the other specific evidence. After what the arguments name (code with a
-/// `system(` call written under /var/www is a web shell installed, not a
-/// shell run) and the high-precision evidence. Not when the shell is wired to a command channel (a
-/// reverse or bind shell is command and control) or written into a
-/// start-up location (persistence, as [`leading_technique`] names it).
+/// the other specific evidence; after the high-precision evidence and what
+/// the arguments name (code with a `system(` call written under /var/www
+/// is a web shell installed, not a shell run). Not when the shell is wired
+/// to a command channel (a reverse or bind shell is command and control)
+/// or written into a start-up location (persistence, as
+/// [`leading_technique`] names it).
 pub fn shell_through_arguments(f: &Features) -> bool {
     f.context.shell_in_arguments
         && !STARTUP.iter().any(|&i| f.get(Feature::Indicator(i)) != 0.0)
