@@ -702,25 +702,12 @@ mod tests {
         // Clustered data, as behaviours of a workload are: 40 themes with
         // small variations.
         for s in 0..4_000u64 {
-            let mut v = unit(s % 40);
-            let noise = unit(10_000 + s);
-            for (a, n) in v.iter_mut().zip(noise) {
-                *a += 0.15 * n;
-            }
-            let n = v.iter().map(|a| a * a).sum::<f32>().sqrt();
-            v.iter_mut().for_each(|a| *a /= n);
-            b.observe(&v, s);
+            b.observe(&clustered(s), s);
         }
         assert!(b.is_indexed());
         let mut worse = 0;
         for s in 0..200u64 {
-            let mut q = unit(s % 40);
-            let noise = unit(50_000 + s);
-            for (a, n) in q.iter_mut().zip(noise) {
-                *a += 0.15 * n;
-            }
-            let n = q.iter().map(|a| a * a).sum::<f32>().sqrt();
-            q.iter_mut().for_each(|a| *a /= n);
+            let q = themed(s % 40, 50_000 + s);
             let approx = b.min_distance(&q).unwrap().0;
             let exact = (0..b.len())
                 .map(|i| cosine_distance(&q, &b.get(i).vector))
@@ -740,8 +727,13 @@ mod tests {
 
     /// Behaviour `s` of a workload with 40 themes and small variations.
     fn clustered(s: u64) -> Embedding {
-        let mut v = unit(s % 40);
-        let noise = unit(10_000 + s);
+        themed(s % 40, 10_000 + s)
+    }
+
+    /// Theme `theme` with a small variation drawn from `noise_seed`.
+    fn themed(theme: u64, noise_seed: u64) -> Embedding {
+        let mut v = unit(theme);
+        let noise = unit(noise_seed);
         for (a, n) in v.iter_mut().zip(noise) {
             *a += 0.15 * n;
         }
