@@ -6,6 +6,7 @@
 #   as_root CMD...        run CMD as root (sudo when not root)
 #   apt_ensure PKG...     install the Debian packages that are missing (idempotent)
 #   build_bins PROFILE    build every binary of the workspace with its eBPF programs
+#                         (installs BUILD_APT_PACKAGES and the eBPF toolchain first)
 #   set_version SEP       set version and commit to the checkout's; export
 #                         SOURCE_DATE_EPOCH
 
@@ -26,12 +27,19 @@ apt_ensure() {
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
+# What compiling the workspace needs from Debian: protoc for the gRPC and
+# Lance protobufs, cmake and the headers for librdkafka (SASL, TLS, zlib) and
+# curl, fontconfig for the benches' plots.
+BUILD_APT_PACKAGES=(protobuf-compiler cmake pkg-config build-essential libcurl4-openssl-dev libsasl2-dev
+  libssl-dev zlib1g-dev libfontconfig1-dev)
+
 # The one selection of what to build: another would unify the dependencies'
 # features differently and rebuild them. A missing eBPF toolchain is an
 # error, not a silent /proc-only collector.
 build_bins() {
   local repo
   repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+  apt_ensure "${BUILD_APT_PACKAGES[@]}"
   "$repo/scripts/ebpf-toolchain"
   log "building the binaries (${1:?profile} profile)"
   (cd "$repo" && OUTLIER_REQUIRE_EBPF=1 cargo build --profile "$1" --workspace --bins -q)
