@@ -142,9 +142,21 @@ def main():
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--rounds", type=int, default=50)
     ap.add_argument("--depth", type=int, default=5)
+    ap.add_argument("--exclude-fold", type=int, default=None,
+                    help="leave out the attack rows of this technique fold (numbered as the shipped model's "
+                         "fold_of_technique) and train on the rest, for scripts/eval-unseen-techniques; the "
+                         "model's meta.training.excluded_techniques lists them")
     args = ap.parse_args()
 
     meta, x, y, technique, attack, context, workload = load(args.data)
+    excluded = None
+    if args.exclude_fold is not None:
+        f0 = folds_by_group(y, technique, workload, FOLDS, np.random.default_rng(args.seed))
+        out_rows = (y > 0) & (f0 == args.exclude_fold)
+        excluded = sorted(set(technique[out_rows]))
+        assert excluded, f"fold {args.exclude_fold} has no attack rows"
+        keep = ~out_rows
+        x, y, technique, attack, context, workload = (a[keep] for a in (x, y, technique, attack, context, workload))
     classes = meta["classes"]
     rng = np.random.default_rng(args.seed)
     fold = folds_by_group(y, technique, workload, FOLDS, rng)
@@ -230,6 +242,8 @@ def main():
         "validation_at_warn": m,
         "validation_at_alert": m_alert,
     }
+    if excluded is not None:
+        training["excluded_techniques"] = excluded
     out = {
         "meta": {
             "feature_names": meta["feature_names"],
