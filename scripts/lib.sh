@@ -9,6 +9,10 @@
 #                         (installs BUILD_APT_PACKAGES and the eBPF toolchain first)
 #   set_version SEP       set version and commit to the checkout's; export
 #                         SOURCE_DATE_EPOCH
+#   train_venv            the training virtualenv (pinned XGBoost), made if missing
+#   fit_decision LOADTEST MODEL CAPTURES ATTACKS DIR
+#                         DIR/scorer.toml: MODEL with the decision fitted on
+#                         CAPTURES' fit windows, ATTACKS injected
 
 log() { printf '%s %s: %s\n' "$(date +%H:%M:%S)" "${0##*/}" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -61,4 +65,28 @@ set_version() {
   if [ -n "$(git -C "$repo" status --porcelain --untracked-files=no 2>/dev/null)" ]; then
     version="$version.dirty"
   fi
+}
+
+# The training virtualenv: project-local, pinned XGBoost (idempotent).
+train_venv() {
+  local repo venv
+  repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+  venv="$repo/.outlier/venv-train"
+  if ! "$venv/bin/python" -c 'import xgboost' 2>/dev/null; then
+    python3 -m venv "$venv"
+    "$venv/bin/python" -m pip install -q -r "$repo/scripts/train-requirements.txt"
+  fi
+}
+
+# A model's decision fitted as the shipped one is (docs/detection.md): the
+# captures' fit windows (49%..70%) scored with ATTACKS injected, then
+# scripts/fit_decision.py.
+fit_decision() {
+  local loadtest=$1 model=$2 captures=$3 attacks=$4 dir=$5 repo
+  repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+  printf '[scoring.classifier]\nmodel = "%s"\n' "$model" > "$dir/fit.toml"
+  "$loadtest" eval --captures "$captures" --until 0.7 --split 0.7 --attacks "$attacks" \
+    --per-file 150 --scorer-config "$dir/fit.toml" --outcomes "$dir/fit.tsv" >/dev/null
+  { printf '[scoring.classifier]\nmodel = "%s"\n\n' "$model"
+    python3 "$repo/scripts/fit_decision.py" "$dir/fit.tsv"; } > "$dir/scorer.toml"
 }
