@@ -42,9 +42,12 @@ async fn a_suppression_stops_the_repeat_alert_within_seconds_and_revoking_brings
     let env = TestEnv::new("suppress").await;
     let stop = CancellationToken::new();
     let mut scfg = env.scorer_config();
-    // Past its warm-up a workload does not learn its alerts: the same
-    // attack alerts every time it repeats.
+    // Past its warm-up a workload does not learn its alerts; with repeats
+    // not held back for the alert awaiting feedback (repeat_window_s 0,
+    // so this is about suppressions alone), the same attack alerts every
+    // time it repeats.
     scfg.baseline.warmup_events = 5;
+    scfg.scoring.decision.repeat_window_s = 0;
     let scorer = tokio::spawn(outlier_scorer::run(scfg, stop.clone()));
     let icfg = env.indexer_config();
     let addr = icfg.grpc_addr;

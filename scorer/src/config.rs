@@ -292,6 +292,11 @@ pub struct DecisionConfig {
     /// apply (also after a restart: that history is kept in memory); until
     /// then the anomaly verdict under `scoring.thresholds` also stands.
     pub adapt_min_events: u64,
+    /// An alert still awaiting feedback is not raised again for the same
+    /// behaviour on the same host within this many seconds of event time:
+    /// its repeats are published `ok`, naming the alert (0: every repeat
+    /// alerts). See `repeats.rs`.
+    pub repeat_window_s: u64,
 }
 
 impl Default for DecisionConfig {
@@ -311,6 +316,7 @@ impl Default for DecisionConfig {
             alert: 0.9,
             adapt_quantile: 0.99,
             adapt_min_events: 1000,
+            repeat_window_s: 86_400,
         }
     }
 }

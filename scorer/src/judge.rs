@@ -60,6 +60,9 @@ pub struct Judge {
     /// The fleet's immune memory: behaviours confirmed malicious anywhere
     /// in an org alert on every host of it.
     signatures: outlier_common::immune::Signatures,
+    /// The operators' suppressions: an alert one of them keeps from the
+    /// alerts topic is not one awaiting feedback (repeats.rs).
+    suppressions: outlier_common::suppress::Suppressions,
 }
 
 impl Judge {
@@ -71,6 +74,7 @@ impl Judge {
             scoring,
             warmup_events,
             signatures: Default::default(),
+            suppressions: Default::default(),
         }
     }
 
@@ -83,6 +87,15 @@ impl Judge {
     /// Following the fleet's immune memory.
     pub fn with_signatures(mut self, signatures: outlier_common::immune::Signatures) -> Self {
         self.signatures = signatures;
+        self
+    }
+
+    /// Following the operators' suppressions.
+    pub fn with_suppressions(
+        mut self,
+        suppressions: outlier_common::suppress::Suppressions,
+    ) -> Self {
+        self.suppressions = suppressions;
         self
     }
 
@@ -136,6 +149,7 @@ impl Judge {
             workload_offset: 0.0,
             p_decision: 0.0,
             new_lineage: history.is_new_lineage(lineage, self.scoring.decision.adapt_min_events),
+            repeat_of_alert: false,
         };
         if let Some(c) = self.classifier.as_mut() {
             let (features, p) = c.classify(&event);
@@ -206,6 +220,26 @@ impl Judge {
         // What matches a signature is never learned, even in warm-up.
         let learned = signature.is_none()
             && (verdict != Verdict::Alert || baseline.events() < self.warmup_events);
+        // An alert that is not learned awaits feedback: its repeats on the
+        // host refer to it instead of alerting again (repeats.rs).
+        let mut repeat = None;
+        if verdict == Verdict::Alert && !learned && signature.is_none() {
+            let window = self
+                .scoring
+                .decision
+                .repeat_window_s
+                .saturating_mul(1_000_000_000);
+            let pkey = crate::repeats::key(&event.host, bkey);
+            let ts = event.ts_ns;
+            repeat = history.pending.repeat_of(pkey, ts, window);
+            if repeat.is_some() {
+                verdict = Verdict::Ok;
+                signals.repeat_of_alert = true;
+                metrics::ALERT_REPEATS.inc();
+            } else if window > 0 && self.suppressions.matching(&event, now_ns()).is_none() {
+                history.pending.alerted(pkey, ts, &event.event_id);
+            }
+        }
         if learned {
             baseline.observe_keyed(&v, bkey, event.ts_ns);
             history.learn(
@@ -214,6 +248,8 @@ impl Judge {
                     .is_some()
                     .then(|| score::logit(signals.p_malicious)),
             );
+        } else if signature.is_none() {
+            history.alerted(lineage);
         }
         if let Some(a) = threat.as_ref().filter(|a| !a.explanation.is_empty()) {
             explanation.push_str("; ");
@@ -223,6 +259,14 @@ impl Judge {
                 explanation.push_str(&format!("{} ({:.0}%): ", a.category, 100.0 * a.confidence));
             }
             explanation.push_str(&a.explanation);
+        }
+        if let Some(r) = &repeat {
+            explanation = format!(
+                "repeat {} of alert {}, raised {} s before and awaiting feedback: not alerted again; {explanation}",
+                r.repeats,
+                r.event_id,
+                event.ts_ns.saturating_sub(r.first_ns) / 1_000_000_000
+            );
         }
         if !learned {
             explanation.push_str("; not learned until confirmed benign");
@@ -282,6 +326,13 @@ impl Judge {
             .entry(workload_key(&event.org, &event.workload))
             .or_default();
         let v = embed(event);
+        if let Some(h) = self
+            .history
+            .get_mut(&workload_key(&event.org, &event.workload))
+        {
+            let bkey = outlier_common::featurize::behaviour_key(&v);
+            h.pending.resolved(crate::repeats::key(&event.host, bkey));
+        }
         match fb.label() {
             FeedbackLabel::Benign => {
                 // Seen now, as far as retention goes: the confirmation is recent.

@@ -20,6 +20,7 @@ pub mod judge;
 pub mod metrics;
 mod persist;
 pub mod pipeline;
+pub mod repeats;
 pub mod score;
 pub mod store;
 pub mod threat;

@@ -60,6 +60,14 @@ pub static SIGNATURE_MATCHES: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+pub static ALERT_REPEATS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "outlier_scorer_alert_repeats_total",
+        "Repeats of an alert awaiting feedback (same host and behaviour, within decision.repeat_window_s) published ok instead of alerting again"
+    )
+    .expect("metric registers once")
+});
+
 pub static DEADLETTER: LazyLock<Counter<Reason>> = LazyLock::new(|| {
     Counter::register(
         "outlier_scorer_deadletter_total",

@@ -10,6 +10,8 @@
 //! topic (keyed like the event and read co-partitioned with the events
 //! topics, so it reaches the scorer that owns the workload); `malicious`
 //! feedback removes a behaviour that was learned (say, during warm-up).
+//! Until then its repeats on the same host are not alerted again
+//! (`repeats.rs`).
 //! Only operators may write the feedback topic; feedback-marked records on
 //! an events topic are dead-lettered, and so are events on another org's
 //! topic (docs/security.md).
@@ -140,7 +142,8 @@ pub async fn run(cfg: ScorerConfig, shutdown: CancellationToken) -> Result<(), R
         health: &health,
         shutdown: &shutdown,
         judge: Judge::new(cfg.scoring.clone(), cfg.baseline.warmup_events, classifier)
-            .with_signatures(signatures),
+            .with_signatures(signatures)
+            .with_suppressions(suppressions.clone()),
         partition_of: HashMap::new(),
         last_used: HashMap::new(),
         batches: 0,

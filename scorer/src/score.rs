@@ -43,6 +43,9 @@ pub struct Signals {
     /// The process lineage (kind, parent, program) is new to the workload
     /// (false until the workload's lineages have been watched long enough).
     pub new_lineage: bool,
+    /// It alerted but repeats an alert awaiting feedback, so it was
+    /// published `ok` (`repeats.rs`).
+    pub repeat_of_alert: bool,
 }
 
 /// Log-odds of `p`, bounded to ±12.
@@ -102,13 +105,20 @@ pub fn decide(s: &Signals, d: &DecisionConfig, warn: f32, alert: f32) -> (f32, V
 #[derive(Debug, Clone, Default)]
 pub struct WorkloadHistory {
     pub log_odds: LogOdds,
+    /// Its alerts awaiting feedback.
+    pub pending: crate::repeats::Pending,
     lineages: std::collections::HashSet<u64>,
+    /// Lineages not learned yet, and how often they alerted.
+    lineage_alerts: std::collections::HashMap<u64, u8>,
     watched: u64,
 }
 
 /// Lineages remembered per workload (a workload with more is not a
 /// workload: the excess is not remembered, and reads as new).
 const MAX_LINEAGES: usize = 1 << 16;
+
+/// Unconfirmed alerts of a new lineage after which it is no longer new.
+pub const LINEAGE_ALERTS: u8 = 3;
 
 impl WorkloadHistory {
     /// Events watched (learned) since this scorer took the workload.
@@ -124,11 +134,37 @@ impl WorkloadHistory {
     /// Takes in a learned event.
     pub fn learn(&mut self, lineage: u64, logit: Option<f32>) {
         self.watched += 1;
+        self.shown(lineage);
+        if let Some(l) = logit {
+            self.log_odds.add(l);
+        }
+    }
+
+    /// Takes in a lineage a learned event showed.
+    fn shown(&mut self, lineage: u64) {
         if self.lineages.len() < MAX_LINEAGES {
             self.lineages.insert(lineage);
         }
-        if let Some(l) = logit {
-            self.log_odds.add(l);
+    }
+
+    /// Takes in the lineage of an event that alerted and was not learned.
+    /// After [`LINEAGE_ALERTS`] such alerts the lineage is the workload's
+    /// own: the rest of what that program does under that parent is judged
+    /// on its distance, not alerted again as new each time (otherwise one
+    /// unconfirmed alert makes every later event of its lineage new, and a
+    /// build box's test run alerted thousands of times).
+    pub fn alerted(&mut self, lineage: u64) {
+        if self.lineages.contains(&lineage) {
+            return;
+        }
+        if self.lineage_alerts.len() >= MAX_LINEAGES {
+            self.lineage_alerts.clear();
+        }
+        let n = self.lineage_alerts.entry(lineage).or_default();
+        *n += 1;
+        if *n >= LINEAGE_ALERTS {
+            self.lineage_alerts.remove(&lineage);
+            self.shown(lineage);
         }
     }
 }
@@ -283,6 +319,28 @@ pub fn explain(j: &Judgement, workload: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_lineage_is_new_until_learned_or_alerted_on_unconfirmed_three_times() {
+        let mut h = WorkloadHistory::default();
+        for i in 0..10 {
+            h.learn(i, None);
+        }
+        let l = 99;
+        assert!(h.is_new_lineage(l, 10));
+        assert!(
+            !h.is_new_lineage(l, 11),
+            "not before the history is long enough"
+        );
+        for _ in 1..LINEAGE_ALERTS {
+            h.alerted(l);
+            assert!(h.is_new_lineage(l, 10));
+        }
+        h.alerted(l);
+        assert!(!h.is_new_lineage(l, 10));
+        assert_eq!(h.watched(), 10, "alerts are not learned events");
+    }
+
     use super::*;
 
     #[test]
@@ -332,6 +390,7 @@ mod tests {
             workload_offset: 0.0,
             p_decision: 0.0,
             new_lineage: false,
+            repeat_of_alert: false,
         }
     }
 

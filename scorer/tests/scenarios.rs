@@ -116,3 +116,144 @@ fn the_seed_scenarios_score_as_the_seed_reports() {
     );
     assert!(rs.explanation.contains(&rs.contributions[0].sentence));
 }
+
+/// A judge that has learned the demo's baseline, and the clock after it.
+fn trained() -> (Judge, u64) {
+    let scoring = ScoringConfig::default();
+    let classifier = outlier_scorer::threat::classifier(&scoring.classifier).unwrap();
+    let mut judge = Judge::new(scoring, 200, classifier);
+    let mut clock = 1_800_000_000_000_000_000u64;
+    for e in load("baseline.jsonl", clock) {
+        clock = e.ts_ns;
+        judge.score(e);
+    }
+    (judge, clock)
+}
+
+#[test]
+fn an_unconfirmed_alert_is_raised_once_per_host_and_window_until_feedback() {
+    let (mut judge, clock) = trained();
+    let attack = load("scenarios.jsonl", clock)
+        .into_iter()
+        .find(|e| e.event_id.ends_with("curl-pipe-bash-as-root"))
+        .unwrap();
+    let at = |e: &Event, id: &str, host: &str, ts: u64| {
+        let mut e = e.clone();
+        e.event_id = id.to_string();
+        e.host = host.to_string();
+        e.ts_ns = ts;
+        e
+    };
+    let t0 = attack.ts_ns;
+    let s = 1_000_000_000u64;
+    let first = judge.score(at(&attack, "a1", "web-3", t0));
+    assert_eq!(first.verdict(), Verdict::Alert);
+    assert!(!first.learned);
+
+    // The same behaviour on the same host a minute later: not a new alert,
+    // not learned, and it names the alert it repeats.
+    let again = judge.score(at(&attack, "a2", "web-3", t0 + 60 * s));
+    assert_eq!(again.verdict(), Verdict::Ok, "{}", again.explanation);
+    assert!(!again.learned);
+    assert!(
+        again
+            .explanation
+            .starts_with("repeat 1 of alert a1, raised 60 s before"),
+        "{}",
+        again.explanation
+    );
+    assert!(again.anomaly_score > 0.9, "the evidence is still reported");
+
+    // On another host it is an alert of its own.
+    let other = judge.score(at(&attack, "b1", "web-4", t0 + 61 * s));
+    assert_eq!(other.verdict(), Verdict::Alert);
+
+    // After the window (a day by default) it alerts again, once.
+    let day = 86_400 * s;
+    let later = judge.score(at(&attack, "a3", "web-3", t0 + day + s));
+    assert_eq!(later.verdict(), Verdict::Alert);
+    let after = judge.score(at(&attack, "a4", "web-3", t0 + day + 2 * s));
+    assert_eq!(after.verdict(), Verdict::Ok);
+    assert!(
+        after.explanation.contains("alert a3"),
+        "{}",
+        after.explanation
+    );
+
+    // Confirmed malicious: the wait ends, so the next one alerts again
+    // (and the fleet signature the indexer publishes keeps it alerting).
+    let feedback = |judge: &mut Judge, e: Event, label: outlier_proto::FeedbackLabel| {
+        judge.feedback(&outlier_proto::Feedback {
+            ts_ns: e.ts_ns + s,
+            event: Some(e),
+            label: label as i32,
+            actor: "op".into(),
+            note: String::new(),
+        })
+    };
+    let malicious = outlier_proto::FeedbackLabel::Malicious;
+    feedback(
+        &mut judge,
+        at(&attack, "a4", "web-3", t0 + day + 2 * s),
+        malicious,
+    );
+    let next = judge.score(at(&attack, "a5", "web-3", t0 + day + 4 * s));
+    assert_eq!(next.verdict(), Verdict::Alert);
+
+    // Confirmed benign: learned (known behaviour; the classifier's
+    // high-precision indicator may still speak for it).
+    let benign = outlier_proto::FeedbackLabel::Benign;
+    feedback(
+        &mut judge,
+        at(&attack, "a5", "web-3", t0 + day + 4 * s),
+        benign,
+    );
+    let known = judge.score(at(&attack, "a6", "web-3", t0 + day + 6 * s));
+    assert!(known.anomaly_score < 0.05, "{}", known.anomaly_score);
+}
+
+#[test]
+fn a_suppressed_alert_does_not_hold_back_its_repeats() {
+    let (judge, clock) = trained();
+    let rules = outlier_common::suppress::Suppressions::default();
+    let mut judge = judge.with_suppressions(rules.clone());
+    let attack = load("scenarios.jsonl", clock)
+        .into_iter()
+        .find(|e| e.event_id.ends_with("curl-pipe-bash-as-root"))
+        .unwrap();
+    let mut rule = outlier_proto::Suppression {
+        suppression_id: "s1".into(),
+        org: attack.org.clone(),
+        host: attack.host.clone(),
+        program: "bash".into(),
+        expires_ns: u64::MAX,
+        reason: "our installer".into(),
+        ..Default::default()
+    };
+    rules.apply(rule.clone()).unwrap();
+    let nth = |judge: &mut Judge, n: u64| {
+        let mut e = attack.clone();
+        e.event_id = format!("s-{n}");
+        e.ts_ns += n * 1_000_000_000;
+        judge.score(e)
+    };
+    // Suppressed alerts (the pipeline keeps them off the alerts topic):
+    // each stays an alert, none is a repeat of one nobody saw.
+    for n in 1..=2 {
+        assert_eq!(nth(&mut judge, n).verdict(), Verdict::Alert);
+    }
+    rule.revoked = true;
+    rules.apply(rule).unwrap();
+    assert_eq!(
+        nth(&mut judge, 3).verdict(),
+        Verdict::Alert,
+        "alerts once revoked"
+    );
+    let repeat = nth(&mut judge, 4);
+    assert_eq!(repeat.verdict(), Verdict::Ok);
+    assert!(
+        repeat.explanation.contains("alert s-3"),
+        "{}",
+        repeat.explanation
+    );
+}
