@@ -357,6 +357,12 @@ fn eval(
         |o| o.verdict >= 2,
     ));
     row(eval::rates(
+        "this design: alert, and repeats of a pending alert",
+        &out,
+        hours,
+        |o| o.verdict >= 2 || o.signals.repeat_of_alert,
+    ));
+    row(eval::rates(
         "previous design: warn or alert",
         &out,
         hours,
@@ -399,9 +405,9 @@ fn eval(
     }
     println!("\nper host (this design; the first seed's design ≥ 0.6):\n");
     println!(
-        "| host | validation hours | benign events | flagged (warn or alert) | alerted | per host-hour | seed's design flagged |"
+        "| host | validation hours | benign events | flagged (warn or alert) | alerted | repeats of a pending alert | per host-hour | seed's design flagged |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     for (host, h) in &streams.host_hours {
         let mine: Vec<&eval::Outcome> = out
             .iter()
@@ -410,12 +416,14 @@ fn eval(
         let n = mine.len().max(1) as f64;
         let warn = mine.iter().filter(|o| o.verdict >= 1).count();
         let alert = mine.iter().filter(|o| o.verdict >= 2).count();
+        let repeats = mine.iter().filter(|o| o.signals.repeat_of_alert).count();
         let seed = mine.iter().filter(|o| o.seed_score >= 0.6).count();
         println!(
-            "| {host} | {h:.2} | {} | {:.3}% | {:.3}% | {:.1} | {:.3}% |",
+            "| {host} | {h:.2} | {} | {:.3}% | {:.3}% | {:.3}% | {:.1} | {:.3}% |",
             mine.len(),
             100.0 * warn as f64 / n,
             100.0 * alert as f64 / n,
+            100.0 * repeats as f64 / n,
             warn as f64 / h.max(1e-9),
             100.0 * seed as f64 / n
         );
