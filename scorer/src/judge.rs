@@ -248,7 +248,8 @@ impl Judge {
                     .is_some()
                     .then(|| score::logit(signals.p_malicious)),
             );
-        } else if signature.is_none() {
+        } else if signature.is_none() && repeat.is_none() {
+            // An alert raised (a held-back repeat was raised before).
             history.alerted(lineage);
         }
         if let Some(a) = threat.as_ref().filter(|a| !a.explanation.is_empty()) {
