@@ -322,18 +322,13 @@ impl Judge {
     /// Applies an operator's verdict to the workload's baseline.
     pub fn feedback(&mut self, fb: &Feedback) {
         let Some(event) = &fb.event else { return };
-        let baseline = self
-            .baselines
-            .entry(workload_key(&event.org, &event.workload))
-            .or_default();
+        let key = workload_key(&event.org, &event.workload);
         let v = embed(event);
-        if let Some(h) = self
-            .history
-            .get_mut(&workload_key(&event.org, &event.workload))
-        {
+        if let Some(h) = self.history.get_mut(&key) {
             let bkey = outlier_common::featurize::behaviour_key(&v);
             h.pending.resolved(crate::repeats::key(&event.host, bkey));
         }
+        let baseline = self.baselines.entry(key).or_default();
         match fb.label() {
             FeedbackLabel::Benign => {
                 // Seen now, as far as retention goes: the confirmation is recent.
