@@ -647,10 +647,18 @@ pub struct Outcome {
 /// Scores the streams with `judge` (the scorer's own per-event path) and
 /// the first seed's design side by side: the baseline part is learned, the
 /// validation part is scored (and learned, as in production).
+///
+/// `attacks_in_own`: the attack tests' events count towards their
+/// workload's own operating point (`scoring.decision.own_budget`), so
+/// tests injected close together raise the threshold for each other;
+/// otherwise each test is judged as if it were the only attack (the
+/// operating point in force comes from the workload's previous period, so
+/// a test's own events never move it).
 pub fn score_streams(
     s: &Streams,
     judge: &mut outlier_scorer::judge::Judge,
     previous: &mut outlier_scorer::judge::Judge,
+    attacks_in_own: bool,
 ) -> Vec<Outcome> {
     let mut seed = SeedKnn::default();
     for (i, e) in s.baseline.iter().enumerate() {
@@ -669,7 +677,7 @@ pub fn score_streams(
         let what = describe(&ev);
         let host = ev.host.clone();
         let prev = (previous.score(ev.clone()).verdict - 1).clamp(0, 2) as u8;
-        let (scored, signals) = judge.score_detailed(ev);
+        let (scored, signals) = judge.score_as(ev, attacks_in_own || e.truth.test.is_none());
         out.push(Outcome {
             truth: e.truth.clone(),
             host,
@@ -901,13 +909,13 @@ pub fn write_outcomes(out: &[Outcome], path: &Path) -> anyhow::Result<()> {
     let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
     writeln!(
         w,
-        "test\ttactic\thost\trecording\tverdict\tprevious\tp_decision\toffset\tanomaly\tdistance\tcount\tbaseline_events\tp_malicious\thigh_precision\tnew_lineage\tseed\tnamed\twhat"
+        "test\ttactic\thost\trecording\tverdict\tprevious\tp_decision\toffset\tanomaly\tdistance\tcount\tbaseline_events\tp_malicious\thigh_precision\tnew_lineage\tseed\tnamed\tshift\twhat"
     )?;
     for o in out {
         let s = &o.signals;
         writeln!(
             w,
-            "{}\t{}\t{}\t{}\t{}\t{}\t{:.6}\t{:.3}\t{:.4}\t{:.4}\t{}\t{}\t{:.4}\t{}\t{}\t{:.4}\t{}\t{}",
+            "{}\t{}\t{}\t{}\t{}\t{}\t{:.6}\t{:.3}\t{:.4}\t{:.4}\t{}\t{}\t{:.4}\t{}\t{}\t{:.4}\t{}\t{:.2}\t{}",
             o.truth.test.map(|t| t.to_string()).unwrap_or_default(),
             o.truth.tactic,
             o.host,
@@ -925,6 +933,7 @@ pub fn write_outcomes(out: &[Outcome], path: &Path) -> anyhow::Result<()> {
             u8::from(s.new_lineage),
             o.seed_score,
             o.tactic,
+            s.own_shift,
             o.what.replace(['\t', '\n'], " ")
         )?;
     }

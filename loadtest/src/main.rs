@@ -99,6 +99,12 @@ enum Command {
         /// Org of the streams.
         #[arg(long, default_value = "eval")]
         org: String,
+        /// Attack tests' events count towards their workload's own operating
+        /// point (scoring.decision.own_budget): the tests, dozens per
+        /// host-hour, then raise the threshold for each other. By default
+        /// each test is judged as if it were the only attack.
+        #[arg(long)]
+        attacks_in_own: bool,
     },
     /// Drive a running stack at a rate and report what it sustained.
     Run {
@@ -205,6 +211,7 @@ async fn main() -> anyhow::Result<()> {
             outcomes,
             streams,
             org,
+            attacks_in_own,
         } => {
             eval(
                 &captures,
@@ -217,6 +224,7 @@ async fn main() -> anyhow::Result<()> {
                 streams.as_deref(),
                 &org,
                 cli.seed,
+                attacks_in_own,
             )?;
         }
         Command::Run {
@@ -270,6 +278,7 @@ fn eval(
     streams_dir: Option<&std::path::Path>,
     org: &str,
     seed: u64,
+    attacks_in_own: bool,
 ) -> anyhow::Result<()> {
     use outlier_loadtest::eval;
     let caps: Vec<_> = eval::load_captures(captures)?
@@ -316,7 +325,7 @@ fn eval(
         cfg.baseline.warmup_events,
         prev_classifier,
     );
-    let out = eval::score_streams(&streams, &mut judge, &mut previous);
+    let out = eval::score_streams(&streams, &mut judge, &mut previous, attacks_in_own);
     if let Some(p) = outcomes {
         eval::write_outcomes(&out, p)?;
     }

@@ -297,6 +297,16 @@ pub struct DecisionConfig {
     /// its repeats are published `ok`, naming the alert (0: every repeat
     /// alerts). See `repeats.rs`.
     pub repeat_window_s: u64,
+    /// The workload's own operating point (`score::OwnScores`): at most
+    /// this share of a workload's events is flagged; a workload whose last
+    /// period would have flagged more has the excess taken off its
+    /// decision for the next (0: off, the fleet's weights alone).
+    pub own_budget: f32,
+    /// Events of a workload in a period of its own operating point.
+    pub own_period: u64,
+    /// Most log-odds taken off a workload's decision (high-precision
+    /// indicators and fleet signatures are never shifted).
+    pub own_max_shift: f32,
 }
 
 impl Default for DecisionConfig {
@@ -317,6 +327,9 @@ impl Default for DecisionConfig {
             adapt_quantile: 0.99,
             adapt_min_events: 1000,
             repeat_window_s: 86_400,
+            own_budget: 0.001,
+            own_period: 10_000,
+            own_max_shift: 6.0,
         }
     }
 }
@@ -334,10 +347,19 @@ impl DecisionConfig {
         unit("warn", self.warn)?;
         unit("alert", self.alert)?;
         unit("adapt_quantile", self.adapt_quantile)?;
-        if self.alert < self.warn {
+        unit("own_budget", self.own_budget)?;
+        if self.own_max_shift.is_nan() || self.own_max_shift < 0.0 {
             return Err(format!(
-                "scoring.decision.alert = {} is below scoring.decision.warn = {}",
-                self.alert, self.warn
+                "scoring.decision.own_max_shift = {}: must be 0 or more",
+                self.own_max_shift
+            ));
+        }
+        if self.own_budget > 0.0 && f64::from(self.own_budget) * (self.own_period as f64) < 1.0 {
+            return Err(format!(
+                "scoring.decision.own_period = {}: fewer events than one flag within scoring.decision.own_budget = {} (needs at least {:.0})",
+                self.own_period,
+                self.own_budget,
+                (1.0 / f64::from(self.own_budget)).ceil()
             ));
         }
         Ok(())
@@ -403,6 +425,16 @@ mod tests {
         );
         assert!(bad(|c| c.limits.poison_budget_s = 0).starts_with("limits.poison_budget_s"));
         assert!(bad(|c| c.scoring.decision.warn = 2.0).starts_with("scoring.decision.warn"));
+        assert!(
+            bad(|c| c.scoring.decision.own_budget = 1.5).starts_with("scoring.decision.own_budget")
+        );
+        assert!(
+            bad(|c| c.scoring.decision.own_period = 100).starts_with("scoring.decision.own_period")
+        );
+        assert!(
+            bad(|c| c.scoring.decision.own_max_shift = -1.0)
+                .starts_with("scoring.decision.own_max_shift")
+        );
     }
 
     #[test]

@@ -122,6 +122,15 @@ impl Judge {
 
     /// [`Judge::score`], with the evidence the verdict was decided on.
     pub fn score_detailed(&mut self, event: Event) -> (ScoredEvent, score::Signals) {
+        self.score_as(event, true)
+    }
+
+    /// [`Judge::score_detailed`]; `own`: whether the event counts towards
+    /// its workload's own operating point (`score::OwnScores`). Always so
+    /// in the pipeline; an evaluation that injects many attacks into a few
+    /// host-hours leaves them out, so that each attack is judged as if it
+    /// were the only one (`loadtest eval`).
+    pub fn score_as(&mut self, event: Event, own: bool) -> (ScoredEvent, score::Signals) {
         let key = workload_key(&event.org, &event.workload);
         if !self.history.contains_key(&key) {
             self.history
@@ -150,7 +159,12 @@ impl Judge {
             p_decision: 0.0,
             new_lineage: history.is_new_lineage(lineage, self.scoring.decision.adapt_min_events),
             repeat_of_alert: false,
+            own_shift: 0.0,
         };
+        // The decision's log-odds before the workload's own operating
+        // point, for that operating point (score::OwnScores).
+        let mut own_logit = None;
+        let mut own_note = None;
         if let Some(c) = self.classifier.as_mut() {
             let (features, p) = c.classify(&event);
             signals.p_malicious = p.p_malicious;
@@ -165,13 +179,30 @@ impl Judge {
                 .offset(d.adapt_quantile, d.adapt_min_events);
             verdict = match d.mode {
                 DecisionMode::Calibrated => {
-                    let (pd, v) = score::decide(
-                        &signals,
-                        d,
-                        t.decision_warn.unwrap_or(d.warn),
-                        t.decision_alert.unwrap_or(d.alert),
-                    );
+                    let warn = t.decision_warn.unwrap_or(d.warn);
+                    signals.own_shift =
+                        history
+                            .own
+                            .shift(d.own_budget, score::logit(warn), d.own_max_shift);
+                    if history.watched() >= d.adapt_min_events && signals.high_precision.is_none() {
+                        own_logit = Some(score::decision_logit(&signals, d));
+                    }
+                    let (pd, v) =
+                        score::decide(&signals, d, warn, t.decision_alert.unwrap_or(d.alert));
                     signals.p_decision = pd;
+                    if let Some(z) = own_logit
+                        && v == Verdict::Ok
+                        && score::sigmoid(z) >= warn
+                    {
+                        metrics::OWN_LOWERED.inc();
+                        own_note = Some(format!(
+                            "; not flagged: {:.1}% of the workload's last period of events would have been, above its budget of {:.1}%, so {:.2} log-odds were taken off (its own operating point; P {:.3} by the fleet's)",
+                            100.0 * history.own.flagged_share(score::logit(warn)),
+                            100.0 * d.own_budget,
+                            signals.own_shift,
+                            score::sigmoid(z)
+                        ));
+                    }
                     // Until the workload's history is long enough to say
                     // what is ordinary for it, novelty alone still warns
                     // and alerts as in the seed's design.
@@ -240,6 +271,9 @@ impl Judge {
                 history.pending.alerted(pkey, ts, &event.event_id);
             }
         }
+        if let Some(z) = own_logit.filter(|_| own && signature.is_none() && repeat.is_none()) {
+            history.own.add(z, self.scoring.decision.own_period);
+        }
         if learned {
             baseline.observe_keyed(&v, bkey, event.ts_ns);
             history.learn(
@@ -268,6 +302,9 @@ impl Judge {
                 r.event_id,
                 event.ts_ns.saturating_sub(r.first_ns) / 1_000_000_000
             );
+        }
+        if let Some(n) = own_note {
+            explanation.push_str(&n);
         }
         if !learned {
             explanation.push_str("; not learned until confirmed benign");

@@ -68,6 +68,14 @@ pub static ALERT_REPEATS: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+pub static OWN_LOWERED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "outlier_scorer_own_operating_point_lowered_total",
+        "Events that would have warned or alerted under the fleet's decision but not under their workload's own operating point (decision.own_budget)"
+    )
+    .expect("metric registers once")
+});
+
 pub static DEADLETTER: LazyLock<Counter<Reason>> = LazyLock::new(|| {
     Counter::register(
         "outlier_scorer_deadletter_total",

