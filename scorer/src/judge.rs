@@ -303,7 +303,8 @@ impl Judge {
                 event.ts_ns.saturating_sub(r.first_ns) / 1_000_000_000
             );
         }
-        if let Some(n) = own_note {
+        // (A fleet signature alerts whatever the shift.)
+        if let Some(n) = own_note.filter(|_| verdict == Verdict::Ok) {
             explanation.push_str(&n);
         }
         if !learned {
