@@ -111,9 +111,10 @@ pub fn decide(s: &Signals, d: &DecisionConfig, warn: f32, alert: f32) -> (f32, V
 
 /// What a workload's own history says about its events, beside its
 /// baseline: how attack-like its ordinary activity looks to the classifier,
-/// the process lineages it has shown, and how its recent events scored. Kept in memory by the scorer
-/// that owns the workload and rebuilt from the stream after a restart or a
-/// hand-over: both apply only once `min_events` have been watched.
+/// the process lineages it has shown, and how its recent events scored.
+/// Kept in memory by the scorer that owns the workload and rebuilt from the
+/// stream after a restart or a hand-over: all apply only once `min_events`
+/// have been watched.
 #[derive(Debug, Clone, Default)]
 pub struct WorkloadHistory {
     pub log_odds: LogOdds,
@@ -211,6 +212,12 @@ pub struct OwnScores {
     completed: u64,
 }
 
+/// The bin of `z` among `bins` 0.25-wide bins from `lo` (out-of-range
+/// values in the end bins).
+fn quarter_bin(z: f32, lo: f32, bins: usize) -> usize {
+    (((z - lo) * 4.0).floor() as isize).clamp(0, bins as isize - 1) as usize
+}
+
 const OWN_LO: f32 = -24.0;
 const OWN_BINS: usize = 256;
 
@@ -222,7 +229,7 @@ impl OwnScores {
         if self.bins.is_empty() {
             self.bins = vec![0; 2 * OWN_BINS];
         }
-        let i = (((z - OWN_LO) * 4.0).floor() as isize).clamp(0, OWN_BINS as isize - 1) as usize;
+        let i = quarter_bin(z, OWN_LO, OWN_BINS);
         self.bins[i] = self.bins[i].saturating_add(1);
         self.current += 1;
         if self.current >= period {
@@ -248,8 +255,7 @@ impl OwnScores {
         if self.completed == 0 {
             return 0.0;
         }
-        let from =
-            (((logit - OWN_LO) * 4.0).floor() as isize).clamp(0, OWN_BINS as isize - 1) as usize;
+        let from = quarter_bin(logit, OWN_LO, OWN_BINS);
         let above: u64 = self.last()[from..].iter().map(|n| u64::from(*n)).sum();
         above as f64 / self.completed as f64
     }
@@ -294,7 +300,7 @@ impl Default for LogOdds {
 
 impl LogOdds {
     pub fn add(&mut self, logit: f32) {
-        let i = (((logit + 12.0) * 4.0).floor() as isize).clamp(0, 95) as usize;
+        let i = quarter_bin(logit, -12.0, 96);
         self.bins[i] = self.bins[i].saturating_add(1);
         self.total += 1;
     }
