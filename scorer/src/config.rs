@@ -302,6 +302,10 @@ pub struct DecisionConfig {
     /// period would have flagged more has the excess taken off its
     /// decision for the next (0: off, the fleet's weights alone).
     pub own_budget: f32,
+    /// The same for alerts: at most this share of a workload's events
+    /// alerts; its last period's excess is taken off the alert point only
+    /// (0: off).
+    pub own_alert_budget: f32,
     /// Events of a workload in a period of its own operating point.
     pub own_period: u64,
     /// Most log-odds taken off a workload's decision (high-precision
@@ -328,6 +332,7 @@ impl Default for DecisionConfig {
             adapt_min_events: 1000,
             repeat_window_s: 86_400,
             own_budget: 0.001,
+            own_alert_budget: 0.0001,
             own_period: 10_000,
             own_max_shift: 6.0,
         }
@@ -348,18 +353,31 @@ impl DecisionConfig {
         unit("alert", self.alert)?;
         unit("adapt_quantile", self.adapt_quantile)?;
         unit("own_budget", self.own_budget)?;
+        unit("own_alert_budget", self.own_alert_budget)?;
         if self.own_max_shift.is_nan() || self.own_max_shift < 0.0 {
             return Err(format!(
                 "scoring.decision.own_max_shift = {}: must be 0 or more",
                 self.own_max_shift
             ));
         }
-        if self.own_budget > 0.0 && f64::from(self.own_budget) * (self.own_period as f64) < 1.0 {
+        if self.own_budget > 0.0
+            && f64::from(self.own_budget) * (self.own_period as f64) + 1e-6 < 1.0
+        {
             return Err(format!(
                 "scoring.decision.own_period = {}: fewer events than one flag within scoring.decision.own_budget = {} (needs at least {:.0})",
                 self.own_period,
                 self.own_budget,
-                (1.0 / f64::from(self.own_budget)).ceil()
+                (1.0 / f64::from(self.own_budget) - 1e-3).ceil()
+            ));
+        }
+        if self.own_alert_budget > 0.0
+            && f64::from(self.own_alert_budget) * (self.own_period as f64) + 1e-6 < 1.0
+        {
+            return Err(format!(
+                "scoring.decision.own_period = {}: fewer events than one alert within scoring.decision.own_alert_budget = {} (needs at least {:.0})",
+                self.own_period,
+                self.own_alert_budget,
+                (1.0 / f64::from(self.own_alert_budget) - 1e-3).ceil()
             ));
         }
         Ok(())
@@ -430,6 +448,19 @@ mod tests {
         );
         assert!(
             bad(|c| c.scoring.decision.own_period = 100).starts_with("scoring.decision.own_period")
+        );
+        assert!(
+            bad(|c| c.scoring.decision.own_alert_budget = -0.1)
+                .starts_with("scoring.decision.own_alert_budget")
+        );
+        // Alerts within budget need a period of at least 1 / budget events.
+        let short = bad(|c| {
+            c.scoring.decision.own_budget = 0.01;
+            c.scoring.decision.own_period = 1_000;
+        });
+        assert!(
+            short.starts_with("scoring.decision.own_period") && short.contains("own_alert_budget"),
+            "{short}"
         );
         assert!(
             bad(|c| c.scoring.decision.own_max_shift = -1.0)

@@ -160,6 +160,7 @@ impl Judge {
             new_lineage: history.is_new_lineage(lineage, self.scoring.decision.adapt_min_events),
             repeat_of_alert: false,
             own_shift: 0.0,
+            own_alert_shift: 0.0,
         };
         // The decision's log-odds before the workload's own operating
         // point, for that operating point (score::OwnScores).
@@ -192,21 +193,35 @@ impl Judge {
                         own_logit = Some(score::decision_logit(&signals, d));
                     }
                     let alert = t.decision_alert.unwrap_or(d.alert);
+                    signals.own_alert_shift =
+                        history
+                            .own
+                            .shift(d.own_alert_budget, score::logit(alert), d.own_max_shift);
                     let (pd, v) = score::decide(&signals, d, warn, alert);
                     signals.p_decision = pd;
                     fleet_alert = own_logit.is_some_and(|z| score::sigmoid(z) >= alert);
-                    if let Some(z) = own_logit
-                        && v == Verdict::Ok
-                        && score::sigmoid(z) >= warn
-                    {
-                        metrics::OWN_LOWERED.inc();
-                        own_note = Some(format!(
-                            "; not flagged: {:.1}% of the workload's last period of events would have been, above its budget of {:.1}%, so {:.2} log-odds were taken off (its own operating point; P {:.3} by the fleet's)",
-                            100.0 * history.own.flagged_share(score::logit(warn)),
-                            100.0 * d.own_budget,
-                            signals.own_shift,
-                            score::sigmoid(z)
-                        ));
+                    if let Some(z) = own_logit {
+                        let p = score::sigmoid(z);
+                        let (what, point, budget, shift) = if v == Verdict::Ok && p >= warn {
+                            ("flagged", warn, d.own_budget, signals.own_shift)
+                        } else if v == Verdict::Warn && p >= alert {
+                            (
+                                "alerted",
+                                alert,
+                                d.own_alert_budget,
+                                signals.own_alert_shift.max(signals.own_shift),
+                            )
+                        } else {
+                            ("", 0.0, 0.0, 0.0)
+                        };
+                        if !what.is_empty() {
+                            metrics::OWN_LOWERED.inc();
+                            own_note = Some(format!(
+                                "; not {what}: {:.2}% of the workload's last period of events would have been, above its budget of {:.2}%, so {shift:.2} log-odds were taken off (its own operating point; P {p:.3} by the fleet's)",
+                                100.0 * history.own.flagged_share(score::logit(point)),
+                                100.0 * budget,
+                            ));
+                        }
                     }
                     // Until the workload's history is long enough to say
                     // what is ordinary for it, novelty alone still warns
@@ -315,7 +330,7 @@ impl Judge {
             );
         }
         // (A fleet signature alerts whatever the shift.)
-        if let Some(n) = own_note.filter(|_| verdict == Verdict::Ok) {
+        if let Some(n) = own_note.filter(|_| verdict != Verdict::Alert) {
             explanation.push_str(&n);
         }
         if !learned {

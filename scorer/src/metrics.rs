@@ -71,7 +71,7 @@ pub static ALERT_REPEATS: LazyLock<IntCounter> = LazyLock::new(|| {
 pub static OWN_LOWERED: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "outlier_scorer_own_operating_point_lowered_total",
-        "Events that would have warned or alerted under the fleet's decision but not under their workload's own operating point (decision.own_budget)"
+        "Events that would have warned or alerted under the fleet's decision or alerted, but not under their workload's own operating point (decision.own_budget, own_alert_budget)"
     )
     .expect("metric registers once")
 });

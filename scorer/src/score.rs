@@ -56,6 +56,10 @@ pub struct Signals {
     /// events would have been flagged without it ([`OwnScores`]). Not
     /// applied when a high-precision indicator fires.
     pub own_shift: f32,
+    /// The same for the alert point, from the workload's alert budget: at
+    /// least `own_shift` (what is shifted below the warn point is not
+    /// alerted either).
+    pub own_alert_shift: f32,
 }
 
 /// Log-odds of `p`, bounded to ±12.
@@ -104,9 +108,14 @@ pub fn decision_logit(s: &Signals, d: &DecisionConfig) -> f32 {
 /// it was seen.
 pub fn decide(s: &Signals, d: &DecisionConfig, warn: f32, alert: f32) -> (f32, Verdict) {
     let hp = s.high_precision.is_some();
-    let z = decision_logit(s, d) - if hp { 0.0 } else { s.own_shift };
-    let p = sigmoid(z);
-    let v = if p >= alert {
+    let z = decision_logit(s, d);
+    let (warn_shift, alert_shift) = if hp {
+        (0.0, 0.0)
+    } else {
+        (s.own_shift, s.own_alert_shift.max(s.own_shift))
+    };
+    let p = sigmoid(z - warn_shift);
+    let v = if sigmoid(z - alert_shift) >= alert {
         Verdict::Alert
     } else if p >= warn {
         Verdict::Warn
@@ -268,20 +277,22 @@ impl OwnScores {
     }
 
     /// Log-odds to take off the decision so that at most `budget` of the
-    /// last completed period would have reached `warn_logit` (0 before a
-    /// period completes).
-    pub fn shift(&self, budget: f32, warn_logit: f32, max: f32) -> f32 {
+    /// last completed period would have reached `logit` (0 before a period
+    /// completes).
+    pub fn shift(&self, budget: f32, logit: f32, max: f32) -> f32 {
         let n = self.completed;
         if budget <= 0.0 || n == 0 {
             return 0.0;
         }
-        let k = ((f64::from(budget) * n as f64).ceil() as u64).max(1);
+        // The most events allowed at `logit` or above, and the next one.
+        // (A budget is an f32: 0.0001 × 10,000 is 0.99999997.)
+        let k = (f64::from(budget) * n as f64 + 1e-6).floor() as u64 + 1;
         let mut seen = 0u64;
         for (i, c) in self.last().iter().enumerate().rev() {
             seen += u64::from(*c);
             if seen >= k {
                 let top = OWN_LO + (i as f32 + 1.0) / 4.0;
-                return (top - warn_logit).clamp(0.0, max.max(0.0));
+                return (top - logit).clamp(0.0, max.max(0.0));
             }
         }
         0.0
@@ -511,6 +522,7 @@ mod tests {
             new_lineage: false,
             repeat_of_alert: false,
             own_shift: 0.0,
+            own_alert_shift: 0.0,
         }
     }
 
@@ -620,6 +632,32 @@ mod tests {
     }
 
     #[test]
+    fn the_alert_budget_moves_the_alert_point_only() {
+        let d = DecisionConfig::default();
+        let s = signals(1.0, 0.5, 0, 0.99);
+        let (p, v) = decide(&s, &d, d.warn, d.alert);
+        assert!(p >= d.alert && v == Verdict::Alert, "{p}");
+        // Shifted by the alert budget: still warned, with the same P.
+        let a = Signals {
+            own_alert_shift: logit(p) - logit(d.alert) + 0.5,
+            ..s.clone()
+        };
+        assert_eq!(decide(&a, &d, d.warn, d.alert), (p, Verdict::Warn));
+        // The warn point's shift moves the alert point too.
+        let w = Signals {
+            own_shift: logit(p) - logit(d.alert) + 0.5,
+            ..s.clone()
+        };
+        assert_ne!(decide(&w, &d, d.warn, d.alert).1, Verdict::Alert);
+        // A high-precision indicator is not shifted.
+        let hp = Signals {
+            high_precision: Some("cmd_dev_tcp"),
+            ..a.clone()
+        };
+        assert_eq!(decide(&hp, &d, d.warn, d.alert).1, Verdict::Alert);
+    }
+
+    #[test]
     fn own_operating_point_comes_from_the_last_completed_period() {
         let mut o = OwnScores::default();
         let period = 1_000;
@@ -654,7 +692,9 @@ mod tests {
         // Out-of-range log-odds land in the end bins.
         o.add(100.0, 2);
         o.add(-100.0, 2);
-        assert_eq!(o.shift(0.5, 0.0, 50.0), 40.0);
+        assert_eq!(o.shift(0.4, 0.0, 50.0), 40.0);
+        // A budget allows its share: one of two at 0.5.
+        assert_eq!(o.shift(0.5, 0.0, 50.0), 0.0);
     }
 
     #[test]
