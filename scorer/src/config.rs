@@ -360,26 +360,19 @@ impl DecisionConfig {
                 self.own_max_shift
             ));
         }
-        if self.own_budget > 0.0
-            && f64::from(self.own_budget) * (self.own_period as f64) + 1e-6 < 1.0
-        {
-            return Err(format!(
-                "scoring.decision.own_period = {}: fewer events than one flag within scoring.decision.own_budget = {} (needs at least {:.0})",
-                self.own_period,
-                self.own_budget,
-                (1.0 / f64::from(self.own_budget) - 1e-3).ceil()
-            ));
-        }
-        if self.own_alert_budget > 0.0
-            && f64::from(self.own_alert_budget) * (self.own_period as f64) + 1e-6 < 1.0
-        {
-            return Err(format!(
-                "scoring.decision.own_period = {}: fewer events than one alert within scoring.decision.own_alert_budget = {} (needs at least {:.0})",
-                self.own_period,
-                self.own_alert_budget,
-                (1.0 / f64::from(self.own_alert_budget) - 1e-3).ceil()
-            ));
-        }
+        // A period must hold at least one flag (alert) within its budget.
+        let fits = |what: &str, key: &str, budget: f32| {
+            if budget > 0.0 && f64::from(budget) * (self.own_period as f64) + 1e-6 < 1.0 {
+                return Err(format!(
+                    "scoring.decision.own_period = {}: fewer events than one {what} within scoring.decision.{key} = {budget} (needs at least {:.0})",
+                    self.own_period,
+                    (1.0 / f64::from(budget) - 1e-3).ceil()
+                ));
+            }
+            Ok(())
+        };
+        fits("flag", "own_budget", self.own_budget)?;
+        fits("alert", "own_alert_budget", self.own_alert_budget)?;
         Ok(())
     }
 }
