@@ -299,11 +299,11 @@ pub struct DecisionConfig {
     pub repeat_window_s: u64,
     /// The workload's own operating point (`score::OwnScores`): at most
     /// this share of a workload's events is flagged; a workload whose last
-    /// period would have flagged more has the excess taken off its
-    /// decision for the next (0: off, the fleet's weights alone).
+    /// period and current one so far would have flagged more has the
+    /// excess taken off its decision (0: off, the fleet's weights alone).
     pub own_budget: f32,
     /// The same for alerts: at most this share of a workload's events
-    /// alerts; its last period's excess is taken off the alert point only
+    /// alerts; the excess is taken off the alert point only
     /// (0: off).
     pub own_alert_budget: f32,
     /// Events of a workload in a period of its own operating point.

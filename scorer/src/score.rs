@@ -206,14 +206,19 @@ impl WorkloadHistory {
 /// decision fitted on quiet servers) would flag several times that.
 /// This keeps the decision's log-odds over the workload's scored events,
 /// period by period (`period` events each; a histogram of 0.25-wide bins
-/// over [-24, 40]), and gives the shift that would have kept the flagged
-/// share of the last *completed* period within `budget`: how far the top
-/// `budget` of it stood above the warn point, at most `max`.
+/// over [-24, 40]), and gives the shift that keeps the flagged share of
+/// the last completed period *and the current one so far* within
+/// `budget`: how far the top `budget` of them stood above the warn point,
+/// at most `max`.
 ///
-/// The shift in force comes from the period before the current one, so a
-/// burst of new activity — an attack among it — does not raise its own
-/// threshold while it happens; a workload's steady novelty (its own kind
-/// of work) does, one period later.
+/// The current period counts as soon as one has completed: a build box's
+/// new work comes in bursts after quiet spells (a test suite's new
+/// binaries, a first run of a tool), and a shift that followed the last
+/// period alone let a burst's first period through in full. An attack
+/// during such a burst is lowered, not learned (judge.rs): it alerts once
+/// the burst has passed unless confirmed benign. Before the first period
+/// completes there is no shift (the workload's history is too short to
+/// say what its own kind of work is).
 ///
 /// What is recorded: events past the workload's `adapt_min_events`, not
 /// matching a fleet signature, with no high-precision indicator (the shift
@@ -261,26 +266,37 @@ impl OwnScores {
         self.completed
     }
 
-    fn last(&self) -> &[u32] {
-        &self.bins[OWN_BINS..]
+    /// Events the operating point is taken over: the last completed period
+    /// and the current one so far (0 until a period has completed).
+    pub fn window(&self) -> u64 {
+        if self.completed == 0 {
+            0
+        } else {
+            self.completed + self.current
+        }
     }
 
-    /// Share of the last completed period's events at `logit` or above (to
-    /// 0.25).
+    /// Events of the window in bin `i` (the current period's, then the
+    /// last completed one's).
+    fn in_bin(&self, i: usize) -> u64 {
+        u64::from(self.bins[i]) + u64::from(self.bins[OWN_BINS + i])
+    }
+
+    /// Share of the window's events at `logit` or above (to 0.25).
     pub fn flagged_share(&self, logit: f32) -> f64 {
-        if self.completed == 0 {
+        let n = self.window();
+        if n == 0 {
             return 0.0;
         }
         let from = quarter_bin(logit, OWN_LO, OWN_BINS);
-        let above: u64 = self.last()[from..].iter().map(|n| u64::from(*n)).sum();
-        above as f64 / self.completed as f64
+        let above: u64 = (from..OWN_BINS).map(|i| self.in_bin(i)).sum();
+        above as f64 / n as f64
     }
 
     /// Log-odds to take off the decision so that at most `budget` of the
-    /// last completed period would have reached `logit` (0 before a period
-    /// completes).
+    /// window would have reached `logit` (0 before a period completes).
     pub fn shift(&self, budget: f32, logit: f32, max: f32) -> f32 {
-        let n = self.completed;
+        let n = self.window();
         if budget <= 0.0 || n == 0 {
             return 0.0;
         }
@@ -288,8 +304,8 @@ impl OwnScores {
         // (A budget is an f32: 0.0001 × 10,000 is 0.99999997.)
         let k = (f64::from(budget) * n as f64 + 1e-6).floor() as u64 + 1;
         let mut seen = 0u64;
-        for (i, c) in self.last().iter().enumerate().rev() {
-            seen += u64::from(*c);
+        for i in (0..OWN_BINS).rev() {
+            seen += self.in_bin(i);
             if seen >= k {
                 let top = OWN_LO + (i as f32 + 1.0) / 4.0;
                 return (top - logit).clamp(0.0, max.max(0.0));
@@ -658,7 +674,7 @@ mod tests {
     }
 
     #[test]
-    fn own_operating_point_comes_from_the_last_completed_period() {
+    fn own_operating_point_comes_from_the_last_period_and_the_current_one() {
         let mut o = OwnScores::default();
         let period = 1_000;
         // A period with 5% of its events at log-odds 3 (flagged at P = 0.5).
@@ -675,15 +691,25 @@ mod tests {
         assert_eq!(o.shift(0.1, 0.0, 6.0), 0.0);
         assert_eq!(o.shift(0.01, 0.0, 1.0), 1.0);
         assert_eq!(o.shift(0.0, 0.0, 6.0), 0.0);
-        // A burst in the current period does not move the shift in force...
-        for _ in 0..500 {
+        // A burst in the current period moves the shift while it happens
+        // (1% of 1,010 events is 10: the eleventh at 9 sets it)...
+        for _ in 0..10 {
             o.add(9.0, period);
         }
+        assert_eq!(o.window(), 1_010);
         assert!(o.shift(0.01, 0.0, 20.0) <= 3.25);
-        // ...until its period completes; a quiet period then clears it.
+        o.add(9.0, period);
+        assert!(o.shift(0.01, 0.0, 20.0) > 9.0);
+        assert!((o.flagged_share(0.0) - 61.0 / 1_011.0).abs() < 1e-9);
+        // ...and while its period is the last completed one; a quiet period
+        // then clears it.
+        for _ in 0..489 {
+            o.add(9.0, period);
+        }
         for _ in 0..500 {
             o.add(-5.0, period);
         }
+        assert_eq!(o.window(), 1_000);
         assert!(o.shift(0.01, 0.0, 20.0) > 9.0);
         for _ in 0..1_000 {
             o.add(-5.0, period);

@@ -404,4 +404,18 @@ fn a_workload_busy_with_new_work_flags_within_its_own_budget() {
     let (s, signals) = judge.score_detailed(shell);
     assert!(signals.high_precision.is_some());
     assert_eq!(s.verdict(), Verdict::Alert, "{}", s.explanation);
+
+    // New work in a burst after a quiet spell is held to the budget while
+    // it happens (the current period counts), not only a period later.
+    let mut burst = Vec::new();
+    for i in 5_000..5_400 {
+        let comm = format!("util{}", name(i));
+        let parent = format!("dg{}", name(i * 7 + 3));
+        let path = format!("/srv/{}/{}", name(i * 13 + 1), name(i * 17 + 2));
+        let e = event("busy", &comm, &parent, &[&comm, &path]);
+        let (s, _) = judge.score_detailed(e);
+        burst.push(matches!(s.verdict(), Verdict::Warn | Verdict::Alert));
+    }
+    let held = share(&burst);
+    assert!(held <= 0.05, "a burst after a quiet spell: {held}");
 }
