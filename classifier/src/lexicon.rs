@@ -73,7 +73,7 @@ pub const INDICATORS: &[Indicator] = indicators! {
     "cmd_kernel_module" => ["insmod", "modprobe", "rmmod", ".ko ", "kmod", "/lib/modules"], "kernel module loaded", "T1547.006";
     "cmd_profile" => [".bashrc", ".bash_profile", ".profile", "/etc/profile", ".zshrc", "bash.bashrc", "/etc/environment", ".bash_logout", "/etc/motd", "update-motd"], "shell start-up file touched", "T1546.004";
     "cmd_container" => ["docker run", "--privileged", "nsenter", "chroot", "unshare", "-v /:/", "docker.sock", "kubectl exec", "ctr run", "--pid=host"], "container or namespace escape", "T1611";
-    "cmd_screen_clip" => ["xclip", "xsel", "xdotool", "import -window", "scrot", "xwd", "xinput", "logkeys", "xspy"], "screen, clipboard or keystroke capture", "T1056.001";
+    "cmd_screen_clip" => ["xclip", "xsel", "xdotool", "import -window", "scrot", "xwd", "xinput", "logkeys", "xspy"], "screen, clipboard or keystroke capture", "T1113";
     "cmd_cred_files" => [".aws/credentials", ".kube/config", ".pgpass", ".netrc", ".git-credentials", ".docker/config", "credentials", "password", "passwd", "secret", "token", "private", ".gnupg", "keyring", ".mysql_history", "wallet"], "credential material referenced", "T1552.001";
     "cmd_timestomp" => ["touch -t", "touch -d", "touch -r", "touch -a", "touch -m", "--reference", "debugfs", "faketime"], "file times forged", "T1070.006";
     "cmd_background" => ["nohup", "setsid", "disown", "screen -dm", "tmux new -d", "daemonize", "start-stop-daemon", " &"], "detached from the terminal", "T1059.004";
