@@ -367,6 +367,10 @@ pub struct Context {
     /// vehicle for one. Its own name does not count (`/bin/sh -c …` is a
     /// shell, not a shell started through one). For naming.
     pub shell_in_arguments: bool,
+    /// Whether the process or one of its known ancestors is a system
+    /// package manager (`lexicon::installs_system_packages`): what such a
+    /// lineage writes to start-up locations is installed software.
+    pub package_lineage: bool,
 }
 
 /// The features of one event.
@@ -742,9 +746,11 @@ fn placement(v: &mut Vector, ev: &Event, who: &Subject) {
 fn ancestry(v: &mut Vector, h: &HostState, who: &Subject, ctx: &mut Context) -> u32 {
     let (mut depth, mut shells, mut interps) = (0u32, 0u32, 0u32);
     let mut anc = 0u32;
+    ctx.package_lineage |= lexicon::installs_system_packages(&who.comm);
     let mut note = |c: &str, fams: u32, ctx: &mut Context| {
         depth += 1;
         anc |= fams;
+        ctx.package_lineage |= lexicon::installs_system_packages(c);
         shells += u32::from(lexicon::has(fams, Family::Shell));
         interps += u32::from(lexicon::has(fams, Family::Interpreter));
         if ctx.service_ancestor.is_empty()

@@ -1035,6 +1035,88 @@ pub fn has(bits: u32, f: Family) -> bool {
     bits & (1 << (f as u32)) != 0
 }
 
+/// A system package manager: what it writes (units, cron files, start-up
+/// scripts shipped in a package) is installed software, not an intrusion's
+/// doing. Language package managers (`pip`, `npm`, `gem`) are not: their
+/// install hooks run whatever the package says.
+pub fn installs_system_packages(comm: &str) -> bool {
+    matches!(
+        comm,
+        "dpkg"
+            | "apt"
+            | "apt-get"
+            | "aptitude"
+            | "unattended-upgr"
+            | "packagekitd"
+            | "rpm"
+            | "yum"
+            | "dnf"
+            | "zypper"
+            | "apk"
+            | "pacman"
+            | "snapd"
+    )
+}
+
+/// A file whose contents the system runs later on its own — at boot, at
+/// a login, on a schedule, on a device event (ATT&CK: scheduled tasks
+/// T1053, services T1543, init scripts T1037, shell start-up files
+/// T1546.004, PAM modules T1556.003, udev rules T1546.017, autostart
+/// entries T1547.013, kernel modules loaded at boot T1547.006, the
+/// message of the day's scripts). Writing one is how a foothold survives
+/// a restart or a logout.
+pub fn startup_location(path: &str) -> bool {
+    const UNDER: [&str; 27] = [
+        "/etc/crontab",
+        "/etc/cron.d/",
+        "/etc/cron.hourly/",
+        "/etc/cron.daily/",
+        "/etc/cron.weekly/",
+        "/etc/cron.monthly/",
+        "/etc/anacrontab",
+        "/var/spool/cron/",
+        "/var/spool/at/",
+        "/etc/systemd/system/",
+        "/etc/systemd/user/",
+        "/lib/systemd/system/",
+        "/lib/systemd/user/",
+        "/usr/lib/systemd/system/",
+        "/usr/lib/systemd/user/",
+        "/etc/init.d/",
+        "/etc/rc.local",
+        "/etc/profile",
+        "/etc/bash.bashrc",
+        "/etc/environment",
+        "/etc/zsh/",
+        "/etc/pam.d/",
+        "/etc/udev/rules.d/",
+        "/etc/xdg/autostart/",
+        "/etc/modules-load.d/",
+        "/etc/modules",
+        "/etc/update-motd.d/",
+    ];
+    const START_UP_FILES: [&str; 8] = [
+        ".bashrc",
+        ".bash_profile",
+        ".bash_login",
+        ".bash_logout",
+        ".profile",
+        ".zshrc",
+        ".zprofile",
+        ".zshenv",
+    ];
+    let name = path.rsplit('/').next().unwrap_or(path);
+    // atd spools a running job's output there: a job running, not one made.
+    if path.starts_with("/var/spool/cron/atspool/") {
+        return false;
+    }
+    UNDER.iter().any(|p| path.starts_with(p))
+        || (path.starts_with("/etc/rc") && path.get(8..11) == Some(".d/"))
+        || path.contains("/.config/systemd/user/")
+        || path.contains("/.config/autostart/")
+        || START_UP_FILES.contains(&name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

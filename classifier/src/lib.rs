@@ -282,13 +282,23 @@ pub const HIGH_PRECISION: &[Feature] = &[
 
 /// The first high-precision indicator present in `f`, by name, if any. File
 /// indicators count for writes only: reading the password file is what
-/// every PAM login does.
+/// every PAM login does. After them, a start-up location written
+/// (`lexicon::startup_location`: a cron file, a unit, an init script, a
+/// shell start-up file, a PAM or udev rule …) by a lineage that is not a
+/// system package manager's: `startup_location_written`. It is not a
+/// feature of the model (the model was trained without it), only of the
+/// decision; the file's own features (`file_cron`, `file_systemd`,
+/// `file_profile`) still name its technique.
 pub fn high_precision(f: &Features) -> Option<&'static str> {
     let writes = f.get(File::Write) > 0.0 || f.get(File::Create) > 0.0;
     HIGH_PRECISION
         .iter()
         .find(|h| f.values[h.slot()] > 0.0 && (writes || !matches!(h, Feature::File(_))))
         .map(|h| features::names()[h.slot()].as_str())
+        .or_else(|| {
+            (writes && !f.context.package_lineage && lexicon::startup_location(&f.context.path))
+                .then_some("startup_location_written")
+        })
 }
 
 #[cfg(test)]
