@@ -367,10 +367,11 @@ pub struct Context {
     /// vehicle for one. Its own name does not count (`/bin/sh -c …` is a
     /// shell, not a shell started through one). For naming.
     pub shell_in_arguments: bool,
-    /// Whether the process or one of its known ancestors is a system
-    /// package manager (`lexicon::installs_system_packages`): what such a
-    /// lineage writes to start-up locations is installed software.
-    pub package_lineage: bool,
+    /// Whether the process descends from a program that installs software
+    /// or provisions accounts (`lexicon::provisions`), started from a
+    /// system directory: what such a lineage writes to start-up locations
+    /// is installed software or a new home. See [`provisioning`].
+    pub provisioning: bool,
 }
 
 /// The features of one event.
@@ -634,6 +635,7 @@ fn extract(h: &mut HostState, l: &Limits, ev: &Event) -> Features {
     }
     placement(&mut v, ev, &who);
     let ancestors = ancestry(&mut v, h, &who, &mut ctx);
+    ctx.provisioning = provisioning(ev, &who, is_exec);
     let cmd = command_line(&mut v, ev, &who);
     ctx.command_technique = match (&ev.detail, &who.known) {
         (Some(Detail::Exec(_)), _) => lexicon::command_technique(&cmd.line),
@@ -683,12 +685,39 @@ fn extract(h: &mut HostState, l: &Limits, ev: &Event) -> Features {
                 command_technique: ctx.command_technique,
                 shell_in_arguments: ctx.shell_in_arguments,
                 connected: false,
+                provisioning: ctx.provisioning,
             },
         );
     }
     Features {
         values: v.0,
         context: ctx,
+    }
+}
+
+/// Whether the process descends from a program that installs software or
+/// provisions accounts (`lexicon::provisions`). Decided at exec — from the
+/// program's name *and* where it was started from (a copy of a shell
+/// named `dpkg` in /tmp is not dpkg) — and inherited by its children
+/// through the process table, so a maintainer script's `cp` counts and a
+/// package manager running in an interpreter (dnf's opens carry
+/// `python3`'s name) is still known by its exec. For a process the table
+/// does not know (started before the collector), by its and its parent's
+/// names.
+fn provisioning(ev: &Event, who: &Subject, is_exec: bool) -> bool {
+    if is_exec {
+        let own = lexicon::provisions(&who.comm)
+            && (BIN_DIRS.iter().any(|d| ev.exe.starts_with(d))
+                || ev.exe.starts_with("/usr/libexec/"));
+        own || who
+            .parent
+            .as_ref()
+            .map_or_else(|| lexicon::provisions(&who.parent_comm), |p| p.provisioning)
+    } else {
+        who.known.as_ref().map_or_else(
+            || lexicon::provisions(&who.comm) || lexicon::provisions(&who.parent_comm),
+            |p| p.provisioning,
+        )
     }
 }
 
@@ -746,11 +775,9 @@ fn placement(v: &mut Vector, ev: &Event, who: &Subject) {
 fn ancestry(v: &mut Vector, h: &HostState, who: &Subject, ctx: &mut Context) -> u32 {
     let (mut depth, mut shells, mut interps) = (0u32, 0u32, 0u32);
     let mut anc = 0u32;
-    ctx.package_lineage |= lexicon::installs_system_packages(&who.comm);
     let mut note = |c: &str, fams: u32, ctx: &mut Context| {
         depth += 1;
         anc |= fams;
-        ctx.package_lineage |= lexicon::installs_system_packages(c);
         shells += u32::from(lexicon::has(fams, Family::Shell));
         interps += u32::from(lexicon::has(fams, Family::Interpreter));
         if ctx.service_ancestor.is_empty()

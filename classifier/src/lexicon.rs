@@ -1035,11 +1035,15 @@ pub fn has(bits: u32, f: Family) -> bool {
     bits & (1 << (f as u32)) != 0
 }
 
-/// A system package manager: what it writes (units, cron files, start-up
-/// scripts shipped in a package) is installed software, not an intrusion's
-/// doing. Language package managers (`pip`, `npm`, `gem`) are not: their
-/// install hooks run whatever the package says.
-pub fn installs_system_packages(comm: &str) -> bool {
+/// A program that installs software or provisions accounts: a system
+/// package manager (what it writes — units, cron files, start-up scripts
+/// shipped in a package — is installed software, not an intrusion's
+/// doing), or what creates a user's home from its skeleton (`useradd -m`,
+/// `pam_mkhomedir`'s helper, cloud-init's default user). Language package
+/// managers (`pip`, `npm`, `gem`) are not: their install hooks run
+/// whatever the package says. Names as the kernel gives them at exec
+/// (15 bytes); the caller also checks where the program was started from.
+pub fn provisions(comm: &str) -> bool {
     matches!(
         comm,
         "dpkg"
@@ -1051,10 +1055,17 @@ pub fn installs_system_packages(comm: &str) -> bool {
             | "rpm"
             | "yum"
             | "dnf"
+            | "dnf5"
+            | "microdnf"
+            | "tdnf"
             | "zypper"
             | "apk"
             | "pacman"
             | "snapd"
+            | "useradd"
+            | "adduser"
+            | "mkhomedir_helpe"
+            | "cloud-init"
     )
 }
 
@@ -1062,11 +1073,15 @@ pub fn installs_system_packages(comm: &str) -> bool {
 /// a login, on a schedule, on a device event (ATT&CK: scheduled tasks
 /// T1053, services T1543, init scripts T1037, shell start-up files
 /// T1546.004, PAM modules T1556.003, udev rules T1546.017, autostart
-/// entries T1547.013, kernel modules loaded at boot T1547.006, the
-/// message of the day's scripts). Writing one is how a foothold survives
-/// a restart or a logout.
+/// entries T1547.013, kernel modules loaded at boot T1547.006, APT hooks,
+/// the message of the day's scripts). Writing one is how a foothold
+/// survives a restart or a logout. A user's start-up files count in a
+/// home directory (`/root`, `/home/<user>`, `/var/lib/<service>`), not
+/// deeper: a container image's layers and `/etc/skel` hold the same
+/// names. An editor's swap and probe files (`.x.swp`, `4913`, `x~`) do
+/// not count: nothing runs them.
 pub fn startup_location(path: &str) -> bool {
-    const UNDER: [&str; 27] = [
+    const UNDER: &[&str] = &[
         "/etc/crontab",
         "/etc/cron.d/",
         "/etc/cron.hourly/",
@@ -1082,39 +1097,76 @@ pub fn startup_location(path: &str) -> bool {
         "/lib/systemd/user/",
         "/usr/lib/systemd/system/",
         "/usr/lib/systemd/user/",
+        "/usr/local/lib/systemd/system/",
+        "/etc/containers/systemd/",
         "/etc/init.d/",
         "/etc/rc.local",
+        "/etc/rc.d/",
         "/etc/profile",
         "/etc/bash.bashrc",
+        "/etc/bashrc",
         "/etc/environment",
         "/etc/zsh/",
+        "/etc/zshrc",
+        "/etc/zprofile",
+        "/etc/zshenv",
+        "/etc/zlogin",
+        "/etc/ssh/sshrc",
         "/etc/pam.d/",
         "/etc/udev/rules.d/",
+        "/lib/udev/rules.d/",
+        "/usr/lib/udev/rules.d/",
         "/etc/xdg/autostart/",
         "/etc/modules-load.d/",
         "/etc/modules",
+        "/etc/modprobe.d/",
+        "/etc/apt/apt.conf.d/",
         "/etc/update-motd.d/",
     ];
-    const START_UP_FILES: [&str; 8] = [
+    // atd spools a running job's output there: a job running, not one made.
+    const SPOOLS: [&str; 2] = ["/var/spool/cron/atspool/", "/var/spool/at/spool/"];
+    const IN_HOME: [&str; 13] = [
         ".bashrc",
         ".bash_profile",
         ".bash_login",
         ".bash_logout",
+        ".bash_aliases",
         ".profile",
         ".zshrc",
         ".zprofile",
         ".zshenv",
+        ".zlogin",
+        ".ssh/rc",
+        ".config/systemd/user/",
+        ".config/autostart/",
     ];
     let name = path.rsplit('/').next().unwrap_or(path);
-    // atd spools a running job's output there: a job running, not one made.
-    if path.starts_with("/var/spool/cron/atspool/") {
+    if name.ends_with(".swp")
+        || name.ends_with(".swo")
+        || name.ends_with(".swx")
+        || name.ends_with('~')
+        || name == "4913"
+        || SPOOLS.iter().any(|p| path.starts_with(p))
+    {
         return false;
     }
+    let in_home = ["/root/", "/home/", "/var/lib/"]
+        .iter()
+        .find_map(|h| path.strip_prefix(h))
+        .map(|rest| {
+            if path.starts_with("/root/") {
+                rest
+            } else {
+                rest.split_once('/').map_or("", |(_, r)| r)
+            }
+        });
     UNDER.iter().any(|p| path.starts_with(p))
         || (path.starts_with("/etc/rc") && path.get(8..11) == Some(".d/"))
-        || path.contains("/.config/systemd/user/")
-        || path.contains("/.config/autostart/")
-        || START_UP_FILES.contains(&name)
+        || in_home.is_some_and(|rest| {
+            IN_HOME
+                .iter()
+                .any(|f| rest == *f || (f.ends_with('/') && rest.starts_with(f)))
+        })
 }
 
 #[cfg(test)]

@@ -264,7 +264,9 @@ pub fn class_of(malicious: bool, tactic: &str) -> Option<usize> {
 /// password file written. The verdict lets the classifier flag behaviour a
 /// workload has shown repeatedly only when one of these fires
 /// (docs/detection.md): a repeat of ordinary work is not an alarm because
-/// its command line resembles an attack.
+/// its command line resembles an attack. [`high_precision`] adds one that
+/// is not a feature: a start-up location written outside a provisioning
+/// lineage.
 pub const HIGH_PRECISION: &[Feature] = &[
     Feature::Indicator(indicator("cmd_dev_tcp")),
     Feature::Indicator(indicator("cmd_pipe_to_shell")),
@@ -284,11 +286,12 @@ pub const HIGH_PRECISION: &[Feature] = &[
 /// indicators count for writes only: reading the password file is what
 /// every PAM login does. After them, a start-up location written
 /// (`lexicon::startup_location`: a cron file, a unit, an init script, a
-/// shell start-up file, a PAM or udev rule …) by a lineage that is not a
-/// system package manager's: `startup_location_written`. It is not a
-/// feature of the model (the model was trained without it), only of the
-/// decision; the file's own features (`file_cron`, `file_systemd`,
-/// `file_profile`) still name its technique.
+/// shell start-up file, a PAM or udev rule …) by a lineage that does not
+/// install software or provision accounts (`Context::provisioning`):
+/// `startup_location_written`. It is not a feature of the model (the
+/// model was trained without it), only of the decision; the file's own
+/// features (`file_cron`, `file_systemd`, `file_profile`) still name its
+/// technique.
 pub fn high_precision(f: &Features) -> Option<&'static str> {
     let writes = f.get(File::Write) > 0.0 || f.get(File::Create) > 0.0;
     HIGH_PRECISION
@@ -296,7 +299,7 @@ pub fn high_precision(f: &Features) -> Option<&'static str> {
         .find(|h| f.values[h.slot()] > 0.0 && (writes || !matches!(h, Feature::File(_))))
         .map(|h| features::names()[h.slot()].as_str())
         .or_else(|| {
-            (writes && !f.context.package_lineage && lexicon::startup_location(&f.context.path))
+            (writes && !f.context.provisioning && lexicon::startup_location(&f.context.path))
                 .then_some("startup_location_written")
         })
 }

@@ -330,6 +330,9 @@ pub struct Proc {
     pub shell_in_arguments: bool,
     /// Whether the process (or a parent shell of its pipeline) connected out.
     pub connected: bool,
+    /// Whether it descends from a program that installs software or
+    /// provisions accounts (`features::provisioning`).
+    pub provisioning: bool,
 }
 
 /// First-seen bookkeeping: how often, and when last.

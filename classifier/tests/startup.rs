@@ -1,5 +1,6 @@
 //! A start-up location written is a high-precision indicator for the
-//! decision, unless a system package manager's lineage writes it.
+//! decision, unless a lineage that installs software or provisions
+//! accounts writes it.
 
 use std::sync::Arc;
 
@@ -66,6 +67,12 @@ fn writing_a_start_up_location_is_high_precision() {
         "/etc/profile.d/z.sh",
         "/etc/rc3.d/S99x",
         "/etc/pam.d/common-auth",
+        "/etc/rc.d/rc.local",
+        "/etc/bashrc",
+        "/home/dev/.profile",
+        "/var/lib/postgresql/.bash_profile",
+        "/home/dev/.config/systemd/user/sync.service",
+        "/etc/modprobe.d/blacklist.conf",
     ]
     .into_iter()
     .enumerate()
@@ -97,6 +104,24 @@ fn writing_a_start_up_location_is_high_precision() {
         )),
         None
     );
+    // Nothing runs an editor's swap or probe files, a container image's
+    // layers or the skeleton of new homes.
+    for (i, path) in [
+        "/etc/cron.d/.upd.swp",
+        "/etc/pam.d/4913",
+        "/var/spool/at/spool/a0001",
+        "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/7/fs/root/.bashrc",
+        "/etc/skel/.bashrc",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        assert_eq!(
+            at(open(100, 1, "bash", path, WRITE, (24 + i as u64) * SEC)),
+            None,
+            "{path}"
+        );
+    }
     // A package being installed: dpkg, and a maintainer script it runs.
     at(exec(
         200,
@@ -141,6 +166,41 @@ fn writing_a_start_up_location_is_high_precision() {
         at(open(203, 202, "cp", "/etc/cron.d/x", WRITE, 35 * SEC)),
         None
     );
+    // dnf runs in Python: its opens carry the interpreter's name; its exec
+    // said what it is.
+    let mut dnf = exec(400, 1, &["dnf", "install", "-y", "x"], "bash", 36 * SEC);
+    dnf.exe = "/usr/bin/dnf".into();
+    at(dnf);
+    let mut write = open(
+        400,
+        1,
+        "dnf",
+        "/usr/lib/systemd/system/x.service",
+        WRITE,
+        37 * SEC,
+    );
+    write.exe = "/usr/bin/python3.9".into();
+    assert_eq!(at(write), None);
+    // A home made for a new account.
+    at(exec(401, 100, &["useradd", "-m", "bob"], "bash", 38 * SEC));
+    assert_eq!(
+        at(open(
+            401,
+            100,
+            "useradd",
+            "/home/bob/.bashrc",
+            WRITE,
+            39 * SEC
+        )),
+        None
+    );
+    // A shell copied to /tmp under a package manager's name is not one.
+    let mut fake = exec(402, 100, &["dpkg"], "bash", 39 * SEC + 1);
+    fake.exe = "/tmp/dpkg".into();
+    at(fake);
+    let mut write = open(402, 100, "dpkg", "/etc/cron.d/x", WRITE, 39 * SEC + 2);
+    write.exe = "/tmp/dpkg".into();
+    assert_eq!(at(write), Some("startup_location_written"));
     // A language package's install hook is not a system package.
     at(exec(300, 1, &["npm", "install"], "bash", 40 * SEC));
     at(exec(

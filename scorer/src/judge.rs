@@ -217,7 +217,7 @@ impl Judge {
                         if !what.is_empty() {
                             metrics::OWN_LOWERED.inc();
                             own_note = Some(format!(
-                                "; not {what}: {:.2}% of the workload's last {} events would have been, above its budget of {:.2}%, so {shift:.2} log-odds were taken off (its own operating point; P {p:.3} by the fleet's)",
+                                "; not {what}: {:.2}% of the workload's last {} scored events would have been, above its budget of {:.2}%, so {shift:.2} log-odds were taken off (its own operating point; P {p:.3} by the fleet's)",
                                 100.0 * history.own.flagged_share(score::logit(point)),
                                 history.own.window(),
                                 100.0 * budget,
