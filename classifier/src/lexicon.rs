@@ -1150,16 +1150,14 @@ pub fn startup_location(path: &str) -> bool {
     {
         return false;
     }
-    let in_home = ["/root/", "/home/", "/var/lib/"]
-        .iter()
-        .find_map(|h| path.strip_prefix(h))
-        .map(|rest| {
-            if path.starts_with("/root/") {
-                rest
-            } else {
-                rest.split_once('/').map_or("", |(_, r)| r)
-            }
-        });
+    // What follows the home directory: /root/, or /home/<user>/ and
+    // /var/lib/<service>/ (one level down).
+    let in_home = path.strip_prefix("/root/").or_else(|| {
+        ["/home/", "/var/lib/"]
+            .iter()
+            .find_map(|h| path.strip_prefix(h))
+            .and_then(|rest| rest.split_once('/').map(|(_, r)| r))
+    });
     UNDER.iter().any(|p| path.starts_with(p))
         || (path.starts_with("/etc/rc") && path.get(8..11) == Some(".d/"))
         || in_home.is_some_and(|rest| {
