@@ -372,6 +372,11 @@ pub struct Context {
     /// system directory: what such a lineage writes to start-up locations
     /// is installed software or a new home. See [`provisioning`].
     pub provisioning: bool,
+    /// The web or database server the process runs under, through parents
+    /// the process table vouches for ([`served_by`]); empty when none. For
+    /// the scorer's lineage novelty: what a web server's process tree runs
+    /// is a short, stable list.
+    pub served_by: String,
 }
 
 /// The features of one event.
@@ -635,6 +640,7 @@ fn extract(h: &mut HostState, l: &Limits, ev: &Event) -> Features {
     }
     placement(&mut v, ev, &who);
     let ancestors = ancestry(&mut v, h, &who, &mut ctx);
+    ctx.served_by = served_by(h, &who, now);
     ctx.provisioning = provisioning(ev, &who, is_exec);
     let cmd = command_line(&mut v, ev, &who);
     ctx.command_technique = match (&ev.detail, &who.known) {
@@ -693,6 +699,67 @@ fn extract(h: &mut HostState, l: &Limits, ev: &Event) -> Features {
         values: v.0,
         context: ctx,
     }
+}
+
+/// How much earlier than its child a process-table entry may have been
+/// started and still be trusted as that child's parent, for
+/// [`served_by`]. The collector reports no exits and pids come round
+/// again: in the recordings a parent's pid was taken by a process of
+/// another name as soon as 460 s on (the build box, the web host ~490 s),
+/// and a name check cannot tell a shell from a later shell of the same
+/// pid (a web request's `sh -c` from a deploy script's). Two minutes is
+/// well inside that and far longer than a shell takes to start what it
+/// runs (a web shell's `sh -c 'a; b; c'`).
+pub const SERVED_BY_FRESH_NS: u64 = 120 * SEC;
+
+/// A web or database server, for [`served_by`]: `java` is every JVM (a
+/// CI server, a build daemon), whose trees are not short lists.
+fn is_server(name: &str) -> bool {
+    let fams = lexicon::families(name);
+    (lexicon::has(fams, Family::WebServer) || lexicon::has(fams, Family::Database))
+        && name != "java"
+}
+
+/// The web or database server the process runs under, not being one
+/// itself (a server's own events are its parent's lineage): its parent by
+/// the event's own record, then the chain of process-table entries, each
+/// only if it is named as the process below it says and started at most
+/// [`SERVED_BY_FRESH_NS`] before it. Empty when the chain ends or an entry
+/// is not vouched for before a server is found. A process that forks
+/// without an exec (a subshell, a daemonising double fork) has no entry
+/// and ends the chain.
+fn served_by(h: &HostState, who: &Subject, now: u64) -> String {
+    if is_server(&who.comm) {
+        return String::new();
+    }
+    let mut name = who.parent_comm.as_str();
+    let mut ppid = who.ppid;
+    // When the process below started: the event's own process's exec,
+    // when the table has it under the same parent, else the event.
+    let mut below = match &who.known {
+        Some(k) if k.ppid == ppid && k.start_ns <= now => k.start_ns,
+        _ => now,
+    };
+    for _ in 0..8 {
+        if is_server(name) {
+            return name.to_string();
+        }
+        match h.procs.get(&ppid) {
+            Some(p)
+                if ppid != 0
+                    && !name.is_empty()
+                    && p.comm == name
+                    && p.start_ns <= below
+                    && below - p.start_ns <= SERVED_BY_FRESH_NS =>
+            {
+                name = &p.parent_comm;
+                ppid = p.ppid;
+                below = p.start_ns;
+            }
+            _ => break,
+        }
+    }
+    String::new()
 }
 
 /// Whether the process descends from a program that installs software or
@@ -1551,6 +1618,47 @@ mod tests {
         let f = x.observe(&exec(400, 10, "bash", "sshd", 1000, &["-bash"], t));
         assert_eq!(get(&f, "shell_under_service"), 0.0);
         assert_eq!(get(&f, "ancestor_sshd"), 1.0);
+    }
+
+    #[test]
+    fn served_by_trusts_only_recent_parents_named_as_the_child_says() {
+        let mut x = Extractor::default();
+        let t = 1_000 * SEC;
+        // The server an exec of `comm` (pid, parent pid and name) at `ts`
+        // runs under.
+        let mut served = |pid: u32, ppid: u32, comm: &str, parent: &str, ts: u64| {
+            x.observe(&exec(pid, ppid, comm, parent, 33, &[comm], ts))
+                .context
+                .served_by
+        };
+        assert_eq!(served(100, 1, "php-fpm8.2", "systemd", t), "");
+        // A web request's shell: its children and grandchildren are served.
+        assert_eq!(served(200, 100, "sh", "php-fpm8.2", t), "php-fpm8.2");
+        assert_eq!(served(300, 200, "cat", "sh", t + SEC), "php-fpm8.2");
+        assert_eq!(served(301, 300, "id", "cat", t + 2 * SEC), "php-fpm8.2");
+        // Pid 200 again, minutes on: a forked shell the collector saw no
+        // exec of (a deploy script's) is not the web request's.
+        let later = t + SERVED_BY_FRESH_NS + SEC;
+        assert_eq!(served(400, 200, "deploy", "sh", later), "");
+        // Nor is an entry of another name than the child's record gives.
+        assert_eq!(served(500, 300, "git", "bash", t + 3 * SEC), "");
+        // A database's children are served too; a shell under sshd is not.
+        assert_eq!(served(600, 50, "sh", "postgres", t), "postgres");
+        assert_eq!(served(700, 10, "bash", "sshd", t), "");
+        // A server's own events are its parent's lineage, not its tree's;
+        // a JVM is not taken for a web server.
+        assert_eq!(served(800, 100, "php-fpm8.2", "php-fpm8.2", t), "");
+        assert_eq!(served(900, 60, "git", "java", t), "");
+        // A long-running child's later events stay in the tree: it was
+        // started right after its parent, however long ago.
+        assert_eq!(served(1000, 200, "python3", "sh", t), "php-fpm8.2");
+        let mut c = exec(1000, 200, "python3", "sh", 33, &[], t + 3_600 * SEC);
+        c.detail = Some(Detail::Connect(outlier_proto::Connect {
+            remote_ip: "203.0.113.9".into(),
+            remote_port: 4444,
+            ..Default::default()
+        }));
+        assert_eq!(x.observe(&c).context.served_by, "php-fpm8.2");
     }
 
     #[test]

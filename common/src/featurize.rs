@@ -50,6 +50,25 @@ pub fn lineage_key(e: &Event) -> u64 {
     xxh3_64_with_seed(buf.as_bytes(), SEED)
 }
 
+/// The lineage of an event's process under the web or database server it
+/// runs under (`served_by`, however many shells between): its kind, the
+/// server's name and its own program's name, normalised as in
+/// [`lineage_key`]. `cat` run by a web request's `sh -c` is a lineage of
+/// its own even where `cat` under `sh` is routine elsewhere on the host.
+pub fn served_lineage_key(e: &Event, served_by: &str) -> u64 {
+    let mut buf = String::with_capacity(48);
+    buf.push_str(e.kind_name());
+    buf.push('\u{1e}');
+    // `php-fpm8.2` and `php-fpm8.3` are one server across an upgrade.
+    normalize_word_into(
+        served_by.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.'),
+        &mut buf,
+    );
+    buf.push('\u{1e}');
+    normalize_word_into(e.program_name(), &mut buf);
+    xxh3_64_with_seed(buf.as_bytes(), SEED)
+}
+
 /// Embeds one event.
 pub fn embed(e: &Event) -> Embedding {
     let mut h = Hasher::default();
@@ -638,6 +657,17 @@ mod tests {
         assert_eq!(long.program_name(), "postgres-worker");
         // A different program is a different lineage.
         assert_ne!(lineage_key(&a), lineage_key(&open("sh", "/usr/bin/sh")));
+        // Under a server: another key than the parent's lineage, the same
+        // for threads of one program and across the server's upgrade.
+        assert_ne!(served_lineage_key(&a, "cargo"), lineage_key(&a));
+        assert_eq!(
+            served_lineage_key(&a, "php-fpm8.2"),
+            served_lineage_key(&b, "php-fpm8.3")
+        );
+        assert_ne!(
+            served_lineage_key(&a, "php-fpm8.2"),
+            served_lineage_key(&a, "postgres")
+        );
     }
 
     use super::*;

@@ -22,6 +22,24 @@ use crate::score;
 /// control characters, so the pair is unambiguous).
 pub type WorkloadKey = String;
 
+/// What a new lineage is, for the explanation: the parent's (`served_by`
+/// None) or the web or database server's process tree's. "New" is "not
+/// learned yet": a lineage under a server that was flagged stays new for
+/// up to three flags.
+fn new_lineage_note(e: &Event, served_by: Option<&str>) -> Option<String> {
+    let program = e.program_name();
+    let parent = &e.parent_comm;
+    Some(match (e.kind_name(), served_by) {
+        (_, None) if parent.is_empty() => return None,
+        ("exec", None) => format!("new to this workload: {parent} starting {program}"),
+        (kind, None) => format!("new to this workload: {kind} by {program} under {parent}"),
+        ("exec", Some(s)) => format!("new to this workload: {program} in {s}'s process tree"),
+        (kind, Some(s)) => {
+            format!("new to this workload: {kind} by {program} in {s}'s process tree")
+        }
+    })
+}
+
 pub fn workload_key(org: &str, workload: &str) -> WorkloadKey {
     let mut k = String::with_capacity(org.len() + workload.len() + 1);
     k.push_str(org);
@@ -162,6 +180,11 @@ impl Judge {
             own_shift: 0.0,
             own_alert_shift: 0.0,
         };
+        let mut lineage_note = if signals.new_lineage {
+            new_lineage_note(&event, None)
+        } else {
+            None
+        };
         // The decision's log-odds before the workload's own operating
         // point, for that operating point (score::OwnScores).
         let mut own_logit = None;
@@ -170,8 +193,21 @@ impl Judge {
         // operating point) would have alerted: what the shift keeps from
         // the operator is still not learned.
         let mut fleet_alert = false;
+        // The lineage under the web or database server the process runs
+        // under, when the classifier's process table vouches for one.
+        let mut served = None;
         if let Some(c) = self.classifier.as_mut() {
             let (features, p) = c.classify(&event);
+            let server = &features.context.served_by;
+            if !server.is_empty() {
+                let k = outlier_common::featurize::served_lineage_key(&event, server);
+                let new = history.is_new_lineage(k, self.scoring.decision.adapt_min_events);
+                if new && !signals.new_lineage {
+                    signals.new_lineage = true;
+                    lineage_note = new_lineage_note(&event, Some(server));
+                }
+                served = Some(k);
+            }
             signals.p_malicious = p.p_malicious;
             signals.high_precision = outlier_classifier::high_precision(&features);
             let meta = &c.model().meta;
@@ -261,6 +297,10 @@ impl Judge {
                 .inc();
             threat = Some(a);
         }
+        if let Some(n) = lineage_note {
+            explanation.push_str("; ");
+            explanation.push_str(&n);
+        }
         if let Some(m) = &signature {
             verdict = Verdict::Alert;
             metrics::SIGNATURE_MATCHES.inc();
@@ -309,9 +349,25 @@ impl Judge {
                     .is_some()
                     .then(|| score::logit(signals.p_malicious)),
             );
+            // A web or database server's process tree runs a short, stable
+            // list of programs: once novelty is judged, a program new to
+            // it is learned from an event that was not flagged, and a
+            // flagged one counts as an unconfirmed alert. A web shell's
+            // first `cat` warning does not make its next `cat` routine.
+            if let Some(k) = served {
+                let judged = history.watched() >= self.scoring.decision.adapt_min_events;
+                if verdict == Verdict::Ok || !judged {
+                    history.learn_lineage(k);
+                } else {
+                    history.alerted(k);
+                }
+            }
         } else if signature.is_none() && repeat.is_none() {
             // An alert raised (a held-back repeat was raised before).
             history.alerted(lineage);
+            if let Some(k) = served {
+                history.alerted(k);
+            }
         }
         if let Some(a) = threat.as_ref().filter(|a| !a.explanation.is_empty()) {
             explanation.push_str("; ");

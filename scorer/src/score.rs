@@ -45,8 +45,10 @@ pub struct Signals {
     pub workload_offset: f32,
     /// The calibrated P(malicious).
     pub p_decision: f32,
-    /// The process lineage (kind, parent, program) is new to the workload
-    /// (false until the workload's lineages have been watched long enough).
+    /// The process lineage (kind, parent, program) is new to the workload,
+    /// or (kind, server, program) for a process under a web or database
+    /// server (false until the workload's lineages have been watched long
+    /// enough).
     pub new_lineage: bool,
     /// It alerted but repeats an alert awaiting feedback, so it was
     /// published `ok` (`repeats.rs`).
@@ -169,6 +171,13 @@ impl WorkloadHistory {
         if let Some(l) = logit {
             self.log_odds.add(l);
         }
+    }
+
+    /// Takes in another lineage a learned event showed (its lineage under
+    /// the server it runs under, `featurize::served_lineage_key`), without
+    /// counting the event again.
+    pub fn learn_lineage(&mut self, lineage: u64) {
+        self.shown(lineage);
     }
 
     /// Takes in a lineage a learned event showed.

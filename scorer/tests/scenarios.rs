@@ -419,3 +419,95 @@ fn a_workload_busy_with_new_work_flags_within_its_own_budget() {
     let held = share(&burst);
     assert!(held <= 0.05, "a burst after a quiet spell: {held}");
 }
+
+#[test]
+fn a_program_new_to_a_web_servers_process_tree_is_a_new_lineage() {
+    let mut scoring = ScoringConfig::default();
+    scoring.decision.adapt_min_events = 100;
+    let classifier = outlier_scorer::threat::classifier(&scoring.classifier).unwrap();
+    let mut judge = Judge::new(scoring, 200, classifier);
+    let template = load("baseline.jsonl", 1_800_000_000_000_000_000)
+        .into_iter()
+        .find(|e| e.workload == "web" && e.kind_name() == "exec")
+        .unwrap();
+    let mut clock = template.ts_ns;
+    let mut next_pid = 1_000u32;
+    let mut exec = |ppid: u32, comm: &str, parent: &str, argv: &[&str], after_s: u64| {
+        clock += after_s * 1_000_000_000;
+        next_pid += 1;
+        let mut e = template.clone();
+        e.event_id = format!("shop-{clock}");
+        e.workload = "shop".into();
+        e.host = "shop-1".into();
+        e.ts_ns = clock;
+        e.pid = next_pid;
+        e.ppid = ppid;
+        e.uid = 33;
+        e.comm = comm.to_string();
+        e.parent_comm = parent.to_string();
+        e.exe = format!("/usr/bin/{comm}");
+        if let Some(outlier_proto::event::Detail::Exec(x)) = e.detail.as_mut() {
+            x.argv = argv.iter().map(|a| a.to_string()).collect();
+        }
+        e
+    };
+    // The web app compresses uploads through `sh -c gzip`; a cron job
+    // counts log lines with `cat` and `wc`: both under `sh` are routine on
+    // the host.
+    let mut request_shell = 0;
+    for i in 0..150 {
+        let path = format!("/tmp/rep{i:04}");
+        let sh = exec(
+            100,
+            "sh",
+            "php-fpm8.2",
+            &["sh", "-c", &format!("gzip -9 '{path}'")],
+            1,
+        );
+        request_shell = sh.pid;
+        judge.score(sh);
+        judge.score(exec(request_shell, "gzip", "sh", &["gzip", "-9", &path], 0));
+        let sh = exec(
+            50,
+            "sh",
+            "cron",
+            &["sh", "-c", "cat /var/log/app.log | wc -l"],
+            0,
+        );
+        let pid = sh.pid;
+        judge.score(sh);
+        judge.score(exec(pid, "cat", "sh", &["cat", "/var/log/app.log"], 0));
+        judge.score(exec(pid, "wc", "sh", &["wc", "-l"], 0));
+    }
+    // A shell started by `parent` (pid `ppid`) running `cat FILE`; the
+    // `cat`'s scoring.
+    let mut cat_under = |ppid: u32, parent: &str, file: &str| {
+        let line = format!("cat {file}");
+        let sh = exec(ppid, "sh", parent, &["sh", "-c", &line], 1);
+        let pid = sh.pid;
+        judge.score(sh);
+        judge.score_detailed(exec(pid, "cat", "sh", &["cat", file], 0))
+    };
+    // Run by a web request's shell: new to the web server's process tree.
+    let (web, ws) = cat_under(100, "php-fpm8.2", "/etc/login.defs");
+    assert!(ws.new_lineage, "{}", web.explanation);
+    assert!(
+        web.explanation
+            .contains("new to this workload: cat in php-fpm8.2's process tree"),
+        "{}",
+        web.explanation
+    );
+    // A flagged event does not teach the web server's tree its program:
+    // the next request's `cat` is still new to it.
+    assert_ne!(web.verdict(), Verdict::Ok, "{}", web.explanation);
+    let (again, gs) = cat_under(100, "php-fpm8.2", "config.php");
+    assert!(gs.new_lineage, "{}", again.explanation);
+    // The same read under cron's shell: nothing new about its lineage.
+    let (cron, cs) = cat_under(50, "cron", "/etc/login.defs");
+    assert!(!cs.new_lineage, "{}", cron.explanation);
+    // A shell of the pid of an old request's, ten minutes on (pids come
+    // round; the collector reports no exits), is not taken for the web
+    // server's: `wc` under it is routine (under cron's shells).
+    let (stale, ss) = judge.score_detailed(exec(request_shell, "wc", "sh", &["wc", "-l"], 600));
+    assert!(!ss.new_lineage, "{}", stale.explanation);
+}
