@@ -640,7 +640,7 @@ fn extract(h: &mut HostState, l: &Limits, ev: &Event) -> Features {
     }
     placement(&mut v, ev, &who);
     let ancestors = ancestry(&mut v, h, &who, &mut ctx);
-    ctx.served_by = served_by(h, &who, now);
+    ctx.served_by = served_by(h, ev, &who, now);
     ctx.provisioning = provisioning(ev, &who, is_exec);
     let cmd = command_line(&mut v, ev, &who);
     ctx.command_technique = match (&ev.detail, &who.known) {
@@ -728,8 +728,11 @@ fn is_server(name: &str) -> bool {
 /// is not vouched for before a server is found. A process that forks
 /// without an exec (a subshell, a daemonising double fork) has no entry
 /// and ends the chain.
-fn served_by(h: &HostState, who: &Subject, now: u64) -> String {
-    if is_server(&who.comm) {
+fn served_by(h: &HostState, ev: &Event, who: &Subject, now: u64) -> String {
+    // The kernel's name of the process counts too: a server's process the
+    // collector reports with a stale executable (a forked PostgreSQL
+    // backend on the pid of an earlier `awk`) is still the server.
+    if is_server(&who.comm) || is_server(&ev.comm) {
         return String::new();
     }
     let mut name = who.parent_comm.as_str();
@@ -1659,6 +1662,16 @@ mod tests {
             ..Default::default()
         }));
         assert_eq!(x.observe(&c).context.served_by, "php-fpm8.2");
+        // A server's process reported with a stale executable (another
+        // program's, of the pid before it) is still the server's own.
+        let mut stale_exe = exec(801, 100, "php-fpm8.2", "php-fpm8.2", 33, &[], t);
+        stale_exe.exe = "/usr/bin/awk".into();
+        stale_exe.detail = Some(Detail::Open(outlier_proto::Open {
+            path: "/srv/app/index.php".into(),
+            ..Default::default()
+        }));
+        assert_eq!(stale_exe.program_name(), "awk");
+        assert_eq!(x.observe(&stale_exe).context.served_by, "");
     }
 
     #[test]
