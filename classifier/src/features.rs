@@ -533,6 +533,20 @@ impl Extractor {
         self.hosts.values().map(HostState::approx_bytes).sum()
     }
 
+    /// The web or database server the event's process runs under
+    /// ([`Context::served_by`]), from the host's table as it stands now,
+    /// without taking the event in: for an operator's answer about an
+    /// event scored before. Empty when the host is no longer tracked or
+    /// the chain is gone.
+    pub fn served_by_of(&self, ev: &Event) -> String {
+        let key = fnv(&[ev.workload.as_bytes(), ev.host.as_bytes()]);
+        let Some(h) = self.hosts.get(&ev.org, key) else {
+            return String::new();
+        };
+        let is_exec = matches!(ev.detail, Some(Detail::Exec(_)));
+        served_by(h, ev, &Subject::of(h, ev, is_exec), ev.ts_ns)
+    }
+
     /// The event's features; the host's state then takes the event in.
     pub fn observe(&mut self, ev: &Event) -> Features {
         let key = fnv(&[ev.workload.as_bytes(), ev.host.as_bytes()]);

@@ -448,6 +448,22 @@ impl Judge {
         if let Some(h) = self.history.get_mut(&key) {
             let bkey = outlier_common::featurize::behaviour_key(&v);
             h.pending.resolved(crate::repeats::key(&event.host, bkey));
+            // Confirmed benign: its lineages are the workload's, under
+            // its parent and under the server it ran under (while the
+            // process table still shows that chain).
+            if fb.label() == FeedbackLabel::Benign {
+                h.learn_lineage(outlier_common::featurize::lineage_key(event));
+                let server = self
+                    .classifier
+                    .as_ref()
+                    .map(|c| c.extractor().served_by_of(event))
+                    .unwrap_or_default();
+                if !server.is_empty() {
+                    h.learn_lineage(outlier_common::featurize::served_lineage_key(
+                        event, &server,
+                    ));
+                }
+            }
         }
         let baseline = self.baselines.entry(key).or_default();
         match fb.label() {

@@ -481,7 +481,7 @@ fn a_program_new_to_a_web_servers_process_tree_is_a_new_lineage() {
     }
     // A shell started by `parent` (pid `ppid`) running `cat FILE`; the
     // `cat`'s scoring.
-    let mut cat_under = |ppid: u32, parent: &str, file: &str| {
+    let mut cat_under = |judge: &mut Judge, ppid: u32, parent: &str, file: &str| {
         let line = format!("cat {file}");
         let sh = exec(ppid, "sh", parent, &["sh", "-c", &line], 1);
         let pid = sh.pid;
@@ -489,7 +489,7 @@ fn a_program_new_to_a_web_servers_process_tree_is_a_new_lineage() {
         judge.score_detailed(exec(pid, "cat", "sh", &["cat", file], 0))
     };
     // Run by a web request's shell: new to the web server's process tree.
-    let (web, ws) = cat_under(100, "php-fpm8.2", "/etc/login.defs");
+    let (web, ws) = cat_under(&mut judge, 100, "php-fpm8.2", "/etc/login.defs");
     assert!(ws.new_lineage, "{}", web.explanation);
     assert!(
         web.explanation
@@ -500,10 +500,21 @@ fn a_program_new_to_a_web_servers_process_tree_is_a_new_lineage() {
     // A flagged event does not teach the web server's tree its program:
     // the next request's `cat` is still new to it.
     assert_ne!(web.verdict(), Verdict::Ok, "{}", web.explanation);
-    let (again, gs) = cat_under(100, "php-fpm8.2", "config.php");
+    let (again, gs) = cat_under(&mut judge, 100, "php-fpm8.2", "config.php");
     assert!(gs.new_lineage, "{}", again.explanation);
+    // An operator confirms it benign: `cat` is the tree's own from then on.
+    let confirmed = again.event.clone().unwrap();
+    judge.feedback(&outlier_proto::Feedback {
+        ts_ns: confirmed.ts_ns + 1,
+        event: Some(confirmed),
+        label: outlier_proto::FeedbackLabel::Benign as i32,
+        actor: "op".into(),
+        note: String::new(),
+    });
+    let (answered, an) = cat_under(&mut judge, 100, "php-fpm8.2", "VERSION");
+    assert!(!an.new_lineage, "{}", answered.explanation);
     // The same read under cron's shell: nothing new about its lineage.
-    let (cron, cs) = cat_under(50, "cron", "/etc/login.defs");
+    let (cron, cs) = cat_under(&mut judge, 50, "cron", "/etc/login.defs");
     assert!(!cs.new_lineage, "{}", cron.explanation);
     // A shell of the pid of an old request's, ten minutes on (pids come
     // round; the collector reports no exits), is not taken for the web
