@@ -539,8 +539,7 @@ impl Extractor {
     /// event scored before. Empty when the host is no longer tracked or
     /// the chain is gone.
     pub fn served_by_of(&self, ev: &Event) -> String {
-        let key = fnv(&[ev.workload.as_bytes(), ev.host.as_bytes()]);
-        let Some(h) = self.hosts.get(&ev.org, key) else {
+        let Some(h) = self.hosts.get(&ev.org, host_key(ev)) else {
             return String::new();
         };
         let is_exec = matches!(ev.detail, Some(Detail::Exec(_)));
@@ -549,11 +548,17 @@ impl Extractor {
 
     /// The event's features; the host's state then takes the event in.
     pub fn observe(&mut self, ev: &Event) -> Features {
-        let key = fnv(&[ev.workload.as_bytes(), ev.host.as_bytes()]);
         let limits = self.limits;
-        let host = self.hosts.entry(&ev.org, key, || HostState::new(&limits));
+        let host = self
+            .hosts
+            .entry(&ev.org, host_key(ev), || HostState::new(&limits));
         extract(host, &limits, ev)
     }
+}
+
+/// The key of the event's host (and workload) in the state store.
+fn host_key(ev: &Event) -> u64 {
+    fnv(&[ev.workload.as_bytes(), ev.host.as_bytes()])
 }
 
 /// The process behind an event and its parent, as the event and the host's

@@ -41,13 +41,7 @@ const W_PATH: f32 = 1.0;
 /// and its own program's name, both normalised as in [`embed`] (so
 /// `runner-job-XXXX` children or numbered workers share one lineage).
 pub fn lineage_key(e: &Event) -> u64 {
-    let mut buf = String::with_capacity(48);
-    buf.push_str(e.kind_name());
-    buf.push('\u{1f}');
-    normalize_word_into(&e.parent_comm, &mut buf);
-    buf.push('\u{1f}');
-    normalize_word_into(e.program_name(), &mut buf);
-    xxh3_64_with_seed(buf.as_bytes(), SEED)
+    lineage_hash(e, '\u{1f}', &e.parent_comm)
 }
 
 /// The lineage of an event's process under the web or database server it
@@ -56,15 +50,19 @@ pub fn lineage_key(e: &Event) -> u64 {
 /// [`lineage_key`]. `cat` run by a web request's `sh -c` is a lineage of
 /// its own even where `cat` under `sh` is routine elsewhere on the host.
 pub fn served_lineage_key(e: &Event, served_by: &str) -> u64 {
+    // `php-fpm8.2` and `php-fpm8.3` are one server across an upgrade.
+    let server = served_by.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.');
+    lineage_hash(e, '\u{1e}', server)
+}
+
+/// The event's kind, `above` (its parent or its server) and its program,
+/// normalised and hashed; `sep` keeps the two kinds of lineage apart.
+fn lineage_hash(e: &Event, sep: char, above: &str) -> u64 {
     let mut buf = String::with_capacity(48);
     buf.push_str(e.kind_name());
-    buf.push('\u{1e}');
-    // `php-fpm8.2` and `php-fpm8.3` are one server across an upgrade.
-    normalize_word_into(
-        served_by.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.'),
-        &mut buf,
-    );
-    buf.push('\u{1e}');
+    buf.push(sep);
+    normalize_word_into(above, &mut buf);
+    buf.push(sep);
     normalize_word_into(e.program_name(), &mut buf);
     xxh3_64_with_seed(buf.as_bytes(), SEED)
 }
