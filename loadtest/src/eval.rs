@@ -28,7 +28,8 @@ use outlier_common::json::{JsonEvent, to_event};
 use outlier_proto::Event;
 use serde::{Deserialize, Serialize};
 
-use crate::sim::{Attack, Rng, addresses, attack_tactic, files, shell_words, split_pipeline};
+use crate::shell;
+use crate::sim::{Attack, Rng, attack_tactic};
 
 /// One host's capture, in time order: one or more recordings of it.
 #[derive(Debug, Clone)]
@@ -255,6 +256,9 @@ struct Anchor {
     ppid: u32,
     uid: u32,
     cwd: String,
+    /// The parent's own pid and name's parent (where known): a job runner
+    /// whose shell runs the commands itself.
+    grandparent: (u32, String),
 }
 
 /// Builds the streams: splits each capture at `split` of its time span,
@@ -379,6 +383,13 @@ fn random_time(windows: &[(u64, u64)], rng: &mut Rng) -> (u64, usize) {
 fn find_anchors(c: &Capture) -> Vec<(&'static str, Anchor)> {
     let mut out = Vec::new();
     let mut seen = HashSet::new();
+    // Each process's parent, from its events.
+    let mut parents: HashMap<u32, (u32, String)> = HashMap::new();
+    for e in &c.events {
+        if let (Some(p), Some(pp), Some(pc)) = (e.pid, e.ppid, e.parent_comm.as_ref()) {
+            parents.entry(p).or_insert_with(|| (pp, pc.clone()));
+        }
+    }
     let anchor = |e: &JsonEvent, parent: &str, uid: u32, cwd: &str| Anchor {
         host: c.host.clone(),
         workload: c.workload.clone(),
@@ -386,6 +397,10 @@ fn find_anchors(c: &Capture) -> Vec<(&'static str, Anchor)> {
         ppid: e.pid.unwrap_or(0),
         uid,
         cwd: cwd.to_string(),
+        grandparent: parents
+            .get(&e.ppid.unwrap_or(0))
+            .cloned()
+            .unwrap_or((1, "systemd".into())),
     };
     for e in &c.events {
         if e.kind.as_deref() != Some("exec") {
@@ -445,6 +460,7 @@ fn find_anchors(c: &Capture) -> Vec<(&'static str, Anchor)> {
                 ppid: 1_900_000 + (xxhash_rust::xxh3::xxh3_64(c.host.as_bytes()) % 90_000) as u32,
                 uid: 0,
                 cwd: home.into(),
+                grandparent: (1, "systemd".into()),
             },
         ));
     }
@@ -461,6 +477,10 @@ fn find_anchors(c: &Capture) -> Vec<(&'static str, Anchor)> {
                         ppid: e.ppid.unwrap_or(0),
                         uid: e.uid.unwrap_or(0),
                         cwd: e.cwd.clone().unwrap_or_else(|| "/tmp".into()),
+                        grandparent: parents
+                            .get(&e.ppid.unwrap_or(0))
+                            .cloned()
+                            .unwrap_or((1, "systemd".into())),
                     },
                 ));
                 break;
@@ -481,112 +501,106 @@ fn attack_events(
 ) -> Vec<JsonEvent> {
     let mut out = Vec::new();
     let mut t = at;
-    let pid = |rng: &mut Rng| 200_000 + rng.below(2_000_000) as u32;
     let uid = match ctx {
         "ssh-session" if a.elevated => 0,
         "ssh-session" => 1000,
         _ => anchor.uid,
     };
-    let base = |kind: &str, t: u64| JsonEvent {
-        org: Some(org.to_string()),
-        workload: Some(anchor.workload.clone()),
-        host: Some(anchor.host.clone()),
-        kind: Some(kind.to_string()),
-        ts_ns: Some(t),
-        uid: Some(uid),
-        gid: Some(uid),
-        ..JsonEvent::default()
-    };
-    // The session or shell the commands run in.
-    let (mut parent, mut ppid) = (anchor.parent.clone(), anchor.ppid);
     let cwd = anchor.cwd.clone();
-    let shell = match ctx {
-        "web-rce" => Some(("sh", vec!["sh".into(), "-c".into(), a.commands[0].clone()])),
-        "ssh-session" => Some(("bash", vec!["-bash".into()])),
-        _ => None,
+    let home = match (ctx, uid) {
+        ("ssh-session", 0) | ("cron", _) => "/root".to_string(),
+        ("ssh-session", _) => anchor.cwd.clone(),
+        ("web-rce", _) => "/var/www".to_string(),
+        _ => cwd.clone(),
     };
-    if let Some((comm, argv)) = shell {
-        let p = pid(rng);
-        let mut e = base("exec", t);
-        e.pid = Some(p);
-        e.ppid = Some(ppid);
-        e.comm = Some(comm.into());
-        e.parent_comm = Some(if ctx == "ssh-session" {
-            "sshd".into()
+    // Stamps an event with where and when it happened.
+    let push = |e: JsonEvent, t: &mut u64, rng: &mut Rng, out: &mut Vec<JsonEvent>| {
+        *t += if e.kind.as_deref() == Some("exec") {
+            rng.below(50) as u64 * 1_000_000
         } else {
-            parent.clone()
+            1_000_000
+        };
+        out.push(JsonEvent {
+            org: Some(org.to_string()),
+            workload: Some(anchor.workload.clone()),
+            host: Some(anchor.host.clone()),
+            ts_ns: Some(*t),
+            ..e
         });
-        e.exe = Some(format!("/usr/bin/{comm}"));
-        e.argv = Some(argv);
-        e.cwd = Some(cwd.clone());
-        out.push(e);
-        parent = comm.to_string();
-        ppid = p;
-    }
+    };
+    let new_pid = |rng: &mut Rng| 200_000 + rng.below(2_000_000) as u32;
+    // An ssh session's login shell runs every command; a job runner's own
+    // shell runs the job's; a web exploit and cron start `sh -c` per command.
+    let login = (ctx == "ssh-session").then(|| {
+        let p = new_pid(rng);
+        let e = JsonEvent {
+            kind: Some("exec".into()),
+            pid: Some(p),
+            ppid: Some(anchor.ppid),
+            uid: Some(uid),
+            gid: Some(uid),
+            comm: Some("bash".into()),
+            parent_comm: Some("sshd".into()),
+            exe: Some("/usr/bin/bash".into()),
+            argv: Some(vec!["-bash".into()]),
+            cwd: Some(cwd.clone()),
+            ..JsonEvent::default()
+        };
+        push(e, &mut t, rng, &mut out);
+        p
+    });
     for cmd in a.commands.iter().take(12) {
         t += 1_000_000_000 + rng.below(4_000) as u64 * 1_000_000;
-        let segments = split_pipeline(cmd);
-        let (seg_parent, seg_ppid) = if segments.len() > 1 || ctx == "cron" {
-            let p = pid(rng);
-            let mut e = base("exec", t);
-            e.pid = Some(p);
-            e.ppid = Some(ppid);
-            e.comm = Some("sh".into());
-            e.parent_comm = Some(parent.clone());
-            e.exe = Some("/usr/bin/sh".into());
-            e.argv = Some(vec!["sh".into(), "-c".into(), cmd.clone()]);
-            e.cwd = Some(cwd.clone());
-            out.push(e);
-            ("sh".to_string(), p)
-        } else {
-            (parent.clone(), ppid)
+        let shell = match (ctx, login) {
+            (_, Some(p)) => shell::Shell {
+                pid: p,
+                comm: "bash",
+                ppid: anchor.ppid,
+                parent_comm: "sshd",
+                uid,
+                cwd: &cwd,
+                home: &home,
+            },
+            ("ci-job", _) => shell::Shell {
+                pid: anchor.ppid,
+                comm: &anchor.parent,
+                ppid: anchor.grandparent.0,
+                parent_comm: &anchor.grandparent.1,
+                uid,
+                cwd: &cwd,
+                home: &home,
+            },
+            _ => {
+                let p = new_pid(rng);
+                let e = JsonEvent {
+                    kind: Some("exec".into()),
+                    pid: Some(p),
+                    ppid: Some(anchor.ppid),
+                    uid: Some(uid),
+                    gid: Some(uid),
+                    comm: Some("sh".into()),
+                    parent_comm: Some(anchor.parent.clone()),
+                    exe: Some("/usr/bin/sh".into()),
+                    argv: Some(vec!["sh".into(), "-c".into(), cmd.clone()]),
+                    cwd: Some(cwd.clone()),
+                    ..JsonEvent::default()
+                };
+                push(e, &mut t, rng, &mut out);
+                shell::Shell {
+                    pid: p,
+                    comm: "sh",
+                    ppid: anchor.ppid,
+                    parent_comm: &anchor.parent,
+                    uid,
+                    cwd: &cwd,
+                    home: &home,
+                }
+            }
         };
-        for seg in &segments {
-            let words = shell_words(seg);
-            let Some(prog) = words.first() else { continue };
-            let comm: String = prog
-                .rsplit('/')
-                .next()
-                .unwrap_or(prog)
-                .chars()
-                .take(15)
-                .collect();
-            let p = pid(rng);
-            t += rng.below(50) as u64 * 1_000_000;
-            let mut e = base("exec", t);
-            e.pid = Some(p);
-            e.ppid = Some(seg_ppid);
-            e.comm = Some(comm.clone());
-            e.parent_comm = Some(seg_parent.clone());
-            e.exe = Some(if prog.starts_with('/') {
-                prog.clone()
-            } else {
-                format!("/usr/bin/{prog}")
-            });
-            e.argv = Some(words.clone());
-            e.cwd = Some(cwd.clone());
-            out.push(e);
-            for (ip, port) in addresses(&words) {
-                t += 1_000_000;
-                let mut c = base("connect", t);
-                c.pid = Some(p);
-                c.comm = Some(comm.clone());
-                c.parent_comm = Some(seg_parent.clone());
-                c.remote_ip = Some(ip);
-                c.remote_port = Some(port);
-                c.protocol = Some("tcp".into());
-                out.push(c);
-            }
-            for (path, write) in files(&words) {
-                t += 1_000_000;
-                let mut o = base("open", t);
-                o.pid = Some(p);
-                o.comm = Some(comm.clone());
-                o.parent_comm = Some(seg_parent.clone());
-                o.path = Some(path);
-                o.flags = Some(if write { 0o1101 } else { 0 });
-                out.push(o);
-            }
+        let shell = shell.clone();
+        let evs = shell::events(cmd, &shell, || new_pid(rng));
+        for e in evs {
+            push(e, &mut t, rng, &mut out);
         }
     }
     out

@@ -11,4 +11,5 @@ pub mod dataset;
 pub mod eval;
 pub mod report;
 pub mod run;
+pub mod shell;
 pub mod sim;

@@ -19,6 +19,8 @@ use std::path::Path;
 use outlier_common::json::JsonEvent;
 use serde::{Deserialize, Serialize};
 
+use crate::shell;
+
 /// Ground truth of one event.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Label {
@@ -378,41 +380,49 @@ impl Simulator {
         self.emit(wl, host, e, label.clone());
     }
 
-    /// Emits the events one shell command line causes: an exec per program
-    /// of the pipeline (under a shell when there are several), a connect per
-    /// address it names, an open per sensitive file it reads or any file it
-    /// writes.
+    /// Emits the events one shell command line causes (`shell::events`): run
+    /// by `sh -c` under cron and under a web server, by the parent's own
+    /// shell otherwise (a login shell, a job runner).
     fn command(&mut self, wl: usize, host: &str, ctx: &Ctx, cmdline: &str, label: &Label) {
-        let segments = split_pipeline(cmdline);
-        let multi = segments.len() > 1;
-        let shell = multi.then(|| {
-            self.spawn(
+        let ppid = if ctx.ppid != 0 {
+            ctx.ppid
+        } else {
+            daemon_pid(host, ctx.parent)
+        };
+        let wrapped = ctx.parent == "cron" || ctx.parent.starts_with("php-fpm");
+        let shell = if wrapped {
+            let sh = self.spawn(
                 wl,
                 host,
                 ctx,
                 "sh",
                 vec!["sh".into(), "-c".into(), cmdline.to_string()],
                 label,
-            )
-        });
-        for seg in &segments {
-            let words = shell_words(seg);
-            let Some(prog) = words.first() else { continue };
-            let comm = prog.rsplit('/').next().unwrap_or(prog).to_string();
-            let mut child = Ctx {
-                parent: if multi { "sh" } else { ctx.parent },
-                ppid: shell.unwrap_or(ctx.ppid),
-                pid: 0,
-                ..ctx.clone()
-            };
-            child.pid = self.spawn(wl, host, &child, &comm, words.clone(), label);
-            for (ip, port) in addresses(&words) {
-                self.connect(wl, host, &child, &comm, ip, port, label);
+            );
+            shell::Shell {
+                pid: sh,
+                comm: "sh",
+                ppid,
+                parent_comm: ctx.parent,
+                uid: ctx.uid,
+                cwd: ctx.cwd,
+                home: if ctx.uid == 0 { "/root" } else { ctx.cwd },
             }
-            for (path, write) in files(&words) {
-                let flags = if write { 0o1101 } else { 0 };
-                self.open(wl, host, &child, &comm, path, flags, label);
+        } else {
+            shell::Shell {
+                pid: ppid,
+                comm: ctx.parent,
+                ppid: daemon_pid(host, "sshd"),
+                parent_comm: "sshd",
+                uid: ctx.uid,
+                cwd: ctx.cwd,
+                home: if ctx.uid == 0 { "/root" } else { ctx.cwd },
             }
+        };
+        let rng = &mut self.rng;
+        let evs = shell::events(cmdline, &shell, || 1000 + rng.below(60000) as u32);
+        for e in evs {
+            self.emit(wl, host, e, label.clone());
         }
     }
 
@@ -731,24 +741,7 @@ impl Simulator {
             attack_id: a.id.clone(),
             context: ctx.context.to_string(),
         };
-        // A web exploit starts with the web server spawning a shell.
-        let ctx = if ctx.context == "web-rce" {
-            let sh = self.spawn(
-                wl,
-                &host,
-                &ctx,
-                "sh",
-                vec!["sh".into(), "-c".into(), a.commands[0].clone()],
-                &label,
-            );
-            Ctx {
-                parent: "sh",
-                ppid: sh,
-                ..ctx
-            }
-        } else {
-            ctx
-        };
+        // A web exploit's commands each run in a `sh -c` the web server starts.
         for cmd in a.commands.iter().take(12) {
             self.command(wl, &host, &ctx, cmd, &label);
         }
@@ -955,18 +948,6 @@ pub fn addresses(words: &[String]) -> Vec<(String, u32)> {
 /// target of `>`/`>>`, of `tee`, `cp`, `mv`, `dd of=`) and reads of
 /// sensitive files.
 pub fn files(words: &[String]) -> Vec<(String, bool)> {
-    const SENSITIVE: [&str; 10] = [
-        "/etc/shadow",
-        "/etc/passwd",
-        "/etc/sudoers",
-        "/.ssh/",
-        "/etc/cron",
-        "/var/spool/cron",
-        "/root/",
-        "/etc/gshadow",
-        "authorized_keys",
-        "/proc/kcore",
-    ];
     let mut out = Vec::new();
     let prog = words
         .first()
@@ -987,13 +968,54 @@ pub fn files(words: &[String]) -> Vec<(String, bool)> {
             || prev == ">>"
             || w.starts_with("of=")
             || (matches!(prog, "tee" | "cp" | "mv" | "install" | "touch") && i == words.len() - 1);
-        let sensitive = SENSITIVE.iter().any(|s| path.contains(s));
-        if write || sensitive {
+        if reported_open(&path, write) {
             out.push((path, write));
         }
     }
+    // `sed -i` writes its result to a temporary file beside the target and
+    // renames it over the target.
+    let in_place = words
+        .iter()
+        .any(|w| w.starts_with("-i") || w.starts_with("--in-place"));
+    if prog == "sed"
+        && in_place
+        && let Some(target) = words.iter().skip(1).rev().find(|w| w.starts_with('/'))
+    {
+        let dir = target.rsplit_once('/').map_or("", |(d, _)| d);
+        const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+        let mut h = xxhash_rust::xxh3::xxh3_64(target.as_bytes());
+        let suffix: String = (0..6)
+            .map(|_| {
+                let c = ALNUM[(h % ALNUM.len() as u64) as usize] as char;
+                h /= ALNUM.len() as u64;
+                c
+            })
+            .collect();
+        out.push((format!("{dir}/sed{suffix}"), true));
+    }
     out.truncate(4);
     out
+}
+
+/// Whether the collector's open filter reports an open: any write outside
+/// /dev, and reads of sensitive files.
+pub fn reported_open(path: &str, write: bool) -> bool {
+    const SENSITIVE: [&str; 10] = [
+        "/etc/shadow",
+        "/etc/passwd",
+        "/etc/sudoers",
+        "/.ssh/",
+        "/etc/cron",
+        "/var/spool/cron",
+        "/root/",
+        "/etc/gshadow",
+        "authorized_keys",
+        "/proc/kcore",
+    ];
+    if path.starts_with("/dev/") || path.is_empty() {
+        return false;
+    }
+    write || SENSITIVE.iter().any(|s| path.contains(s))
 }
 
 #[cfg(test)]

@@ -320,11 +320,11 @@ impl Default for DecisionConfig {
     fn default() -> Self {
         Self {
             mode: DecisionMode::Calibrated,
-            bias: -7.0610,
-            anomaly: 4.7144,
-            classifier: 1.1786,
-            high_precision: 14.1431,
-            new_lineage: 4.7144,
+            bias: -3.6509,
+            anomaly: 3.4917,
+            classifier: 0.8729,
+            high_precision: 10.4751,
+            new_lineage: 3.4917,
             repeated: 2,
             warn: 0.5,
             alert: 0.9,
