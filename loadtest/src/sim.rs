@@ -944,10 +944,10 @@ pub fn addresses(words: &[String]) -> Vec<(String, u32)> {
     out
 }
 
-/// Paths the collector's open filter would report: any file written (the
-/// target of `>`/`>>`, of `tee`, `cp`, `mv`, `dd of=`) and reads of
-/// sensitive files.
-pub fn files(words: &[String]) -> Vec<(String, bool)> {
+/// Paths the collector's open filter would report of a program's
+/// arguments: any file written (the target of `tee`, `cp`, `mv`, `dd of=`)
+/// and reads of sensitive files; `~` is `home`.
+pub fn files(words: &[String], home: &str) -> Vec<(String, bool)> {
     let mut out = Vec::new();
     let prog = words
         .first()
@@ -959,10 +959,13 @@ pub fn files(words: &[String]) -> Vec<(String, bool)> {
             .trim_start_matches(['>', '<'])
             .trim_start_matches("of=")
             .trim_start_matches("if=");
-        if !(path.starts_with('/') || path.starts_with("~/")) || path.starts_with("/dev/") {
+        if !(path.starts_with('/') || path.starts_with("~/")) {
             continue;
         }
-        let path = path.replacen("~/", "/root/", 1);
+        let path = match path.strip_prefix("~/") {
+            Some(rest) => format!("{}/{rest}", home.trim_end_matches('/')),
+            None => path.to_string(),
+        };
         let write = w.starts_with('>')
             || prev == ">"
             || prev == ">>"
@@ -997,25 +1000,58 @@ pub fn files(words: &[String]) -> Vec<(String, bool)> {
     out
 }
 
-/// Whether the collector's open filter reports an open: any write outside
-/// /dev, and reads of sensitive files.
+/// Whether the collector's open filter reports an open, with its default
+/// configuration (collector/src/config.rs, `CaptureConfig::default`): any
+/// write outside its quiet paths, and reads of sensitive files.
 pub fn reported_open(path: &str, write: bool) -> bool {
-    const SENSITIVE: [&str; 10] = [
+    const SENSITIVE: [&str; 18] = [
         "/etc/shadow",
-        "/etc/passwd",
-        "/etc/sudoers",
-        "/.ssh/",
-        "/etc/cron",
-        "/var/spool/cron",
-        "/root/",
         "/etc/gshadow",
-        "authorized_keys",
-        "/proc/kcore",
+        "/etc/sudoers",
+        "/etc/security/opasswd",
+        "/etc/ssh/ssh_host_",
+        "/etc/ssl/private/",
+        "/etc/crontab",
+        "/etc/cron.d/",
+        "/etc/cron.hourly/",
+        "/etc/cron.daily/",
+        "/etc/cron.weekly/",
+        "/etc/cron.monthly/",
+        "/var/spool/cron/",
+        "/etc/krb5.keytab",
+        "/etc/kubernetes/pki/",
+        "/var/run/secrets/",
+        "/run/secrets/",
+        "/etc/ld.so.preload",
     ];
-    if path.starts_with("/dev/") || path.is_empty() {
+    const IN_HOMES: [&str; 10] = [
+        "/.ssh/",
+        "/.bash_history",
+        "/.zsh_history",
+        "/.aws/",
+        "/.kube/",
+        "/.gnupg/",
+        "/.docker/config.json",
+        "/.git-credentials",
+        "/.netrc",
+        "/.pgpass",
+    ];
+    const QUIET: [&str; 7] = [
+        "/dev/null",
+        "/dev/tty",
+        "/dev/pts/",
+        "/dev/ptmx",
+        "/dev/console",
+        "/proc/",
+        "/sys/",
+    ];
+    if path.is_empty() || QUIET.iter().any(|q| path.starts_with(q)) {
         return false;
     }
-    write || SENSITIVE.iter().any(|s| path.contains(s))
+    let home = path.starts_with("/root/") || path.starts_with("/home/");
+    write
+        || SENSITIVE.iter().any(|s| path.starts_with(s))
+        || (home && IN_HOMES.iter().any(|h| path.contains(h)))
 }
 
 #[cfg(test)]
@@ -1129,13 +1165,23 @@ mod tests {
             [("203.0.113.7".to_string(), 4444)]
         );
         assert_eq!(
-            files(&shell_words("cat /etc/shadow")),
+            files(&shell_words("cat /etc/shadow"), "/root"),
             [("/etc/shadow".to_string(), false)]
         );
         assert_eq!(
-            files(&shell_words("echo x > /etc/cron.d/evil")),
+            files(&shell_words("echo x > /etc/cron.d/evil"), "/root"),
             [("/etc/cron.d/evil".to_string(), true)]
         );
-        assert!(files(&shell_words("ls /var/www")).is_empty());
+        assert!(files(&shell_words("ls /var/www"), "/root").is_empty());
+        // As the collector's filter: /etc/passwd reads are not reported,
+        // a home's keys are, and /dev/shm writes are.
+        assert!(files(&shell_words("cat /etc/passwd"), "/root").is_empty());
+        assert_eq!(
+            files(&shell_words("cat ~/.aws/credentials"), "/home/dev"),
+            [("/home/dev/.aws/credentials".to_string(), false)]
+        );
+        assert!(reported_open("/dev/shm/.x", true));
+        assert!(!reported_open("/dev/null", true));
+        assert!(!reported_open("/proc/1/environ", false));
     }
 }
