@@ -320,11 +320,11 @@ impl Default for DecisionConfig {
     fn default() -> Self {
         Self {
             mode: DecisionMode::Calibrated,
-            bias: -3.6509,
-            anomaly: 3.4917,
-            classifier: 0.8729,
-            high_precision: 10.4751,
-            new_lineage: 3.4917,
+            bias: -2.7358,
+            anomaly: 2.8101,
+            classifier: 0.7025,
+            high_precision: 8.4304,
+            new_lineage: 2.8101,
             repeated: 2,
             warn: 0.5,
             alert: 0.9,
