@@ -535,23 +535,25 @@ fn attack_events(
         });
     };
     let new_pid = |rng: &mut Rng| 200_000 + rng.below(2_000_000) as u32;
+    // The exec of the shell a test's commands run in, under the anchor.
+    let shell_exec = |pid: u32, comm: &str, parent: &str, argv: Vec<String>| JsonEvent {
+        kind: Some("exec".into()),
+        pid: Some(pid),
+        ppid: Some(anchor.ppid),
+        uid: Some(uid),
+        gid: Some(uid),
+        comm: Some(comm.into()),
+        parent_comm: Some(parent.into()),
+        exe: Some(format!("/usr/bin/{comm}")),
+        argv: Some(argv),
+        cwd: Some(cwd.clone()),
+        ..JsonEvent::default()
+    };
     // An ssh session's login shell runs every command; a job runner's own
     // shell runs the job's; a web exploit and cron start `sh -c` per command.
     let login = (ctx == "ssh-session").then(|| {
         let p = new_pid(rng);
-        let e = JsonEvent {
-            kind: Some("exec".into()),
-            pid: Some(p),
-            ppid: Some(anchor.ppid),
-            uid: Some(uid),
-            gid: Some(uid),
-            comm: Some("bash".into()),
-            parent_comm: Some("sshd".into()),
-            exe: Some("/usr/bin/bash".into()),
-            argv: Some(vec!["-bash".into()]),
-            cwd: Some(cwd.clone()),
-            ..JsonEvent::default()
-        };
+        let e = shell_exec(p, "bash", "sshd", vec!["-bash".into()]);
         push(e, &mut t, rng, &mut out);
         p
     });
@@ -578,19 +580,8 @@ fn attack_events(
             },
             _ => {
                 let p = new_pid(rng);
-                let e = JsonEvent {
-                    kind: Some("exec".into()),
-                    pid: Some(p),
-                    ppid: Some(anchor.ppid),
-                    uid: Some(uid),
-                    gid: Some(uid),
-                    comm: Some("sh".into()),
-                    parent_comm: Some(anchor.parent.clone()),
-                    exe: Some("/usr/bin/sh".into()),
-                    argv: Some(vec!["sh".into(), "-c".into(), cmd.clone()]),
-                    cwd: Some(cwd.clone()),
-                    ..JsonEvent::default()
-                };
+                let argv = vec!["sh".into(), "-c".into(), cmd.clone()];
+                let e = shell_exec(p, "sh", &anchor.parent, argv);
                 push(e, &mut t, rng, &mut out);
                 shell::Shell {
                     pid: p,
