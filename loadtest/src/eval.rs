@@ -277,6 +277,7 @@ pub fn build_streams(
     let mut host_hours = BTreeMap::new();
     let mut windows: HashMap<String, Vec<(u64, u64)>> = HashMap::new();
     let mut anchors: HashMap<&'static str, Vec<Anchor>> = HashMap::new();
+    let mut exes: HashMap<String, shell::Exes> = HashMap::new();
     for c in captures {
         let w = c.windows(split);
         let ns: u64 = w.iter().map(|(a, b)| b - a).sum();
@@ -303,6 +304,7 @@ pub fn build_streams(
         for (ctx, a) in find_anchors(c) {
             anchors.entry(ctx).or_default().push(a);
         }
+        exes.insert(c.host.clone(), host_exes(c, &cuts));
     }
     let mut next_id = 0u64;
     for (i, t) in tests.iter().enumerate() {
@@ -340,7 +342,8 @@ pub fn build_streams(
             technique: t.attack.technique.clone(),
             context: key.to_string(),
         };
-        for e in attack_events(&t.attack, key, &anchor, at, org, &mut rng) {
+        let host_exes = exes.get(&anchor.host);
+        for e in attack_events(&t.attack, key, &anchor, host_exes, at, org, &mut rng) {
             next_id += 1;
             let mut e = e;
             e.event_id = Some(format!("atk-{i}-{next_id}"));
@@ -380,6 +383,35 @@ fn random_time(windows: &[(u64, u64)], rng: &mut Rng) -> (u64, usize) {
 }
 
 /// Real processes of a capture that attacks can start under.
+/// Each program's executable as the host's baseline reports it: its most
+/// common `exe` for the name (`sh` is /usr/bin/dash, `awk` /usr/bin/mawk,
+/// `python3` a pyenv build on the build box), so an injected exec names
+/// the file the host's kernel would.
+fn host_exes(c: &Capture, cuts: &[u64]) -> shell::Exes {
+    let mut counts: HashMap<(&str, &str), usize> = HashMap::new();
+    for e in &c.events {
+        if e.kind.as_deref() != Some("exec") || !c.before(cuts, ts(e)) {
+            continue;
+        }
+        if let (Some(comm), Some(exe)) = (e.comm.as_deref(), e.exe.as_deref())
+            && exe.starts_with('/')
+        {
+            *counts.entry((comm, exe)).or_default() += 1;
+        }
+    }
+    let mut best: HashMap<&str, (usize, &str)> = HashMap::new();
+    for ((comm, exe), n) in counts {
+        let b = best.entry(comm).or_insert((0, exe));
+        // Ties go to the lexically first path, so the choice is stable.
+        if n > b.0 || (n == b.0 && exe < b.1) {
+            *b = (n, exe);
+        }
+    }
+    best.into_iter()
+        .map(|(comm, (_, exe))| (comm.to_string(), exe.to_string()))
+        .collect()
+}
+
 fn find_anchors(c: &Capture) -> Vec<(&'static str, Anchor)> {
     let mut out = Vec::new();
     let mut seen = HashSet::new();
@@ -495,6 +527,7 @@ fn attack_events(
     a: &Attack,
     ctx: &str,
     anchor: &Anchor,
+    exes: Option<&shell::Exes>,
     at: u64,
     org: &str,
     rng: &mut Rng,
@@ -544,7 +577,7 @@ fn attack_events(
         gid: Some(uid),
         comm: Some(comm.into()),
         parent_comm: Some(parent.into()),
-        exe: Some(format!("/usr/bin/{comm}")),
+        exe: Some(shell::exe_of(exes, comm)),
         argv: Some(argv),
         cwd: Some(cwd.clone()),
         ..JsonEvent::default()
@@ -557,6 +590,9 @@ fn attack_events(
         push(e, &mut t, rng, &mut out);
         p
     });
+    // A login shell and a job runner's shell keep the variables one line
+    // sets for the next; each `sh -c` starts with none.
+    let mut session = shell::Vars::default();
     for cmd in a.commands.iter().take(12) {
         t += 1_000_000_000 + rng.below(4_000) as u64 * 1_000_000;
         let shell = match (ctx, login) {
@@ -568,6 +604,7 @@ fn attack_events(
                 uid,
                 cwd: &cwd,
                 home: &home,
+                exes,
             },
             ("ci-job", _) => shell::Shell {
                 pid: anchor.ppid,
@@ -577,6 +614,7 @@ fn attack_events(
                 uid,
                 cwd: &cwd,
                 home: &home,
+                exes,
             },
             _ => {
                 let p = new_pid(rng);
@@ -591,11 +629,18 @@ fn attack_events(
                     uid,
                     cwd: &cwd,
                     home: &home,
+                    exes,
                 }
             }
         };
         let shell = shell.clone();
-        let evs = shell::events(cmd, &shell, || new_pid(rng));
+        let mut fresh = shell::Vars::default();
+        let vars = if login.is_some() || ctx == "ci-job" {
+            &mut session
+        } else {
+            &mut fresh
+        };
+        let evs = shell::events_in(cmd, &shell, vars, || new_pid(rng));
         for e in evs {
             push(e, &mut t, rng, &mut out);
         }

