@@ -214,16 +214,12 @@ pub fn technique(feature: usize, ctx: &Context) -> &'static str {
     match f {
         Feature::Indicator(_) if shell_starting_a_shell(feature, ctx) => "T1059.004",
         Feature::Indicator(i) => INDICATORS[i].technique,
-        Feature::Ancestry(Ancestry::ShellUnderService) => {
-            if lexicon::has(
-                lexicon::families(&ctx.service_ancestor),
-                lexicon::Family::WebServer,
-            ) {
-                "T1505.003"
-            } else {
-                "T1059.004"
-            }
-        }
+        // A shell a service started runs commands there: a web server's
+        // too. A web shell *installed* (code written under the web root) is
+        // persistence by what its command line names
+        // (`lexicon::command_technique`); the commands run through one are
+        // execution, whatever tactic their own evidence names.
+        Feature::Ancestry(Ancestry::ShellUnderService) => "T1059.004",
         Feature::Ancestry(Ancestry::ShellUnderCron) | Feature::File(File::Cron) => "T1053.003",
         Feature::CmdDerived(CmdDerived::DownloadExec) => "T1105",
         Feature::CmdDerived(CmdDerived::SudoShell) => "T1548.003",

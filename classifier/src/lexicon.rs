@@ -348,6 +348,23 @@ pub fn program_technique(comm: &str) -> &'static str {
     }
 }
 
+/// The technique that starting a command interpreter is (ATT&CK T1059:
+/// a shell is T1059.004, Python T1059.006, another interpreter T1059);
+/// empty for any other program. What a flagged start of one is named when
+/// nothing else about it says what for.
+pub fn interpreter_technique(comm: &str) -> &'static str {
+    let bits = families(comm);
+    if has(bits, Family::Shell) {
+        "T1059.004"
+    } else if !has(bits, Family::Interpreter) {
+        ""
+    } else if stem(base(comm)).starts_with("python") {
+        "T1059.006"
+    } else {
+        "T1059"
+    }
+}
+
 fn program_technique_exact(name: &str) -> &'static str {
     match name {
         // Discovery.

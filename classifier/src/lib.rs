@@ -188,6 +188,17 @@ impl Classifier {
                 evidence.push((1, f32::INFINITY, t));
             }
         }
+        // Last, a command interpreter started (`fish`, `busybox ash`,
+        // `python3`) is execution when nothing else says what for: it
+        // ranks after all the evidence, and takes the place of the class,
+        // whose guess for a technique it never saw is mostly the nearest
+        // one it did.
+        if f.get(features::Head::KindExec) != 0.0 {
+            let t = lexicon::interpreter_technique(&f.context.comm);
+            if !t.is_empty() {
+                evidence.push((3, f32::NEG_INFINITY, t));
+            }
+        }
         // A payload installed in a start-up location, or the program a
         // download runs: before everything else.
         if let Some(t) = explain::leading_technique(f) {

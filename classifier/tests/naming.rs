@@ -74,6 +74,32 @@ fn generic_evidence_names_a_tactic_only_when_nothing_else_does() {
 }
 
 #[test]
+fn commands_run_through_a_web_servers_shell_are_execution() {
+    // What a web request's shell runs, with nothing more specific to say
+    // what for: execution through the shell, not a web shell installed.
+    let (t, technique) = named("cd /var/tmp && ./run");
+    assert_eq!((t.as_str(), technique.as_str()), ("execution", "T1059.004"));
+    // Code written under the web root is the web shell installed.
+    let (t, technique) = named("echo '<?php system($_GET[1]); ?>' > /var/www/html/x.php");
+    assert_eq!(
+        (t.as_str(), technique.as_str()),
+        ("persistence", "T1505.003")
+    );
+    // The feature itself, whatever service started the shell.
+    let slot = outlier_classifier::features::names()
+        .iter()
+        .position(|n| n == "shell_under_service")
+        .unwrap();
+    for svc in ["php-fpm8.2", "nginx", "postgres"] {
+        let ctx = outlier_classifier::features::Context {
+            service_ancestor: svc.into(),
+            ..Default::default()
+        };
+        assert_eq!(explain::technique(slot, &ctx), "T1059.004", "{svc}");
+    }
+}
+
+#[test]
 fn every_technique_the_lexicon_names_has_a_tactic() {
     let ctx = Default::default();
     for i in 0..N_FEATURES {
@@ -100,6 +126,34 @@ fn started(argv: &[&str], ts: u64) -> Event {
         })),
         ..shell("", "sh", ts)
     }
+}
+
+#[test]
+fn an_interpreter_started_with_nothing_else_to_say_is_execution() {
+    // Not the class's guess: starting a shell or an interpreter is ATT&CK
+    // T1059 by itself.
+    let cases = [
+        (&["fish"][..], "T1059.004"),
+        (&["busybox", "ash"][..], "T1059.004"),
+        (&["python3"][..], "T1059.006"),
+        (&["lua5.4"][..], "T1059"),
+    ];
+    for (argv, technique) in cases {
+        let mut c = classifier();
+        let (f, p) = c.classify(&started(argv, 1_000_000_000));
+        let a = c.explain(&f, &p, 3);
+        assert_eq!(
+            (a.tactic.as_str(), a.technique.as_str()),
+            ("execution", technique),
+            "{argv:?}"
+        );
+    }
+    // It ranks after all the evidence: what a shell is told to run says
+    // more.
+    let mut c = classifier();
+    let (f, p) = c.classify(&started(&["sh", "-c", "uname -a; hostname"], 1_000_000_000));
+    let a = c.explain(&f, &p, 3);
+    assert_eq!(a.tactic, "discovery", "{}", a.technique);
 }
 
 #[test]
