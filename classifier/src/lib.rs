@@ -196,7 +196,7 @@ impl Classifier {
         if f.get(features::Head::KindExec) != 0.0 {
             let t = lexicon::interpreter_technique(&f.context.comm);
             if !t.is_empty() {
-                evidence.push((3, f32::NEG_INFINITY, t));
+                evidence.push((5, f32::NEG_INFINITY, t));
             }
         }
         // A payload installed in a start-up location, or the program a

