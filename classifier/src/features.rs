@@ -382,8 +382,7 @@ pub struct Context {
 impl Context {
     /// Whether the process is a shell or an interpreter, by its name.
     pub fn shellish(&self) -> bool {
-        let f = lexicon::families(&self.comm);
-        lexicon::has(f, Family::Shell) || lexicon::has(f, Family::Interpreter)
+        lexicon::shellish(lexicon::families(&self.comm))
     }
 }
 
@@ -624,7 +623,7 @@ impl Subject {
 
     /// A shell or an interpreter.
     fn shellish(&self) -> bool {
-        lexicon::has(self.fam, Family::Shell) || lexicon::has(self.fam, Family::Interpreter)
+        lexicon::shellish(self.fam)
     }
 }
 
@@ -948,16 +947,15 @@ const SUDO: usize = indicator("cmd_sudo");
 /// as a login shell (`useradd -s /bin/bash`) runs only when that account
 /// logs in: neither starts a shell.
 fn shell_in_arguments(argv: &[String]) -> bool {
-    let prog = argv
-        .first()
-        .map_or("", |p| p.rsplit('/').next().unwrap_or(p));
+    let prog = argv.first().map_or("", |p| lexicon::base(p));
     if FILE_TOOLS.contains(&prog) {
         return false;
     }
+    let account = ACCOUNT_TOOLS.contains(&prog);
     let mut rest: Vec<&str> = Vec::new();
     let mut args = argv.iter().skip(1).map(String::as_str);
     while let Some(a) = args.next() {
-        if ACCOUNT_TOOLS.contains(&prog) {
+        if account {
             if matches!(a, "-s" | "--shell") {
                 args.next();
                 continue;

@@ -206,10 +206,11 @@ fn reads_program_from_stdin(rest: &str) -> bool {
     let Some(program) = words.next() else {
         return false;
     };
-    let shell = has(families(program), Family::Shell);
-    if !shell && !has(families(program), Family::Interpreter) {
+    let bits = families(program);
+    if !shellish(bits) {
         return false;
     }
+    let shell = has(bits, Family::Shell);
     // The flags that give the program inline: a shell's -c; perl's and
     // ruby's -e/-E (also in -pe, -ne), python's -c and -m, php's -r.
     let inline: &[char] = if shell {
@@ -231,7 +232,7 @@ fn reads_program_from_stdin(rest: &str) -> bool {
     true
 }
 
-fn base(name: &str) -> &str {
+pub(crate) fn base(name: &str) -> &str {
     name.rsplit('/').next().unwrap_or(name)
 }
 
@@ -966,14 +967,20 @@ pub fn transfer_technique(line: &str) -> &'static str {
             return "T1048";
         }
         for part in segment.split('|') {
-            let words: Vec<&str> = part
-                .split_whitespace()
-                .map(|w| w.trim_matches(|c| matches!(c, '\'' | '"' | '(' | ')' | '`')))
-                .collect();
-            let Some(at) = words.iter().position(|w| TRANSFER_TOOLS.contains(&base(w))) else {
+            let words = || {
+                part.split_whitespace()
+                    .map(|w| w.trim_matches(|c| matches!(c, '\'' | '"' | '(' | ')' | '`')))
+            };
+            // Most lines name no transfer tool: nothing is collected for them.
+            let Some((at, tool)) = words()
+                .map(base)
+                .enumerate()
+                .find(|(_, w)| TRANSFER_TOOLS.contains(w))
+            else {
                 continue;
             };
-            let t = transfer_direction(base(words[at]), &words[at + 1..]);
+            let args: Vec<&str> = words().skip(at + 1).collect();
+            let t = transfer_direction(tool, &args);
             if !t.is_empty() {
                 return t;
             }
@@ -1235,6 +1242,11 @@ pub fn families(comm: &str) -> u32 {
 
 pub fn has(bits: u32, f: Family) -> bool {
     bits & (1 << (f as u32)) != 0
+}
+
+/// Whether a family bit set is a shell's or an interpreter's.
+pub fn shellish(bits: u32) -> bool {
+    has(bits, Family::Shell) || has(bits, Family::Interpreter)
 }
 
 /// A program that installs software or provisions accounts: a system
